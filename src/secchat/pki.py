@@ -1,0 +1,398 @@
+"""SecChat's X.509 public key infrastructure: one conference CA, one Ed25519 certificate per peer.
+
+Why: the thesis (§4.1) assumes a PKI that binds exactly one signature key to every peer; the
+directory, the authenticated links (mutual TLS 1.3) and the secure multicast signatures all rest
+on it.  Everything SecChat does with certificates goes through this module, so there is one
+place that decides what "a valid SecChat identity" means:
+
+* a certificate is valid for SecChat when a *trusted* CA whose subject equals the certificate's
+  issuer signed it (directly: SecChat has no intermediates), both are inside their validity
+  windows at ``now``, the issuer is a CA (``BasicConstraints(ca=True)``) and the leaf is not;
+* an identity is the pair (subject CN, issuer CN); :class:`Identity` uses the issuer's *common
+  name*, not its full RFC 4514 string, because that is what users see and type;
+* keys are Ed25519 only; private keys at rest are PKCS#8 PEM encrypted under a passphrase.
+
+Failures raise :class:`PkiError` with a machine-readable ``code`` and a one-sentence message;
+foreign exceptions from ``cryptography`` are translated here and never escape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .crypto import CryptoError, Signer, Verifier
+
+__all__ = [
+    "CA_CERT_FILE",
+    "CA_KEY_FILE",
+    "CLOCK_SKEW",
+    "IDENTITY_CERT_FILE",
+    "IDENTITY_KEY_FILE",
+    "Identity",
+    "PkiError",
+    "cert_from_pem",
+    "cert_to_pem",
+    "certs_from_pem",
+    "certs_to_pem",
+    "create_ca",
+    "fingerprint",
+    "generate_key",
+    "identity_of",
+    "issue_certificate",
+    "load_private_key",
+    "save_private_key",
+    "signer_of",
+    "verifier_of",
+    "verify_certificate",
+]
+
+#: File names of an identity directory (``secchat ca issue --out D`` writes them, the rest reads).
+IDENTITY_CERT_FILE = "identity.pem"
+IDENTITY_KEY_FILE = "identity.key"
+#: The trusted CA bundle of an identity directory, and a CA directory's own files.
+CA_CERT_FILE = "ca.pem"
+CA_KEY_FILE = "ca.key"
+
+#: New certificates start this much before ``now`` so that peers with slightly slow clocks accept them.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+class PkiError(Exception):
+    """A certificate, key or key store failed a check.
+
+    ``code`` is machine-readable: ``bad_pem``, ``unknown_ca``, ``expired``, ``not_yet_valid``,
+    ``wrong_passphrase``, ``bad_signature``, ``not_a_ca``, ``not_a_leaf``, ``no_name``,
+    ``unsupported_key``, ``no_key_store``, ``empty_passphrase``.  ``str(e)`` is one sentence.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a certificate names: its subject CN and its issuer's CN."""
+
+    name: str
+    issuer: str
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.issuer}"
+
+
+# --------------------------------------------------------------------------- keys and certificates
+
+
+def generate_key() -> Ed25519PrivateKey:
+    """A fresh Ed25519 private key."""
+    return Ed25519PrivateKey.generate()
+
+
+def _now(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError("datetimes passed to secchat.pki must be timezone-aware")
+    return now
+
+
+def _name(common_name: str) -> x509.Name:
+    if not common_name or len(common_name) > 64:
+        raise ValueError("a common name is 1..64 characters")
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def create_ca(
+    name: str,
+    *,
+    key: Ed25519PrivateKey | None = None,
+    valid_days: int = 3650,
+    now: datetime | None = None,
+) -> tuple[Ed25519PrivateKey, x509.Certificate]:
+    """A self-signed root CA ``CN=name`` that may only sign certificates."""
+    now = _now(now)
+    key = key or generate_key()
+    subject = _name(name)
+    public = key.public_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .sign(key, None)
+    )
+    return key, cert
+
+
+def issue_certificate(
+    ca_key: Ed25519PrivateKey,
+    ca_cert: x509.Certificate,
+    name: str,
+    public_key: Ed25519PublicKey,
+    *,
+    valid_days: int = 365,
+    not_before: datetime | None = None,
+    now: datetime | None = None,
+) -> x509.Certificate:
+    """A leaf certificate ``CN=name`` for mutual TLS and signatures, signed by the CA."""
+    now = _now(now)
+    start = _now(not_before) if not_before is not None else now - CLOCK_SKEW
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(now + timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .sign(ca_key, None)
+    )
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _common_name(name: x509.Name, what: str) -> str:
+    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(attrs) != 1 or not isinstance(attrs[0].value, str) or not attrs[0].value:
+        raise PkiError("no_name", f"the certificate's {what} has no single common name")
+    return attrs[0].value
+
+
+def identity_of(cert: x509.Certificate) -> Identity:
+    """The identity a certificate names (no validity check: see :func:`verify_certificate`)."""
+    return Identity(_common_name(cert.subject, "subject"), _common_name(cert.issuer, "issuer"))
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+    except ValueError:  # malformed extensions
+        return False
+
+
+def _check_window(cert: x509.Certificate, now: datetime, what: str) -> None:
+    if now < cert.not_valid_before_utc:
+        raise PkiError(
+            "not_yet_valid",
+            f"the {what} certificate is not valid before {cert.not_valid_before_utc.isoformat()}",
+        )
+    if now > cert.not_valid_after_utc:
+        raise PkiError(
+            "expired", f"the {what} certificate expired on {cert.not_valid_after_utc.isoformat()}"
+        )
+
+
+def verify_certificate(
+    cert: x509.Certificate, trusted: Sequence[x509.Certificate], *, now: datetime | None = None
+) -> Identity:
+    """Check ``cert`` against the trusted CAs and return the identity it proves.
+
+    Raises :class:`PkiError`: ``unknown_ca`` (no trusted CA has the issuer's name),
+    ``bad_signature`` (none of them signed it), ``not_a_ca`` (the issuer is not a CA),
+    ``not_a_leaf`` (a CA certificate offered as a peer's), ``expired`` / ``not_yet_valid``
+    (the leaf or its CA outside its validity window), ``no_name``.
+    """
+    now = _now(now)
+    identity = identity_of(cert)
+    candidates = [ca for ca in trusted if ca.subject == cert.issuer]
+    if not candidates:
+        raise PkiError("unknown_ca", f"the certificate of {identity} is not issued by a trusted CA")
+    issuer: x509.Certificate | None = None
+    for ca in candidates:
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+            continue
+        issuer = ca
+        break
+    if issuer is None:
+        raise PkiError(
+            "bad_signature", f"the certificate of {identity} does not carry a valid CA signature"
+        )
+    if not _is_ca(issuer):
+        raise PkiError("not_a_ca", f"the issuer of {identity} is not a certificate authority")
+    if _is_ca(cert):
+        raise PkiError("not_a_leaf", f"{identity} is a CA certificate, not a peer's certificate")
+    _check_window(issuer, now, f"CA {identity.issuer}'s")
+    _check_window(cert, now, f"{identity}'s")
+    return identity
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the DER encoding, lowercase hex without colons."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def verifier_of(cert: x509.Certificate) -> Verifier:
+    """The Ed25519 signature verifier of a certificate's key."""
+    key = cert.public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        raise PkiError("unsupported_key", "the certificate's key is not an Ed25519 key")
+    try:
+        return Verifier.from_public_key(key)
+    except CryptoError as exc:
+        raise PkiError("unsupported_key", f"the certificate's key is unusable: {exc}") from None
+
+
+def signer_of(key: Ed25519PrivateKey) -> Signer:
+    """The Ed25519 signer of a private key."""
+    if not isinstance(key, Ed25519PrivateKey):
+        raise PkiError("unsupported_key", "the private key is not an Ed25519 key")
+    return Signer.from_private_key(key)
+
+
+# --------------------------------------------------------------------------- PEM
+
+
+def cert_to_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def certs_to_pem(certs: Sequence[x509.Certificate]) -> bytes:
+    """A PEM bundle."""
+    return b"".join(cert_to_pem(c) for c in certs)
+
+
+def cert_from_pem(data: bytes) -> x509.Certificate:
+    """The (first) certificate of a PEM text; ``PkiError("bad_pem")`` on anything else."""
+    if isinstance(data, str):
+        data = data.encode("ascii", "replace")
+    try:
+        return x509.load_pem_x509_certificate(bytes(data))
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise PkiError("bad_pem", "the data is not a PEM-encoded X.509 certificate") from None
+
+
+def certs_from_pem(data: bytes) -> list[x509.Certificate]:
+    """All certificates of a PEM bundle (at least one)."""
+    if isinstance(data, str):
+        data = data.encode("ascii", "replace")
+    try:
+        certs = x509.load_pem_x509_certificates(bytes(data))
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise PkiError("bad_pem", "the data is not a bundle of PEM-encoded X.509 certificates") from None
+    if not certs:
+        raise PkiError("bad_pem", "the PEM bundle holds no certificate")
+    return certs
+
+
+# --------------------------------------------------------------------------- key store
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
+    path = Path(path)
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows it
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def save_private_key(path: Path, key: Ed25519PrivateKey, passphrase: str) -> None:
+    """Store ``key`` as passphrase-encrypted PKCS#8 PEM, mode 0o600, written atomically."""
+    if not passphrase:
+        raise PkiError("empty_passphrase", "a key store needs a non-empty passphrase")
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase.encode("utf-8")),
+    )
+    _atomic_write(Path(path), pem, 0o600)
+
+
+def load_private_key(path: Path, passphrase: str) -> Ed25519PrivateKey:
+    """Load an encrypted key store written by :func:`save_private_key`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PkiError("no_key_store", f"there is no key store at {path}") from None
+    except OSError as exc:
+        raise PkiError("no_key_store", f"cannot read key store {path}: {exc.strerror}") from None
+    if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" not in data:
+        raise PkiError("bad_pem", f"{path} is not a passphrase-encrypted PKCS#8 key store")
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase.encode("utf-8"))
+    except (ValueError, TypeError):
+        raise PkiError("wrong_passphrase", f"wrong passphrase for key store {path}") from None
+    except UnsupportedAlgorithm:
+        raise PkiError("unsupported_key", f"key store {path} uses an unsupported algorithm") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise PkiError("unsupported_key", f"key store {path} does not hold an Ed25519 key")
+    return key
