@@ -1,0 +1,259 @@
+"""Chandra–Toueg consensus with ◇S (rotating coordinator), one instance per tag, no I/O.
+
+Why this shape: round r has coordinator ``r mod n``.  Phase 1, a participant sends its (estimate,
+ts) to the coordinator; phase 2, the coordinator takes ``t = ⌈(n+1)/2⌉`` estimates, picks one with
+the largest ts and proposes it to all; phase 3, a participant either gets the proposal (adopts it,
+ts := r + 1, acks) or suspects the coordinator (nacks), and moves on; phase 4, the coordinator takes
+t replies and, if all are acks, broadcasts ``Decision``.  Whoever receives the first ``Decision``
+relays it to all others once and decides.  Agreement and validity never depend on the failure
+detector; only termination does.
+
+Two additions keep it live and bounded on a real network:
+
+* a participant that receives a ``Proposal`` of a later round jumps to it (adopts, acks): safe,
+  since acking a proposal is exactly what phase 3 does, and it pulls lagging members along;
+* estimates and replies for rounds this member will coordinate later are kept only within a
+  window of rounds; a decided instance answers any later message from j with the decision, once
+  per j, so a member that starts late, or lost its buffered messages, still decides.
+
+Before the local ``propose`` the instance only buffers (bounded): a ``Decision`` among the
+buffered messages is output as soon as the member proposes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from enum import Enum
+from typing import Protocol
+
+from ..codec import Tag
+from .events import Broadcast, Decided, Event, Send
+from .messages import MAX_VALUE, Ack, Decision, Estimate, Message, Nack, Proposal
+
+__all__ = ["Consensus", "Detector", "State", "majority"]
+
+
+def majority(n: int) -> int:
+    """``⌈(n+1)/2⌉``: the number of members that must take part."""
+    return n // 2 + 1
+
+
+class Detector(Protocol):
+    def suspects(self, peer: int) -> bool: ...
+
+
+class State(Enum):
+    IDLE = "idle"  # not proposed yet: buffering only
+    RUNNING = "running"
+    DECIDED = "decided"
+
+
+class _Round:
+    """What the coordinator of one round has collected."""
+
+    __slots__ = ("estimates", "replies")
+
+    def __init__(self) -> None:
+        self.estimates: dict[int, tuple[int, bytes]] = {}
+        self.replies: dict[int, bool] = {}
+
+
+class Consensus:
+    """One consensus instance of member ``me`` among ``n`` members."""
+
+    #: A coordinator keeps every estimate and reply for its next ``WINDOW_TURNS`` turns; beyond
+    #: that only the latest estimate and reply of each sender (enough for a member that raced
+    #: ahead to be answered when we get there).
+    WINDOW_TURNS = 8
+
+    def __init__(self, tag: Tag, me: int, n: int, detector: Detector, stats: Counter) -> None:
+        self.tag = tag
+        self.me = me
+        self.n = n
+        self.t = majority(n)
+        self._detector = detector
+        self._stats = stats
+        self.state = State.IDLE
+        self.round = 0
+        self.estimate: bytes = b""
+        self.ts = 0
+        self.decision: bytes | None = None
+        self._boxes: dict[int, _Round] = {}
+        self._window = self.WINDOW_TURNS * n
+        self._far_estimates: dict[int, Estimate] = {}
+        self._far_replies: dict[int, Ack | Nack] = {}
+        self._replied = False  # participant part of the current round is done
+        self._proposed = False  # coordinator part: proposal sent in the current round
+        self._pending_decision: bytes | None = None
+        self._pending_proposal: Proposal | None = None
+        self._answered: set[int] = set()
+
+    def coordinator(self, round_: int) -> int:
+        return round_ % self.n
+
+    # ----------------------------------------------------------------- API
+
+    def propose(self, value: bytes) -> list[Event]:
+        """Local input: propose ``value`` (once)."""
+        if self.state is not State.IDLE:
+            raise RuntimeError(f"consensus {self.tag!r}: already proposed")
+        if len(value) > MAX_VALUE:
+            raise ValueError("consensus value too large")
+        self.estimate, self.ts = value, 0
+        self.state = State.RUNNING
+        if self._pending_decision is not None:
+            return self._decide(self._pending_decision, relay=True)
+        out = self._enter_round(0)
+        pending, self._pending_proposal = self._pending_proposal, None
+        if pending is not None and self.state is State.RUNNING:
+            out += self._on_proposal(self.coordinator(pending.round), pending)
+        return out
+
+    def receive(self, sender: int, msg: Message) -> list[Event]:
+        """A consensus message from member ``sender``."""
+        if isinstance(msg, Decision):
+            return self._on_decision(sender, msg)
+        if self.state is State.DECIDED:
+            if sender not in self._answered:
+                self._answered.add(sender)
+                return [Send(sender, Decision(self.tag, self.decision))]
+            return self._drop("after_decision")
+        if isinstance(msg, Proposal):
+            if sender != self.coordinator(msg.round):
+                return self._drop("proposal_not_from_coordinator")
+            if self.state is State.IDLE:
+                if self._pending_proposal is None or msg.round > self._pending_proposal.round:
+                    self._pending_proposal = msg
+                return []
+            return self._on_proposal(sender, msg)
+        if isinstance(msg, Estimate | Ack | Nack):
+            if self.coordinator(msg.round) != self.me:
+                return self._drop("not_coordinator")
+            if msg.round < self.round:
+                return self._drop("stale_round")
+            box = self._box(msg.round)
+            if box is None:
+                far = self._far_estimates if isinstance(msg, Estimate) else self._far_replies
+                if sender not in far or far[sender].round < msg.round:
+                    far[sender] = msg
+                return self._drop("round_beyond_window")
+            if isinstance(msg, Estimate):
+                box.estimates.setdefault(sender, (msg.ts, msg.value))
+            else:
+                box.replies.setdefault(sender, isinstance(msg, Ack))
+            return self._progress() if msg.round == self.round and self.state is State.RUNNING else []
+        return self._drop("unexpected_message")
+
+    def suspicion_changed(self) -> list[Event]:
+        """The detector's suspect list changed: phase 3 may end with a nack."""
+        if self.state is not State.RUNNING or self._replied:
+            return []
+        coord = self.coordinator(self.round)
+        if coord != self.me and self._detector.suspects(coord):
+            self._replied = True
+            return [Send(coord, Nack(self.tag, self.round)), *self._advance_if_done()]
+        return []
+
+    # ----------------------------------------------------------------- rounds
+
+    def _box(self, round_: int) -> _Round | None:
+        box = self._boxes.get(round_)
+        if box is None:
+            if round_ >= self.round + self._window:
+                return None
+            box = self._boxes[round_] = _Round()
+        return box
+
+    def _enter_round(self, round_: int) -> list[Event]:
+        for old in [r for r in self._boxes if r < round_]:
+            del self._boxes[old]
+        self.round = round_
+        self._replied = False
+        self._proposed = False
+        coord = self.coordinator(round_)
+        if coord == self.me:
+            box = self._box(round_)
+            for sender, est in list(self._far_estimates.items()):
+                if est.round == round_:
+                    box.estimates.setdefault(sender, (est.ts, est.value))
+                    del self._far_estimates[sender]
+            for sender, rep in list(self._far_replies.items()):
+                if rep.round == round_:
+                    box.replies.setdefault(sender, isinstance(rep, Ack))
+                    del self._far_replies[sender]
+            box.estimates[self.me] = (self.ts, self.estimate)
+            return self._progress()
+        out: list[Event] = [Send(coord, Estimate(self.tag, round_, self.ts, self.estimate))]
+        if self._detector.suspects(coord):
+            self._replied = True
+            out.append(Send(coord, Nack(self.tag, round_)))
+            out += self._advance_if_done()
+        return out
+
+    def _progress(self) -> list[Event]:
+        """Coordinator phases 2 and 4 of the current round."""
+        box = self._boxes[self.round]
+        out: list[Event] = []
+        if not self._proposed and len(box.estimates) >= self.t:
+            # phase 2: the estimate with the largest timestamp (lowest sender on ties)
+            value = max(box.estimates.items(), key=lambda kv: (kv[1][0], -kv[0]))[1][1]
+            self._proposed = True
+            out.append(Broadcast(Proposal(self.tag, self.round, value)))
+            # our own phase 3: adopt and ack
+            self.estimate, self.ts = value, self.round + 1
+            self._replied = True
+            box.replies[self.me] = True
+        if self._proposed and len(box.replies) >= self.t:
+            if all(box.replies.values()):
+                return out + self._decide(self.estimate, relay=True)
+            out += self._next_round()
+        return out
+
+    def _on_proposal(self, sender: int, msg: Proposal) -> list[Event]:
+        if msg.round < self.round or (msg.round == self.round and self._replied):
+            return self._drop("stale_proposal")
+        out: list[Event] = []
+        if msg.round > self.round:
+            self._stats["consensus.jumped_rounds"] += 1
+            self.round = msg.round
+            self._proposed = False
+            for old in [r for r in self._boxes if r < msg.round]:
+                del self._boxes[old]
+        self.estimate, self.ts = msg.value, msg.round + 1
+        self._replied = True
+        out.append(Send(sender, Ack(self.tag, msg.round)))
+        return out + self._advance_if_done()
+
+    def _advance_if_done(self) -> list[Event]:
+        if self.coordinator(self.round) == self.me:
+            return []  # the coordinator moves on from phase 4 (see _progress)
+        return self._next_round()
+
+    def _next_round(self) -> list[Event]:
+        return self._enter_round(self.round + 1)
+
+    # ----------------------------------------------------------------- decision
+
+    def _on_decision(self, sender: int, msg: Decision) -> list[Event]:
+        if self.state is State.DECIDED:
+            return []
+        if self.state is State.IDLE:
+            self._pending_decision = msg.value
+            return []
+        self._answered.add(sender)
+        return self._decide(msg.value, relay=True)
+
+    def _decide(self, value: bytes, *, relay: bool) -> list[Event]:
+        self.state = State.DECIDED
+        self.decision = value
+        self._boxes.clear()
+        self._far_estimates.clear()
+        self._far_replies.clear()
+        self._pending_proposal = None
+        out: list[Event] = [Broadcast(Decision(self.tag, value))] if relay else []
+        out.append(Decided(self.tag, value))
+        return out
+
+    def _drop(self, reason: str) -> list[Event]:
+        self._stats[f"consensus.dropped.{reason}"] += 1
+        return []

@@ -1,0 +1,105 @@
+"""The tag demultiplexer: routes every message to its protocol instance by (protocol, tag).
+
+Why: a member runs many instances at once (SMC, its GKE session, that session's consensus; several
+epochs).  Messages for an instance this member has not started yet are legitimate -- a late
+starter receives the others' messages before it joins -- so they are kept, bounded per instance
+and in the number of instances, and replayed in arrival order when the instance starts.  Anything
+else unknown is dropped and counted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import Any
+
+from ..codec import Tag
+from .messages import Ack, Contribution, Decision, Estimate, Message, Nack, Proposal, PublicKey, SmcData
+
+__all__ = ["Demux", "protocol_of"]
+
+_PROTOCOL = {
+    Estimate: "consensus",
+    Proposal: "consensus",
+    Ack: "consensus",
+    Nack: "consensus",
+    Decision: "consensus",
+    PublicKey: "gke",
+    Contribution: "gke",
+    SmcData: "smc",
+}
+
+
+def protocol_of(msg: Message) -> str | None:
+    return _PROTOCOL.get(type(msg))
+
+
+class Demux:
+    """Instance registry of one member, with a bounded pending area."""
+
+    def __init__(
+        self,
+        group: str,
+        stats: Counter,
+        *,
+        max_pending_instances: int = 16,
+        max_pending_per_instance: int = 4096,
+        max_pending_bytes: int = 64 << 20,
+    ) -> None:
+        self.group = group
+        self._stats = stats
+        self._instances: dict[tuple[str, Tag], Any] = {}
+        self._pending: dict[tuple[str, Tag], deque[tuple[int, Message, int]]] = {}
+        self.max_pending_instances = max_pending_instances
+        self.max_pending_per_instance = max_pending_per_instance
+        self.max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0
+
+    def register(self, protocol: str, tag: Tag, instance: Any) -> list[tuple[int, Message]]:
+        """Add an instance; returns the messages kept for it, oldest first."""
+        key = (protocol, tag)
+        if key in self._instances:
+            raise ValueError(f"{protocol} instance {tag!r} already exists")
+        self._instances[key] = instance
+        kept = self._pending.pop(key, ())
+        self._pending_bytes -= sum(size for _, _, size in kept)
+        return [(sender, msg) for sender, msg, _ in kept]
+
+    def unregister(self, protocol: str, tag: Tag) -> None:
+        self._instances.pop((protocol, tag), None)
+
+    def get(self, protocol: str, tag: Tag) -> Any:
+        return self._instances.get((protocol, tag))
+
+    def instances(self, protocol: str) -> list[Any]:
+        return [inst for (p, _), inst in self._instances.items() if p == protocol]
+
+    def route(self, sender: int, msg: Message, size: int) -> Any:
+        """The instance for ``msg``, or None (the message was kept or dropped and counted)."""
+        protocol = _PROTOCOL.get(type(msg))
+        if protocol is None:
+            self._stats["demux.dropped.no_instance_kind"] += 1
+            return None
+        key = (protocol, msg.tag)
+        inst = self._instances.get(key)
+        if inst is not None:
+            return inst
+        if msg.tag[0] != self.group:
+            self._stats["demux.dropped.foreign_group"] += 1
+            return None
+        queue = self._pending.get(key)
+        if queue is None:
+            if len(self._pending) >= self.max_pending_instances:
+                self._stats["demux.dropped.too_many_pending_instances"] += 1
+                return None
+            queue = self._pending[key] = deque()
+        if len(queue) >= self.max_pending_per_instance or self._pending_bytes + size > self.max_pending_bytes:
+            self._stats["demux.dropped.pending_full"] += 1
+            return None
+        queue.append((sender, msg, size))
+        self._pending_bytes += size
+        self._stats["demux.kept_for_later"] += 1
+        return None
+
+    @property
+    def pending_count(self) -> int:
+        return sum(len(q) for q in self._pending.values())

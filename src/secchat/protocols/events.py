@@ -1,0 +1,116 @@
+"""What protocol instances hand back: actions for the driver, and outputs for the layer above.
+
+Every state-machine method returns a list of these.  ``Send``/``Broadcast`` go to the network,
+``SetTimer``/``CancelTimer`` to the member's timer table, and output events either to the parent
+instance (GKE consumes ``Decided``, SMC consumes ``SessionKey``) or, at the top, to the
+application.  All are frozen; none prints secrets (``SessionKey.secret`` is hidden from repr).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..codec import Tag
+from .messages import Message
+
+__all__ = [
+    "Action",
+    "Broadcast",
+    "CancelTimer",
+    "Decided",
+    "Delivered",
+    "Event",
+    "KeyEstablished",
+    "Output",
+    "PeerRestored",
+    "PeerSuspected",
+    "Send",
+    "SessionKey",
+    "SetTimer",
+]
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``message`` to member ``to`` (never to oneself: instances handle their own part)."""
+
+    to: int
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """Send ``message`` to every other member of the group."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    """(Re)arm the instance's timer ``name`` to fire at ``deadline`` (simulated or loop time)."""
+
+    name: str
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    name: str
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """Consensus instance ``tag`` decided ``value``."""
+
+    tag: Tag
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKey:
+    """GKE session ``tag`` computed its key: the sum of the decided members' contributions."""
+
+    tag: Tag
+    members: tuple[int, ...]
+    secret: int = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEstablished:
+    """SMC instance ``tag`` has its group keys; ``fingerprint`` is a one-way name of them."""
+
+    tag: Tag
+    fingerprint: str
+    members: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """SMC instance ``tag`` delivered ``payload`` from ``sender`` (authenticated per the mode)."""
+
+    tag: Tag
+    sender: int
+    incarnation: int
+    seq: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSuspected:
+    peer: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRestored:
+    peer: int
+
+
+Action = Send | Broadcast | SetTimer | CancelTimer
+Output = Decided | SessionKey | KeyEstablished | Delivered | PeerSuspected | PeerRestored
+Event = Action | Output

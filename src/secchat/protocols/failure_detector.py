@@ -1,0 +1,121 @@
+"""The eventually-strong failure detector ◇S of Chandra and Toueg, as a sans-I/O state machine.
+
+Why: consensus must stop waiting for a crashed coordinator, but no timeout may ever decide what
+consensus decides.  Each member heartbeats every ``period``; a peer silent for Δ(p) is suspected;
+a message from a suspected peer un-suspects it and grows Δ(p) (×``backoff``, capped), so after the
+network stabilises premature suspicions stop.  Any message from p counts as a heartbeat, and we
+skip the heartbeat to p when we sent p something else within the period: under load the detector
+costs nothing, idle it costs n messages per period per member.
+
+The detector owns one timer (``fd``): the earlier of the next heartbeat and the next expiry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .events import Broadcast, Event, PeerRestored, PeerSuspected, Send, SetTimer
+from .messages import Alive
+
+__all__ = ["DetectorConfig", "FailureDetector"]
+
+_ALIVE = Alive()
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Timing of the failure detector, in seconds.
+
+    Constraint: ``period < initial_timeout <= max_timeout``; a timeout shorter than a heartbeat
+    period would suspect every idle peer.
+    """
+
+    period: float = 0.2
+    initial_timeout: float = 1.0
+    backoff: float = 1.5
+    max_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.period < self.initial_timeout <= self.max_timeout:
+            raise ValueError("need 0 < period < initial_timeout <= max_timeout")
+        if self.backoff < 1:
+            raise ValueError("backoff must be >= 1")
+
+
+class FailureDetector:
+    """Suspects peers of member ``me`` in a group of ``n``."""
+
+    TIMER = "fd"
+
+    def __init__(self, me: int, n: int, config: DetectorConfig, now: float) -> None:
+        self.me = me
+        self.n = n
+        self.config = config
+        self._timeout = [config.initial_timeout] * n
+        self._heard = [now] * n
+        self._sent = [-math.inf] * n
+        self._suspected: set[int] = set()
+        self._next_beat = now
+        self.started = False
+
+    # ----------------------------------------------------------------- queries
+
+    def suspects(self, peer: int) -> bool:
+        return peer in self._suspected
+
+    @property
+    def suspected(self) -> frozenset[int]:
+        return frozenset(self._suspected)
+
+    def timeout_of(self, peer: int) -> float:
+        return self._timeout[peer]
+
+    # ----------------------------------------------------------------- inputs
+
+    def start(self, now: float) -> list[Event]:
+        """Begin heartbeating; peers get a full timeout from now before any suspicion."""
+        self.started = True
+        self._heard = [now] * self.n
+        self._next_beat = now
+        return self.handle_timer(now)
+
+    def heard_from(self, peer: int, now: float) -> list[Event]:
+        """Any message from ``peer`` arrived."""
+        self._heard[peer] = now
+        if peer in self._suspected:
+            self._suspected.discard(peer)
+            self._timeout[peer] = min(self._timeout[peer] * self.config.backoff, self.config.max_timeout)
+            return [PeerRestored(peer)]
+        return []
+
+    def sent_to(self, peer: int, now: float) -> None:
+        """We sent ``peer`` something: it doubles as a heartbeat."""
+        self._sent[peer] = now
+
+    def handle_timer(self, now: float) -> list[Event]:
+        if not self.started:
+            return []
+        out: list[Event] = []
+        period = self.config.period
+        if now >= self._next_beat:
+            quiet = [p for p in range(self.n) if p != self.me and self._sent[p] <= now - period]
+            if len(quiet) == self.n - 1:
+                out.append(Broadcast(_ALIVE))
+            else:
+                out.extend(Send(p, _ALIVE) for p in quiet)
+            for p in quiet:
+                self._sent[p] = now
+            self._next_beat = now + period
+        next_expiry = math.inf
+        for p in range(self.n):
+            if p == self.me or p in self._suspected:
+                continue
+            expiry = self._heard[p] + self._timeout[p]
+            if now >= expiry:
+                self._suspected.add(p)
+                out.append(PeerSuspected(p))
+            else:
+                next_expiry = min(next_expiry, expiry)
+        out.append(SetTimer(self.TIMER, min(self._next_beat, next_expiry)))
+        return out

@@ -1,0 +1,265 @@
+"""Cachin–Strobl fault-tolerant group key exchange, one session per tag, no I/O.
+
+Why: the key must exist as soon as a majority ``t = ⌈(n+1)/2⌉`` takes part, without waiting for
+anyone else and without a timeout deciding anything.  Each member draws ``y_i`` uniform in
+[0, 2^256) and a fresh X25519 session key, and sends the public key to all.  On a public key from
+j it returns ``y_i`` sealed to j (AES-GCM under HKDF(X25519(own, j's)) bound to the tag, both
+indices and both keys).  Holding t contributions it proposes, in consensus ``tag + ("consensus",)``,
+the list of (member, key id, d_k) with ``d_k = y_{u_k} − y_{u_{k+1}} mod 2^256`` (cyclic).  On the
+decision it picks any m whose contribution it knows and computes
+``K = Σ_{j=1}^{t−1} j·d_{m+j} + t·y_{u_m} mod 2^256``, which equals ``Σ y_{u_j}``.
+
+The key id (8 bytes of SHA-256 of the contributor's session key) ties each decided difference to
+one incarnation of its member: a member that restarted without its state knows its fresh
+contribution is not among the decided ones and waits for a contribution that is.  Members keep
+answering public keys after they finish, so a late starter still finishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from enum import Enum
+from typing import Annotated
+
+import msgspec
+
+from ..codec import Tag, canonical
+from ..crypto import Aead, CryptoError, EphemeralKey, Rng, hkdf
+from .consensus import Consensus, majority
+from .events import Broadcast, Decided, Event, Send, SessionKey
+from .messages import Contribution, Message, PublicKey
+
+__all__ = ["GkeState", "GroupKeyExchange", "key_formula"]
+
+MODULUS = 1 << 256
+KEY_ID_SIZE = 8
+#: Contributions remembered per member (one per incarnation of its session key).
+MAX_KEYS_PER_MEMBER = 4
+
+_Entry = tuple[
+    Annotated[int, msgspec.Meta(ge=0, lt=1 << 16)],
+    Annotated[bytes, msgspec.Meta(min_length=KEY_ID_SIZE, max_length=KEY_ID_SIZE)],
+    Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)],
+]
+_value_decoder = msgspec.msgpack.Decoder(list[_Entry])
+
+
+class GkeState(Enum):
+    RUNNING = "running"  # contributions being collected
+    PROPOSED = "proposed"  # consensus running
+    DECIDED = "decided"  # decided, but no decided contribution known yet
+    FINISHED = "finished"
+
+
+def key_id(public_key: bytes) -> bytes:
+    return hashlib.sha256(public_key).digest()[:KEY_ID_SIZE]
+
+
+def key_formula(diffs: list[int], m: int, y_m: int) -> int:
+    """``Σ_{j=1}^{t−1} j·d_{m+j} + t·y_m mod 2^256`` (indices cyclic, 0-based ``m``)."""
+    t = len(diffs)
+    total = t * y_m
+    for j in range(1, t):
+        total += j * diffs[(m + j) % t]
+    return total % MODULUS
+
+
+def encode_proposal(entries: list[tuple[int, bytes, int]]) -> bytes:
+    return canonical(*[(u, kid, d.to_bytes(32, "big")) for u, kid, d in entries])
+
+
+def decode_proposal(value: bytes, n: int, t: int) -> list[tuple[int, bytes, int]]:
+    """Parse a decided value; ``ValueError`` unless it is t distinct members of the group."""
+    try:
+        raw = _value_decoder.decode(value)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"malformed GKE proposal: {exc}") from None
+    members = [u for u, _, _ in raw]
+    if len(raw) != t or len(set(members)) != t or any(u >= n for u in members):
+        raise ValueError("GKE proposal must name t distinct members of the group")
+    return [(u, kid, int.from_bytes(d, "big")) for u, kid, d in raw]
+
+
+class GroupKeyExchange:
+    """One GKE session of member ``me`` among ``n``; owns its consensus instance."""
+
+    def __init__(
+        self,
+        tag: Tag,
+        me: int,
+        n: int,
+        rng: Rng,
+        stats: Counter,
+        consensus: Consensus,
+        *,
+        contribution: int | None = None,
+        session_seed: bytes | None = None,
+    ) -> None:
+        self.tag = tag
+        self.me = me
+        self.n = n
+        self.t = majority(n)
+        self.consensus = consensus
+        self.parent = None
+        self._stats = stats
+        self._rng = rng
+        # (y, session key) may be restored from a previous incarnation to rejoin with the same key
+        self._y = contribution if contribution is not None else int.from_bytes(rng.randbytes(32), "big")
+        seed = session_seed if session_seed is not None else rng.randbytes(32)
+        self._session_seed = seed
+        self._eph = EphemeralKey(_FixedRng(seed))
+        self.public_key = self._eph.public_bytes
+        self._key_id = key_id(self.public_key)
+        self._contrib: dict[int, dict[bytes, int]] = {me: {self._key_id: self._y}}
+        self._answered: dict[int, bytes] = {}
+        self._shared: dict[bytes, bytes] = {}
+        self.state = GkeState.RUNNING
+        self.decided: list[tuple[int, bytes, int]] | None = None
+        self.members: tuple[int, ...] = ()
+        self.secret: int | None = None
+
+    # ----------------------------------------------------------------- state for restoring
+
+    @property
+    def contribution(self) -> int:
+        return self._y
+
+    @property
+    def session_seed(self) -> bytes:
+        return self._session_seed
+
+    def known_contributions(self) -> dict[int, int]:
+        """god view for the checker: member -> contribution under its current session key."""
+        return {j: next(iter(keys.values())) for j, keys in self._contrib.items() if keys}
+
+    # ----------------------------------------------------------------- inputs
+
+    def init(self, now: float) -> list[Event]:
+        """Local input: start the session (send our session key to all)."""
+        out: list[Event] = [Broadcast(PublicKey(self.tag, self.public_key))]
+        return out + self._maybe_propose()
+
+    def receive(self, sender: int, msg: Message, now: float) -> list[Event]:
+        if sender == self.me:
+            return self._drop("from_self")
+        if isinstance(msg, PublicKey):
+            return self._on_public_key(sender, msg)
+        if isinstance(msg, Contribution):
+            return self._on_contribution(sender, msg)
+        return self._drop("unexpected_message")
+
+    def absorb(self, events: list[Event], now: float) -> list[Event]:
+        """Events from our consensus instance: pass actions on, consume the decision."""
+        out: list[Event] = []
+        for ev in events:
+            if isinstance(ev, Decided):
+                out += self._on_decided(ev.value)
+            else:
+                out.append(ev)
+        return out
+
+    # ----------------------------------------------------------------- contributions
+
+    def _pair_key(self, peer_public: bytes, sender: int, receiver: int, sender_pub: bytes, receiver_pub: bytes) -> Aead:
+        shared = self._shared.get(peer_public)
+        if shared is None:
+            shared = self._eph.exchange(peer_public)
+            if len(self._shared) >= self.n * MAX_KEYS_PER_MEMBER:
+                self._shared.clear()
+            self._shared[peer_public] = shared
+        key = hkdf(
+            shared,
+            salt=b"secchat/gke/contribution/v1",
+            info=canonical("contribution", self.tag, sender, receiver, sender_pub, receiver_pub),
+            length=32,
+        )
+        return Aead(key)
+
+    def _on_public_key(self, sender: int, msg: PublicKey) -> list[Event]:
+        if self._answered.get(sender) == msg.key:
+            return self._drop("duplicate_public_key")
+        try:
+            aead = self._pair_key(msg.key, self.me, sender, self.public_key, msg.key)
+        except CryptoError:
+            return self._drop("bad_public_key")
+        self._answered[sender] = msg.key
+        nonce = self._rng.randbytes(12)
+        sealed = aead.seal(nonce, self._y.to_bytes(32, "big"), canonical("contribution", self.tag, self.me, sender))
+        return [Send(sender, Contribution(self.tag, self.public_key, nonce, sealed))]
+
+    def _on_contribution(self, sender: int, msg: Contribution) -> list[Event]:
+        known = self._contrib.setdefault(sender, {})
+        kid = key_id(msg.key)
+        if kid in known:
+            return self._drop("duplicate_contribution")
+        try:
+            aead = self._pair_key(msg.key, sender, self.me, msg.key, self.public_key)
+            plain = aead.open(msg.nonce, msg.sealed, canonical("contribution", self.tag, sender, self.me))
+        except CryptoError:
+            return self._drop("bad_contribution")
+        if len(plain) != 32:
+            return self._drop("bad_contribution")
+        if len(known) >= MAX_KEYS_PER_MEMBER:
+            known.pop(next(iter(known)))
+        known[kid] = int.from_bytes(plain, "big")
+        if self.state is GkeState.DECIDED:
+            return self._try_finish()
+        return self._maybe_propose()
+
+    def _maybe_propose(self) -> list[Event]:
+        if self.state is not GkeState.RUNNING:
+            return []
+        ready = sorted(j for j, keys in self._contrib.items() if keys)
+        if len(ready) < self.t:
+            return []
+        chosen = ready[: self.t] if self.me in ready[: self.t] else [*ready[: self.t - 1], self.me]
+        chosen.sort()
+        entries = []
+        for u in chosen:
+            kid, y = next(reversed(self._contrib[u].items()))
+            entries.append((u, kid, y))
+        diffs = [
+            (u, kid, (y - entries[(k + 1) % self.t][2]) % MODULUS) for k, (u, kid, y) in enumerate(entries)
+        ]
+        self.state = GkeState.PROPOSED
+        return self.absorb(self.consensus.propose(encode_proposal(diffs)), 0.0)
+
+    # ----------------------------------------------------------------- decision
+
+    def _on_decided(self, value: bytes) -> list[Event]:
+        try:
+            self.decided = decode_proposal(value, self.n, self.t)
+        except ValueError:
+            self._stats["gke.undecodable_decision"] += 1
+            return []
+        self.members = tuple(u for u, _, _ in self.decided)
+        self.state = GkeState.DECIDED
+        return self._try_finish()
+
+    def _try_finish(self) -> list[Event]:
+        assert self.decided is not None
+        diffs = [d for _, _, d in self.decided]
+        for m, (u, kid, _) in enumerate(self.decided):
+            y = self._contrib.get(u, {}).get(kid)
+            if y is not None:
+                self.secret = key_formula(diffs, m, y)
+                self.state = GkeState.FINISHED
+                return [SessionKey(self.tag, self.members, self.secret)]
+        self._stats["gke.waiting_for_decided_contribution"] += 1
+        return []
+
+    def _drop(self, reason: str) -> list[Event]:
+        self._stats[f"gke.dropped.{reason}"] += 1
+        return []
+
+
+class _FixedRng:
+    """Hands out one fixed 32-byte string: lets a session key be re-created from its seed."""
+
+    def __init__(self, seed: bytes) -> None:
+        self._seed = seed
+
+    def randbytes(self, n: int) -> bytes:
+        assert n == len(self._seed)
+        return self._seed
