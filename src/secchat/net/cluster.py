@@ -1,0 +1,480 @@
+"""A local cluster of member processes on loopback: ``secchat cluster --n 7 [--join K] ...``.
+
+Why: the thesis's claims are about real peers on a network.  This launcher makes a CA and one
+certificate per member in a temporary directory, starts each member as its own OS process
+(:mod:`secchat.net.member_process`) over mutually authenticated TLS on 127.0.0.1, and plays a
+scenario: only ``join`` members join at first, ``kill`` of them are SIGKILLed while the GKE runs,
+``late`` members are started once the key exists, and every live member multicasts ``messages``
+messages.  It then checks what the thesis promises: every live member holds the same key and got
+every message of every live sender.
+
+Ports are never guessed: the launcher binds each listening socket itself (port 0) and hands it
+to the member process as an inherited file descriptor, so there is no window in which another
+program could take the port.  Everything (processes, sockets, temporary directory) is cleaned up
+on exit, including Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import typer
+
+from .provision import make_identities, write_identities
+
+__all__ = ["ClusterResult", "ClusterSpec", "MemberResult", "cluster", "run_cluster"]
+
+PASSPHRASE_ENV = "SECCHAT_CLUSTER_PASSPHRASE"
+#: Longest stdout line read from a member.
+MAX_LINE = 1 << 20
+
+
+def majority(n: int) -> int:
+    return n // 2 + 1  # = ceil((n + 1) / 2)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A scenario.  ``join``: members that join at first (default all but the late ones);
+    ``kill``: of those, how many are SIGKILLed during the GKE; ``late``: members started after the
+    key exists; the rest (n - join - late) never start."""
+
+    n: int = 7
+    join: int | None = None
+    kill: int = 0
+    late: int = 0
+    messages: int = 0
+    seed: int | None = None
+    mode: str = "signed"
+    timeout: float = 60.0
+    kill_window: tuple[float, float] = (0.005, 0.06)
+    log_level: str = "INFO"
+    workdir: Path | None = None  # keep everything here (tests); default: a temp dir, removed
+    env: dict[str, str] = field(default_factory=dict)  # extra environment; "{name}" is expanded
+    stack: dict[str, Any] = field(default_factory=dict)
+    links: dict[str, Any] = field(default_factory=dict)
+    group: str = "cluster"
+
+    @property
+    def joiners(self) -> int:
+        return self.n - self.late if self.join is None else self.join
+
+    def check(self) -> None:
+        if not 2 <= self.n <= 200:
+            raise ValueError("n must be in 2..200")
+        if min(self.kill, self.late, self.messages) < 0 or self.joiners < 0:
+            raise ValueError("counts cannot be negative")
+        if self.joiners + self.late > self.n:
+            raise ValueError(f"join ({self.joiners}) + late ({self.late}) exceeds n ({self.n})")
+        if self.kill > self.joiners:
+            raise ValueError("cannot kill more members than join")
+        if self.joiners - self.kill < majority(self.n):
+            raise ValueError(
+                f"{self.joiners - self.kill} surviving joiners are fewer than the majority "
+                f"{majority(self.n)} of n = {self.n}: the GKE cannot terminate"
+            )
+        if self.mode not in ("signed", "group"):
+            raise ValueError("mode is 'signed' or 'group'")
+
+
+@dataclass
+class MemberResult:
+    name: str
+    role: str  # "joined", "killed", "late", "absent"
+    live: bool
+    fingerprint: str | None = None
+    elapsed: float | None = None
+    members: list[str] | None = None
+    delivered: dict[str, int] = field(default_factory=dict)  # sender -> count
+    stats: dict[str, Any] | None = None
+    exit_code: int | None = None
+    log_path: Path | None = None
+
+
+@dataclass
+class ClusterResult:
+    spec: ClusterSpec
+    seed: int
+    members: list[MemberResult]
+    ok: bool
+    problems: list[str]
+    workdir: Path | None
+    duration: float
+
+    @property
+    def live(self) -> list[MemberResult]:
+        return [m for m in self.members if m.live]
+
+    def summary(self) -> str:
+        live = self.live
+        fps = {m.fingerprint for m in live}
+        delivered = sum(sum(m.delivered.get(s.name, 0) for s in live) for m in live)
+        expected = self.spec.messages * len(live) * len(live)
+        key = next(iter(fps)) if len(fps) == 1 and None not in fps else "MISMATCH"
+        status = "OK" if self.ok else "FAILED: " + "; ".join(self.problems[:3])
+        times = [m.elapsed for m in live if m.elapsed is not None and m.role == "joined"]
+        median = f"{statistics.median(times):.3f}s" if times else "-"
+        return (
+            f"cluster n={self.spec.n} seed={self.seed} live={len(live)} "
+            f"killed={sum(m.role == 'killed' for m in self.members)} late={self.spec.late}: "
+            f"key {key} at {sum(m.fingerprint is not None for m in live)}/{len(live)} live members, "
+            f"median time to key {median}, messages {delivered}/{expected} -> {status}"
+        )
+
+
+class _Proc:
+    def __init__(self, name: str, index: int, role: str, config: Path, log: Path) -> None:
+        self.name = name
+        self.index = index
+        self.role = role
+        self.config = config
+        self.log = log
+        self.proc: asyncio.subprocess.Process | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+        self.established = asyncio.Event()
+        self.info: dict[str, Any] = {}
+        self.delivered: dict[str, set[tuple[int, int]]] = {}
+        self.stats: dict[str, Any] | None = None
+        self.stats_event = asyncio.Event()
+        self.killed = False
+        self.progress = asyncio.Event()  # set on every delivery
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+class _Cluster:
+    def __init__(self, spec: ClusterSpec, out: Callable[[str], None]) -> None:
+        self.spec = spec
+        self.out = out
+        self.seed = spec.seed if spec.seed is not None else random.SystemRandom().randrange(1 << 31)
+        self.rng = random.Random(self.seed)
+        self.procs: list[_Proc] = []
+        self.sockets: dict[int, socket.socket] = {}
+        self.workdir: Path | None = None
+        self._own_workdir = False
+        self.passphrase = secrets.token_urlsafe(24)
+
+    # ------------------------------------------------------------------ setup
+
+    def prepare(self) -> None:
+        spec = self.spec
+        if spec.workdir is not None:
+            self.workdir = Path(spec.workdir)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.workdir = Path(tempfile.mkdtemp(prefix="secchat-cluster-"))
+            self._own_workdir = True
+        names = [f"m{i}" for i in range(spec.n)]
+        ca_cert, identities = make_identities(names, ca_name="SecChat cluster CA")
+        ca_path, files = write_identities(self.workdir / "pki", ca_cert, identities, self.passphrase)
+        joiners = list(range(spec.joiners))
+        late = list(range(spec.joiners, spec.joiners + spec.late))
+        victims = set(self.rng.sample(joiners, spec.kill))
+        for i in joiners + late:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(128)
+            sock.set_inheritable(True)
+            self.sockets[i] = sock
+        addresses = {names[i]: f"127.0.0.1:{s.getsockname()[1]}" for i, s in self.sockets.items()}
+        for i, name in enumerate(names):
+            role = "killed" if i in victims else "joined" if i in joiners else "late" if i in late else "absent"
+            config = {
+                "identity": {
+                    "name": name, "key": str(files[i].key_path), "cert": str(files[i].cert_path),
+                    "ca": str(ca_path), "passphrase_env": PASSPHRASE_ENV,
+                },
+                "peers": {n: a for n, a in addresses.items() if n != name},
+                "conference": [{
+                    "id": spec.group, "mode": spec.mode, "join": "command",
+                    "members": [{"name": f.name, "cert": str(f.cert_path)} for f in files],
+                }],
+            }
+            if i in self.sockets:
+                config["listen"] = {"fd": self.sockets[i].fileno()}
+            if spec.links:
+                config["links"] = dict(spec.links)
+            if spec.stack:
+                config["stack"] = dict(spec.stack)
+            path = self.workdir / f"{name}.toml"
+            path.write_text(tomli_w.dumps(config), encoding="utf-8")
+            self.procs.append(_Proc(name, i, role, path, self.workdir / f"{name}.log"))
+
+    def _env(self, proc: _Proc) -> dict[str, str]:
+        import secchat
+
+        env = dict(os.environ)
+        src = str(Path(secchat.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env[PASSPHRASE_ENV] = self.passphrase
+        env["SECCHAT_LOG_LEVEL"] = self.spec.log_level
+        for key, value in self.spec.env.items():
+            env[key] = value.replace("{name}", proc.name).replace("{workdir}", str(self.workdir))
+        return env
+
+    async def spawn(self, proc: _Proc) -> None:
+        sock = self.sockets[proc.index]
+        with open(proc.log, "ab") as log:
+            proc.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "secchat.net.member_process", str(proc.config),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+                pass_fds=(sock.fileno(),), env=self._env(proc), limit=MAX_LINE,
+            )
+        proc.ready.clear()
+        proc.reader = asyncio.get_running_loop().create_task(self._read(proc))
+
+    async def _read(self, proc: _Proc) -> None:
+        assert proc.proc is not None and proc.proc.stdout is not None
+        stream = proc.proc.stdout
+        while True:
+            try:
+                line = await stream.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                continue
+            if not line:
+                break
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            kind = event.get("event")
+            if kind == "ready":
+                proc.ready.set()
+            elif kind == "established":
+                proc.info = event
+                proc.established.set()
+            elif kind == "delivered":
+                proc.delivered.setdefault(event["sender"], set()).add((event["incarnation"], event["seq"]))
+                proc.progress.set()
+            elif kind == "stats":
+                proc.stats = event
+                proc.stats_event.set()
+            elif kind == "error":
+                self.out(f"[red]{proc.name}: {event.get('message')}[/red]")
+        proc.ready.set()  # unblock waiters if it died before being ready
+        proc.established.set() if proc.killed else None
+        proc.stats_event.set()
+        proc.progress.set()
+
+    def command(self, proc: _Proc, cmd: dict[str, Any]) -> None:
+        if proc.running and proc.proc and proc.proc.stdin is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                proc.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+
+    async def wait_all(self, events: list[asyncio.Event], what: str) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), self.spec.timeout)
+            return True
+        except TimeoutError:
+            self.out(f"[red]timed out waiting for {what}[/red]")
+            return False
+
+    def kill(self, proc: _Proc) -> None:
+        if proc.running and proc.proc is not None:
+            proc.killed = True
+            with contextlib.suppress(ProcessLookupError):
+                proc.proc.send_signal(signal.SIGKILL)
+        sock = self.sockets.pop(proc.index, None)
+        if sock is not None:
+            sock.close()  # a dead member's port refuses connections from now on
+
+    # ------------------------------------------------------------------ the scenario
+
+    async def play(self) -> list[str]:
+        spec = self.spec
+        problems: list[str] = []
+        first = [p for p in self.procs if p.role in ("joined", "killed")]
+        late = [p for p in self.procs if p.role == "late"]
+        await asyncio.gather(*(self.spawn(p) for p in first))
+        if not await self.wait_all([p.ready for p in first], "the first members to start"):
+            return ["members did not start"]
+        self.out(f"{len(first)} members ready; joining (seed {self.seed})")
+        loop = asyncio.get_running_loop()
+        for p in first:
+            self.command(p, {"cmd": "join"})
+            if p.role == "killed":
+                loop.call_later(self.rng.uniform(*spec.kill_window), self.kill, p)
+        survivors = [p for p in first if p.role == "joined"]
+        if not await self.wait_all([p.established for p in survivors], "the group key"):
+            problems.append("not every surviving member established the key")
+        self.out(f"{sum(p.established.is_set() for p in survivors)}/{len(survivors)} surviving members have the key")
+        if late:
+            await asyncio.gather(*(self.spawn(p) for p in late))
+            if await self.wait_all([p.ready for p in late], "the late members to start"):
+                for p in late:
+                    self.command(p, {"cmd": "join"})
+                if not await self.wait_all([p.established for p in late], "the late members' key"):
+                    problems.append("not every late member established the key")
+            self.out(f"{sum(p.established.is_set() for p in late)}/{len(late)} late members have the key")
+        live = [p for p in self.procs if p.role in ("joined", "late") and p.running]
+        if spec.messages:
+            for p in live:
+                self.command(p, {"cmd": "send", "count": spec.messages})
+            deadline = loop.time() + spec.timeout
+            while loop.time() < deadline:
+                missing = self._missing(live)
+                if not missing:
+                    break
+                for p in live:
+                    p.progress.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        asyncio.wait([asyncio.ensure_future(p.progress.wait()) for p in live],
+                                     return_when=asyncio.FIRST_COMPLETED),
+                        min(1.0, max(0.0, deadline - loop.time())),
+                    )
+            self.out(f"messages: {spec.messages} from each of {len(live)} live members multicast")
+        for p in live:
+            self.command(p, {"cmd": "stats"})
+        await self.wait_all([p.stats_event for p in live], "final statistics")
+        return problems
+
+    def _missing(self, live: list[_Proc]) -> int:
+        want = self.spec.messages
+        return sum(
+            max(0, want - len(r.delivered.get(s.name, ()))) for r in live for s in live
+        )
+
+    async def shutdown(self) -> None:
+        for p in self.procs:
+            self.command(p, {"cmd": "quit"})
+            if p.proc is not None and p.proc.stdin is not None:
+                with contextlib.suppress(OSError, RuntimeError):
+                    p.proc.stdin.close()
+        for p in self.procs:
+            if p.proc is None:
+                continue
+            try:
+                await asyncio.wait_for(p.proc.wait(), 5)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    p.proc.kill()
+                await p.proc.wait()
+            if p.reader is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(p.reader, 2)
+
+    def hard_cleanup(self) -> None:
+        for p in self.procs:
+            if p.proc is not None and p.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.proc.kill()
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()
+
+    def results(self, problems: list[str], duration: float) -> ClusterResult:
+        members = []
+        for p in self.procs:
+            live = p.role in ("joined", "late") and p.proc is not None and not p.killed
+            members.append(MemberResult(
+                name=p.name, role=p.role, live=live,
+                fingerprint=p.info.get("fingerprint"), elapsed=p.info.get("elapsed"),
+                members=p.info.get("members"),
+                delivered={s: len(v) for s, v in p.delivered.items()},
+                stats=p.stats, exit_code=p.proc.returncode if p.proc else None,
+                log_path=p.log if not self._own_workdir else None,
+            ))
+        live = [m for m in members if m.live]
+        fps = {m.fingerprint for m in live}
+        if None in fps:
+            problems.append(f"live members without a key: {[m.name for m in live if m.fingerprint is None]}")
+        if len(fps - {None}) > 1:
+            problems.append(f"live members hold different keys: {sorted(fps - {None})}")
+        want = self.spec.messages
+        missing = [(r.name, s.name, r.delivered.get(s.name, 0)) for r in live for s in live
+                   if r.delivered.get(s.name, 0) < want]
+        if missing:
+            problems.append(f"{len(missing)} (receiver, sender) pairs miss messages, e.g. {missing[:3]}")
+        for m in live:
+            if m.exit_code not in (0, None):
+                problems.append(f"{m.name} exited with {m.exit_code}")
+        return ClusterResult(self.spec, self.seed, members, not problems, problems,
+                             None if self._own_workdir else self.workdir, duration)
+
+
+async def run_cluster(spec: ClusterSpec, *, out: Callable[[str], None] | None = None) -> ClusterResult:
+    """Play ``spec`` with real member processes; always cleans up processes and sockets."""
+    spec.check()
+    c = _Cluster(spec, out or (lambda _msg: None))
+    started = time.monotonic()
+    try:
+        c.prepare()
+        problems = await c.play()
+        await c.shutdown()
+        return c.results(problems, time.monotonic() - started)
+    finally:
+        c.hard_cleanup()
+        if c._own_workdir and c.workdir is not None:
+            shutil.rmtree(c.workdir, ignore_errors=True)
+
+
+def render(result: ClusterResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"secchat cluster (n={result.spec.n}, seed={result.seed})")
+    for col in ("member", "role", "live", "time to key", "key fingerprint", "delivered"):
+        table.add_column(col)
+    live = result.live
+    for m in result.members:
+        got = sum(m.delivered.get(s.name, 0) for s in live)
+        expected = result.spec.messages * len(live) if m.live else 0
+        table.add_row(
+            m.name, m.role, "yes" if m.live else "no",
+            f"{m.elapsed:.3f}s" if m.elapsed is not None else "-",
+            m.fingerprint or "-",
+            f"{got}/{expected}" if m.live else "-",
+        )
+    console.print(table)
+
+
+def cluster(
+    n: int = typer.Option(7, "--n", min=2, max=200, help="Number of members."),
+    join: int | None = typer.Option(None, "--join", help="Members that join at first (default: all but the late ones)."),
+    kill: int = typer.Option(0, "--kill", help="Joined members SIGKILLed during the GKE."),
+    late: int = typer.Option(0, "--late", help="Members started after the key exists."),
+    messages: int = typer.Option(0, "--messages", help="Messages each live member multicasts."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the scenario (which members die, when)."),
+    mode: str = typer.Option("signed", "--mode", help="signed | group"),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for each phase."),
+    keep: str | None = typer.Option(None, "--keep", help="Keep configs, certificates and logs in this directory."),
+    log_level: str = typer.Option("INFO", "--log-level", help="Log level of the member processes."),
+) -> None:
+    """Run n member processes over mutually authenticated TLS on loopback and check they agree."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    spec = ClusterSpec(n=n, join=join, kill=kill, late=late, messages=messages, seed=seed, mode=mode,
+                       timeout=timeout, workdir=Path(keep) if keep else None, log_level=log_level)
+    try:
+        spec.check()
+    except ValueError as exc:
+        console.print(f"[red]secchat cluster: {exc}[/red]")
+        raise typer.Exit(2) from None
+    result = asyncio.run(run_cluster(spec, out=console.print))
+    render(result)
+    print(result.summary())
+    raise typer.Exit(0 if result.ok else 1)

@@ -1,0 +1,363 @@
+"""One conference member as its own OS process: ``python -m secchat.net.member_process CONFIG``.
+
+Why: the thesis runs each peer as a separate program; so do the cluster launcher, the benchmark
+and the integration tests.  The process speaks JSON lines, one object per line:
+
+stdout (events), always with ``"event"`` and the member ``"name"``::
+
+    {"event": "ready", "address": ["127.0.0.1", 40001], ...}
+    {"event": "joined", "group": "conf-1"}
+    {"event": "established", "group": ..., "fingerprint": "9f..", "elapsed": 0.41, "members": ["m0", ...]}
+    {"event": "delivered", "group": ..., "sender": "m3", "incarnation": .., "seq": 0, "text": "hello"}
+    {"event": "suspected" | "restored", "group": ..., "peer": "m2"}
+    {"event": "stats", "links": {...}, "runtime": {...}, "stack": {...}, "queues": {...}, "rss_kb": ..}
+    {"event": "error", "message": "..."}
+
+stdin (commands)::
+
+    {"cmd": "join"[, "group": G]}            start SMC (if the config says join = "command")
+    {"cmd": "send", "text": T[, "group": G]} multicast one message
+    {"cmd": "send", "count": M[, "group": G]} multicast M numbered messages
+    {"cmd": "stats"}  /  {"cmd": "quit"}
+
+Logs go to stderr through :mod:`logging` (loggers under ``secchat.net``); neither stream ever
+carries key material: the group key appears only as its one-way fingerprint.
+
+Test hook: if ``SECCHAT_TEST_RNG_LOG`` names a file, every random byte string the stack draws is
+appended to it (hex), so a test can check that none of it leaks into logs.  It exists for that
+test only and says so on stderr when active.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from .. import pki
+from ..crypto import SystemRng
+from .config import ConfigError, MemberConfig, load_config
+from .errors import LinkError
+from .links import LinkManager
+from .runtime import Runtime
+from .tls import PinSet, TlsCredentials
+
+__all__ = ["MemberProcess", "main"]
+
+log = logging.getLogger("secchat.net.member")
+
+#: Longest command line accepted on stdin.
+MAX_COMMAND = 64 << 10
+#: Largest ``count`` of one send command.
+MAX_SEND_COUNT = 100_000
+
+
+class RecordingRng:
+    """Test hook only: the system CSPRNG, with every draw appended (hex) to a file."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "a", encoding="ascii")  # noqa: SIM115 - lives as long as the process
+
+    def randbytes(self, n: int, /) -> bytes:
+        data = os.urandom(n)
+        self._file.write(data.hex() + "\n")
+        self._file.flush()
+        return data
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def rss_kb() -> int:
+    """Current resident set size (Linux), else the peak."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _stack_config(table: dict[str, Any]):
+    from ..protocols.failure_detector import DetectorConfig
+    from ..protocols.smc import SmcLimits
+    from ..protocols.stack import StackConfig
+
+    table = dict(table)
+    try:
+        detector = DetectorConfig(**table.pop("detector", {}))
+        smc = SmcLimits(**table.pop("smc", {}))
+        return StackConfig(detector=detector, smc=smc, **table)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[stack]: {exc}") from None
+
+
+class MemberProcess:
+    """Loads the identity and conferences of a config, runs links + runtime, speaks JSON lines."""
+
+    def __init__(self, config: MemberConfig, *, messages: int = 0) -> None:
+        self.config = config
+        self.name = config.identity.name
+        self.messages = messages
+        self.runtime = Runtime(self._on_event)
+        self.links: LinkManager | None = None
+        self._join_time: dict[str, float] = {}
+        self._established: set[str] = set()
+        self._stop = asyncio.Event()
+        self._sent: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ setup
+
+    def _load(self) -> tuple[TlsCredentials, PinSet, dict[str, Any]]:
+        ident = self.config.identity
+        try:
+            key = pki.load_private_key(ident.key, ident.passphrase())
+            cert = pki.cert_from_pem(ident.cert.read_bytes())
+            cas = pki.certs_from_pem(ident.ca.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
+        except pki.PkiError as exc:
+            raise ConfigError(str(exc)) from None
+        own = pki.verify_certificate(cert, cas)
+        if own.name != self.name:
+            raise ConfigError(f"our certificate names {own.name!r}, the config says {self.name!r}")
+        pins = PinSet()
+        certs: dict[str, Any] = {}
+        for conf in self.config.conferences:
+            for name, path in conf.members:
+                try:
+                    member_cert = pki.cert_from_pem(path.read_bytes())
+                    identity = pki.verify_certificate(member_cert, cas)
+                except OSError as exc:
+                    raise ConfigError(f"cannot read the certificate of {name}: {exc.strerror}") from None
+                except pki.PkiError as exc:
+                    raise ConfigError(f"the certificate of member {name} is not acceptable: {exc}") from None
+                if identity.name != name:
+                    raise ConfigError(f"the certificate listed for {name!r} belongs to {identity.name!r}")
+                if name == self.name and member_cert != cert:
+                    raise ConfigError(f"conference {conf.id} lists another certificate for us")
+                certs[name] = member_cert
+                if name != self.name:
+                    try:
+                        pins.add(name, member_cert.public_bytes(serialization.Encoding.DER))
+                    except ValueError as exc:
+                        raise ConfigError(f"conference {conf.id}: {exc}") from None
+        return TlsCredentials(key, cert, tuple(cas)), pins, {"key": key, "certs": certs}
+
+    async def run(self) -> int:
+        from ..protocols.stack import Member
+
+        try:
+            creds, pins, material = self._load()
+            stack_config = _stack_config(self.config.stack)
+        except (ConfigError, pki.PkiError) as exc:
+            emit({"event": "error", "name": self.name, "message": str(exc)})
+            log.error("cannot start: %s", exc)
+            return 2
+        rng_log = os.environ.get("SECCHAT_TEST_RNG_LOG")
+        rng = RecordingRng(rng_log) if rng_log else SystemRng()
+        if rng_log:
+            log.warning("test hook SECCHAT_TEST_RNG_LOG is active: random draws are recorded")
+        self.links = LinkManager(
+            self.name, creds, pins, self.runtime.on_message,
+            addresses={n: a for n, a in self.config.peers.items() if n in pins},
+            config=self.config.links,
+        )
+        self.runtime.attach(self.links)
+        try:
+            if self.config.listen_fd is not None:
+                sock = socket.socket(fileno=self.config.listen_fd)
+                address = await self.links.start(sock=sock)
+            else:
+                assert self.config.listen_address is not None
+                address = await self.links.start(*self.config.listen_address)
+        except (OSError, LinkError) as exc:
+            emit({"event": "error", "name": self.name, "message": f"cannot listen: {exc}"})
+            return 2
+        signer = pki.signer_of(material["key"])
+        incarnation = time.time_ns() // 1000  # separates our runs' sequence numbers
+        loop = asyncio.get_running_loop()
+        for conf in self.config.conferences:
+            verifiers = [pki.verifier_of(material["certs"][n]) for n in conf.names]
+            me = conf.names.index(self.name)
+            member = Member(
+                conf.id, me, len(conf.names), signer, verifiers, rng, loop.time(), stack_config,
+                incarnation=incarnation,
+            )
+            self.runtime.add_conference(conf.id, conf.names, me, member)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        emit({"event": "ready", "name": self.name, "address": list(address), "pid": os.getpid(),
+              "conferences": [c.id for c in self.config.conferences]})
+        for conf in self.config.conferences:
+            if conf.join == "start":
+                self.join(conf.id)
+        stdin_task = loop.create_task(self._commands())
+        try:
+            await self._stop.wait()
+        finally:
+            stdin_task.cancel()
+            with contextlib.suppress(BaseException):
+                await stdin_task
+            self.emit_stats()
+            self.runtime.close()
+            await self.links.aclose()
+        return 0
+
+    # ------------------------------------------------------------------ commands
+
+    def _group(self, cmd: dict[str, Any]) -> str:
+        group = cmd.get("group")
+        if group is None:
+            return self.config.conferences[0].id
+        if not isinstance(group, str) or group not in self.runtime.conferences:
+            raise ValueError(f"unknown conference {group!r}")
+        return group
+
+    def join(self, group: str) -> None:
+        if group in self._join_time:
+            return
+        conf = next(c for c in self.config.conferences if c.id == group)
+        self._join_time[group] = self.runtime.now()
+        from ..protocols.stack import smc_tag
+
+        self.runtime.smc_init(group, smc_tag(group), signed=conf.mode == "signed")
+        emit({"event": "joined", "name": self.name, "group": group})
+
+    def send(self, group: str, text: str) -> None:
+        from ..protocols.stack import smc_tag
+
+        if group not in self._join_time:
+            raise ValueError(f"not joined to {group!r} yet")
+        self.runtime.multicast(group, smc_tag(group), text.encode("utf-8"))
+        self._sent[group] = self._sent.get(group, 0) + 1
+
+    def handle_command(self, line: bytes) -> None:
+        try:
+            cmd = json.loads(line)
+            if not isinstance(cmd, dict) or not isinstance(cmd.get("cmd"), str):
+                raise ValueError("a command is an object with a 'cmd' string")
+            kind = cmd["cmd"]
+            if kind == "join":
+                self.join(self._group(cmd))
+            elif kind == "send":
+                group = self._group(cmd)
+                if "count" in cmd:
+                    count = cmd["count"]
+                    if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_SEND_COUNT:
+                        raise ValueError(f"count must be an integer in 0..{MAX_SEND_COUNT}")
+                    for _ in range(count):
+                        self.send(group, f"{self.name} #{self._sent.get(group, 0)}")
+                else:
+                    text = cmd.get("text")
+                    if not isinstance(text, str):
+                        raise ValueError("send needs 'text' (a string) or 'count'")
+                    self.send(group, text)
+            elif kind == "stats":
+                self.emit_stats()
+            elif kind == "quit":
+                self._stop.set()
+            else:
+                raise ValueError(f"unknown command {kind!r}")
+        except (ValueError, KeyError) as exc:  # json.JSONDecodeError is a ValueError
+            emit({"event": "error", "name": self.name, "message": f"bad command: {exc}"})
+
+    async def _commands(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_COMMAND)
+        try:
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        except (OSError, ValueError):
+            return  # no usable stdin (e.g. /dev/null as a file): commands come from the config only
+        while True:
+            try:
+                line = await reader.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                emit({"event": "error", "name": self.name, "message": "command line too long"})
+                continue
+            if not line:
+                return  # stdin closed: keep running until a signal
+            if line.strip():
+                self.handle_command(line)
+
+    # ------------------------------------------------------------------ events
+
+    def _names(self, group: str) -> tuple[str, ...]:
+        return self.runtime.conferences[group].names
+
+    def _on_event(self, group: str, event: Any) -> None:
+        from ..protocols.events import Delivered, KeyEstablished, PeerRestored, PeerSuspected
+
+        names = self._names(group)
+        if isinstance(event, KeyEstablished):
+            if group in self._established:
+                return
+            self._established.add(group)
+            elapsed = self.runtime.now() - self._join_time.get(group, self.runtime.now())
+            emit({"event": "established", "name": self.name, "group": group,
+                  "fingerprint": event.fingerprint, "elapsed": round(elapsed, 6),
+                  "members": [names[i] for i in event.members]})
+            log.info("%s: group key established (fingerprint %s) after %.3fs", group, event.fingerprint, elapsed)
+            for _ in range(self.messages):
+                self.send(group, f"{self.name} #{self._sent.get(group, 0)}")
+        elif isinstance(event, Delivered):
+            emit({"event": "delivered", "name": self.name, "group": group, "sender": names[event.sender],
+                  "incarnation": event.incarnation, "seq": event.seq,
+                  "text": event.payload.decode("utf-8", "replace")})
+        elif isinstance(event, PeerSuspected):
+            emit({"event": "suspected", "name": self.name, "group": group, "peer": names[event.peer]})
+        elif isinstance(event, PeerRestored):
+            emit({"event": "restored", "name": self.name, "group": group, "peer": names[event.peer]})
+
+    def emit_stats(self) -> None:
+        stack: dict[str, int] = {}
+        for conf in self.runtime.conferences.values():
+            for key, value in dict(getattr(conf.member, "stats", {})).items():
+                stack[key] = stack.get(key, 0) + int(value)
+        links = self.links
+        emit({
+            "event": "stats", "name": self.name,
+            "links": dict(links.stats) if links else {},
+            "runtime": dict(self.runtime.stats),
+            "stack": stack,
+            "queues": {k: list(v) for k, v in links.queue_sizes().items()} if links else {},
+            "write_buffers": links.write_buffer_sizes() if links else {},
+            "rss_kb": rss_kb(),
+        })
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="secchat-member", description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="the member's TOML configuration")
+    parser.add_argument("--messages", type=int, default=0, help="multicast M messages once the key exists")
+    parser.add_argument("--log-level", default=os.environ.get("SECCHAT_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        emit({"event": "error", "message": str(exc)})
+        print(f"secchat-member: {exc}", file=sys.stderr)
+        return 2
+    if not 0 <= args.messages <= MAX_SEND_COUNT:
+        print("secchat-member: --messages out of range", file=sys.stderr)
+        return 2
+    return asyncio.run(MemberProcess(config, messages=args.messages).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
