@@ -104,7 +104,7 @@ class Decoder(Generic[T]):
             return self._decoder.decode(data)
         except msgspec.ValidationError as exc:
             raise CodecError(f"invalid message: {exc}", code="invalid") from None
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, ValueError) as exc:  # includes UnicodeDecodeError on bad str
             raise CodecError(f"undecodable message: {exc}") from None
 
 

@@ -1,0 +1,401 @@
+"""The property checker: random hostile schedules, judged from the simulator's god view.
+
+For run i of a campaign the seed is ``seed + i``, so a failing run replays alone with
+``--runs 1 --seed <seed + i>``.  Each run draws, from its seed only: when the network stabilises
+and how bad it is before (delays beyond the detectors' timeout make them suspect live members),
+which ``crash`` members crash and when (never starting, at a random moment mid-protocol, or right
+after finishing), which members start late, and -- for SMC -- an adversary that replays captured
+frames (a crashed member's included), flips bits in them and forges frames from scratch.
+
+Properties:
+
+* consensus -- agreement, validity, and termination of every correct proposer;
+* gke -- every finisher holds the same key, the key is the sum of the decided members'
+  contributions, and every correct member (late starters too) finishes;
+* smc -- one key; every message a member that stays up multicasts after establishing is delivered
+  exactly once, in per-sender order, to every member that stays up; nothing delivered that its
+  alleged sender did not multicast (forged, tampered and replayed frames never are).
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import random
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..codec import CodecError
+from ..protocols.consensus import majority
+from ..protocols.events import Decided, Delivered, KeyEstablished, SessionKey
+from ..protocols.gke import MODULUS
+from ..protocols.messages import SmcData, decode_message, encode_message
+from ..protocols.stack import Member, consensus_tag, gke_tag, smc_tag
+from .simulator import NetworkModel, Simulation
+
+__all__ = ["PROTOCOLS", "CampaignResult", "RunResult", "run_campaign", "run_one"]
+
+PROTOCOLS = ("consensus", "gke", "smc")
+TIME_LIMIT = 600.0  # simulated seconds; a correct run finishes long before
+
+
+@dataclass
+class RunResult:
+    seed: int
+    violations: list[str] = field(default_factory=list)
+    messages: int = 0
+    time_to_finish: float = 0.0
+    cpu: float = 0.0
+
+
+@dataclass
+class Scenario:
+    n: int
+    network: NetworkModel
+    start_at: dict[int, float]  # members that start, and when
+    crash_at: dict[int, float]  # members that crash mid-protocol, and when
+    crash_after_finish: dict[int, float]  # members that crash this long after finishing
+    never_start: set[int]
+
+    @property
+    def crashed(self) -> set[int]:
+        return set(self.crash_at) | set(self.crash_after_finish) | self.never_start
+
+    @property
+    def correct(self) -> list[int]:
+        return [i for i in range(self.n) if i not in self.crashed]
+
+
+def draw_scenario(n: int, crash: int, rng: random.Random) -> Scenario:
+    if not 0 <= crash <= n - majority(n):
+        raise ValueError(f"at most {n - majority(n)} of {n} members may crash")
+    unstable = rng.random() < 0.5
+    network = NetworkModel(
+        min_delay=0.0005,
+        max_delay=rng.choice((0.002, 0.01, 0.03)),
+        unstable_max_delay=rng.uniform(0.3, 3.0) if unstable else 0.03,
+        stabilisation=rng.uniform(0.5, 5.0) if unstable else 0.0,
+    )
+    crashed = rng.sample(range(n), crash)
+    never, crash_at, after = set(), {}, {}
+    for i in crashed:
+        mode = rng.randrange(3)
+        if mode == 0:
+            never.add(i)
+        elif mode == 1:
+            crash_at[i] = rng.uniform(0.0, 1.5)
+        else:
+            after[i] = rng.uniform(0.0, 0.05)
+    start_at = {}
+    for i in range(n):
+        if i in never:
+            continue
+        start_at[i] = rng.uniform(2.0, 8.0) if rng.random() < 0.2 else rng.uniform(0.0, 0.05)
+    return Scenario(n, network, start_at, crash_at, after, never)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+class _Run:
+    """Shared machinery of one run: the scenario wired into a simulation."""
+
+    def __init__(self, protocol: str, n: int, crash: int, seed: int, factory: Callable[..., Member], measure_cpu: bool) -> None:
+        self.protocol = protocol
+        self.rng = random.Random(f"scenario/{seed}")
+        self.scenario = draw_scenario(n, crash, self.rng)
+        self.sim = Simulation(n, seed, network=self.scenario.network, member_factory=factory, measure_cpu=measure_cpu)
+        self.result = RunResult(seed)
+        self.done: set[int] = set()
+        self.finished_at = 0.0
+
+    def finish(self, i: int) -> None:
+        if i in self.done:
+            return
+        self.done.add(i)
+        self.finished_at = max(self.finished_at, self.sim.now)
+        delay = self.scenario.crash_after_finish.get(i)
+        if delay is not None:
+            self.sim.at(self.sim.now + delay, lambda: self.sim.crash(i))
+
+    def schedule(self, action: Callable[[Member, float], Any]) -> None:
+        for i, when in self.scenario.start_at.items():
+            self.sim.at(when, lambda i=i: self.sim.start(i, action))
+        for i, when in self.scenario.crash_at.items():
+            self.sim.at(when, lambda i=i: self.sim.crash(i))
+
+    def violation(self, text: str) -> None:
+        self.result.violations.append(text)
+
+    def close(self) -> RunResult:
+        self.result.messages = self.sim.protocol_messages
+        self.result.time_to_finish = self.finished_at
+        self.result.cpu = sum(node.cpu for node in self.sim.nodes)
+        return self.result
+
+
+def _check_consensus(run: _Run) -> None:
+    sim, sc = run.sim, run.scenario
+    tag = consensus_tag(("sim",))
+    proposals = {i: f"value-{i}-{run.result.seed}".encode() for i in range(sc.n)}
+    decided: dict[int, bytes] = {}
+
+    def on_output(i: int, now: float, ev: Any) -> None:
+        if isinstance(ev, Decided):
+            if i in decided:
+                run.violation(f"member {i} decided twice")
+            decided[i] = ev.value
+            run.finish(i)
+
+    for node in sim.nodes:
+        node.on_output = functools.partial(on_output, node.index)
+    run.schedule(lambda m, now: m.propose(tag, proposals[m.me], now))
+    correct = sc.correct
+    sim.run(TIME_LIMIT, stop=lambda: all(i in decided for i in correct))
+    values = set(decided.values())
+    if len(values) > 1:
+        run.violation(f"agreement: members decided {len(values)} different values: {sorted(decided.items())}")
+    for i, v in decided.items():
+        if v not in proposals.values():
+            run.violation(f"validity: member {i} decided {v!r}, which nobody proposed")
+    missing = [i for i in correct if i not in decided]
+    if missing:
+        run.violation(f"termination: correct members {missing} never decided")
+
+
+def _check_gke(run: _Run) -> None:
+    sim, sc = run.sim, run.scenario
+    tag = gke_tag(smc_tag("sim"))
+    keys: dict[int, SessionKey] = {}
+
+    def on_output(i: int, now: float, ev: Any) -> None:
+        if isinstance(ev, SessionKey):
+            keys[i] = ev
+            run.finish(i)
+
+    for node in sim.nodes:
+        node.on_output = functools.partial(on_output, node.index)
+    run.schedule(lambda m, now: m.gke_init(tag, now))
+    correct = sc.correct
+    sim.run(TIME_LIMIT, stop=lambda: all(i in keys for i in correct))
+    secrets = {ev.secret for ev in keys.values()}
+    if len(secrets) > 1:
+        run.violation(f"agreement: {len(secrets)} different keys among {sorted(keys)}")
+    contributions = {
+        node.index: node.member.demux.get("gke", tag).contribution for node in sim.nodes if node.member is not None
+    }
+    for i, ev in keys.items():
+        expected = sum(contributions[u] for u in ev.members) % MODULUS
+        if ev.secret != expected:
+            run.violation(f"member {i}'s key is not the sum of the decided contributions of {ev.members}")
+    memberships = {ev.members for ev in keys.values()}
+    if len(memberships) > 1:
+        run.violation(f"members decided different contributor lists: {sorted(memberships)}")
+    missing = [i for i in correct if i not in keys]
+    if missing:
+        run.violation(f"termination: correct members {missing} never computed the key")
+
+
+def _check_smc(run: _Run, messages: int = 3, signed: bool = True) -> None:
+    sim, sc, rng = run.sim, run.scenario, run.rng
+    tag = smc_tag("sim")
+    sim.keep_wire_log = True
+    fingerprints: dict[int, str] = {}
+    sent: dict[tuple[int, int, int], bytes] = {}  # (sender, incarnation, seq) -> payload
+    sent_by: dict[int, list[tuple[int, int, int]]] = {i: [] for i in range(sc.n)}
+    delivered: dict[int, list[tuple[int, int, int]]] = {i: [] for i in range(sc.n)}
+    pending_sends = {i: messages for i in sc.correct}
+    correct = sc.correct
+    state = {"complete": 0, "adversary_done": False}
+    expected_total = len(correct) * len(correct) * messages
+
+    def multicast(i: int, k: int) -> None:
+        sim.call(i, lambda m, now: m.multicast(tag, f"msg {k} from {i} in run {run.result.seed}".encode(), now))
+
+    def on_output(i: int, now: float, ev: Any) -> None:
+        if isinstance(ev, KeyEstablished):
+            fingerprints[i] = ev.fingerprint
+            for k in range(messages):
+                sim.at(now + rng.uniform(0.0, 1.0), functools.partial(multicast, i, k))
+        elif isinstance(ev, Delivered):
+            key = (ev.sender, ev.incarnation, ev.seq)
+            if ev.sender == i:
+                sent[key] = ev.payload
+                sent_by[i].append(key)
+                if i in pending_sends:
+                    pending_sends[i] -= 1
+            elif sent.get(key) != ev.payload:
+                run.violation(f"member {i} delivered a message {key} that member {ev.sender} never multicast")
+            if key in delivered[i]:
+                run.violation(f"member {i} delivered {key} twice")
+            delivered[i].append(key)
+            if i in correct and ev.sender in correct:
+                state["complete"] += 1
+
+    def on_established_finish(i: int, now: float, ev: Any) -> None:
+        on_output(i, now, ev)
+        if isinstance(ev, KeyEstablished):
+            run.finish(i)
+
+    for node in sim.nodes:
+        node.on_output = functools.partial(on_established_finish, node.index)
+    run.schedule(lambda m, now: m.smc_init(tag, now, signed=signed))
+
+    def attack(count: int) -> None:
+        frames = [(t, s, d) for t, s, d in sim.wire_log if d[1:2] == b"\x1e"]  # SmcData type tag 30
+        if frames:
+            _t, victim, data = rng.choice(frames)
+            to = rng.randrange(sc.n)
+            kind = rng.randrange(4)
+            if kind == 0:  # replay as is (a stolen frame, possibly of a crashed member)
+                sim.inject(rng.randrange(sc.n), to, data)
+            elif kind == 1:  # flip one bit anywhere
+                pos = rng.randrange(len(data))
+                sim.inject(victim, to, data[:pos] + bytes([data[pos] ^ (1 << rng.randrange(8))]) + data[pos + 1 :])
+            else:  # forge: re-address, renumber or replace the ciphertext of a real frame
+                try:
+                    msg = decode_message(data)
+                except CodecError:
+                    msg = None
+                if isinstance(msg, SmcData):
+                    forged = SmcData(
+                        msg.tag,
+                        rng.randrange(sc.n) if kind == 2 else msg.sender,
+                        msg.incarnation,
+                        msg.seq + rng.randrange(0, 3),
+                        rng.randbytes(12) if kind == 3 else msg.nonce,
+                        msg.ciphertext if kind == 2 else rng.randbytes(len(msg.ciphertext)),
+                    )
+                    sim.inject(victim, to, encode_message(forged))
+        if count > 1:
+            sim.at(sim.now + rng.uniform(0.05, 0.5), functools.partial(attack, count - 1))
+        else:
+            state["adversary_done"] = True
+
+    sim.at(rng.uniform(0.1, 1.0), functools.partial(attack, 25))
+
+    def complete() -> bool:
+        return (
+            state["adversary_done"]
+            and all(i in fingerprints for i in correct)
+            and all(pending_sends[i] == 0 for i in correct)
+            and state["complete"] >= expected_total
+        )
+
+    if sim.run(TIME_LIMIT, stop=complete):
+        run.finished_at = sim.now
+    sim.run(sim.now + 2.0)  # let stray replays land: nothing more may be delivered
+    if len(set(fingerprints.values())) > 1:
+        run.violation(f"members established different keys: {fingerprints}")
+    missing_key = [i for i in correct if i not in fingerprints]
+    if missing_key:
+        run.violation(f"termination: correct members {missing_key} never established")
+    for r in correct:
+        if r not in fingerprints:
+            continue
+        got = delivered[r]
+        for s in correct:
+            expected = sent_by[s]
+            from_s = [k for k in got if k[0] == s]
+            if from_s != expected:
+                run.violation(
+                    f"member {r} delivered {len(from_s)} of member {s}'s {len(expected)} messages"
+                    + (" out of order" if sorted(from_s) != from_s else "")
+                )
+    unfinished = [i for i in correct if pending_sends[i] != 0]
+    if unfinished:
+        run.violation(f"members {unfinished} could not multicast all their messages")
+
+
+def run_one(
+    protocol: str,
+    n: int,
+    crash: int,
+    seed: int,
+    *,
+    factory: Callable[..., Member] = Member,
+    measure_cpu: bool = False,
+    signed: bool = True,
+) -> RunResult:
+    """One schedule of ``protocol``; returns its violations and costs."""
+    run = _Run(protocol, n, crash, seed, factory, measure_cpu)
+    try:
+        if protocol == "consensus":
+            _check_consensus(run)
+        elif protocol == "gke":
+            _check_gke(run)
+        elif protocol == "smc":
+            _check_smc(run, signed=signed)
+        else:
+            raise ValueError(f"unknown protocol {protocol!r}")
+    except Exception as exc:  # a crash of the protocol code under test is a violation too
+        run.violation(f"exception: {type(exc).__name__}: {exc}")
+    return run.close()
+
+
+# --------------------------------------------------------------------------- campaigns
+
+
+@dataclass
+class CampaignResult:
+    protocol: str
+    n: int
+    crash: int
+    results: list[RunResult]
+
+    @property
+    def failures(self) -> list[RunResult]:
+        return [r for r in self.results if r.violations]
+
+    def summary(self) -> str:
+        msgs = sorted(r.messages for r in self.results)
+        times = sorted(r.time_to_finish for r in self.results)
+        return (
+            f"{self.protocol} n={self.n} crash={self.crash}: {len(self.results)} runs, "
+            f"{len(self.failures)} violations; messages median {statistics.median(msgs):.0f} "
+            f"p95 {_p95(msgs):.0f}; time to finish median {statistics.median(times):.3f} s "
+            f"p95 {_p95(times):.3f} s"
+        )
+
+
+def _p95(values: list[float]) -> float:
+    return values[min(len(values) - 1, int(0.95 * len(values)))]
+
+
+def _worker(args: tuple) -> RunResult:
+    protocol, n, crash, seed, factory, signed = args
+    return run_one(protocol, n, crash, seed, factory=factory, signed=signed)
+
+
+def run_campaign(
+    protocol: str,
+    n: int,
+    runs: int,
+    seed: int,
+    crash: int,
+    *,
+    jobs: int | None = None,
+    factory: Callable[..., Member] = Member,
+    signed: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> CampaignResult:
+    """``runs`` schedules with seeds ``seed .. seed + runs - 1`` over ``jobs`` processes."""
+    work = [(protocol, n, crash, seed + i, factory, signed) for i in range(runs)]
+    jobs = jobs or os.cpu_count() or 1
+    results: list[RunResult] = []
+    if jobs == 1 or runs < 4:
+        for item in work:
+            results.append(_worker(item))
+            if progress:
+                progress(1)
+    else:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(jobs) as pool:
+            for res in pool.imap(_worker, work, chunksize=max(1, min(16, runs // (jobs * 8) or 1))):
+                results.append(res)
+                if progress:
+                    progress(1)
+    return CampaignResult(protocol, n, crash, results)

@@ -1,0 +1,48 @@
+"""``secchat sim``: the property checker on the command line."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+sim_app = typer.Typer(help="Deterministic simulation of the protocol stack.", no_args_is_help=True)
+
+
+@sim_app.command()
+def check(
+    protocol: str = typer.Option(..., help="consensus, gke or smc."),
+    n: int = typer.Option(7, "--n", min=1, max=1000, help="Group size."),
+    runs: int = typer.Option(100, min=1, help="Number of random schedules."),
+    seed: int = typer.Option(1, help="Run i uses seed SEED + i."),
+    crash: int = typer.Option(0, min=0, help="Members that crash in every run (at most n - majority)."),
+    jobs: int = typer.Option(0, help="Worker processes (0: one per core)."),
+    group_mode: bool = typer.Option(False, "--group-mode", help="SMC without signatures."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Run RUNS random hostile schedules and check the protocol's properties from the god view."""
+    from rich.progress import Progress
+
+    from .checker import PROTOCOLS, run_campaign
+
+    if protocol not in PROTOCOLS:
+        raise typer.BadParameter(f"choose one of {', '.join(PROTOCOLS)}", param_hint="--protocol")
+    if crash > n - (n // 2 + 1):
+        raise typer.BadParameter(f"at most {n - (n // 2 + 1)} of {n} members may crash", param_hint="--crash")
+    with Progress(transient=True, disable=quiet or not sys.stderr.isatty()) as bar:
+        task = bar.add_task(f"{protocol} n={n}", total=runs)
+        result = run_campaign(
+            protocol, n, runs, seed, crash, jobs=jobs or None, signed=not group_mode,
+            progress=lambda k: bar.advance(task, k),
+        )
+    for failed in result.failures[:20]:
+        typer.echo(f"VIOLATION seed {failed.seed}: " + "; ".join(failed.violations[:5]))
+        mode = " --group-mode" if group_mode else ""
+        typer.echo(
+            f"  replay: secchat sim check --protocol {protocol} --n {n} --runs 1 "
+            f"--seed {failed.seed} --crash {crash}{mode}"
+        )
+    if len(result.failures) > 20:
+        typer.echo(f"... and {len(result.failures) - 20} more failing runs")
+    typer.echo(result.summary())
+    raise typer.Exit(1 if result.failures else 0)

@@ -1,0 +1,129 @@
+"""The checker at acceptance size, its power to catch broken protocols, and determinism."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from secchat.protocols.consensus import Consensus, majority
+from secchat.protocols.events import PeerSuspected, SessionKey
+from secchat.protocols.gke import MODULUS, GkeState, GroupKeyExchange
+from secchat.protocols.stack import Member, consensus_tag
+from secchat.sim.checker import run_campaign, run_one
+from secchat.sim.simulator import NetworkModel, Simulation
+
+
+@pytest.mark.parametrize("protocol", ["consensus", "gke", "smc"])
+@pytest.mark.parametrize("n", [3, 4, 7])
+def test_campaign_has_no_violations(protocol: str, n: int) -> None:
+    crash = n - majority(n)
+    result = run_campaign(protocol, n, 500, seed=1000 * n, crash=crash, jobs=1)
+    assert not result.failures, [f.violations for f in result.failures[:3]]
+    assert len(result.results) == 500
+    # the schedules really were hostile: some runs took far longer than the fast ones
+    times = sorted(r.time_to_finish for r in result.results)
+    assert times[-1] > 4 * times[0]
+
+
+# --------------------------------------------------------------------------- broken variants
+
+
+class DecideOnMinority(Consensus):
+    """A coordinator that decides as soon as *it* has acked its own proposal."""
+
+    def _progress(self):
+        box = self._boxes[self.round]
+        if not self._proposed and len(box.estimates) >= self.t:
+            value = max(box.estimates.items(), key=lambda kv: (kv[1][0], -kv[0]))[1][1]
+            self._proposed = True
+            self.estimate, self.ts = value, self.round + 1
+            return self._decide(value, relay=True)
+        return []
+
+
+class OwnSetGke(GroupKeyExchange):
+    """Computes the key from the contributions it proposed, not from the decided ones."""
+
+    def _maybe_propose(self):
+        if self.state is GkeState.RUNNING:
+            ready = sorted(j for j, keys in self._contrib.items() if keys)
+            if len(ready) >= self.t:
+                self._own = tuple(ready[: self.t])
+        return super()._maybe_propose()
+
+    def _try_finish(self):
+        own = self._own
+        self.secret = sum(next(iter(self._contrib[u].values())) for u in own) % MODULUS
+        self.state = GkeState.FINISHED
+        return [SessionKey(self.tag, tuple(self.decided_members()), self.secret)]
+
+    def decided_members(self):
+        return [u for u, _, _ in self.decided]
+
+
+def test_checker_catches_a_coordinator_that_decides_on_a_minority() -> None:
+    factory = functools.partial(Member, consensus_cls=DecideOnMinority)
+    result = run_campaign("consensus", 5, 300, seed=7, crash=0, jobs=1, factory=factory)
+    assert result.failures, "the broken coordinator went unnoticed"
+    assert any("agreement" in v for f in result.failures for v in f.violations)
+    # and the correct protocol passes the very same schedules
+    assert not run_campaign("consensus", 5, 300, seed=7, crash=0, jobs=1).failures
+
+
+def test_checker_catches_a_gke_that_uses_its_own_contribution_set() -> None:
+    factory = functools.partial(Member, gke_cls=OwnSetGke)
+    result = run_campaign("gke", 7, 200, seed=3, crash=3, jobs=1, factory=factory)
+    assert result.failures, "the broken GKE went unnoticed"
+    assert any("sum of the decided contributions" in v or "agreement" in v for f in result.failures for v in f.violations)
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def _digest(seed: int) -> tuple[str, int]:
+    sim = Simulation(5, seed, network=NetworkModel(unstable_max_delay=2.0, stabilisation=3.0))
+    for i in range(5):
+        sim.at(0.01 * i, lambda i=i: sim.start(i, lambda m, now: m.smc_init(("sim", "smc", 0), now)))
+    sim.run(20.0)
+    return sim.trace_digest, sim.messages_sent
+
+
+def test_same_seed_same_run_byte_for_byte() -> None:
+    assert _digest(11) == _digest(11)
+    assert _digest(11)[0] != _digest(12)[0]
+
+
+def test_run_results_replay_exactly() -> None:
+    a = run_one("smc", 7, 3, 42)
+    b = run_one("smc", 7, 3, 42)
+    assert (a.messages, a.time_to_finish, a.violations) == (b.messages, b.time_to_finish, b.violations)
+
+
+def test_agreement_while_every_detector_is_wrong() -> None:
+    """Every member suspects every other for a while: consensus is delayed, never wrong."""
+    n = 5
+    net = NetworkModel(min_delay=1.1, max_delay=1.3, unstable_max_delay=3.0, stabilisation=6.0)
+    sim = Simulation(n, 99, network=net)
+    tag = consensus_tag(("sim",))
+    for i in range(n):
+        sim.start(i, lambda m, now: m.propose(tag, f"v{m.me}".encode(), now))
+    sim.run(120.0)
+    suspicions = sum(isinstance(ev, PeerSuspected) for node in sim.nodes for _, ev in node.outputs)
+    assert suspicions >= n * (n - 1) // 2
+    decided = {node.member.demux.get("consensus", tag).decision for node in sim.nodes}
+    assert len(decided) == 1 and None not in decided
+
+
+def test_a_member_that_starts_after_everyone_finished_gets_the_same_key() -> None:
+    sim = Simulation(7, 5)
+    tag = ("sim", "smc", 0, "gke")
+    for i in range(6):
+        sim.start(i, lambda m, now: m.gke_init(tag, now))
+    sim.run(10.0)
+    keys = {ev.secret for node in sim.nodes[:6] for _, ev in node.outputs if isinstance(ev, SessionKey)}
+    assert len(keys) == 1
+    sim.start(6, lambda m, now: m.gke_init(tag, now))
+    sim.run(20.0)
+    late = [ev.secret for _, ev in sim.nodes[6].outputs if isinstance(ev, SessionKey)]
+    assert late == list(keys)
