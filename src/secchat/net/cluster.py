@@ -61,10 +61,11 @@ class ClusterSpec:
     kill: int = 0
     late: int = 0
     messages: int = 0
+    restart_killed: bool = False  # start the killed members again (fresh state) once the key exists
     seed: int | None = None
     mode: str = "signed"
     timeout: float = 60.0
-    kill_window: tuple[float, float] = (0.005, 0.06)
+    kill_window: tuple[float, float] = (0.002, 0.015)  # seconds after the join command
     log_level: str = "INFO"
     workdir: Path | None = None  # keep everything here (tests); default: a temp dir, removed
     env: dict[str, str] = field(default_factory=dict)  # extra environment; "{name}" is expanded
@@ -97,7 +98,7 @@ class ClusterSpec:
 @dataclass
 class MemberResult:
     name: str
-    role: str  # "joined", "killed", "late", "absent"
+    role: str  # "joined", "killed", "late", "restarted", "absent"
     live: bool
     fingerprint: str | None = None
     elapsed: float | None = None
@@ -117,6 +118,8 @@ class ClusterResult:
     problems: list[str]
     workdir: Path | None
     duration: float
+    killed_mid_gke: int = 0  # victims killed before any member had the key
+
 
     @property
     def live(self) -> list[MemberResult]:
@@ -133,7 +136,7 @@ class ClusterResult:
         median = f"{statistics.median(times):.3f}s" if times else "-"
         return (
             f"cluster n={self.spec.n} seed={self.seed} live={len(live)} "
-            f"killed={sum(m.role == 'killed' for m in self.members)} late={self.spec.late}: "
+            f"killed={self.spec.kill} ({self.killed_mid_gke} before any key) late={self.spec.late}: "
             f"key {key} at {sum(m.fingerprint is not None for m in live)}/{len(live)} live members, "
             f"median time to key {median}, messages {delivered}/{expected} -> {status}"
         )
@@ -156,6 +159,7 @@ class _Proc:
         self.stats_event = asyncio.Event()
         self.killed = False
         self.progress = asyncio.Event()  # set on every delivery
+        self.out_file = log.with_suffix(".out")
 
     @property
     def running(self) -> bool:
@@ -173,6 +177,7 @@ class _Cluster:
         self.workdir: Path | None = None
         self._own_workdir = False
         self.passphrase = secrets.token_urlsafe(24)
+        self.killed_mid_gke = 0
 
     # ------------------------------------------------------------------ setup
 
@@ -254,6 +259,8 @@ class _Cluster:
                 continue
             if not line:
                 break
+            with open(proc.out_file, "ab") as f:
+                f.write(line)
             try:
                 event = json.loads(line)
             except ValueError:
@@ -293,11 +300,14 @@ class _Cluster:
     def kill(self, proc: _Proc) -> None:
         if proc.running and proc.proc is not None:
             proc.killed = True
+            if not any(p.established.is_set() for p in self.procs if p.role == "joined"):
+                self.killed_mid_gke += 1
             with contextlib.suppress(ProcessLookupError):
                 proc.proc.send_signal(signal.SIGKILL)
-        sock = self.sockets.pop(proc.index, None)
-        if sock is not None:
-            sock.close()  # a dead member's port refuses connections from now on
+        if not self.spec.restart_killed:
+            sock = self.sockets.pop(proc.index, None)
+            if sock is not None:
+                sock.close()  # a dead member's port refuses connections from now on
 
     # ------------------------------------------------------------------ the scenario
 
@@ -327,7 +337,25 @@ class _Cluster:
                 if not await self.wait_all([p.established for p in late], "the late members' key"):
                     problems.append("not every late member established the key")
             self.out(f"{sum(p.established.is_set() for p in late)}/{len(late)} late members have the key")
-        live = [p for p in self.procs if p.role in ("joined", "late") and p.running]
+        restarted = [p for p in self.procs if p.role == "killed"] if spec.restart_killed else []
+        if restarted:
+            for p in restarted:
+                if p.proc is not None:
+                    await p.proc.wait()
+                if p.reader is not None:
+                    with contextlib.suppress(BaseException):
+                        await p.reader
+                p.role, p.killed, p.info = "restarted", False, {}
+                p.established = asyncio.Event()
+                p.delivered.clear()
+            await asyncio.gather(*(self.spawn(p) for p in restarted))
+            if await self.wait_all([p.ready for p in restarted], "the restarted members to start"):
+                for p in restarted:
+                    self.command(p, {"cmd": "join"})
+                if not await self.wait_all([p.established for p in restarted], "the restarted members' key"):
+                    problems.append("not every restarted member established the key")
+            self.out(f"{sum(p.established.is_set() for p in restarted)}/{len(restarted)} restarted members have the key")
+        live = [p for p in self.procs if p.role in ("joined", "late", "restarted") and p.running]
         if spec.messages:
             for p in live:
                 self.command(p, {"cmd": "send", "count": spec.messages})
@@ -387,7 +415,7 @@ class _Cluster:
     def results(self, problems: list[str], duration: float) -> ClusterResult:
         members = []
         for p in self.procs:
-            live = p.role in ("joined", "late") and p.proc is not None and not p.killed
+            live = p.role in ("joined", "late", "restarted") and p.proc is not None and not p.killed
             members.append(MemberResult(
                 name=p.name, role=p.role, live=live,
                 fingerprint=p.info.get("fingerprint"), elapsed=p.info.get("elapsed"),
@@ -411,7 +439,7 @@ class _Cluster:
             if m.exit_code not in (0, None):
                 problems.append(f"{m.name} exited with {m.exit_code}")
         return ClusterResult(self.spec, self.seed, members, not problems, problems,
-                             None if self._own_workdir else self.workdir, duration)
+                             None if self._own_workdir else self.workdir, duration, self.killed_mid_gke)
 
 
 async def run_cluster(spec: ClusterSpec, *, out: Callable[[str], None] | None = None) -> ClusterResult:
@@ -460,6 +488,7 @@ def cluster(
     seed: int | None = typer.Option(None, "--seed", help="Seed of the scenario (which members die, when)."),
     mode: str = typer.Option("signed", "--mode", help="signed | group"),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for each phase."),
+    restart_killed: bool = typer.Option(False, "--restart-killed", help="Start the killed members again once the key exists."),
     keep: str | None = typer.Option(None, "--keep", help="Keep configs, certificates and logs in this directory."),
     log_level: str = typer.Option("INFO", "--log-level", help="Log level of the member processes."),
 ) -> None:
@@ -467,7 +496,7 @@ def cluster(
     from rich.console import Console
 
     console = Console(stderr=True)
-    spec = ClusterSpec(n=n, join=join, kill=kill, late=late, messages=messages, seed=seed, mode=mode,
+    spec = ClusterSpec(n=n, join=join, kill=kill, late=late, messages=messages, restart_killed=restart_killed, seed=seed, mode=mode,
                        timeout=timeout, workdir=Path(keep) if keep else None, log_level=log_level)
     try:
         spec.check()
