@@ -77,10 +77,10 @@ def map_exceptions(*, connecting: bool = False) -> Iterator[None]:
     except LinkError:
         raise
     except ssl.SSLCertVerificationError as exc:
-        reason = exc.verify_message or exc.reason or "certificate verification failed"
+        reason = exc.verify_message or getattr(exc, "reason", None) or "certificate verification failed"
         raise AuthenticationError(f"certificate verification failed: {reason}", code="bad_certificate") from None
     except ssl.SSLError as exc:
-        reason = exc.reason or exc.__class__.__name__
+        reason = getattr(exc, "reason", None) or exc.__class__.__name__
         if connecting:
             raise AuthenticationError(f"TLS handshake failed: {reason}", code="handshake_failed") from None
         raise LinkClosed(f"TLS error: {reason}", code="tls_error") from None
