@@ -57,6 +57,7 @@ __all__ = [
     "signer_of",
     "verifier_of",
     "verify_certificate",
+    "write_file_atomically",
 ]
 
 #: File names of an identity directory (``secchat ca issue --out D`` writes them, the rest reads).
@@ -339,7 +340,7 @@ def certs_from_pem(data: bytes) -> list[x509.Certificate]:
 # --------------------------------------------------------------------------- key store
 
 
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+def write_file_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
     path = Path(path)
     directory = path.parent
@@ -373,7 +374,7 @@ def save_private_key(path: Path, key: Ed25519PrivateKey, passphrase: str) -> Non
         serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(passphrase.encode("utf-8")),
     )
-    _atomic_write(Path(path), pem, 0o600)
+    write_file_atomically(Path(path), pem, 0o600)
 
 
 def load_private_key(path: Path, passphrase: str) -> Ed25519PrivateKey:

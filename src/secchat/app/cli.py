@@ -15,12 +15,14 @@ app = typer.Typer(
 
 def _register() -> None:
     from secchat.app.cli_pki import ca_app, identity_app
+    from secchat.directory.cli import directory_app
     from secchat.net.cluster import cluster
     from secchat.sim.cli import sim_app
 
     app.add_typer(sim_app, name="sim")
     app.add_typer(ca_app, name="ca")
     app.add_typer(identity_app, name="identity")
+    app.add_typer(directory_app, name="directory")
     app.command(name="cluster")(cluster)
 
 

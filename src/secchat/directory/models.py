@@ -1,0 +1,135 @@
+"""What the directory stores and sends: request (``*In``) and public (``*Out``) models, signed records.
+
+Why: the directory is untrusted, so everything a peer must be able to check later is a *signed
+record* with one canonical encoding (:mod:`secchat.codec`): the conference record signed by its
+creator, the contact address signed by its participant.  The JSON models carry these records
+between client and server; size and shape limits live here, in the types, so that the server
+refuses junk before it touches the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import msgspec
+
+from secchat.codec import canonical
+
+__all__ = [
+    "CONFERENCE_ID_PATTERN",
+    "MAX_CERT_PEM",
+    "MAX_MEMBERS",
+    "NAME_PATTERN",
+    "ConferenceIn",
+    "ConferenceOut",
+    "ConferenceRecord",
+    "ContactIn",
+    "ContactOut",
+    "ParticipantIn",
+    "ParticipantOut",
+    "contact_message",
+]
+
+#: Conference ids are URL-safe, and short enough to be a part of a protocol tag.
+CONFERENCE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$"
+#: Participant names are certificate common names: 1..64 printable characters, no slash.
+NAME_PATTERN = r"^[^\x00-\x1f\x7f/]{1,64}$"
+MAX_MEMBERS = 500
+MAX_CERT_PEM = 8192
+_SIG_HEX = r"^[0-9a-f]{128}$"
+
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+ConferenceId = Annotated[str, msgspec.Meta(pattern=CONFERENCE_ID_PATTERN)]
+CertPem = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CERT_PEM)]
+SignatureHex = Annotated[str, msgspec.Meta(pattern=_SIG_HEX)]
+UnixTime = Annotated[int, msgspec.Meta(ge=0, lt=1 << 62)]
+Host = Annotated[str, msgspec.Meta(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]_-]+$")]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
+# --------------------------------------------------------------------------- signed records
+
+
+@dataclass(frozen=True, slots=True)
+class ConferenceRecord:
+    """The conference as its creator signs it: certificates enter by SHA-256 fingerprint."""
+
+    id: str
+    t0: int
+    t1: int
+    members: tuple[str, ...]
+    fingerprints: tuple[str, ...]
+    creator: str
+
+    def signed_bytes(self) -> bytes:
+        return canonical(
+            "conference-record/v1",
+            self.id,
+            self.t0,
+            self.t1,
+            tuple(self.members),
+            tuple(self.fingerprints),
+            self.creator,
+        )
+
+
+def contact_message(name: str, host: str, port: int, issued_at: int) -> bytes:
+    """What a participant signs to publish its contact address."""
+    return canonical("contact-address/v1", name, host, port, issued_at)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class ParticipantIn(msgspec.Struct, forbid_unknown_fields=True):
+    cert_pem: CertPem
+
+
+class ContactIn(msgspec.Struct, forbid_unknown_fields=True):
+    host: Host
+    port: Port
+    issued_at: UnixTime
+    signature: SignatureHex
+
+
+class ConferenceIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: ConferenceId
+    t0: UnixTime
+    t1: UnixTime
+    members: Annotated[list[Name], msgspec.Meta(min_length=1, max_length=MAX_MEMBERS)]
+    certs: Annotated[list[CertPem], msgspec.Meta(min_length=1, max_length=MAX_MEMBERS)]
+    creator: Name
+    signature: SignatureHex
+
+
+# --------------------------------------------------------------------------- public views
+
+
+class ContactOut(msgspec.Struct, frozen=True):
+    host: str
+    port: int
+    issued_at: int
+    signature: str
+
+
+class ParticipantOut(msgspec.Struct, frozen=True):
+    name: str
+    issuer: str
+    fingerprint: str
+    cert_pem: str
+    registered_at: int
+    contact: ContactOut | None = None
+
+
+class ConferenceOut(msgspec.Struct, frozen=True):
+    """A conference as the directory returns it; clients re-verify every field (see ``client``)."""
+
+    id: str
+    t0: int
+    t1: int
+    members: list[str]
+    certs: list[str]
+    creator: str
+    signature: str
+    created_at: int = 0

@@ -1,0 +1,439 @@
+"""All SQL of the directory service: schema, engine factory, one transaction per write.
+
+Why this shape: routes hold no SQL (STYLE.md 9); each write runs in exactly one transaction that
+also consumes the request's nonce, so a refused request leaves the domain tables unchanged and an
+acknowledged one is durable (SQLite: WAL + ``synchronous=FULL``; PostgreSQL: commit).  Unique
+constraints, not read-then-write checks alone, do the deduplication: a race between two writers
+ends in an ``IntegrityError`` and the loser's transaction is re-run, where it sees the winner's row.
+
+SQLite write transactions start with ``BEGIN IMMEDIATE`` so that concurrent writers queue on the
+busy timeout instead of failing on a lock upgrade; reads use plain deferred transactions.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import platformdirs
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from .models import ConferenceOut, ContactOut, ParticipantOut
+
+__all__ = [
+    "Rejected",
+    "Store",
+    "default_database_path",
+    "make_engine",
+]
+
+T = TypeVar("T")
+
+metadata = MetaData()
+
+participants = Table(
+    "participants",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("issuer", String(64), nullable=False),
+    Column("fingerprint", String(64), nullable=False, unique=True),
+    Column("cert_pem", Text, nullable=False),
+    Column("registered_at", BigInteger, nullable=False),
+    UniqueConstraint("name", "issuer", name="participants_identity"),
+)
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("name", String(64), ForeignKey("participants.name"), primary_key=True),
+    Column("host", String(253), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("issued_at", BigInteger, nullable=False),
+    Column("signature", String(128), nullable=False),
+)
+
+conferences = Table(
+    "conferences",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("t0", BigInteger, nullable=False),
+    Column("t1", BigInteger, nullable=False),
+    Column("creator", String(64), ForeignKey("participants.name"), nullable=False),
+    Column("signature", String(128), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+conference_members = Table(
+    "conference_members",
+    metadata,
+    Column("conference_id", String(128), ForeignKey("conferences.id"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("name", String(64), ForeignKey("participants.name"), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    PrimaryKeyConstraint("conference_id", "position"),
+    UniqueConstraint("conference_id", "name", name="conference_members_once"),
+    Index("conference_members_by_name", "name"),
+)
+
+nonces = Table(
+    "nonces",
+    metadata,
+    Column("nonce", String(32), primary_key=True),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+)
+
+#: The tables that hold the directory's data (``nonces`` is bookkeeping).
+DOMAIN_TABLES = (participants, contacts, conferences, conference_members)
+
+
+class Rejected(Exception):
+    """A write refused for a reason the client caused; nothing was changed."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def default_database_path() -> Path:
+    return Path(platformdirs.user_data_dir("secchat")) / "directory.sqlite3"
+
+
+def make_engine(url: str | None = None, *, pool_size: int = 20) -> Engine:
+    """An engine for ``url``: a SQLite file (default, or a bare path) or ``postgresql://...``."""
+    if not url:
+        path = default_database_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{path}"
+    elif "://" not in url:
+        path = Path(url).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{path}"
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(
+            parsed,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            pool_size=pool_size,
+            max_overflow=pool_size,
+        )
+        _configure_sqlite(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}")
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (see "begin" below)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("secchat_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class Store:
+    """The directory's data, behind one method per operation."""
+
+    RETRIES = 3
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writes = itertools.count()
+
+    def create_schema(self) -> None:
+        with self._write_conn() as conn:
+            metadata.create_all(conn)
+
+    # ---------------------------------------------------------------- transactions
+
+    @contextmanager
+    def _write_conn(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(secchat_write=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _read_conn(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _write(self, nonce: tuple[str, int] | None, now: int, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` and the nonce's insertion in one transaction, re-running it after a race."""
+        for attempt in range(self.RETRIES):
+            try:
+                with self._write_conn() as conn:
+                    if nonce is not None:
+                        self._use_nonce(conn, nonce, now)
+                    return fn(conn)
+            except Rejected as exc:
+                if nonce is not None and exc.code != "replayed_request":
+                    self._burn_nonce(nonce)
+                raise
+            except IntegrityError:
+                if attempt == self.RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _use_nonce(self, conn: Connection, nonce: tuple[str, int], now: int) -> None:
+        if next(self._writes) % 256 == 0:
+            conn.execute(delete(nonces).where(nonces.c.expires_at < now))
+        if conn.execute(select(nonces.c.nonce).where(nonces.c.nonce == nonce[0])).first():
+            raise Rejected("replayed_request", "this request was already received once")
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(nonces).values(nonce=nonce[0], expires_at=nonce[1]))
+        except IntegrityError:
+            raise Rejected("replayed_request", "this request was already received once") from None
+
+    def _burn_nonce(self, nonce: tuple[str, int]) -> None:
+        """Keep a refused request's nonce too, so that it cannot be replayed later."""
+        try:
+            with self._write_conn() as conn:
+                conn.execute(insert(nonces).values(nonce=nonce[0], expires_at=nonce[1]))
+        except SQLAlchemyError:
+            pass  # best effort: the request is refused either way
+
+    # ---------------------------------------------------------------- participants
+
+    def register_participant(
+        self,
+        *,
+        name: str,
+        issuer: str,
+        fingerprint: str,
+        cert_pem: str,
+        nonce: tuple[str, int],
+        now: int,
+    ) -> tuple[ParticipantOut, bool]:
+        """Add a participant; the same certificate again is a no-op (``created`` False)."""
+
+        def run(conn: Connection) -> tuple[ParticipantOut, bool]:
+            row = conn.execute(select(participants).where(participants.c.name == name)).first()
+            if row is not None:
+                if row.fingerprint == fingerprint and row.issuer == issuer:
+                    return self._participant(conn, row), False
+                raise Rejected(
+                    "identity_taken", f"the name {name!r} is already registered with another certificate"
+                )
+            conn.execute(
+                insert(participants).values(
+                    name=name, issuer=issuer, fingerprint=fingerprint, cert_pem=cert_pem, registered_at=now
+                )
+            )
+            return ParticipantOut(name, issuer, fingerprint, cert_pem, now, None), True
+
+        return self._write(nonce, now, run)
+
+    def _participant(self, conn: Connection, row: Any) -> ParticipantOut:
+        contact = conn.execute(select(contacts).where(contacts.c.name == row.name)).first()
+        return ParticipantOut(
+            row.name,
+            row.issuer,
+            row.fingerprint,
+            row.cert_pem,
+            row.registered_at,
+            None if contact is None else ContactOut(contact.host, contact.port, contact.issued_at, contact.signature),
+        )
+
+    def get_participant(self, name: str) -> ParticipantOut | None:
+        with self._read_conn() as conn:
+            row = conn.execute(select(participants).where(participants.c.name == name)).first()
+            return None if row is None else self._participant(conn, row)
+
+    def list_participants(self, *, limit: int = 1000, after: str = "") -> list[ParticipantOut]:
+        with self._read_conn() as conn:
+            rows = conn.execute(
+                select(participants, contacts.c.host, contacts.c.port, contacts.c.issued_at, contacts.c.signature)
+                .join(contacts, contacts.c.name == participants.c.name, isouter=True)
+                .where(participants.c.name > after)
+                .order_by(participants.c.name)
+                .limit(limit)
+            ).all()
+        return [
+            ParticipantOut(
+                r.name,
+                r.issuer,
+                r.fingerprint,
+                r.cert_pem,
+                r.registered_at,
+                None if r.host is None else ContactOut(r.host, r.port, r.issued_at, r.signature),
+            )
+            for r in rows
+        ]
+
+    def publish_contact(
+        self, *, name: str, host: str, port: int, issued_at: int, signature: str, nonce: tuple[str, int], now: int
+    ) -> None:
+        def run(conn: Connection) -> None:
+            if conn.execute(select(participants.c.name).where(participants.c.name == name)).first() is None:
+                raise Rejected("unknown_participant", f"no participant is named {name!r}")
+            values = {"host": host, "port": port, "issued_at": issued_at, "signature": signature}
+            done = conn.execute(update(contacts).where(contacts.c.name == name).values(**values))
+            if done.rowcount == 0:
+                conn.execute(insert(contacts).values(name=name, **values))
+
+        self._write(nonce, now, run)
+
+    # ---------------------------------------------------------------- conferences
+
+    def create_conference(
+        self,
+        *,
+        id: str,
+        t0: int,
+        t1: int,
+        members: list[str],
+        fingerprints: list[str],
+        creator: str,
+        signature: str,
+        nonce: tuple[str, int],
+        now: int,
+    ) -> ConferenceOut:
+        """Store a conference whose members are registered with exactly these certificates."""
+
+        def run(conn: Connection) -> ConferenceOut:
+            if conn.execute(select(conferences.c.id).where(conferences.c.id == id)).first():
+                raise Rejected("duplicate_conference", f"a conference with id {id!r} already exists")
+            rows = conn.execute(
+                select(participants.c.name, participants.c.fingerprint, participants.c.cert_pem).where(
+                    participants.c.name.in_(members)
+                )
+            ).all()
+            registered = {r.name: r for r in rows}
+            for name, fp in zip(members, fingerprints, strict=True):
+                if name not in registered:
+                    raise Rejected("unknown_member", f"member {name!r} is not a registered participant")
+                if registered[name].fingerprint != fp:
+                    raise Rejected(
+                        "certificate_mismatch", f"the certificate given for {name!r} is not the registered one"
+                    )
+            conn.execute(
+                insert(conferences).values(
+                    id=id, t0=t0, t1=t1, creator=creator, signature=signature, created_at=now
+                )
+            )
+            conn.execute(
+                insert(conference_members),
+                [
+                    {"conference_id": id, "position": i, "name": name, "fingerprint": fp}
+                    for i, (name, fp) in enumerate(zip(members, fingerprints, strict=True))
+                ],
+            )
+            return ConferenceOut(
+                id, t0, t1, list(members), [registered[m].cert_pem for m in members], creator, signature, now
+            )
+
+        return self._write(nonce, now, run)
+
+    def _load_conferences(self, conn: Connection, ids: Iterable[str]) -> list[ConferenceOut]:
+        ids = list(ids)
+        if not ids:
+            return []
+        heads = conn.execute(select(conferences).where(conferences.c.id.in_(ids)).order_by(conferences.c.id)).all()
+        rows = conn.execute(
+            select(conference_members.c.conference_id, conference_members.c.name, participants.c.cert_pem)
+            .join(participants, participants.c.name == conference_members.c.name)
+            .where(conference_members.c.conference_id.in_(ids))
+            .order_by(conference_members.c.conference_id, conference_members.c.position)
+        ).all()
+        members: dict[str, list[tuple[str, str]]] = {}
+        for r in rows:
+            members.setdefault(r.conference_id, []).append((r.name, r.cert_pem))
+        return [
+            ConferenceOut(
+                h.id,
+                h.t0,
+                h.t1,
+                [m for m, _ in members.get(h.id, [])],
+                [c for _, c in members.get(h.id, [])],
+                h.creator,
+                h.signature,
+                h.created_at,
+            )
+            for h in heads
+        ]
+
+    def get_conference(self, id: str) -> ConferenceOut | None:
+        with self._read_conn() as conn:
+            found = self._load_conferences(conn, [id])
+        return found[0] if found else None
+
+    def conferences_of(self, name: str, *, limit: int = 1000) -> list[ConferenceOut]:
+        with self._read_conn() as conn:
+            ids = conn.execute(
+                select(conference_members.c.conference_id)
+                .where(conference_members.c.name == name)
+                .order_by(conference_members.c.conference_id)
+                .limit(limit)
+            ).scalars()
+            return self._load_conferences(conn, list(ids))
+
+    def delete_conference(self, *, id: str, requester: str, nonce: tuple[str, int], now: int) -> None:
+        def run(conn: Connection) -> None:
+            row = conn.execute(select(conferences.c.creator).where(conferences.c.id == id)).first()
+            if row is None:
+                raise Rejected("unknown_conference", f"there is no conference with id {id!r}")
+            if row.creator != requester:
+                raise Rejected("not_creator", "only the creator of a conference may delete it")
+            conn.execute(delete(conference_members).where(conference_members.c.conference_id == id))
+            conn.execute(delete(conferences).where(conferences.c.id == id))
+
+        self._write(nonce, now, run)
+
+    # ---------------------------------------------------------------- inspection (tests, tools)
+
+    def dump(self) -> dict[str, list[tuple]]:
+        """Every row of the domain tables, in a stable order."""
+        with self._read_conn() as conn:
+            return {
+                t.name: sorted(tuple(r) for r in conn.execute(select(t)).all()) for t in DOMAIN_TABLES
+            }
+
+    def counts(self) -> dict[str, int]:
+        with self._read_conn() as conn:
+            return {
+                t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+                for t in (*DOMAIN_TABLES, nonces)
+            }

@@ -1,0 +1,216 @@
+"""Shared fixtures and helpers of the directory tests (unit and integration).
+
+``db_url`` is parametrized over SQLite and PostgreSQL.  Each PostgreSQL test gets a fresh schema
+(via ``search_path`` in the URL), dropped afterwards, so concurrent runs never collide.  With no
+server at 127.0.0.1:5432 those tests skip, unless ``SECCHAT_REQUIRE_POSTGRES=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import secchat
+from secchat import pki
+from secchat.directory.auth import sign_request
+
+PG_HOST, PG_PORT, PG_DB = "127.0.0.1", 5432, "test"
+PG_USERS = ("postgres", "root")
+SRC = str(Path(secchat.__file__).resolve().parent.parent)
+
+_pg_user: str | bool | None = False  # False: not probed yet
+
+
+def postgres_user() -> str | None:
+    """The first PostgreSQL role that connects, or None (probed once per process)."""
+    global _pg_user
+    if _pg_user is False:
+        import psycopg
+
+        _pg_user = None
+        for user in PG_USERS:
+            try:
+                psycopg.connect(
+                    host=PG_HOST, port=PG_PORT, user=user, dbname=PG_DB, connect_timeout=2
+                ).close()
+            except psycopg.Error:
+                continue
+            _pg_user = user
+            break
+    return _pg_user  # type: ignore[return-value]
+
+
+def require_postgres() -> str:
+    user = postgres_user()
+    if user is None:
+        reason = f"no PostgreSQL server answers at {PG_HOST}:{PG_PORT} (database {PG_DB!r})"
+        if os.environ.get("SECCHAT_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason + " and SECCHAT_REQUIRE_POSTGRES=1", pytrace=False)
+        pytest.skip(reason)
+    return user
+
+
+@dataclass
+class PgSchema:
+    user: str
+    schema: str
+
+    @property
+    def url(self) -> str:
+        return (
+            f"postgresql://{self.user}@{PG_HOST}:{PG_PORT}/{PG_DB}"
+            f"?options=-csearch_path%3D{self.schema}"
+        )
+
+
+def _pg_admin(user: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(host=PG_HOST, port=PG_PORT, user=user, dbname=PG_DB, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def fresh_pg_schema() -> Iterator[str]:
+    user = require_postgres()
+    schema = f"secchat_t_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+    _pg_admin(user, f'CREATE SCHEMA "{schema}"')
+    try:
+        yield PgSchema(user, schema).url
+    finally:
+        _pg_admin(user, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path) -> Iterator[str]:
+    """A fresh, empty database URL on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'directory.sqlite3'}"
+    else:
+        yield from fresh_pg_schema()
+
+
+# --------------------------------------------------------------------------- identities
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    key: Ed25519PrivateKey
+    cert: x509.Certificate
+
+    @property
+    def pem(self) -> str:
+        return pki.cert_to_pem(self.cert).decode("ascii")
+
+
+class World:
+    """A CA and the users it issued, created lazily by name."""
+
+    def __init__(self, name: str = "Test CA") -> None:
+        self.ca_key, self.ca_cert = pki.create_ca(name)
+        self.users: dict[str, User] = {}
+
+    def user(self, name: str, **issue) -> User:
+        if name not in self.users or issue:
+            key = pki.generate_key()
+            cert = pki.issue_certificate(self.ca_key, self.ca_cert, name, key.public_key(), **issue)
+            user = User(name, key, cert)
+            if issue:
+                return user
+            self.users[name] = user
+        return self.users[name]
+
+
+@pytest.fixture(scope="session")
+def world() -> World:
+    return World()
+
+
+def signed(user: User, method: str, path: str, body: bytes, *, timestamp: int | None = None, nonce: str | None = None) -> dict[str, str]:
+    """Authentication headers for a hand-made request."""
+    return sign_request(
+        pki.signer_of(user.key),
+        user.name,
+        method,
+        path,
+        body,
+        timestamp=int(time.time()) if timestamp is None else timestamp,
+        nonce=nonce or os.urandom(16).hex(),
+    )
+
+
+# --------------------------------------------------------------------------- a real server process
+
+
+def free_listener() -> socket.socket:
+    """A listening socket on a port the OS chose; handed to the server, so there is no race."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+class ServerProcess:
+    """``python -m secchat.directory serve`` on an inherited socket; ``url`` once it answers."""
+
+    def __init__(self, ca_pem: Path, db: str | None, *, env: dict[str, str] | None = None) -> None:
+        self.ca_pem, self.db, self.extra_env = ca_pem, db, env or {}
+        self.sock = free_listener()
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        env = {**os.environ, **self.extra_env}
+        env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        cmd = [sys.executable, "-m", "secchat.directory", "serve", "--ca", str(self.ca_pem), "--fd", str(self.sock.fileno())]
+        if self.db is not None:
+            cmd += ["--db", self.db]
+        self.proc = subprocess.Popen(
+            cmd, env=env, pass_fds=(self.sock.fileno(),), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the directory server exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/v1/health", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("the directory server did not become ready")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc is not None and self.proc.stderr:
+            self.proc.stderr.close()
+
+    def close(self) -> None:
+        self.stop()
+        self.sock.close()

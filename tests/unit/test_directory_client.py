@@ -1,0 +1,365 @@
+"""The directory client trusts nothing: a malicious directory (an ASGI wrapper around the honest
+one that rewrites its answers) can refuse service, but every alteration is caught."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from secchat import pki
+from secchat.directory.client import (
+    AsyncDirectoryClient,
+    CertificateChanged,
+    DirectoryClient,
+    DirectoryError,
+    DirectoryUnavailable,
+    UnacceptedCertificates,
+    UntrustedResponse,
+)
+from secchat.directory.server import create_app
+from secchat.directory.storage import make_engine
+from secchat.directory.trust import Acceptance, TrustStore, TrustStoreError
+from tests.directory_support import User, World
+
+Tamper = Callable[[str, object], object]
+
+
+class EvilDirectory:
+    """Wraps the honest app and passes each successful GET answer through ``tamper(path, json)``."""
+
+    def __init__(self, app, tamper: Tamper | None = None) -> None:
+        self.app, self.tamper = app, tamper
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or self.tamper is None:
+            await self.app(scope, receive, send)
+            return
+        start: dict = {}
+        chunks: list[bytes] = []
+
+        async def capture(message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        body = b"".join(chunks)
+        if start["status"] == 200:
+            body = json.dumps(self.tamper(scope["path"], json.loads(body))).encode()
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": start["status"], "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class Setup:
+    """A directory with alice, bob, carol registered and conference ``c1`` = (alice, bob) by alice."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.world = World()
+        self.engine = make_engine(f"sqlite:///{tmp_path / 'd.sqlite3'}", pool_size=5)
+        self.app = create_app(self.engine, [self.world.ca_cert])
+        self.evil = EvilDirectory(self.app)
+        self.users = {n: self.world.user(n) for n in ("alice", "bob", "carol", "mallory")}
+        self.stores = {n: TrustStore(None) for n in self.users}
+
+        async def setup() -> None:
+            clients = {n: self.client(n) for n in self.users}
+            for c in clients.values():
+                await c.register()
+            a = clients["alice"]
+            for n in ("bob", "carol"):
+                a.accept(await a.get_participant(n))
+            await a.create_conference("c1", 1000, 2000, ["alice", "bob"])
+            b = clients["bob"]
+            b.accept(await b.get_participant("alice"))
+
+        asyncio.run(setup())
+
+    def client(self, name: str, tamper: Tamper | None = None) -> AsyncDirectoryClient:
+        self.evil.tamper = tamper
+        u = self.users[name]
+        return AsyncDirectoryClient(
+            "http://directory", [self.world.ca_cert], u.key, u.cert, self.stores[name],
+            transport=httpx.ASGITransport(app=self.evil),
+        )
+
+    def get_conference(self, name: str, tamper: Tamper | None, id: str = "c1"):
+        async def go():
+            return await self.client(name, tamper).get_conference(id)
+
+        return asyncio.run(go())
+
+    def refused(self, tamper: Tamper, code: str) -> UntrustedResponse:
+        with pytest.raises(UntrustedResponse) as err:
+            self.get_conference("bob", tamper)
+        assert err.value.code == code, err.value
+        assert str(err.value) and "\n" not in str(err.value)
+        return err.value
+
+
+@pytest.fixture
+def setup(tmp_path) -> Setup:
+    s = Setup(tmp_path)
+    yield s
+    s.engine.dispose()
+
+
+def test_honest_directory(setup):
+    conference = setup.get_conference("bob", None)
+    assert [m.name for m in conference.members] == ["alice", "bob"]
+    assert (conference.t0, conference.t1, conference.creator) == (1000, 2000, "alice")
+    assert conference.unaccepted == ()
+    conference.require_accepted()
+
+
+def _on_conference(fn):
+    def tamper(path: str, data):
+        if path.startswith("/v1/conferences/"):
+            fn(data)
+        return data
+
+    return tamper
+
+
+def test_directory_adds_a_member(setup):
+    mallory = setup.users["mallory"]
+
+    def add(data):
+        data["members"].append("mallory")
+        data["certs"].append(mallory.pem)
+
+    setup.refused(_on_conference(add), "bad_record_signature")
+
+
+def test_directory_swaps_a_certificate_for_another_valid_one(setup):
+    other_bob = setup.world.user("bob", valid_days=30)  # CA-valid, same name, not the signed one
+
+    def swap(data):
+        data["certs"][1] = other_bob.pem
+
+    setup.refused(_on_conference(swap), "bad_record_signature")
+
+
+def test_directory_swaps_a_certificate_for_another_name(setup):
+    def swap(data):
+        data["certs"][1] = setup.users["carol"].pem
+
+    setup.refused(_on_conference(swap), "name_mismatch")
+
+
+def test_directory_swaps_a_certificate_for_a_foreign_one(setup):
+    foreign = World("Evil CA").user("bob")
+
+    def swap(data):
+        data["certs"][1] = foreign.pem
+
+    setup.refused(_on_conference(swap), "invalid_certificate")
+
+
+@pytest.mark.parametrize("field", ["t0", "t1"])
+def test_directory_alters_the_time_frame(setup, field):
+    def shift(data):
+        data[field] += 3600 if field == "t1" else -3600
+
+    setup.refused(_on_conference(shift), "bad_record_signature")
+
+
+def test_directory_strips_the_signature(setup):
+    def strip(data):
+        data["signature"] = ""
+
+    setup.refused(_on_conference(strip), "unsigned_record")
+
+
+def test_directory_drops_the_signature_field(setup):
+    def drop(data):
+        del data["signature"]
+
+    setup.refused(_on_conference(drop), "malformed_response")
+
+
+def test_directory_changes_the_creator(setup):
+    def creator(data):
+        data["creator"] = "bob"
+
+    setup.refused(_on_conference(creator), "bad_record_signature")
+
+
+def test_directory_reorders_members(setup):
+    def reorder(data):
+        data["members"].reverse()
+        data["certs"].reverse()
+
+    setup.refused(_on_conference(reorder), "bad_record_signature")
+
+
+def test_directory_answers_with_another_conference(setup):
+    def rename(data):
+        data["id"] = "c2"
+
+    setup.refused(_on_conference(rename), "wrong_conference")
+
+
+def test_directory_swaps_an_accepted_participant_certificate(setup):
+    other_bob = setup.world.user("bob", valid_days=30)
+
+    def swap(path, data):
+        if path == "/v1/participants/bob":
+            data["cert_pem"] = other_bob.pem
+        return data
+
+    async def go():
+        return await setup.client("alice", swap).get_participant("bob")
+
+    with pytest.raises(CertificateChanged) as err:
+        asyncio.run(go())
+    assert err.value.code == "certificate_changed" and "bob@Test CA" in str(err.value)
+
+
+def test_directory_forges_a_contact_address(setup):
+    async def publish():
+        await setup.client("bob").publish_contact("192.0.2.1", 7001)
+
+    asyncio.run(publish())
+
+    def forge(path, data):
+        if path == "/v1/participants/bob" and data.get("contact"):
+            data["contact"]["host"] = "203.0.113.66"
+        return data
+
+    async def get(tamper):
+        return await setup.client("alice", tamper).get_participant("bob")
+
+    assert asyncio.run(get(None)).contact.host == "192.0.2.1"
+    assert asyncio.run(get(forge)).contact is None
+
+
+def test_tampered_conferences_are_left_out_of_listings(setup):
+    def shift(path, data):
+        if path.endswith("/conferences"):
+            for c in data:
+                c["t1"] += 1
+        return data
+
+    async def listing(tamper):
+        return await setup.client("bob", tamper).conferences_of()
+
+    assert [c.id for c in asyncio.run(listing(None))] == ["c1"]
+    assert asyncio.run(listing(shift)) == []
+
+
+def test_new_certificates_are_reported_then_accepted(setup):
+    # carol never accepted anyone: alice's and bob's certificates are new to her
+    async def create_and_fetch():
+        alice = setup.client("alice")
+        await alice.create_conference("c3", 1, 2, ["alice", "bob", "carol"])
+        return await setup.client("carol").get_conference("c3")
+
+    conference = asyncio.run(create_and_fetch())
+    assert {m.name for m in conference.unaccepted} == {"alice", "bob"}
+    with pytest.raises(UnacceptedCertificates) as err:
+        conference.require_accepted()
+    assert {m.name for m in err.value.members} == {"alice", "bob"}
+    carol = setup.client("carol")
+    for member in conference.unaccepted:
+        carol.accept(member)
+    again = setup.get_conference("carol", None, "c3")
+    assert again.unaccepted == () and all(m.acceptance is Acceptance.ACCEPTED for m in again.members)
+
+
+def test_changed_certificate_in_a_signed_record_is_refused(setup):
+    # bob once accepted another certificate for alice: even a correctly signed record is refused
+    setup.stores["bob"].accept(pki.Identity("alice", "Test CA"), "0" * 64)
+    with pytest.raises(CertificateChanged):
+        setup.get_conference("bob", None)
+
+
+def test_creator_needs_accepted_certificates(setup):
+    async def create():
+        await setup.client("bob").create_conference("c4", 1, 2, ["bob", "carol"])
+
+    with pytest.raises(UnacceptedCertificates) as err:
+        asyncio.run(create())
+    assert [str(m.identity) for m in err.value.members] == ["carol@Test CA"]
+    assert setup.app.state.store.get_conference("c4") is None
+
+
+def test_server_errors_are_directory_errors(setup):
+    async def go():
+        return await setup.client("bob").get_conference("missing")
+
+    with pytest.raises(DirectoryError) as err:
+        asyncio.run(go())
+    assert (err.value.code, err.value.status) == ("unknown_conference", 404)
+
+
+def test_unreachable_directory(tmp_path):
+    world = World()
+    u = world.user("alice")
+    client = DirectoryClient("http://127.0.0.1:9", [world.ca_cert], u.key, u.cert, TrustStore(None), timeout=2)
+    with client, pytest.raises(DirectoryUnavailable) as err:
+        client.get_conference("x")
+    assert err.value.code == "unreachable"
+
+
+def test_client_refuses_a_key_that_is_not_its_certificate():
+    world = World()
+    a, b = world.user("alice"), world.user("bob")
+    with pytest.raises(ValueError):
+        DirectoryClient("http://x", [world.ca_cert], a.key, b.cert, TrustStore(None))
+
+
+# --------------------------------------------------------------------------- the trust store
+
+
+def test_trust_store_persists(tmp_path):
+    path = tmp_path / "trust" / "accepted.json"
+    store = TrustStore(path)
+    alice = pki.Identity("alice", "CA")
+    assert store.status(alice, "aa") is Acceptance.NEW
+    store.accept(alice, "aa", now=5)
+    assert store.status(alice, "aa") is Acceptance.ACCEPTED
+    assert store.status(alice, "bb") is Acceptance.CHANGED
+    reloaded = TrustStore(path)
+    assert [(e.identity, e.fingerprint, e.accepted_at) for e in reloaded.list()] == [("alice@CA", "aa", 5)]
+    assert reloaded.revoke(alice) and not reloaded.revoke(alice)
+    assert len(TrustStore(path)) == 0
+    assert (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_trust_store_corrupt(tmp_path):
+    path = tmp_path / "accepted.json"
+    path.write_text("{not json")
+    with pytest.raises(TrustStoreError):
+        TrustStore(path)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_sync_client_against_in_process_app(tmp_path):
+    # the blocking driver, over a real socket-free transport, runs the same operations
+    world = World()
+    engine = make_engine(f"sqlite:///{tmp_path / 'd.sqlite3'}")
+    app = create_app(engine, [world.ca_cert])
+    u = world.user("alice")
+    from starlette.testclient import TestClient
+
+    with TestClient(app) as tc:
+        transport = tc._transport  # the in-process transport of Starlette's test client
+        with DirectoryClient("http://testserver", [world.ca_cert], u.key, u.cert, TrustStore(None), transport=transport) as c:
+            assert c.register().name == "alice"
+            assert c.create_conference("solo", 1, 2, ["alice"]).members[0].name == "alice"
+            assert [x.id for x in c.conferences_of()] == ["solo"]
+            c.delete_conference("solo")
+            assert c.conferences_of() == []
+    engine.dispose()
+
+
+def test_user_fixture_is_a_user():
+    assert isinstance(World().user("x"), User)

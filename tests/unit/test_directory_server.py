@@ -1,0 +1,389 @@
+"""The directory server's checks, on SQLite and PostgreSQL: every bad input is a coded 4xx and
+leaves the database unchanged.  Requests are made by hand (signed with the shared scheme) so that
+each can be wrong in exactly one way."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import msgspec
+import pytest
+
+from secchat import pki
+from secchat.directory.models import ConferenceRecord
+from secchat.directory.server import create_app
+from secchat.directory.storage import make_engine
+from tests import directory_support
+from tests.directory_support import User, World, signed
+
+db_url = directory_support.db_url
+world = directory_support.world
+
+
+class Api:
+    """Synchronous raw access to the app in-process (httpx over ASGI)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.store = app.state.store
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> httpx.Response:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://directory") as client:
+                return await client.request(method, path, content=body, headers=headers or {})
+
+        return asyncio.run(go())
+
+    def signed(self, user: User, method: str, path: str, body: bytes = b"", **kw) -> httpx.Response:
+        return self.request(method, path, body, signed(user, method, path, body, **kw))
+
+    def register(self, user: User) -> httpx.Response:
+        return self.signed(user, "POST", "/v1/participants", json.dumps({"cert_pem": user.pem}).encode())
+
+
+@pytest.fixture
+def api(db_url, world) -> Api:
+    engine = make_engine(db_url, pool_size=5)
+    try:
+        yield Api(create_app(engine, [world.ca_cert]))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def members(api, world) -> tuple[User, User, User]:
+    users = world.user("alice"), world.user("bob"), world.user("carol")
+    for u in users:
+        assert api.register(u).status_code in (200, 201)
+    return users
+
+
+def conference_body(
+    creator: User, members: list[User], id: str = "conf-1", t0: int = 1000, t1: int = 2000, *, sign_as: User | None = None
+) -> bytes:
+    record = ConferenceRecord(
+        id, t0, t1, tuple(m.name for m in members), tuple(pki.fingerprint(m.cert) for m in members), creator.name
+    )
+    signature = pki.signer_of((sign_as or creator).key).sign(record.signed_bytes())
+    return json.dumps(
+        {
+            "id": id,
+            "t0": t0,
+            "t1": t1,
+            "members": [m.name for m in members],
+            "certs": [m.pem for m in members],
+            "creator": creator.name,
+            "signature": signature.hex(),
+        }
+    ).encode()
+
+
+def refused(api: Api, response: httpx.Response, status: int, code: str, before) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"] and "Traceback" not in response.text
+    assert api.store.dump() == before, "a refused request changed the database"
+
+
+# --------------------------------------------------------------------------- happy paths
+
+
+def test_register_is_idempotent_and_listed(api, world):
+    alice = world.user("alice")
+    first = api.register(alice)
+    assert first.status_code == 201 and first.json()["fingerprint"] == pki.fingerprint(alice.cert)
+    assert api.register(alice).status_code == 200
+    assert [p["name"] for p in api.request("GET", "/v1/participants").json()] == ["alice"]
+    assert api.request("GET", "/v1/participants/alice").json()["issuer"] == "Test CA"
+    assert api.store.counts()["participants"] == 1
+
+
+def test_conference_lifecycle(api, members):
+    alice, bob, _ = members
+    r = api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice, bob]))
+    assert r.status_code == 201, r.text
+    got = api.request("GET", "/v1/conferences/conf-1").json()
+    assert got["members"] == ["alice", "bob"] and got["t1"] == 2000
+    assert [c["id"] for c in api.request("GET", "/v1/participants/bob/conferences").json()] == ["conf-1"]
+    assert api.request("GET", "/v1/participants/carol/conferences").json() == []
+    assert api.signed(alice, "DELETE", "/v1/conferences/conf-1").status_code == 204
+    assert api.request("GET", "/v1/conferences/conf-1").status_code == 404
+
+
+def test_openapi_and_unknown_routes_are_json(api):
+    spec = api.request("GET", "/v1/openapi.json").json()
+    assert spec["openapi"].startswith("3.") and "/v1/conferences/{id}" in spec["paths"]
+    r = api.request("GET", "/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = api.request("PATCH", "/v1/conferences/x")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+# --------------------------------------------------------------------------- bad input: registration
+
+
+def test_malformed_json(api, world):
+    alice = world.user("alice")
+    before = api.store.dump()
+    body = b'{"cert_pem": '
+    refused(api, api.signed(alice, "POST", "/v1/participants", body), 400, "malformed_json", before)
+
+
+def test_malformed_json_conference(api, members):
+    alice = members[0]
+    before = api.store.dump()
+    refused(api, api.signed(alice, "POST", "/v1/conferences", b"[1, 2"), 400, "malformed_json", before)
+
+
+def test_schema_violation(api, members):
+    alice = members[0]
+    before = api.store.dump()
+    body = json.dumps({"id": "x", "t0": "soon"}).encode()
+    refused(api, api.signed(alice, "POST", "/v1/conferences", body), 422, "invalid_request", before)
+
+
+def test_bad_pem(api, world):
+    alice = world.user("alice")
+    before = api.store.dump()
+    body = json.dumps({"cert_pem": "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"}).encode()
+    refused(api, api.signed(alice, "POST", "/v1/participants", body), 400, "bad_pem", before)
+
+
+def test_unknown_ca(api):
+    stranger = World("Other CA").user("alice")
+    before = api.store.dump()
+    refused(api, api.register(stranger), 422, "unknown_ca", before)
+
+
+def test_expired_certificate(api, world):
+    old = world.user("dave", valid_days=1, now=datetime.now(UTC) - timedelta(days=10))
+    before = api.store.dump()
+    refused(api, api.register(old), 422, "expired", before)
+
+
+def test_not_yet_valid_certificate(api, world):
+    early = world.user("erin", not_before=datetime.now(UTC) + timedelta(days=1))
+    before = api.store.dump()
+    refused(api, api.register(early), 422, "not_yet_valid", before)
+
+
+def test_ca_certificate_as_participant(api, world):
+    ca_user = User("Test CA", world.ca_key, world.ca_cert)
+    before = api.store.dump()
+    refused(api, api.register(ca_user), 422, "not_a_leaf", before)
+
+
+def test_wrong_signature_no_proof_of_possession(api, world):
+    alice, mallory = world.user("alice"), world.user("mallory")
+    body = json.dumps({"cert_pem": alice.pem}).encode()
+    headers = signed(User("alice", mallory.key, mallory.cert), "POST", "/v1/participants", body)
+    before = api.store.dump()
+    refused(api, api.request("POST", "/v1/participants", body, headers), 401, "bad_request_signature", before)
+
+
+def test_body_altered_after_signing(api, members):
+    alice, bob, _ = members
+    body = conference_body(alice, [alice, bob])
+    headers = signed(alice, "POST", "/v1/conferences", body)
+    tampered = body.replace(b'"t1": 2000', b'"t1": 3000')
+    before = api.store.dump()
+    refused(api, api.request("POST", "/v1/conferences", tampered, headers), 401, "bad_request_signature", before)
+
+
+def test_unsigned_request(api, world):
+    alice = world.user("alice")
+    before = api.store.dump()
+    r = api.request("POST", "/v1/participants", json.dumps({"cert_pem": alice.pem}).encode())
+    refused(api, r, 401, "missing_signature", before)
+
+
+def test_identity_taken_by_another_certificate(api, members, world):
+    second_alice = world.user("alice", valid_days=30)  # same CA, same name, another key
+    before = api.store.dump()
+    refused(api, api.register(second_alice), 409, "identity_taken", before)
+
+
+def test_stale_request(api, world):
+    alice = world.user("alice")
+    body = json.dumps({"cert_pem": alice.pem}).encode()
+    before = api.store.dump()
+    r = api.signed(alice, "POST", "/v1/participants", body, timestamp=int(time.time()) - 121)
+    refused(api, r, 401, "stale_request", before)
+    r = api.signed(alice, "POST", "/v1/participants", body, timestamp=int(time.time()) + 300)
+    refused(api, r, 401, "stale_request", before)
+
+
+def test_replay(api, members):
+    alice, bob, _ = members
+    body = conference_body(alice, [alice, bob])
+    headers = signed(alice, "POST", "/v1/conferences", body)
+    assert api.request("POST", "/v1/conferences", body, headers).status_code == 201
+    assert api.signed(alice, "DELETE", "/v1/conferences/conf-1").status_code == 204
+    before = api.store.dump()
+    refused(api, api.request("POST", "/v1/conferences", body, headers), 401, "replayed_request", before)
+
+
+def test_replay_of_a_refused_request(api, members):
+    alice, bob, _ = members
+    body = conference_body(alice, [alice, bob], t0=5, t1=6)
+    assert api.signed(alice, "POST", "/v1/conferences", body).status_code == 201
+    headers = signed(alice, "POST", "/v1/conferences", body)  # duplicate id: refused, nonce kept
+    before = api.store.dump()
+    refused(api, api.request("POST", "/v1/conferences", body, headers), 409, "duplicate_conference", before)
+    assert api.signed(alice, "DELETE", "/v1/conferences/conf-1").status_code == 204
+    before = api.store.dump()
+    refused(api, api.request("POST", "/v1/conferences", body, headers), 401, "replayed_request", before)
+
+
+def test_oversized_body(api, world):
+    alice = world.user("alice")
+    big = json.dumps({"cert_pem": "A" * (600 * 1024)}).encode()
+    before = api.store.dump()
+    refused(api, api.signed(alice, "POST", "/v1/participants", big), 413, "body_too_large", before)
+
+
+def test_oversized_body_without_content_length(api, world):
+    alice = world.user("alice")
+
+    async def chunks():
+        for _ in range(100):
+            yield b"x" * 8192
+
+    async def go():
+        transport = httpx.ASGITransport(app=api.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://directory") as client:
+            return await client.post("/v1/participants", content=chunks(), headers=signed(alice, "POST", "/v1/participants", b""))
+
+    before = api.store.dump()
+    refused(api, asyncio.run(go()), 413, "body_too_large", before)
+
+
+# --------------------------------------------------------------------------- bad input: conferences
+
+
+def test_unknown_conference(api, members):
+    alice = members[0]
+    before = api.store.dump()
+    refused(api, api.request("GET", "/v1/conferences/nope"), 404, "unknown_conference", before)
+    refused(api, api.signed(alice, "DELETE", "/v1/conferences/nope"), 404, "unknown_conference", before)
+
+
+def test_duplicate_conference_id(api, members):
+    alice, bob, carol = members
+    assert api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice, bob])).status_code == 201
+    before = api.store.dump()
+    r = api.signed(bob, "POST", "/v1/conferences", conference_body(bob, [bob, carol]))
+    refused(api, r, 409, "duplicate_conference", before)
+
+
+@pytest.mark.parametrize(("t0", "t1"), [(2000, 2000), (2000, 1000)])
+def test_time_frame(api, members, t0, t1):
+    alice, bob, _ = members
+    before = api.store.dump()
+    r = api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice, bob], t0=t0, t1=t1))
+    refused(api, r, 422, "invalid_time_frame", before)
+
+
+def test_record_not_signed_by_creator(api, members):
+    alice, bob, _ = members
+    before = api.store.dump()
+    r = api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice, bob], sign_as=bob))
+    refused(api, r, 422, "bad_record_signature", before)
+
+
+def test_creator_must_sign_the_request(api, members):
+    alice, bob, _ = members
+    before = api.store.dump()
+    r = api.signed(bob, "POST", "/v1/conferences", conference_body(alice, [alice, bob]))
+    refused(api, r, 403, "not_creator", before)
+
+
+def test_creator_must_be_member(api, members):
+    alice, bob, carol = members
+    before = api.store.dump()
+    r = api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [bob, carol]))
+    refused(api, r, 422, "creator_not_member", before)
+
+
+def test_members_must_be_registered(api, members, world):
+    alice = members[0]
+    zed = world.user("zed")
+    before = api.store.dump()
+    r = api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice, zed]))
+    refused(api, r, 422, "unknown_member", before)
+
+
+def test_member_certificate_must_be_the_registered_one(api, members, world):
+    alice = members[0]
+    other_bob = world.user("bob", valid_days=30)
+    before = api.store.dump()
+    r = api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice, other_bob]))
+    refused(api, r, 422, "certificate_mismatch", before)
+
+
+def test_member_certificate_must_name_the_member(api, members):
+    alice, bob, carol = members
+    body = json.loads(conference_body(alice, [alice, bob]))
+    body["certs"][1] = carol.pem
+    raw = json.dumps(body).encode()
+    before = api.store.dump()
+    refused(api, api.signed(alice, "POST", "/v1/conferences", raw), 422, "name_mismatch", before)
+
+
+def test_only_the_creator_deletes(api, members):
+    alice, bob, _ = members
+    assert api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice, bob])).status_code == 201
+    before = api.store.dump()
+    refused(api, api.signed(bob, "DELETE", "/v1/conferences/conf-1"), 403, "not_creator", before)
+
+
+def test_unknown_signer(api, world):
+    ghost = world.user("ghost")
+    before = api.store.dump()
+    refused(api, api.signed(ghost, "DELETE", "/v1/conferences/x"), 401, "unknown_signer", before)
+
+
+def test_contact_must_be_signed_by_its_owner(api, members):
+    alice = members[0]
+    body = json.dumps({"host": "10.0.0.1", "port": 7000, "issued_at": 1, "signature": "00" * 64}).encode()
+    before = api.store.dump()
+    refused(api, api.signed(alice, "PUT", "/v1/participants/alice/contact", body), 422, "bad_contact_signature", before)
+    refused(api, api.signed(alice, "PUT", "/v1/participants/bob/contact", body), 403, "not_owner", before)
+
+
+def test_internal_errors_do_not_leak(api, members, monkeypatch):
+    def boom(*_a, **_k):
+        raise RuntimeError("secret-internal-detail")
+
+    monkeypatch.setattr(api.store, "get_conference", boom)
+    r = api.request("GET", "/v1/conferences/conf-1")
+    assert r.status_code == 500
+    assert r.json() == {"error": {"code": "internal", "message": "internal server error"}}
+    assert "secret" not in r.text
+
+
+def test_many_members_fit_the_body_limit(api, world):
+    users = [world.user(f"m{i:03d}") for i in range(300)]
+    for u in users:
+        assert api.register(u).status_code == 201
+    body = conference_body(users[0], users, id="big")
+    r = api.signed(users[0], "POST", "/v1/conferences", body)
+    assert r.status_code == 201, r.text
+    assert len(msgspec.json.decode(api.request("GET", "/v1/conferences/big").content)["members"]) == 300
+
+
+def test_nonce_uniqueness_is_global(api, members):
+    # the same nonce under two different signed requests is still a replay
+    alice, bob, _ = members
+    nonce = os.urandom(16).hex()
+    assert api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice, bob]), nonce=nonce).status_code == 201
+    before = api.store.dump()
+    r = api.signed(bob, "POST", "/v1/conferences", conference_body(bob, [bob], id="conf-2"), nonce=nonce)
+    refused(api, r, 401, "replayed_request", before)
