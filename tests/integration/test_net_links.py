@@ -1,0 +1,322 @@
+"""Authenticated links over real TLS on loopback, in one process (ports are always 0 or inherited).
+
+Covers: one-sided address knowledge, pinning (certificate of another CA, valid certificate of
+another member or of a non-member), junk frames, queue-and-retry while a peer is down, reconnection
+after a restart, and bounded memory when a peer stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+
+import pytest
+
+from secchat.net.framing import encode_data, encode_hello
+from secchat.net.links import LinkConfig, LinkManager
+from secchat.net.provision import credentials, make_identities, pins
+from secchat.net.tls import PinSet, TlsCredentials, client_context
+
+FAST = LinkConfig(retry_initial=0.02, retry_factor=2.0, retry_max=0.2, connect_timeout=2.0, hello_timeout=2.0)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, bytes]] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, peer: str, group: str, payload: bytes) -> None:
+        self.items.append((peer, group, payload))
+        self._changed.set()
+
+    async def wait(self, count: int, timeout: float = 10.0) -> list[tuple[str, str, bytes]]:
+        async with asyncio.timeout(timeout):
+            while len(self.items) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.items
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_identities(["a", "b", "c"])
+
+
+async def node(world, name, *, member_names=("a", "b", "c"), config=FAST, sock=None, addresses=None):
+    ca, ids = world
+    me = next(m for m in ids if m.name == name)
+    inbox = Inbox()
+    lm = LinkManager(name, credentials(me, ca), pins([m for m in ids if m.name in member_names]), inbox,
+                     addresses=addresses, config=config)
+    addr = await lm.start(sock=sock) if sock is not None else await lm.start()
+    return lm, inbox, addr
+
+
+def test_one_side_knowing_the_address_is_enough(world):
+    async def main():
+        a, a_in, a_addr = await node(world, "a")
+        b, b_in, _ = await node(world, "b", addresses={"a": a_addr})
+        try:
+            b.send("a", "g", b"hello a")
+            await a_in.wait(1)
+            a.send("b", "g", b"hello b")  # a never learned b's address from us: it reuses the link
+            assert await b_in.wait(1) == [("a", "g", b"hello b")]
+            assert a_in.items == [("b", "g", b"hello a")]
+            assert a.stats["connections_accepted"] == 1 and a.stats["connections_opened"] == 0
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    run(main())
+
+
+def test_simultaneous_connects_settle_on_one_connection(world):
+    async def main():
+        sa, sb = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+        addr = {"a": sa.getsockname(), "b": sb.getsockname()}
+        a, a_in, _ = await node(world, "a", sock=sa, addresses={"b": addr["b"]})
+        b, b_in, _ = await node(world, "b", sock=sb, addresses={"a": addr["a"]})
+        try:
+            for i in range(20):
+                a.send("b", "g", b"%d" % i)
+                b.send("a", "g", b"%d" % i)
+            await a_in.wait(20)
+            await b_in.wait(20)
+            await until(lambda: len(a._peers["b"].conns) == 1 and len(b._peers["a"].conns) == 1)
+            # both use the connection opened by the smaller name
+            assert a._peers["b"].sending.outbound and not b._peers["a"].sending.outbound
+            assert sorted(int(p) for _, _, p in a_in.items) == list(range(20))
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    run(main())
+
+
+def test_certificate_from_another_ca_is_refused(world, caplog):
+    caplog.set_level(logging.INFO, logger="secchat.net")
+    ca, ids = world
+    evil_ca, [evil_b] = make_identities(["b"], ca_name="Evil CA")
+    a_id = next(m for m in ids if m.name == "a")
+
+    async def main():
+        a, a_in, a_addr = await node(world, "a")
+        # the impostor trusts our CA (so it accepts a's certificate) but holds an Evil-CA "b"
+        evil = LinkManager("b", TlsCredentials(evil_b.key, evil_b.cert, (ca, evil_ca)),
+                           PinSet({"a": a_id.der}), lambda *m: None, addresses={"a": a_addr}, config=FAST)
+        await evil.start()
+        try:
+            evil.send("a", "g", b"let me in")
+            await until(lambda: a.stats["connections_refused"] >= 1)
+            await until(lambda: evil.stats["connect_failures"] >= 1)
+            assert a_in.items == []
+            # and the other way round: a, told that b lives at the impostor's address
+            evil_addr = evil._server.sockets[0].getsockname()
+            a.set_address("b", evil_addr)
+            a.send("b", "g", b"for b only")
+            await until(lambda: a.stats["connect_failures"] >= 1)
+            assert not a.connected("b")
+        finally:
+            await evil.aclose()
+            await a.aclose()
+
+    run(main())
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert any("inbound" in m and "certificate verif" in m for m in refusals), refusals
+    assert any("connection to b" in m for m in refusals), refusals
+
+
+def test_valid_certificate_of_someone_else_is_refused(world, caplog):
+    caplog.set_level(logging.INFO, logger="secchat.net")
+
+    async def main():
+        # a's conference is {a, b}; c holds a perfectly valid certificate of the same CA
+        a, a_in, a_addr = await node(world, "a", member_names=("a", "b"))
+        c, c_in, c_addr = await node(world, "c", addresses={"a": a_addr})
+        try:
+            c.send("a", "g", b"I am not a member")
+            await until(lambda: a.stats["connections_refused"] >= 1)
+            assert a_in.items == []
+            # a believes b listens where c does: c's certificate is valid but not b's
+            a.set_address("b", c_addr)
+            a.send("b", "g", b"secret for b")
+            await until(lambda: a.stats["connections_refused"] >= 2)
+            await asyncio.sleep(0.2)
+            assert c_in.items == []
+            assert not a.connected("b")
+        finally:
+            await a.aclose()
+            await c.aclose()
+
+    run(main())
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("secchat.net")]
+    assert any("refused inbound" in m and "CN='c'" in m and "not pinned" in m for m in messages), messages
+    assert any("refused connection to b" in m and "CN='c'" in m for m in messages), messages
+
+
+async def raw_client(world, name, address):
+    """A TLS client holding member ``name``'s real credentials but speaking raw bytes."""
+    ca, ids = world
+    me = next(m for m in ids if m.name == name)
+    return await asyncio.open_connection(*address, ssl=client_context(credentials(me, ca)), server_hostname=None)
+
+
+@pytest.mark.parametrize(
+    ("junk", "code"),
+    [
+        (struct.pack(">I", 5) + b"hello", "envelope"),  # a frame, but not an envelope
+        (b"\xff\xff\xff\xff", "oversized"),  # a length far beyond the limit
+        (b"\x00\x00\x00\x00", "empty"),
+        (struct.pack(">I", 100) + b"0123456789", "truncated"),  # then EOF
+        (encode_data("g", b"data before hello"), "hello"),
+    ],
+)
+def test_junk_drops_the_connection_and_harms_nothing(world, junk, code, caplog):
+    caplog.set_level(logging.INFO, logger="secchat.net")
+
+    async def main():
+        a, a_in, a_addr = await node(world, "a")
+        b, _b_in, _ = await node(world, "b", addresses={"a": a_addr})
+        try:
+            reader, writer = await raw_client(world, "c", a_addr)
+            if code != "hello":
+                writer.write(encode_hello(0))
+            writer.write(junk)
+            await writer.drain()
+            if code == "truncated":
+                writer.write_eof() if writer.can_write_eof() else writer.close()
+            async with asyncio.timeout(10):
+                while await reader.read(65536):
+                    pass  # a closes the connection on us
+            writer.close()
+            await until(lambda: a.stats["bad_frames"] == 1)
+            assert a_in.items == []
+            b.send("a", "g", b"still alive?")  # the member carries on
+            assert await a_in.wait(1) == [("b", "g", b"still alive?")]
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    run(main())
+    assert any("dropping connection from c" in r.getMessage() for r in caplog.records)
+
+
+def test_plain_tcp_garbage_is_refused(world, caplog):
+    caplog.set_level(logging.INFO, logger="secchat.net")
+
+    async def main():
+        a, a_in, a_addr = await node(world, "a")
+        try:
+            reader, writer = await asyncio.open_connection(*a_addr)
+            writer.write(os.urandom(2048))
+            await writer.drain()
+            async with asyncio.timeout(10):
+                with contextlib.suppress(ConnectionError):
+                    while await reader.read(65536):
+                        pass
+            writer.close()
+            await until(lambda: a.stats["connections_refused"] == 1)
+            assert a_in.items == []
+        finally:
+            await a.aclose()
+
+    run(main())
+    assert any("refused inbound" in r.getMessage() for r in caplog.records)
+
+
+def test_frames_wait_while_the_peer_is_down_and_after_a_restart(world):
+    async def main():
+        # b's port is reserved but not listening: connections are refused until b starts
+        reserved = socket.socket()
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reserved.bind(("127.0.0.1", 0))
+        b_addr = reserved.getsockname()
+        a, a_in, _ = await node(world, "a", addresses={"b": b_addr})
+        b = None
+        try:
+            for i in range(5):
+                a.send("b", "g", b"early %d" % i)
+            await until(lambda: a.stats["connect_failures"] >= 3)  # retrying with backoff
+            assert a.queue_sizes()["b"][0] == 5
+            reserved.listen(16)
+            b, b_in, _ = await node(world, "b", sock=reserved.dup())
+            got = await b_in.wait(5)
+            assert [p for _, _, p in got] == [b"early %d" % i for i in range(5)]  # in order
+
+            # b restarts: it goes away, frames queue at a, the new b gets them
+            await b.aclose()
+            await until(lambda: not a.connected("b"))
+            for i in range(5):
+                a.send("b", "g", b"while down %d" % i)
+            await asyncio.sleep(0.1)
+            b, b_in, _ = await node(world, "b", sock=reserved.dup())
+            got = await b_in.wait(5)
+            assert [p for _, _, p in got] == [b"while down %d" % i for i in range(5)]
+            b.send("a", "g", b"back")
+            assert (await a_in.wait(1))[-1] == ("b", "g", b"back")
+        finally:
+            await a.aclose()
+            if b is not None:
+                await b.aclose()
+            reserved.close()
+
+    run(main())
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+
+def test_memory_stays_bounded_when_a_peer_stops_reading(world, caplog):
+    caplog.set_level(logging.WARNING, logger="secchat.net")
+    config = LinkConfig(queue_max_frames=64, queue_max_bytes=1 << 20, write_buffer_high=64 << 10,
+                        write_buffer_low=16 << 10, retry_initial=0.02, retry_max=0.2)
+
+    async def main():
+        a, _a_in, a_addr = await node(world, "a", config=config)
+        _reader, writer = await raw_client(world, "b", a_addr)  # authenticates as b, then never reads
+        writer.write(encode_hello(0))
+        await writer.drain()
+        try:
+            await until(lambda: a.connected("b"))
+            payload = os.urandom(64 << 10)
+            before = _rss_kb()
+            peak_queue = peak_buffer = 0
+            for _ in range(50):  # offer 50 x 40 x 64 KiB = 125 MiB
+                for _ in range(40):
+                    a.send("b", "g", payload)
+                await asyncio.sleep(0.005)
+                frames, queued = a.queue_sizes()["b"]
+                peak_queue = max(peak_queue, queued)
+                peak_buffer = max(peak_buffer, a.write_buffer_sizes()["b"])
+                assert frames <= 64 and queued <= 1 << 20
+            grown = _rss_kb() - before
+            print(f"offered 125 MiB; peak queue {peak_queue} B, peak write buffer {peak_buffer} B, "
+                  f"dropped {a.stats['frames_dropped_queue_full']} frames, RSS +{grown} KiB")
+            assert peak_buffer <= (64 << 10) + (64 << 10) + 512  # high-water mark + one frame
+            assert a.stats["frames_dropped_queue_full"] > 1500
+            assert grown < 40 << 10
+        finally:
+            writer.transport.abort()
+            await a.aclose()
+
+    run(main())
+    # one warning per overflow episode (the kernel's socket buffers absorb a few MiB first), not per drop
+    warnings = sum("queue for b is full" in r.getMessage() for r in caplog.records)
+    assert 1 <= warnings <= 20
