@@ -72,6 +72,7 @@ class ClusterSpec:
     stack: dict[str, Any] = field(default_factory=dict)
     links: dict[str, Any] = field(default_factory=dict)
     group: str = "cluster"
+    passphrase: str | None = field(default=None, repr=False)  # of the key stores; default random
 
     @property
     def joiners(self) -> int:
@@ -176,7 +177,7 @@ class _Cluster:
         self.sockets: dict[int, socket.socket] = {}
         self.workdir: Path | None = None
         self._own_workdir = False
-        self.passphrase = secrets.token_urlsafe(24)
+        self.passphrase = spec.passphrase or secrets.token_urlsafe(24)
         self.killed_mid_gke = 0
 
     # ------------------------------------------------------------------ setup

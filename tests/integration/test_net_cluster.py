@@ -1,0 +1,162 @@
+"""Member processes over real TLS on loopback, driven by the cluster launcher.
+
+Each test starts real OS processes (``python -m secchat.net.member_process``) with inherited
+listening sockets (no fixed ports) and checks what the thesis promises: a majority suffices,
+crashed members do not block the others, late and restarted members get the same key, every
+message of a live sender reaches every live member -- and no secret ever reaches a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from secchat import pki
+from secchat.crypto import derive_group_keys
+from secchat.net.cluster import ClusterSpec, run_cluster
+from secchat.protocols.stack import smc_tag
+
+
+def play(spec: ClusterSpec):
+    lines: list[str] = []
+    result = asyncio.run(run_cluster(spec, out=lines.append))
+    assert result.ok, (result.problems, lines)
+    return result
+
+
+def test_two_of_five_killed_during_the_gke_then_restarted(tmp_path):
+    result = play(ClusterSpec(n=5, kill=2, restart_killed=True, messages=3, seed=11, workdir=tmp_path))
+    survivors = [m for m in result.members if m.role == "joined"]
+    restarted = [m for m in result.members if m.role == "restarted"]
+    assert len(survivors) == 3 and len(restarted) == 2
+    assert result.killed_mid_gke == 2  # both died before any survivor had the key
+    assert len({m.fingerprint for m in result.members}) == 1  # one key, also for the restarted
+    for m in result.members:
+        assert all(m.delivered[s.name] == 3 for s in result.members)
+
+
+def test_bare_majority_establishes_and_chats_then_late_members_catch_up(tmp_path):
+    result = play(ClusterSpec(n=5, join=3, late=2, messages=4, seed=12, workdir=tmp_path))
+    first = [m for m in result.members if m.role == "joined"]
+    late = [m for m in result.members if m.role == "late"]
+    assert [m.name for m in first] == ["m0", "m1", "m2"] and len(late) == 2
+    assert len({m.fingerprint for m in result.members}) == 1
+    assert set(first[0].members or ()) <= {"m0", "m1", "m2"}  # decided from the three that joined
+    for m in result.members:
+        assert sum(m.delivered.values()) == 4 * 5
+
+
+def _forms(secret: bytes) -> set[str]:
+    forms = {secret.hex(), base64.b64encode(secret).decode(), base64.urlsafe_b64encode(secret).decode().rstrip("=")}
+    if len(secret) >= 16:
+        forms.add(str(int.from_bytes(secret, "big")))
+        forms.add(str(int.from_bytes(secret, "little")))
+    return {f for f in forms if len(f) >= 16}
+
+
+def test_no_secret_reaches_the_logs_or_stdout(tmp_path):
+    passphrase = "correct horse battery staple 2004"
+    spec = ClusterSpec(
+        n=3, messages=2, seed=13, workdir=tmp_path, log_level="DEBUG", passphrase=passphrase,
+        env={"SECCHAT_TEST_RNG_LOG": "{workdir}/{name}.rng"},
+    )
+    lines: list[str] = []
+    result = asyncio.run(run_cluster(spec, out=lines.append))
+    assert result.ok, result.problems
+
+    secrets: dict[str, set[str]] = {"passphrase": {passphrase}}
+    # long-term private keys, as the test itself can read them back
+    for key_file in sorted((tmp_path / "pki").glob("*.key")):
+        key = pki.load_private_key(key_file, passphrase)
+        raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+        der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        secrets[f"private key {key_file.stem}"] = _forms(raw) | {base64.b64encode(der).decode()[:40]}
+    # every random draw of every member: contributions, ephemeral keys, nonces
+    draws: dict[str, list[bytes]] = {}
+    for m in result.members:
+        rng_file = tmp_path / f"{m.name}.rng"
+        draws[m.name] = [bytes.fromhex(x) for x in rng_file.read_text().split()]
+        secrets[f"random draws of {m.name}"] = set().union(*(_forms(d) for d in draws[m.name] if len(d) >= 16))
+    # the group key: rebuild it from the contributions and check it against the fingerprint
+    fingerprint = result.members[0].fingerprint
+    decided = result.members[0].members or []
+    index = {m.name: i for i, m in enumerate(result.members)}
+    members = tuple(index[n] for n in decided)
+    tag = smc_tag(spec.group)
+    found = None
+    candidates = [[d for d in draws[n] if len(d) == 32] for n in decided]
+    for combo in itertools.product(*candidates):
+        secret = sum(int.from_bytes(y, "big") for y in combo) % (1 << 256)
+        keys = derive_group_keys(secret, tag, members)
+        if keys.fingerprint == fingerprint:
+            found = (secret, keys)
+            break
+    assert found is not None, "could not rebuild the group key from the recorded contributions"
+    secret, keys = found
+    secrets["group secret"] = _forms(secret.to_bytes(32, "big")) | {str(secret), hex(secret)[2:]}
+    secrets["group keys"] = _forms(keys.encryption) | _forms(keys.mac) | _forms(keys.confirmation)
+
+    texts = {p.name: p.read_text(errors="replace") for p in tmp_path.iterdir() if p.suffix in (".log", ".out")}
+    texts["launcher"] = "\n".join(lines)
+    assert sum(len(t) for t in texts.values()) > 2000  # the logs are not empty: DEBUG level, all members
+    assert any(fingerprint in t for t in texts.values())  # the fingerprint, and only it, is shown
+    leaks = [(what, name) for what, forms in secrets.items() for name, text in texts.items()
+             for form in forms if form in text]
+    assert leaks == []
+
+
+def test_member_process_refuses_a_bad_config_clearly(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(Path(pki.__file__).resolve().parent.parent))
+    (tmp_path / "m.toml").write_text('[identity]\nname = "m0"\n')
+    proc = subprocess.run([sys.executable, "-m", "secchat.net.member_process", str(tmp_path / "m.toml")],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2
+    assert '"event":"error"' in proc.stdout and "passphrase" in proc.stdout
+
+
+def test_cluster_command_line(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(Path(pki.__file__).resolve().parent.parent))
+    cmd = [sys.executable, "-c", "from secchat.app.cli import main; main()", "cluster", "--n", "3",
+           "--messages", "2", "--seed", "5"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert summary.startswith("cluster n=3") and summary.endswith("-> OK")
+    bad = subprocess.run([*cmd[:4], "--n", "5", "--kill", "3"], capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "majority" in bad.stderr
+
+
+def test_ctrl_c_cleans_up_processes_and_files(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(Path(pki.__file__).resolve().parent.parent), TMPDIR=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from secchat.app.cli import main; main()", "cluster", "--n", "3", "--late", "0",
+         "--messages", "100000", "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )
+    try:
+        for line in proc.stderr:  # wait until the members run
+            if "ready" in line:
+                break
+        pids = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                text=True).stdout.split()]
+        assert pids
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not list(tmp_path.glob("secchat-cluster-*"))
