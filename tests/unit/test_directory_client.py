@@ -341,25 +341,5 @@ def test_trust_store_corrupt(tmp_path):
         TrustStore(path)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_sync_client_against_in_process_app(tmp_path):
-    # the blocking driver, over a real socket-free transport, runs the same operations
-    world = World()
-    engine = make_engine(f"sqlite:///{tmp_path / 'd.sqlite3'}")
-    app = create_app(engine, [world.ca_cert])
-    u = world.user("alice")
-    from starlette.testclient import TestClient
-
-    with TestClient(app) as tc:
-        transport = tc._transport  # the in-process transport of Starlette's test client
-        with DirectoryClient("http://testserver", [world.ca_cert], u.key, u.cert, TrustStore(None), transport=transport) as c:
-            assert c.register().name == "alice"
-            assert c.create_conference("solo", 1, 2, ["alice"]).members[0].name == "alice"
-            assert [x.id for x in c.conferences_of()] == ["solo"]
-            c.delete_conference("solo")
-            assert c.conferences_of() == []
-    engine.dispose()
-
-
 def test_user_fixture_is_a_user():
     assert isinstance(World().user("x"), User)
