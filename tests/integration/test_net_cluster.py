@@ -160,3 +160,22 @@ def test_ctrl_c_cleans_up_processes_and_files(tmp_path):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not list(tmp_path.glob("secchat-cluster-*"))
+
+
+def test_memory_stays_bounded_when_a_member_stops_reading(tmp_path):
+    """One member is SIGSTOPped; the others multicast 18 MB each at it: their queues stay at the bound."""
+    queue_bytes = 2 << 20
+    spec = ClusterSpec(n=4, stall=1, messages=300, message_size=60_000, seed=14, workdir=tmp_path,
+                       links={"queue_max_bytes": queue_bytes, "queue_max_frames": 256})
+    result = play(spec)
+    live = result.live
+    assert len(live) == 3
+    for m in live:
+        links = m.stats["links"]
+        print(f"{m.name}: peak queue {links['queue_peak_bytes']} B, dropped {links['frames_dropped_queue_full']},"
+              f" RSS {m.stats['rss_kb']} KiB")
+        assert links["queue_peak_bytes"] <= queue_bytes
+        assert links["frames_dropped_queue_full"] > 0  # the stalled member's frames, tail-dropped
+        assert all(q[1] <= queue_bytes for q in m.stats["queues"].values())
+        assert m.stats["rss_kb"] < 150 << 10
+        assert all(m.delivered[s.name] == 300 for s in live)  # the others were not held back

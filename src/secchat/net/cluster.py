@@ -62,6 +62,8 @@ class ClusterSpec:
     late: int = 0
     messages: int = 0
     restart_killed: bool = False  # start the killed members again (fresh state) once the key exists
+    stall: int = 0  # live members SIGSTOPped (they stop reading) before the messages are sent
+    message_size: int = 0  # pad each message to this many bytes
     seed: int | None = None
     mode: str = "signed"
     timeout: float = 60.0
@@ -92,6 +94,11 @@ class ClusterSpec:
                 f"{self.joiners - self.kill} surviving joiners are fewer than the majority "
                 f"{majority(self.n)} of n = {self.n}: the GKE cannot terminate"
             )
+        live = self.joiners - self.kill + self.late + (self.kill if self.restart_killed else 0)
+        if not 0 <= self.stall < live:
+            raise ValueError(f"can stall 0..{live - 1} of the {live} live members")
+        if not 0 <= self.message_size <= 256 << 10:
+            raise ValueError("message size must be in 0..262144")
         if self.mode not in ("signed", "group"):
             raise ValueError("mode is 'signed' or 'group'")
 
@@ -99,7 +106,7 @@ class ClusterSpec:
 @dataclass
 class MemberResult:
     name: str
-    role: str  # "joined", "killed", "late", "restarted", "absent"
+    role: str  # "joined", "killed", "late", "restarted", "stalled", "absent"
     live: bool
     fingerprint: str | None = None
     elapsed: float | None = None
@@ -280,8 +287,9 @@ class _Cluster:
                 proc.stats_event.set()
             elif kind == "error":
                 self.out(f"[red]{proc.name}: {event.get('message')}[/red]")
-        proc.ready.set()  # unblock waiters if it died before being ready
-        proc.established.set() if proc.killed else None
+        # the process ended: nobody should keep waiting for it (results look at proc.info)
+        proc.ready.set()
+        proc.established.set()
         proc.stats_event.set()
         proc.progress.set()
 
@@ -301,7 +309,7 @@ class _Cluster:
     def kill(self, proc: _Proc) -> None:
         if proc.running and proc.proc is not None:
             proc.killed = True
-            if not any(p.established.is_set() for p in self.procs if p.role == "joined"):
+            if not any(p.info for p in self.procs if p.role == "joined"):
                 self.killed_mid_gke += 1
             with contextlib.suppress(ProcessLookupError):
                 proc.proc.send_signal(signal.SIGKILL)
@@ -329,7 +337,7 @@ class _Cluster:
         survivors = [p for p in first if p.role == "joined"]
         if not await self.wait_all([p.established for p in survivors], "the group key"):
             problems.append("not every surviving member established the key")
-        self.out(f"{sum(p.established.is_set() for p in survivors)}/{len(survivors)} surviving members have the key")
+        self.out(f"{sum(bool(p.info) for p in survivors)}/{len(survivors)} surviving members have the key")
         if late:
             await asyncio.gather(*(self.spawn(p) for p in late))
             if await self.wait_all([p.ready for p in late], "the late members to start"):
@@ -337,7 +345,7 @@ class _Cluster:
                     self.command(p, {"cmd": "join"})
                 if not await self.wait_all([p.established for p in late], "the late members' key"):
                     problems.append("not every late member established the key")
-            self.out(f"{sum(p.established.is_set() for p in late)}/{len(late)} late members have the key")
+            self.out(f"{sum(bool(p.info) for p in late)}/{len(late)} late members have the key")
         restarted = [p for p in self.procs if p.role == "killed"] if spec.restart_killed else []
         if restarted:
             for p in restarted:
@@ -355,11 +363,17 @@ class _Cluster:
                     self.command(p, {"cmd": "join"})
                 if not await self.wait_all([p.established for p in restarted], "the restarted members' key"):
                     problems.append("not every restarted member established the key")
-            self.out(f"{sum(p.established.is_set() for p in restarted)}/{len(restarted)} restarted members have the key")
+            self.out(f"{sum(bool(p.info) for p in restarted)}/{len(restarted)} restarted members have the key")
         live = [p for p in self.procs if p.role in ("joined", "late", "restarted") and p.running]
+        for p in self.rng.sample(live, spec.stall):
+            assert p.proc is not None
+            p.proc.send_signal(signal.SIGSTOP)  # it stops reading: its peers' queues must stay bounded
+            p.role = "stalled"
+            self.out(f"{p.name} stalled (SIGSTOP)")
+        live = [p for p in live if p.role != "stalled"]
         if spec.messages:
             for p in live:
-                self.command(p, {"cmd": "send", "count": spec.messages})
+                self.command(p, {"cmd": "send", "count": spec.messages, "size": spec.message_size})
             deadline = loop.time() + spec.timeout
             while loop.time() < deadline:
                 missing = self._missing(live)
@@ -386,6 +400,10 @@ class _Cluster:
         )
 
     async def shutdown(self) -> None:
+        for p in self.procs:
+            if p.role == "stalled" and p.running and p.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.proc.send_signal(signal.SIGCONT)
         for p in self.procs:
             self.command(p, {"cmd": "quit"})
             if p.proc is not None and p.proc.stdin is not None:
@@ -463,19 +481,25 @@ def render(result: ClusterResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=150)
     table = Table(title=f"secchat cluster (n={result.spec.n}, seed={result.seed})")
-    for col in ("member", "role", "live", "time to key", "key fingerprint", "delivered"):
+    for col in ("member", "role", "live", "time to key", "key fingerprint", "delivered",
+                "RSS MiB", "peak queue KiB", "dropped"):
         table.add_column(col)
     live = result.live
     for m in result.members:
         got = sum(m.delivered.get(s.name, 0) for s in live)
+        stats = m.stats or {}
+        links = stats.get("links", {})
         expected = result.spec.messages * len(live) if m.live else 0
         table.add_row(
             m.name, m.role, "yes" if m.live else "no",
             f"{m.elapsed:.3f}s" if m.elapsed is not None else "-",
             m.fingerprint or "-",
             f"{got}/{expected}" if m.live else "-",
+            f"{stats.get('rss_kb', 0) / 1024:.1f}" if stats else "-",
+            f"{links.get('queue_peak_bytes', 0) / 1024:.0f}" if stats else "-",
+            str(links.get("frames_dropped_queue_full", 0)) if stats else "-",
         )
     console.print(table)
 
@@ -489,6 +513,8 @@ def cluster(
     seed: int | None = typer.Option(None, "--seed", help="Seed of the scenario (which members die, when)."),
     mode: str = typer.Option("signed", "--mode", help="signed | group"),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for each phase."),
+    stall: int = typer.Option(0, "--stall", help="Live members SIGSTOPped (not reading) before the messages."),
+    message_size: int = typer.Option(0, "--message-size", help="Pad each message to this many bytes."),
     restart_killed: bool = typer.Option(False, "--restart-killed", help="Start the killed members again once the key exists."),
     keep: str | None = typer.Option(None, "--keep", help="Keep configs, certificates and logs in this directory."),
     log_level: str = typer.Option("INFO", "--log-level", help="Log level of the member processes."),
@@ -497,7 +523,8 @@ def cluster(
     from rich.console import Console
 
     console = Console(stderr=True)
-    spec = ClusterSpec(n=n, join=join, kill=kill, late=late, messages=messages, restart_killed=restart_killed, seed=seed, mode=mode,
+    spec = ClusterSpec(n=n, join=join, kill=kill, late=late, messages=messages, restart_killed=restart_killed, stall=stall,
+                       message_size=message_size, seed=seed, mode=mode,
                        timeout=timeout, workdir=Path(keep) if keep else None, log_level=log_level)
     try:
         spec.check()

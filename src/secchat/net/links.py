@@ -72,7 +72,9 @@ class LinkConfig:
     connection (tail drop beyond).  ``write_buffer_high`` / ``write_buffer_low``: per-connection
     transport buffer water marks.  ``retry_*``: reconnection backoff (seconds).
     ``connect_timeout`` covers TCP connect and TLS handshake; ``hello_timeout`` the peer's first
-    frame.  ``max_connections_per_peer`` caps connections a single authenticated peer may hold.
+    frame.  ``max_connections_per_peer`` caps connections a single authenticated peer may hold,
+    ``max_pending_handshakes`` the accepted connections still in their TLS handshake (beyond it,
+    new ones are closed at once, so a flood of half-open connections costs bounded memory).
     """
 
     queue_max_frames: int = 4096
@@ -86,6 +88,7 @@ class LinkConfig:
     hello_timeout: float = 5.0
     read_chunk: int = 64 << 10
     max_connections_per_peer: int = 4
+    max_pending_handshakes: int = 64
 
     def __post_init__(self) -> None:
         if self.queue_max_frames < 1 or self.queue_max_bytes < 1:
@@ -96,6 +99,8 @@ class LinkConfig:
             raise ValueError("need retry_initial > 0, retry_factor >= 1, retry_max >= retry_initial")
         if self.connect_timeout <= 0 or self.hello_timeout <= 0:
             raise ValueError("timeouts must be positive")
+        if self.max_pending_handshakes < 1:
+            raise ValueError("max_pending_handshakes must be positive")
         if self.max_connections_per_peer < 2:
             raise ValueError("max_connections_per_peer must be at least 2 (simultaneous connects)")
 
@@ -122,6 +127,7 @@ class _Peer:
         "address",
         "conns",
         "dropped",
+        "last_progress",
         "name",
         "overflowing",
         "queue",
@@ -144,6 +150,7 @@ class _Peer:
         self.retry_delay = retry_initial
         self.dropped = 0
         self.overflowing = False
+        self.last_progress = 0.0  # loop time a frame last left the queue
 
 
 class LinkManager:
@@ -178,6 +185,8 @@ class LinkManager:
             self.set_address(name, addr)
         self._server: asyncio.base_events.Server | None = None
         self._listen_port = 0
+        self._handshakes = 0
+        self._room = asyncio.Event()  # set whenever a sender took a frame off a queue
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats: dict[str, int] = dict.fromkeys(
@@ -194,6 +203,7 @@ class LinkManager:
                 "connect_failures",
                 "bad_frames",
                 "connections_closed",
+                "queue_peak_bytes",
             ),
             0,
         )
@@ -262,6 +272,34 @@ class LinkManager:
             out[n] = transport.get_write_buffer_size() if transport is not None and not transport.is_closing() else 0
         return out
 
+    async def wait_for_room(self, fraction: float = 0.5, *, stalled_after: float = 2.0) -> None:
+        """Wait until the queues of the peers that keep up are at most ``fraction`` full.
+
+        Application back-pressure for bulk senders.  Peers that do not keep up are ignored, so
+        they cannot hold everyone back: those without a connection, those whose queue overflowed,
+        and those whose queue has not moved for ``stalled_after`` seconds (not reading).  A slow
+        peer that still reads is waited for.
+        """
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+
+        def blocking(p: _Peer, now: float) -> bool:
+            if p.sending is None or p.sending.closed or p.overflowing:
+                return False
+            if len(p.queue) <= cfg.queue_max_frames * fraction and p.queued_bytes <= cfg.queue_max_bytes * fraction:
+                return False
+            return now - p.last_progress < stalled_after
+
+        while True:
+            now = loop.time()
+            waiting = [p for p in self._peers.values() if blocking(p, now)]
+            if not waiting:
+                return
+            self._room.clear()
+            wake = min(p.last_progress for p in waiting) + stalled_after
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), max(0.001, wake - now))
+
     def connected(self, name: str) -> bool:
         peer = self._peers.get(name)
         return peer is not None and peer.sending is not None
@@ -288,6 +326,8 @@ class LinkManager:
             return False
         peer.queue.append(frame)
         peer.queued_bytes += len(frame)
+        if peer.queued_bytes > self.stats["queue_peak_bytes"]:
+            self.stats["queue_peak_bytes"] = peer.queued_bytes
         peer.wakeup.set()
         if peer.task is None and not self._closing:
             peer.task = asyncio.get_running_loop().create_task(self._sender(peer), name=f"secchat-send-{peer.name}")
@@ -321,6 +361,8 @@ class LinkManager:
                 conn = peer.sending
             frame = peer.queue.popleft()
             peer.queued_bytes -= len(frame)
+            peer.last_progress = asyncio.get_running_loop().time()
+            self._room.set()
             if peer.overflowing and peer.queued_bytes <= cfg.queue_max_bytes // 2 and len(peer.queue) <= cfg.queue_max_frames // 2:
                 peer.overflowing = False
                 log.warning("queue for %s drained; %d frames were dropped so far", peer.name, peer.dropped)
@@ -377,6 +419,12 @@ class LinkManager:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         remote = writer.get_extra_info("peername")
         where = f"{remote[0]}:{remote[1]}" if remote else "?"
+        if self._handshakes >= self.config.max_pending_handshakes:
+            self.stats["connections_refused"] += 1
+            log.warning("refused inbound connection from %s: too many handshakes in progress", where)
+            writer.transport.abort()
+            return
+        self._handshakes += 1
         try:
             with map_exceptions(connecting=True):
                 # no wait_for here: running start_tls in another task breaks it (CPython 3.11);
@@ -391,6 +439,8 @@ class LinkManager:
             log.warning("refused inbound connection from %s: %s", where, exc)
             writer.transport.abort()
             return
+        finally:
+            self._handshakes -= 1
         conn = self._open(name, reader, writer, outbound=False)
         if conn is not None:
             self.stats["connections_accepted"] += 1

@@ -17,7 +17,9 @@ stdin (commands)::
 
     {"cmd": "join"[, "group": G]}            start SMC (if the config says join = "command")
     {"cmd": "send", "text": T[, "group": G]} multicast one message
-    {"cmd": "send", "count": M[, "group": G]} multicast M numbered messages
+    {"cmd": "send", "count": M[, "size": S][, "group": G]}
+                                             multicast M numbered messages (padded to S bytes),
+                                             paced to the peers that keep reading
     {"cmd": "stats"}  /  {"cmd": "quit"}
 
 Logs go to stderr through :mod:`logging` (loggers under ``secchat.net``); neither stream ever
@@ -61,6 +63,8 @@ log = logging.getLogger("secchat.net.member")
 MAX_COMMAND = 64 << 10
 #: Largest ``count`` of one send command.
 MAX_SEND_COUNT = 100_000
+#: Largest padded message of a bulk send.
+MAX_MESSAGE_SIZE = 256 << 10
 
 
 class RecordingRng:
@@ -115,6 +119,7 @@ class MemberProcess:
         self._established: set[str] = set()
         self._stop = asyncio.Event()
         self._sent: dict[str, int] = {}
+        self._bulk: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -243,6 +248,16 @@ class MemberProcess:
         self.runtime.multicast(group, smc_tag(group), text.encode("utf-8"))
         self._sent[group] = self._sent.get(group, 0) + 1
 
+    async def _send_many(self, group: str, count: int, size: int) -> None:
+        """Multicast ``count`` numbered messages (padded to ``size`` bytes), paced by the links."""
+        assert self.links is not None
+        for _ in range(count):
+            await self.links.wait_for_room()
+            text = f"{self.name} #{self._sent.get(group, 0)}"
+            self.send(group, text.ljust(size, "."))
+            await asyncio.sleep(0)
+        emit({"event": "sent", "name": self.name, "group": group, "count": count})
+
     def handle_command(self, line: bytes) -> None:
         try:
             cmd = json.loads(line)
@@ -257,8 +272,12 @@ class MemberProcess:
                     count = cmd["count"]
                     if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_SEND_COUNT:
                         raise ValueError(f"count must be an integer in 0..{MAX_SEND_COUNT}")
-                    for _ in range(count):
-                        self.send(group, f"{self.name} #{self._sent.get(group, 0)}")
+                    size = cmd.get("size", 0)
+                    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_MESSAGE_SIZE:
+                        raise ValueError(f"size must be an integer in 0..{MAX_MESSAGE_SIZE}")
+                    if self._bulk is not None and not self._bulk.done():
+                        raise ValueError("a bulk send is still running")
+                    self._bulk = asyncio.get_running_loop().create_task(self._send_many(group, count, size))
                 else:
                     text = cmd.get("text")
                     if not isinstance(text, str):
