@@ -320,3 +320,28 @@ def test_memory_stays_bounded_when_a_peer_stops_reading(world, caplog):
     # one warning per overflow episode (the kernel's socket buffers absorb a few MiB first), not per drop
     warnings = sum("queue for b is full" in r.getMessage() for r in caplog.records)
     assert 1 <= warnings <= 20
+
+
+def test_half_open_connections_cost_bounded_resources(world, caplog):
+    caplog.set_level(logging.WARNING, logger="secchat.net")
+    config = LinkConfig(max_pending_handshakes=4, connect_timeout=1.0, retry_initial=0.02, retry_max=0.2)
+
+    async def main():
+        a, a_in, a_addr = await node(world, "a", config=config)
+        idle = [await asyncio.open_connection(*a_addr) for _ in range(10)]  # TCP only, never a handshake
+        try:
+            await until(lambda: a.stats["connections_refused"] >= 6)  # beyond the 4 pending handshakes
+            # once the idle ones time out, a real member gets through
+            b, _b_in, _ = await node(world, "b", addresses={"a": a_addr}, config=config)
+            try:
+                b.send("a", "g", b"after the flood")
+                assert await a_in.wait(1, timeout=15) == [("b", "g", b"after the flood")]
+            finally:
+                await b.aclose()
+        finally:
+            for _, w in idle:
+                w.close()
+            await a.aclose()
+
+    run(main())
+    assert any("too many handshakes" in r.getMessage() for r in caplog.records)
