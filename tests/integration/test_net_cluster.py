@@ -179,3 +179,15 @@ def test_memory_stays_bounded_when_a_member_stops_reading(tmp_path):
         assert all(q[1] <= queue_bytes for q in m.stats["queues"].values())
         assert m.stats["rss_kb"] < 150 << 10
         assert all(m.delivered[s.name] == 300 for s in live)  # the others were not held back
+
+
+def test_a_crashed_member_restarts_reconnects_and_gets_the_queued_messages(tmp_path):
+    """SIGKILL after the key; the others multicast while it is down; its fresh process gets them all."""
+    result = play(ClusterSpec(n=5, crash=1, messages=5, seed=15, workdir=tmp_path))
+    [recovered] = [m for m in result.members if m.role == "recovered"]
+    others = [m for m in result.members if m.role == "joined"]
+    assert len({m.fingerprint for m in result.members}) == 1
+    assert all(recovered.delivered[s.name] == 5 for s in others)  # multicast while it was down
+    assert all(m.delivered[recovered.name] == 5 for m in others)  # and its new incarnation is heard
+    assert sum(m.stats["links"]["connections_opened"] + m.stats["links"]["connections_accepted"]
+               for m in others) >= 2 * len(others)  # the links were re-established

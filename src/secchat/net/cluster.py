@@ -62,6 +62,7 @@ class ClusterSpec:
     late: int = 0
     messages: int = 0
     restart_killed: bool = False  # start the killed members again (fresh state) once the key exists
+    crash: int = 0  # members SIGKILLed after the key, restarted after the others multicast
     stall: int = 0  # live members SIGSTOPped (they stop reading) before the messages are sent
     message_size: int = 0  # pad each message to this many bytes
     seed: int | None = None
@@ -97,6 +98,8 @@ class ClusterSpec:
         live = self.joiners - self.kill + self.late + (self.kill if self.restart_killed else 0)
         if not 0 <= self.stall < live:
             raise ValueError(f"can stall 0..{live - 1} of the {live} live members")
+        if not 0 <= self.crash <= self.joiners - self.kill - self.stall - 1:
+            raise ValueError("crash must leave at least one joined member running")
         if not 0 <= self.message_size <= 256 << 10:
             raise ValueError("message size must be in 0..262144")
         if self.mode not in ("signed", "group"):
@@ -106,7 +109,7 @@ class ClusterSpec:
 @dataclass
 class MemberResult:
     name: str
-    role: str  # "joined", "killed", "late", "restarted", "stalled", "absent"
+    role: str  # "joined", "killed", "late", "restarted", "stalled", "recovered", "absent"
     live: bool
     fingerprint: str | None = None
     elapsed: float | None = None
@@ -306,14 +309,14 @@ class _Cluster:
             self.out(f"[red]timed out waiting for {what}[/red]")
             return False
 
-    def kill(self, proc: _Proc) -> None:
+    def kill(self, proc: _Proc, *, keep_socket: bool = False) -> None:
         if proc.running and proc.proc is not None:
             proc.killed = True
             if not any(p.info for p in self.procs if p.role == "joined"):
                 self.killed_mid_gke += 1
             with contextlib.suppress(ProcessLookupError):
                 proc.proc.send_signal(signal.SIGKILL)
-        if not self.spec.restart_killed:
+        if not (keep_socket or self.spec.restart_killed):
             sock = self.sockets.pop(proc.index, None)
             if sock is not None:
                 sock.close()  # a dead member's port refuses connections from now on
@@ -346,24 +349,8 @@ class _Cluster:
                 if not await self.wait_all([p.established for p in late], "the late members' key"):
                     problems.append("not every late member established the key")
             self.out(f"{sum(bool(p.info) for p in late)}/{len(late)} late members have the key")
-        restarted = [p for p in self.procs if p.role == "killed"] if spec.restart_killed else []
-        if restarted:
-            for p in restarted:
-                if p.proc is not None:
-                    await p.proc.wait()
-                if p.reader is not None:
-                    with contextlib.suppress(BaseException):
-                        await p.reader
-                p.role, p.killed, p.info = "restarted", False, {}
-                p.established = asyncio.Event()
-                p.delivered.clear()
-            await asyncio.gather(*(self.spawn(p) for p in restarted))
-            if await self.wait_all([p.ready for p in restarted], "the restarted members to start"):
-                for p in restarted:
-                    self.command(p, {"cmd": "join"})
-                if not await self.wait_all([p.established for p in restarted], "the restarted members' key"):
-                    problems.append("not every restarted member established the key")
-            self.out(f"{sum(bool(p.info) for p in restarted)}/{len(restarted)} restarted members have the key")
+        if spec.restart_killed:
+            problems += await self._restart([p for p in self.procs if p.role == "killed"], "restarted")
         live = [p for p in self.procs if p.role in ("joined", "late", "restarted") and p.running]
         for p in self.rng.sample(live, spec.stall):
             assert p.proc is not None
@@ -371,33 +358,78 @@ class _Cluster:
             p.role = "stalled"
             self.out(f"{p.name} stalled (SIGSTOP)")
         live = [p for p in live if p.role != "stalled"]
+        crashed = self.rng.sample([p for p in live if p.role == "joined"], spec.crash)
+        for p in crashed:
+            self.kill(p, keep_socket=True)
+            p.role = "crashed"
+            self.out(f"{p.name} crashed (SIGKILL) after the key")
+        if crashed:
+            await asyncio.gather(*(p.proc.wait() for p in crashed if p.proc is not None))
+            await asyncio.sleep(0.3)  # the others see the connections end before they multicast
+            live = [p for p in live if p.role != "crashed"]
         if spec.messages:
-            for p in live:
-                self.command(p, {"cmd": "send", "count": spec.messages, "size": spec.message_size})
-            deadline = loop.time() + spec.timeout
-            while loop.time() < deadline:
-                missing = self._missing(live)
-                if not missing:
-                    break
-                for p in live:
-                    p.progress.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        asyncio.wait([asyncio.ensure_future(p.progress.wait()) for p in live],
-                                     return_when=asyncio.FIRST_COMPLETED),
-                        min(1.0, max(0.0, deadline - loop.time())),
-                    )
+            self._send(live)
+            problems += await self._wait_messages(live, live)
+        if crashed:
+            # restarted with fresh state: the messages multicast meanwhile wait in the others' queues
+            problems += await self._restart(crashed, "recovered")
+            live += crashed
+            if spec.messages:
+                self._send(crashed)
+                problems += await self._wait_messages(live, live)
+        if spec.messages:
             self.out(f"messages: {spec.messages} from each of {len(live)} live members multicast")
         for p in live:
             self.command(p, {"cmd": "stats"})
         await self.wait_all([p.stats_event for p in live], "final statistics")
         return problems
 
-    def _missing(self, live: list[_Proc]) -> int:
+    async def _restart(self, procs: list[_Proc], role: str) -> list[str]:
+        for p in procs:
+            if p.proc is not None:
+                await p.proc.wait()
+            if p.reader is not None:
+                with contextlib.suppress(BaseException):
+                    await p.reader
+            p.role, p.killed, p.info = role, False, {}
+            p.established = asyncio.Event()
+            p.stats_event = asyncio.Event()
+            p.delivered.clear()
+        await asyncio.gather(*(self.spawn(p) for p in procs))
+        problems = []
+        if await self.wait_all([p.ready for p in procs], f"the {role} members to start"):
+            for p in procs:
+                self.command(p, {"cmd": "join"})
+            if not await self.wait_all([p.established for p in procs], f"the {role} members' key"):
+                problems.append(f"not every {role} member established the key")
+        self.out(f"{sum(bool(p.info) for p in procs)}/{len(procs)} {role} members have the key")
+        return problems
+
+    def _send(self, senders: list[_Proc]) -> None:
+        for p in senders:
+            self.command(p, {"cmd": "send", "count": self.spec.messages, "size": self.spec.message_size})
+
+    async def _wait_messages(self, receivers: list[_Proc], senders: list[_Proc]) -> list[str]:
+        """Until every receiver has every message of every sender (or the timeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.spec.timeout
+        while self._missing(receivers, senders):
+            if loop.time() >= deadline:
+                return [f"timed out waiting for {self._missing(receivers, senders)} messages"]
+            for p in receivers:
+                p.progress.clear()
+            waiters = [asyncio.ensure_future(p.progress.wait()) for p in receivers]
+            try:
+                await asyncio.wait(waiters, timeout=min(1.0, deadline - loop.time()),
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+        return []
+
+    def _missing(self, receivers: list[_Proc], senders: list[_Proc]) -> int:
         want = self.spec.messages
-        return sum(
-            max(0, want - len(r.delivered.get(s.name, ()))) for r in live for s in live
-        )
+        return sum(max(0, want - len(r.delivered.get(s.name, ()))) for r in receivers for s in senders)
 
     async def shutdown(self) -> None:
         for p in self.procs:
@@ -434,7 +466,7 @@ class _Cluster:
     def results(self, problems: list[str], duration: float) -> ClusterResult:
         members = []
         for p in self.procs:
-            live = p.role in ("joined", "late", "restarted") and p.proc is not None and not p.killed
+            live = p.role in ("joined", "late", "restarted", "recovered") and p.proc is not None and not p.killed
             members.append(MemberResult(
                 name=p.name, role=p.role, live=live,
                 fingerprint=p.info.get("fingerprint"), elapsed=p.info.get("elapsed"),
@@ -513,6 +545,7 @@ def cluster(
     seed: int | None = typer.Option(None, "--seed", help="Seed of the scenario (which members die, when)."),
     mode: str = typer.Option("signed", "--mode", help="signed | group"),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for each phase."),
+    crash: int = typer.Option(0, "--crash", help="Members SIGKILLed after the key and restarted after the others multicast."),
     stall: int = typer.Option(0, "--stall", help="Live members SIGSTOPped (not reading) before the messages."),
     message_size: int = typer.Option(0, "--message-size", help="Pad each message to this many bytes."),
     restart_killed: bool = typer.Option(False, "--restart-killed", help="Start the killed members again once the key exists."),
@@ -523,7 +556,7 @@ def cluster(
     from rich.console import Console
 
     console = Console(stderr=True)
-    spec = ClusterSpec(n=n, join=join, kill=kill, late=late, messages=messages, restart_killed=restart_killed, stall=stall,
+    spec = ClusterSpec(n=n, join=join, kill=kill, late=late, messages=messages, restart_killed=restart_killed, stall=stall, crash=crash,
                        message_size=message_size, seed=seed, mode=mode,
                        timeout=timeout, workdir=Path(keep) if keep else None, log_level=log_level)
     try:
