@@ -168,3 +168,14 @@ def test_event_handler_bug_does_not_break_the_driver(loop):
     rt.add_conference("g", ("a", "b", "c"), 1, member)
     rt.on_message("a", "g", b"ping")  # handler raises; logged, not propagated
     assert ("receive", 0, b"ping") in member.calls
+
+
+def test_a_frame_the_links_refuse_is_counted_not_raised(loop):
+    rt, links, _member, _ = make(loop)
+
+    def refuse(names, group, payload):
+        raise ValueError("too large")
+
+    links.send_many = refuse  # type: ignore[method-assign]
+    rt.smc_init("g", ("g", "smc", 0))
+    assert rt.stats["frames_unsendable"] == 1

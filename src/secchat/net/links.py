@@ -255,9 +255,13 @@ class LinkManager:
         return self._enqueue(self._peer(name), encode_data(group, payload))
 
     def send_many(self, names: Iterable[str], group: str, payload: bytes) -> int:
-        """Queue one message for several peers (encoded once); return how many took it."""
+        """Queue one message for several peers (encoded once); return how many took it.
+
+        An unknown name or an oversized message raises ``ValueError`` before anything is queued.
+        """
+        peers = [self._peer(n) for n in names]
         frame = encode_data(group, payload)
-        return sum(self._enqueue(self._peer(n), frame) for n in names)
+        return sum(self._enqueue(p, frame) for p in peers)
 
     def queue_sizes(self) -> dict[str, tuple[int, int]]:
         """Per peer: (frames, bytes) queued and not yet handed to a connection."""
@@ -472,6 +476,7 @@ class LinkManager:
                 log.info("learned address of %s: %s:%d", peer.name, *learned)
                 peer.address = learned
         peer.retry_delay = self.config.retry_initial
+        peer.last_progress = asyncio.get_running_loop().time()
         current = peer.sending
         if current is None or current.closed or (self._preferred(conn) and not self._preferred(current)):
             peer.sending = conn

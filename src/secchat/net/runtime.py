@@ -87,6 +87,7 @@ class Runtime:
             "frames_unknown_group": 0,
             "frames_not_a_member": 0,
             "frames_dropped_queue_full": 0,
+            "frames_unsendable": 0,
             "timer_fires": 0,
         }
 
@@ -176,7 +177,12 @@ class Runtime:
             else:
                 log.error("member of %s addressed a frame to index %r", conf.group, out.to)
                 continue
-            taken = links.send_many(targets, conf.group, out.data)
+            try:
+                taken = links.send_many(targets, conf.group, out.data)
+            except ValueError as exc:  # the stack produced a frame the links cannot carry: a bug
+                log.error("cannot send a frame of %s: %s", conf.group, exc)
+                self.stats["frames_unsendable"] += 1
+                continue
             self.stats["frames_out"] += taken
             self.stats["frames_dropped_queue_full"] += len(targets) - taken
         for event in member.take_events():
