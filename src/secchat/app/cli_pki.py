@@ -90,7 +90,7 @@ def _read_cert(path: Path) -> pki.x509.Certificate:
         raise fail(f"{path}: {exc}") from None
 
 
-_DIR_HELP = "Directory of the CA's key and certificate [default: <user data dir>/ca]."
+_DIR_HELP = "Directory of the CA's key and certificate (default: <user data dir>/ca)."
 _PASS_HELP = "Read the passphrase from the first line of this file."
 
 
@@ -125,7 +125,7 @@ def ca_issue(
     name: Annotated[str, typer.Argument(help="The peer's name (certificate common name).")],
     directory: Annotated[Path | None, typer.Option("--dir", help=_DIR_HELP)] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Identity directory to write [default: ./NAME].")
+        Path | None, typer.Option("--out", help="Identity directory to write (default: ./NAME).")
     ] = None,
     valid_days: Annotated[int, typer.Option("--days", min=1, help="Validity in days.")] = 365,
     ca_passphrase_file: Annotated[
@@ -168,7 +168,7 @@ def ca_issue(
 def identity_show(
     directory: Annotated[
         Path | None,
-        typer.Option("--dir", help="Identity directory [default: <user data dir>/identity]."),
+        typer.Option("--dir", help="Identity directory (default: <user data dir>/identity)."),
     ] = None,
 ) -> None:
     """Show name, issuer, fingerprint and validity of this peer's certificate."""
