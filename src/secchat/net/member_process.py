@@ -328,8 +328,8 @@ class MemberProcess:
                   "fingerprint": event.fingerprint, "elapsed": round(elapsed, 6),
                   "members": [names[i] for i in event.members]})
             log.info("%s: group key established (fingerprint %s) after %.3fs", group, event.fingerprint, elapsed)
-            for _ in range(self.messages):
-                self.send(group, f"{self.name} #{self._sent.get(group, 0)}")
+            if self.messages:
+                self._bulk = asyncio.get_running_loop().create_task(self._send_many(group, self.messages, 0))
         elif isinstance(event, Delivered):
             emit({"event": "delivered", "name": self.name, "group": group, "sender": names[event.sender],
                   "incarnation": event.incarnation, "seq": event.seq,
