@@ -13,6 +13,8 @@ Inside a frame sits one :class:`LinkMessage`, encoded through :mod:`secchat.code
   the address of its peer (PT2PTLink: "once a connection was established, both got the
   address of the other peer").
 * :class:`Data` -- one protocol message for the sans-I/O member of group ``group``.
+* :class:`Goodbye` -- the sender will write nothing more on this connection; a connection is
+  closed once both sides said goodbye, so retiring a redundant connection loses no frame.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ __all__ = [
     "MAX_GROUP_ID",
     "Data",
     "FrameDecoder",
+    "Goodbye",
     "Hello",
     "LinkMessage",
     "decode_message",
     "encode_data",
     "encode_frame",
+    "encode_goodbye",
     "encode_hello",
 ]
 
@@ -64,7 +68,11 @@ class Data(msgspec.Struct, array_like=True, frozen=True, tag=2):
     payload: Annotated[bytes, msgspec.Meta(max_length=MAX_FRAME)]
 
 
-LinkMessage = Hello | Data
+class Goodbye(msgspec.Struct, array_like=True, frozen=True, tag=3):
+    """"I send nothing more on this connection" (its last frame from us; we still read it)."""
+
+
+LinkMessage = Hello | Data | Goodbye
 
 _decoder: Decoder[LinkMessage] = Decoder(LinkMessage, max_size=MAX_FRAME_BODY)
 
@@ -87,6 +95,10 @@ def encode_data(group: str, payload: bytes) -> bytes:
 
 def encode_hello(listen_port: int) -> bytes:
     return encode_frame(encode(Hello(listen_port)))
+
+
+def encode_goodbye() -> bytes:
+    return encode_frame(encode(Goodbye()))
 
 
 def decode_message(body: bytes) -> LinkMessage:

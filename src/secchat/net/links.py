@@ -12,8 +12,9 @@ Why this shape:
   only after its handshake that the server refused its certificate: no frame is ever written
   into a connection the peer has not accepted.
 * **At most one connection per pair carries our frames.**  If both sides connect at once, both
-  keep the one opened by the lexicographically smaller name and the other is closed by its
-  opener.  Every live connection is read until it ends.
+  keep the one opened by the lexicographically smaller name.  A connection we stop sending on
+  is *retired*: we write a ``Goodbye`` after our last frame on it, keep reading it, and close it
+  once the peer said goodbye too -- so switching connections loses no frame in flight.
 * **Everything is bounded.**  Each peer has one queue bounded in frames and bytes.  When it is
   full, the *newest* frame is dropped (tail drop) and counted, with one warning per overflow
   episode: the queue then holds a gap-free prefix of what we sent, which is what the protocols
@@ -45,7 +46,16 @@ from .errors import (
     LinkTimeout,
     map_exceptions,
 )
-from .framing import Data, FrameDecoder, Hello, decode_message, encode_data, encode_hello
+from .framing import (
+    Data,
+    FrameDecoder,
+    Goodbye,
+    Hello,
+    decode_message,
+    encode_data,
+    encode_goodbye,
+    encode_hello,
+)
 from .tls import (
     PinSet,
     TlsCredentials,
@@ -106,7 +116,7 @@ class LinkConfig:
 
 
 class _Conn:
-    __slots__ = ("closed", "outbound", "peer", "reader", "ready", "remote", "writer")
+    __slots__ = ("closed", "got_goodbye", "outbound", "peer", "reader", "ready", "remote", "said_goodbye", "writer")
 
     def __init__(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outbound: bool) -> None:
         self.peer = peer
@@ -115,6 +125,8 @@ class _Conn:
         self.outbound = outbound
         self.ready = asyncio.Event()  # the peer's Hello arrived
         self.closed = False
+        self.said_goodbye = False  # we send nothing more on it
+        self.got_goodbye = False  # the peer sends nothing more on it
         remote = writer.get_extra_info("peername")
         self.remote: Address | None = (remote[0], remote[1]) if remote else None
 
@@ -481,18 +493,24 @@ class LinkManager:
         if current is None or current.closed or (self._preferred(conn) and not self._preferred(current)):
             peer.sending = conn
             log.info("link to %s up (%s)", peer.name, "outbound" if conn.outbound else "inbound")
-            if current is not None and not current.closed and current.outbound:
-                self._close_gracefully(current)
-        elif conn.outbound:
-            self._close_gracefully(conn)  # a redundant connection we opened: let the peer's one carry
+            if current is not None and not current.closed:
+                self._retire(current)
+        else:
+            self._retire(conn)  # redundant: the peer's choice and ours is the other one
         conn.ready.set()
         peer.wakeup.set()
 
-    def _close_gracefully(self, conn: _Conn) -> None:
+    def _retire(self, conn: _Conn) -> None:
+        """Stop sending on ``conn``: say goodbye after our last frame; close once both did."""
         peer = self._peers[conn.peer]
         if peer.sending is conn:
             peer.sending = None
-        conn.writer.close()  # flushes what was written, then ends; the read loop sees EOF
+        if not conn.said_goodbye and not conn.closed:
+            conn.said_goodbye = True
+            with contextlib.suppress(RuntimeError, OSError):
+                conn.writer.write(encode_goodbye())
+        if conn.got_goodbye:
+            self._drop(conn, None)  # graceful: what was written is flushed, then the stream ends
 
     async def _read_loop(self, conn: _Conn) -> None:
         decoder = FrameDecoder()
@@ -516,6 +534,12 @@ class LinkManager:
                         if not got_hello:
                             got_hello = True
                             self._on_ready(conn, message)
+                        continue
+                    if isinstance(message, Goodbye):
+                        conn.got_goodbye = True
+                        if conn.said_goodbye:
+                            self._drop(conn, None)
+                            return
                         continue
                     if not got_hello:
                         raise AuthenticationError("data before hello", code="no_hello")
@@ -546,7 +570,7 @@ class LinkManager:
         if conn in peer.conns:
             peer.conns.remove(conn)
         if peer.sending is conn:
-            others = [c for c in peer.conns if c.ready.is_set() and not c.closed]
+            others = [c for c in peer.conns if c.ready.is_set() and not c.closed and not c.said_goodbye]
             others.sort(key=self._preferred, reverse=True)
             peer.sending = others[0] if others else None
             if error is not None and not self._closing:

@@ -86,7 +86,6 @@ class Consensus:
         self._proposed = False  # coordinator part: proposal sent in the current round
         self._pending_decision: bytes | None = None
         self._pending_proposal: Proposal | None = None
-        self._answered: set[int] = set()
 
     def coordinator(self, round_: int) -> int:
         return round_ % self.n
@@ -114,10 +113,8 @@ class Consensus:
         if isinstance(msg, Decision):
             return self._on_decision(sender, msg)
         if self.state is State.DECIDED:
-            if sender not in self._answered:
-                self._answered.add(sender)
-                return [Send(sender, Decision(self.tag, self.decision))]
-            return self._drop("after_decision")
+            # one answer per message (no amplification): a late or restarted member learns it
+            return [Send(sender, Decision(self.tag, self.decision))]
         if isinstance(msg, Proposal):
             if sender != self.coordinator(msg.round):
                 return self._drop("proposal_not_from_coordinator")
@@ -240,7 +237,6 @@ class Consensus:
         if self.state is State.IDLE:
             self._pending_decision = msg.value
             return []
-        self._answered.add(sender)
         return self._decide(msg.value, relay=True)
 
     def _decide(self, value: bytes, *, relay: bool) -> list[Event]:

@@ -12,7 +12,8 @@ decision it picks any m whose contribution it knows and computes
 The key id (8 bytes of SHA-256 of the contributor's session key) ties each decided difference to
 one incarnation of its member: a member that restarted without its state knows its fresh
 contribution is not among the decided ones and waits for a contribution that is.  Members keep
-answering public keys after they finish, so a late starter still finishes.
+answering public keys after they finish -- and a member that has decided sends the decision
+along -- so a late starter, or a member restarted with its saved state, still finishes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..codec import Tag, canonical
 from ..crypto import Aead, CryptoError, EphemeralKey, Rng, hkdf
 from .consensus import Consensus, majority
 from .events import Broadcast, Decided, Event, Send, SessionKey
-from .messages import Contribution, Message, PublicKey
+from .messages import Contribution, Decision, Message, PublicKey
 
 __all__ = ["GkeState", "GroupKeyExchange", "key_formula"]
 
@@ -112,8 +113,8 @@ class GroupKeyExchange:
         self.public_key = self._eph.public_bytes
         self._key_id = key_id(self.public_key)
         self._contrib: dict[int, dict[bytes, int]] = {me: {self._key_id: self._y}}
-        self._answered: dict[int, bytes] = {}
         self._shared: dict[bytes, bytes] = {}
+        self._answered: set[tuple[int, bytes]] = set()
         self.state = GkeState.RUNNING
         self.decided: list[tuple[int, bytes, int]] | None = None
         self.members: tuple[int, ...] = ()
@@ -177,16 +178,22 @@ class GroupKeyExchange:
         return Aead(key)
 
     def _on_public_key(self, sender: int, msg: PublicKey) -> list[Event]:
-        if self._answered.get(sender) == msg.key:
-            return self._drop("duplicate_public_key")
+        return self._answer(sender, msg.key)
+
+    def _answer(self, sender: int, key: bytes) -> list[Event]:
+        """Seal our contribution to ``sender``'s session ``key``."""
         try:
-            aead = self._pair_key(msg.key, self.me, sender, self.public_key, msg.key)
+            aead = self._pair_key(key, self.me, sender, self.public_key, key)
         except CryptoError:
             return self._drop("bad_public_key")
-        self._answered[sender] = msg.key
+        self._answered.add((sender, key))
         nonce = self._rng.randbytes(12)
         sealed = aead.seal(nonce, self._y.to_bytes(32, "big"), canonical("contribution", self.tag, self.me, sender))
-        return [Send(sender, Contribution(self.tag, self.public_key, nonce, sealed))]
+        out: list[Event] = [Send(sender, Contribution(self.tag, self.public_key, nonce, sealed))]
+        if self.consensus.decision is not None:
+            # a late or restarted member: hand it the decision too, so it needs nobody's round
+            out.append(Send(sender, Decision(self.consensus.tag, self.consensus.decision)))
+        return out
 
     def _on_contribution(self, sender: int, msg: Contribution) -> list[Event]:
         known = self._contrib.setdefault(sender, {})
@@ -203,9 +210,14 @@ class GroupKeyExchange:
         if len(known) >= MAX_KEYS_PER_MEMBER:
             known.pop(next(iter(known)))
         known[kid] = int.from_bytes(plain, "big")
+        out: list[Event] = []
+        if (sender, msg.key) not in self._answered and len(self._answered) < self.n * MAX_KEYS_PER_MEMBER:
+            # the contribution doubles as the sender's public key: if its PublicKey never reached
+            # us (we started late and lost it), answer now or the sender may wait for us forever
+            out += self._answer(sender, msg.key)
         if self.state is GkeState.DECIDED:
-            return self._try_finish()
-        return self._maybe_propose()
+            return out + self._try_finish()
+        return out + self._maybe_propose()
 
     def _maybe_propose(self) -> list[Event]:
         if self.state is not GkeState.RUNNING:

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from secchat.protocols.consensus import State, majority
+from secchat.protocols.messages import Ack, Decision, Estimate, Nack, Proposal
+
+from .wire import ConsensusWire
+
+TAG = ("t", "consensus")
+
+
+def test_majority() -> None:
+    assert [majority(n) for n in (1, 2, 3, 4, 5, 7, 21)] == [1, 2, 2, 3, 3, 4, 11]
+
+
+def test_all_propose_all_decide_the_same_value_with_thesis_message_count() -> None:
+    n = 7
+    w = ConsensusWire(n)
+    for i in range(n):
+        w.propose(i, b"v%d" % i)
+    w.run()
+    assert len(w.decided) == n and len(set(w.decided.values())) == 1
+    assert set(w.decided.values()) <= {b"v%d" % i for i in range(n)}
+    # one round (R = 1): (n-1) estimates + (n-1) proposals + (n-1) acks + decision relays
+    assert w.sent <= 3 * n + n * n
+
+
+def test_crashed_coordinator_is_suspected_and_the_next_round_decides() -> None:
+    w = ConsensusWire(5)
+    w.crashed.add(0)
+    for i in range(1, 5):
+        w.propose(i, b"v%d" % i)
+    w.run()
+    assert not w.decided  # everybody waits for coordinator 0: no timeout decides anything
+    for i in range(1, 5):
+        w.suspect(i, 0)
+    w.run()
+    assert set(w.decided) == {1, 2, 3, 4} and len(set(w.decided.values())) == 1
+
+
+def test_minority_of_proposers_never_decides_but_majority_does() -> None:
+    w = ConsensusWire(5)
+    w.propose(0, b"a")
+    w.propose(1, b"b")
+    w.run()
+    assert not w.decided
+    w.propose(2, b"c")
+    w.run()
+    assert set(w.decided) == {0, 1, 2}
+
+
+def test_decision_received_before_proposing_is_output_on_propose() -> None:
+    w = ConsensusWire(3)
+    node = w.nodes[2]
+    assert node.receive(0, Decision(TAG, b"x")) == []
+    assert node.state is State.IDLE
+    w.apply(2, node.propose(b"mine"))
+    assert w.decided == {2: b"x"}
+
+
+def test_decided_member_answers_a_late_member() -> None:
+    w = ConsensusWire(5)
+    w.crashed.add(4)
+    for i in range(4):
+        w.propose(i, b"v%d" % i)
+    w.run()
+    value = w.decided[0]
+    node = w.nodes[0]
+    out = node.receive(4, Estimate(TAG, 0, 0, b"late"))  # member 4 comes up late
+    assert [getattr(ev, "message", None) for ev in out] == [Decision(TAG, value)]
+    assert node.receive(4, Decision(TAG, value)) == []  # a relay of the decision needs no answer
+
+
+def test_messages_that_do_not_fit_are_dropped_and_counted() -> None:
+    w = ConsensusWire(3)
+    w.propose(1, b"v")
+    node, stats = w.nodes[1], w.stats[1]
+    assert node.receive(2, Proposal(TAG, 0, b"forged")) == []  # round 0's coordinator is 0
+    assert node.receive(2, Estimate(TAG, 0, 0, b"x")) == []  # member 1 does not coordinate round 0
+    assert node.receive(2, Ack(TAG, 3)) == []
+    assert stats["consensus.dropped.proposal_not_from_coordinator"] == 1
+    assert stats["consensus.dropped.not_coordinator"] == 2
+    assert node.estimate == b"v" and node.round == 0
+
+
+def test_far_future_rounds_are_bounded() -> None:
+    n = 3
+    w = ConsensusWire(n)
+    node = w.nodes[1]
+    w.propose(1, b"v")
+    for r in range(1, 100_000, n):  # rounds coordinated by member 1, far ahead
+        node.receive(2, Estimate(TAG, r, 0, b"x" * 100))
+        node.receive(2, Nack(TAG, r))
+    assert len(node._boxes) <= node.WINDOW_TURNS * n
+    assert len(node._far_estimates) <= n and len(node._far_replies) <= n
+
+
+def test_jump_to_a_later_proposal_adopts_and_acks() -> None:
+    w = ConsensusWire(4)
+    w.propose(3, b"mine")
+    out = w.nodes[3].receive(2, Proposal(TAG, 6, b"theirs"))  # 6 mod 4 == 2
+    assert w.nodes[3].estimate == b"theirs" and w.nodes[3].ts == 7
+    assert any(getattr(ev, "message", None) == Ack(TAG, 6) for ev in out)
+    assert w.nodes[3].round == 7
