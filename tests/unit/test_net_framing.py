@@ -14,10 +14,12 @@ from secchat.net.framing import (
     MAX_FRAME_BODY,
     Data,
     FrameDecoder,
+    Goodbye,
     Hello,
     decode_message,
     encode_data,
     encode_frame,
+    encode_goodbye,
     encode_hello,
 )
 
@@ -28,6 +30,11 @@ def test_data_round_trip():
     assert length == len(frame) - 4
     [body] = FrameDecoder().feed(frame)
     assert decode_message(body) == Data("conf-1", b"payload")
+
+
+def test_goodbye_round_trip():
+    [body] = FrameDecoder().feed(encode_goodbye())
+    assert decode_message(body) == Goodbye()
 
 
 def test_hello_round_trip():
