@@ -137,10 +137,23 @@ def test_cluster_command_line(tmp_path):
     assert bad.returncode == 2 and "majority" in bad.stderr
 
 
-def test_ctrl_c_cleans_up_processes_and_files(tmp_path):
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.parametrize("whole_group", [True, False], ids=["ctrl-c", "sigint-to-launcher-only"])
+def test_interrupt_cleans_up_processes_and_files(tmp_path, whole_group):
     env = dict(os.environ, PYTHONPATH=str(Path(pki.__file__).resolve().parent.parent), TMPDIR=str(tmp_path))
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from secchat.app.cli import main; main()", "cluster", "--n", "3", "--late", "0",
+        [sys.executable, "-c", "from secchat.app.cli import main; main()", "cluster", "--n", "3",
          "--messages", "100000", "--timeout", "60"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
     )
@@ -148,10 +161,12 @@ def test_ctrl_c_cleans_up_processes_and_files(tmp_path):
         for line in proc.stderr:  # wait until the members run
             if "ready" in line:
                 break
-        pids = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                                text=True).stdout.split()]
-        assert pids
-        os.killpg(proc.pid, signal.SIGINT)
+        pids = _children(proc.pid)
+        assert len(pids) == 3
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        else:
+            os.kill(proc.pid, signal.SIGINT)  # the members must be stopped by the launcher
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
