@@ -152,12 +152,12 @@ def test_sigkill_under_load_loses_no_acknowledged_write(world, ca_pem, db_url):
     try:
         failures = asyncio.run(load())
         assert failures > 0, "the kill should have interrupted some clients"
-        server.start()  # same database, same socket
-        rows = stored(db_url)
+        rows = stored(db_url)  # before the restart: the new server may still serve queued requests
         assert acked_participants <= {r[0] for r in rows["participants"]}
         assert acked_conferences <= {r[0] for r in rows["conferences"]}
         # no half-written conference: every stored conference has its member row
         assert {r[0] for r in rows["conferences"]} == {r[0] for r in rows["conference_members"]}
+        server.start()  # same database, same socket
         u = world.user(names[0])
         with DirectoryClient(server.url, [world.ca_cert], u.key, u.cert, TrustStore(None)) as c:
             mine = {conf.id for conf in c.conferences_of()}

@@ -343,3 +343,26 @@ def test_trust_store_corrupt(tmp_path):
 
 def test_user_fixture_is_a_user():
     assert isinstance(World().user("x"), User)
+
+
+def test_names_that_need_percent_encoding(tmp_path):
+    # the signed path is the raw, percent-encoded one on both sides
+    world = World()
+    engine = make_engine(f"sqlite:///{tmp_path / 'd.sqlite3'}")
+    app = create_app(engine, [world.ca_cert])
+    u = world.user("Zoë Smith+1 ?&")
+
+    async def go():
+        c = AsyncDirectoryClient(
+            "http://directory", [world.ca_cert], u.key, u.cert, TrustStore(None),
+            transport=httpx.ASGITransport(app=app),
+        )
+        await c.register()
+        await c.publish_contact("::1", 7000)
+        assert (await c.get_participant(u.name)).contact.port == 7000
+        await c.create_conference("a.b~c-d_e", 1, 2, [u.name])
+        await c.delete_conference("a.b~c-d_e")
+        return await c.conferences_of()
+
+    assert asyncio.run(go()) == []
+    engine.dispose()

@@ -182,6 +182,12 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writes = itertools.count()
+        # SQLite read transactions already see one snapshot (WAL); PostgreSQL's default
+        # READ COMMITTED gives each statement its own, so reads ask for REPEATABLE READ
+        # (read-only transactions never fail with serialization errors there).
+        self._snapshot: dict[str, Any] = (
+            {} if engine.dialect.name == "sqlite" else {"isolation_level": "REPEATABLE READ"}
+        )
 
     def create_schema(self) -> None:
         with self._write_conn() as conn:
@@ -196,7 +202,8 @@ class Store:
 
     @contextmanager
     def _read_conn(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+        """A read transaction on one snapshot (a conference is read in two statements)."""
+        with self.engine.connect().execution_options(**self._snapshot) as conn, conn.begin():
             yield conn
 
     def _write(self, nonce: tuple[str, int] | None, now: int, fn: Callable[[Connection], T]) -> T:
@@ -425,7 +432,7 @@ class Store:
     # ---------------------------------------------------------------- inspection (tests, tools)
 
     def dump(self) -> dict[str, list[tuple]]:
-        """Every row of the domain tables, in a stable order."""
+        """Every row of the domain tables, in a stable order, from one consistent snapshot."""
         with self._read_conn() as conn:
             return {
                 t.name: sorted(tuple(r) for r in conn.execute(select(t)).all()) for t in DOMAIN_TABLES
