@@ -367,8 +367,10 @@ class LinkManager:
                     conn = await self._connect(peer)
                 except LinkError as exc:
                     self.stats["connect_failures"] += 1
-                    log.info("cannot reach %s at %s:%d (%s); retrying in %.2fs",
-                             peer.name, *peer.address, exc, peer.retry_delay)
+                    # the first failure of an outage at INFO, the retries at DEBUG
+                    level = logging.INFO if peer.retry_delay == cfg.retry_initial else logging.DEBUG
+                    log.log(level, "cannot reach %s at %s:%d (%s); retrying in %.2fs",
+                            peer.name, *peer.address, exc, peer.retry_delay)
                     await asyncio.sleep(peer.retry_delay)
                     peer.retry_delay = min(peer.retry_delay * cfg.retry_factor, cfg.retry_max)
                     continue
