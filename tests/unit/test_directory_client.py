@@ -366,3 +366,30 @@ def test_names_that_need_percent_encoding(tmp_path):
 
     assert asyncio.run(go()) == []
     engine.dispose()
+
+
+def test_oversized_answer_is_refused(setup, monkeypatch):
+    from secchat.directory import client as client_mod
+
+    monkeypatch.setattr(client_mod, "MAX_RESPONSE", 1000)
+
+    def pad(path, data):
+        if isinstance(data, dict):
+            data["padding"] = "x" * 5000
+        return data
+
+    setup.refused(pad, "oversized_response")
+
+
+def test_listing_out_of_order_is_refused(setup):
+    def shuffle(path, data):
+        if path == "/v1/participants":
+            data.reverse()
+        return data
+
+    async def go():
+        return await setup.client("alice", shuffle).list_participants()
+
+    with pytest.raises(UntrustedResponse) as err:
+        asyncio.run(go())
+    assert err.value.code == "malformed_response"

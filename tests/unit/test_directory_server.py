@@ -387,3 +387,29 @@ def test_nonce_uniqueness_is_global(api, members):
     before = api.store.dump()
     r = api.signed(bob, "POST", "/v1/conferences", conference_body(bob, [bob], id="conf-2"), nonce=nonce)
     refused(api, r, 401, "replayed_request", before)
+
+
+def test_listings_page_in_code_point_order(api, world, monkeypatch):
+    from secchat.directory import client as client_mod
+    from secchat.directory import server as server_mod
+    from secchat.directory.trust import TrustStore
+
+    monkeypatch.setattr(server_mod, "PAGE", 2)
+    names = ["Zoë", "alice", "Émile", "Bob", "zed"]
+    users = [world.user(n) for n in names]
+    for u in users:
+        assert api.register(u).status_code == 201
+    for k in range(3):
+        body = conference_body(users[0], [users[0]], id=f"p{k}")
+        assert api.signed(users[0], "POST", "/v1/conferences", body).status_code == 201
+
+    async def go():
+        c = client_mod.AsyncDirectoryClient(
+            "http://directory", [world.ca_cert], users[0].key, users[0].cert, TrustStore(None),
+            transport=httpx.ASGITransport(app=api.app),
+        )
+        return [p.name for p in await c.list_participants()], [x.id for x in await c.conferences_of()]
+
+    participants, conferences = asyncio.run(go())
+    assert participants == sorted(names)
+    assert conferences == ["p0", "p1", "p2"]

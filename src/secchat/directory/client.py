@@ -62,6 +62,8 @@ log = logging.getLogger("secchat.directory.client")
 
 T = TypeVar("T")
 MAX_RESPONSE = 16 << 20
+#: Listings are read page by page (the server's page is 1000 entries), at most this many pages.
+MAX_PAGES = 100
 
 
 # --------------------------------------------------------------------------- errors
@@ -274,11 +276,41 @@ class _Request:
     signed: bool = False
 
 
-_Op = Generator[_Request, httpx.Response, T]
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """A directory's answer, read completely but never beyond :data:`MAX_RESPONSE` bytes."""
+
+    status_code: int
+    content: bytes
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_RESPONSE:
+        raise UntrustedResponse(
+            "oversized_response", f"the directory's answer exceeds {MAX_RESPONSE} bytes"
+        )
+
+
+def _bounded(chunks) -> bytes:
+    data = bytearray()
+    for chunk in chunks:
+        data += chunk
+        _check_size(len(data))
+    return bytes(data)
+
+
+_Op = Generator[_Request, _Reply, T]
 
 
 def _seg(value: str) -> str:
     return quote(value, safe="")
+
+
+def _advance(after: str, keys: list[str]) -> str:
+    """The next page's cursor; a directory whose pages do not move forward is refused."""
+    if any(k <= after for k in keys) or keys != sorted(keys):
+        raise UntrustedResponse("malformed_response", "the directory's listing is not in order")
+    return keys[-1]
 
 
 class _Core:
@@ -316,7 +348,7 @@ class _Core:
     # -- helpers
 
     @staticmethod
-    def check(response: httpx.Response, *ok: int) -> bytes:
+    def check(response: _Reply, *ok: int) -> bytes:
         if response.status_code in ok:
             return response.content
         code, message = "bad_response", f"the directory answered HTTP {response.status_code}"
@@ -359,13 +391,19 @@ class _Core:
 
     def list_participants(self) -> _Op[list[Participant]]:
         """Participants whose certificates verify; others are skipped (and logged)."""
-        response = yield _Request("GET", "/v1/participants")
         result = []
-        for out in self.parse(self.check(response, 200), list[ParticipantOut]):
-            try:
-                result.append(verify_participant(out, self.trust))
-            except UntrustedResponse as exc:
-                log.warning("skipping participant %r: %s", out.name, exc)
+        after = ""
+        for _ in range(MAX_PAGES):
+            response = yield _Request("GET", f"/v1/participants?after={_seg(after)}")
+            page = self.parse(self.check(response, 200), list[ParticipantOut])
+            if not page:
+                break
+            for out in page:
+                try:
+                    result.append(verify_participant(out, self.trust))
+                except UntrustedResponse as exc:
+                    log.warning("skipping participant %r: %s", out.name, exc)
+            after = _advance(after, [p.name for p in page])
         return result
 
     def create_conference(
@@ -414,16 +452,24 @@ class _Core:
     def conferences_of(self, name: str | None) -> _Op[list[Conference]]:
         """Verified conferences of ``name`` (default: ours); records that fail are skipped and logged."""
         name = name or self.identity.name
-        response = yield _Request("GET", f"/v1/participants/{_seg(name)}/conferences")
         result = []
-        for out in self.parse(self.check(response, 200), list[ConferenceOut]):
-            try:
-                conference = verify_conference(out, self.trust)
-            except UntrustedResponse as exc:
-                log.warning("skipping conference %r: %s", out.id, exc)
-                continue
-            if name in out.members:
-                result.append(conference)
+        after = ""
+        for _ in range(MAX_PAGES):
+            response = yield _Request(
+                "GET", f"/v1/participants/{_seg(name)}/conferences?after={_seg(after)}"
+            )
+            page = self.parse(self.check(response, 200), list[ConferenceOut])
+            if not page:
+                break
+            for out in page:
+                try:
+                    conference = verify_conference(out, self.trust)
+                except UntrustedResponse as exc:
+                    log.warning("skipping conference %r: %s", out.id, exc)
+                    continue
+                if name in out.members:
+                    result.append(conference)
+            after = _advance(after, [c.id for c in page])
         return result
 
     def delete_conference(self, id: str) -> _Op[None]:
@@ -464,10 +510,14 @@ class DirectoryClient:
                 if request.signed:
                     http_request.headers.update(self._core.headers(http_request, request.body))
                 try:
-                    response = self._http.send(http_request)
+                    response = self._http.send(http_request, stream=True)
+                    try:
+                        reply = _Reply(response.status_code, _bounded(response.iter_bytes()))
+                    finally:
+                        response.close()
                 except httpx.TransportError as exc:
                     raise DirectoryUnavailable("unreachable", f"the directory is unreachable: {exc}") from None
-                request = op.send(response)
+                request = op.send(reply)
         except StopIteration as done:
             return done.value
 
@@ -534,10 +584,18 @@ class AsyncDirectoryClient:
                 if request.signed:
                     http_request.headers.update(self._core.headers(http_request, request.body))
                 try:
-                    response = await self._http.send(http_request)
+                    response = await self._http.send(http_request, stream=True)
+                    try:
+                        chunks = bytearray()
+                        async for chunk in response.aiter_bytes():
+                            chunks += chunk
+                            _check_size(len(chunks))
+                        reply = _Reply(response.status_code, bytes(chunks))
+                    finally:
+                        await response.aclose()
                 except httpx.TransportError as exc:
                     raise DirectoryUnavailable("unreachable", f"the directory is unreachable: {exc}") from None
-                request = op.send(response)
+                request = op.send(reply)
         except StopIteration as done:
             return done.value
 

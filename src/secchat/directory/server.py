@@ -50,6 +50,8 @@ log = logging.getLogger("secchat.directory")
 T = TypeVar("T")
 
 DEFAULT_MAX_BODY = 512 * 1024
+#: Entries per page of a listing (``?after=<last key>`` gives the next page).
+PAGE = 1000
 _NAME_RE = re.compile(NAME_PATTERN)
 
 #: HTTP status of each machine-readable error code.
@@ -233,7 +235,7 @@ def create_app(
 
     async def list_participants(request: Request) -> Response:
         after = request.query_params.get("after", "")
-        return _json(await run_in_threadpool(store.list_participants, after=after))
+        return _json(await run_in_threadpool(store.list_participants, after=after, limit=PAGE))
 
     async def get_participant(request: Request) -> Response:
         name = request.path_params["name"]
@@ -269,7 +271,8 @@ def create_app(
 
     async def conferences_of(request: Request) -> Response:
         name = request.path_params["name"]
-        return _json(await run_in_threadpool(store.conferences_of, name))
+        after = request.query_params.get("after", "")
+        return _json(await run_in_threadpool(store.conferences_of, name, after=after, limit=PAGE))
 
     async def create_conference(request: Request) -> Response:
         body = await read_body(request)

@@ -57,10 +57,16 @@ T = TypeVar("T")
 
 metadata = MetaData()
 
+
+def _key(length: int) -> String:
+    """A text key compared and ordered by code point on every backend (listings page by it)."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
 participants = Table(
     "participants",
     metadata,
-    Column("name", String(64), primary_key=True),
+    Column("name", _key(64), primary_key=True),
     Column("issuer", String(64), nullable=False),
     Column("fingerprint", String(64), nullable=False, unique=True),
     Column("cert_pem", Text, nullable=False),
@@ -71,7 +77,7 @@ participants = Table(
 contacts = Table(
     "contacts",
     metadata,
-    Column("name", String(64), ForeignKey("participants.name"), primary_key=True),
+    Column("name", _key(64), ForeignKey("participants.name"), primary_key=True),
     Column("host", String(253), nullable=False),
     Column("port", Integer, nullable=False),
     Column("issued_at", BigInteger, nullable=False),
@@ -81,10 +87,10 @@ contacts = Table(
 conferences = Table(
     "conferences",
     metadata,
-    Column("id", String(128), primary_key=True),
+    Column("id", _key(128), primary_key=True),
     Column("t0", BigInteger, nullable=False),
     Column("t1", BigInteger, nullable=False),
-    Column("creator", String(64), ForeignKey("participants.name"), nullable=False),
+    Column("creator", _key(64), ForeignKey("participants.name"), nullable=False),
     Column("signature", String(128), nullable=False),
     Column("created_at", BigInteger, nullable=False),
 )
@@ -92,9 +98,9 @@ conferences = Table(
 conference_members = Table(
     "conference_members",
     metadata,
-    Column("conference_id", String(128), ForeignKey("conferences.id"), nullable=False),
+    Column("conference_id", _key(128), ForeignKey("conferences.id"), nullable=False),
     Column("position", Integer, nullable=False),
-    Column("name", String(64), ForeignKey("participants.name"), nullable=False),
+    Column("name", _key(64), ForeignKey("participants.name"), nullable=False),
     Column("fingerprint", String(64), nullable=False),
     PrimaryKeyConstraint("conference_id", "position"),
     UniqueConstraint("conference_id", "name", name="conference_members_once"),
@@ -407,11 +413,12 @@ class Store:
             found = self._load_conferences(conn, [id])
         return found[0] if found else None
 
-    def conferences_of(self, name: str, *, limit: int = 1000) -> list[ConferenceOut]:
+    def conferences_of(self, name: str, *, after: str = "", limit: int = 1000) -> list[ConferenceOut]:
+        """The conferences ``name`` belongs to, by id, the first ``limit`` after ``after``."""
         with self._read_conn() as conn:
             ids = conn.execute(
                 select(conference_members.c.conference_id)
-                .where(conference_members.c.name == name)
+                .where(conference_members.c.name == name, conference_members.c.conference_id > after)
                 .order_by(conference_members.c.conference_id)
                 .limit(limit)
             ).scalars()
