@@ -21,9 +21,9 @@ def test_campaign_has_no_violations(protocol: str, n: int) -> None:
     result = run_campaign(protocol, n, 500, seed=1000 * n, crash=crash, jobs=1)
     assert not result.failures, [f.violations for f in result.failures[:3]]
     assert len(result.results) == 500
-    # the schedules really were hostile: some runs took far longer than the fast ones
-    times = sorted(r.time_to_finish for r in result.results)
-    assert times[-1] > 4 * times[0]
+    # the schedules really were hostile: in many runs detectors suspected members that were up
+    wrong = sum(r.false_suspicions > 0 for r in result.results)
+    assert wrong >= len(result.results) // 20, wrong
 
 
 # --------------------------------------------------------------------------- broken variants
@@ -103,7 +103,7 @@ def test_run_results_replay_exactly() -> None:
 def test_agreement_while_every_detector_is_wrong() -> None:
     """Every member suspects every other for a while: consensus is delayed, never wrong."""
     n = 5
-    net = NetworkModel(min_delay=1.1, max_delay=1.3, unstable_max_delay=3.0, stabilisation=6.0)
+    net = NetworkModel(min_delay=1.1, max_delay=1.3)  # always slower than the initial timeout
     sim = Simulation(n, 99, network=net)
     tag = consensus_tag(("sim",))
     for i in range(n):

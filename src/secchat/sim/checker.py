@@ -30,7 +30,7 @@ from typing import Any
 
 from ..codec import CodecError
 from ..protocols.consensus import majority
-from ..protocols.events import Decided, Delivered, KeyEstablished, SessionKey
+from ..protocols.events import Decided, Delivered, KeyEstablished, PeerSuspected, SessionKey
 from ..protocols.gke import MODULUS
 from ..protocols.messages import SmcData, decode_message, encode_message
 from ..protocols.stack import Member, consensus_tag, gke_tag, smc_tag
@@ -49,6 +49,8 @@ class RunResult:
     messages: int = 0
     time_to_finish: float = 0.0
     cpu: float = 0.0
+    #: suspicions of members that were up and correct: the detectors were wrong this often
+    false_suspicions: int = 0
 
 
 @dataclass
@@ -72,12 +74,18 @@ class Scenario:
 def draw_scenario(n: int, crash: int, rng: random.Random) -> Scenario:
     if not 0 <= crash <= n - majority(n):
         raise ValueError(f"at most {n - majority(n)} of {n} members may crash")
-    unstable = rng.random() < 0.5
+    unstable = rng.random() < 0.6
+    max_delay = rng.choice((0.002, 0.01, 0.03))
     network = NetworkModel(
         min_delay=0.0005,
-        max_delay=rng.choice((0.002, 0.01, 0.03)),
-        unstable_max_delay=rng.uniform(0.3, 3.0) if unstable else 0.03,
-        stabilisation=rng.uniform(0.5, 5.0) if unstable else 0.0,
+        max_delay=max_delay,
+        unstable_max_delay=rng.uniform(0.5, 4.0) if unstable else max_delay,
+        stabilisation=rng.uniform(0.5, 6.0) if unstable else 0.0,
+        # slow members (often the first coordinator), and some or all other frames slow too
+        slow=frozenset(rng.sample(range(n), rng.randint(0, max(1, n // 3))) + [0] * (rng.random() < 0.5))
+        if unstable
+        else frozenset(),
+        slow_fraction=rng.choice((0.0, 0.3, 1.0)) if unstable else 0.0,
     )
     crashed = rng.sample(range(n), crash)
     never, crash_at, after = set(), {}, {}
@@ -134,6 +142,13 @@ class _Run:
         self.result.messages = self.sim.protocol_messages
         self.result.time_to_finish = self.finished_at
         self.result.cpu = sum(node.cpu for node in self.sim.nodes)
+        correct, start_at = set(self.scenario.correct), self.scenario.start_at
+        self.result.false_suspicions = sum(
+            1
+            for node in self.sim.nodes
+            for when, ev in node.outputs
+            if isinstance(ev, PeerSuspected) and ev.peer in correct and start_at[ev.peer] < when - 1.0
+        )
         return self.result
 
 

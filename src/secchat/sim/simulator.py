@@ -33,15 +33,18 @@ __all__ = ["NetworkModel", "SimNode", "Simulation"]
 class NetworkModel:
     """Delays in simulated seconds.
 
-    Before ``stabilisation`` a link delivers after ``uniform(min_delay, unstable_max_delay)`` --
-    longer than the detectors' timeout when ``unstable_max_delay`` exceeds it -- afterwards after
-    ``uniform(min_delay, max_delay)``.
+    A frame takes ``uniform(min_delay, max_delay)``.  Before ``stabilisation``, frames from the
+    ``slow`` members, and a ``slow_fraction`` of all others, take ``uniform(max_delay,
+    unstable_max_delay)`` instead -- longer than the detectors' timeout when
+    ``unstable_max_delay`` exceeds it, so detectors suspect members that are up.
     """
 
     min_delay: float = 0.001
     max_delay: float = 0.02
     unstable_max_delay: float = 0.02
     stabilisation: float = 0.0
+    slow: frozenset[int] = frozenset()
+    slow_fraction: float = 0.0
 
 
 @dataclass
@@ -108,10 +111,11 @@ class Simulation:
         self._seq += 1
         heapq.heappush(self._queue, (when, self._seq, kind, payload))
 
-    def delay(self) -> float:
+    def delay(self, sender: int) -> float:
         net = self.network
-        hi = net.unstable_max_delay if self.now < net.stabilisation else net.max_delay
-        return self.rng.uniform(net.min_delay, hi)
+        if self.now < net.stabilisation and (sender in net.slow or self.rng.random() < net.slow_fraction):
+            return self.rng.uniform(net.max_delay, net.unstable_max_delay)
+        return self.rng.uniform(net.min_delay, net.max_delay)
 
     # ----------------------------------------------------------------- node life
 
@@ -178,7 +182,7 @@ class Simulation:
                 if out.data[1:2] != b"\x01":  # not a heartbeat (Alive's type tag)
                     self.protocol_messages += 1
                 self.bytes_sent += len(out.data)
-                self._push(self.now + self.delay(), "deliver", (node.index, to, out.data))
+                self._push(self.now + self.delay(node.index), "deliver", (node.index, to, out.data))
         for ev in member.take_events():
             node.outputs.append((self.now, ev))
             if node.on_output is not None:
