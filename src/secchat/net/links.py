@@ -253,6 +253,20 @@ class LinkManager:
 
     # ------------------------------------------------------------------ public API
 
+    def add_peer(self, name: str, der: bytes, address: Address | None = None) -> None:
+        """Pin ``name`` to certificate ``der`` (e.g. a member of a newly joined conference).
+
+        Adding a known peer again with the same certificate is a no-op; a different certificate
+        for a pinned name (or a pinned certificate under another name) raises ``ValueError``.
+        """
+        if name == self.me:
+            raise ValueError("we do not link to ourselves")
+        self.pins.add(name, der)
+        if name not in self._peers:
+            self._peers[name] = _Peer(name, None, self.config.retry_initial)
+        if address is not None:
+            self.set_address(name, address)
+
     def set_address(self, name: str, address: Address) -> None:
         """Tell the links where ``name`` listens."""
         peer = self._peer(name)

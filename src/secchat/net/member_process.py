@@ -42,18 +42,14 @@ import resource
 import signal
 import socket
 import sys
-import time
 from typing import Any
-
-from cryptography.hazmat.primitives import serialization
 
 from .. import pki
 from ..crypto import SystemRng
 from .config import ConfigError, MemberConfig, load_config
 from .errors import LinkError
-from .links import LinkManager
-from .runtime import Runtime
-from .tls import PinSet, TlsCredentials
+from .node import Node
+from .tls import TlsCredentials
 
 __all__ = ["MemberProcess", "main"]
 
@@ -107,14 +103,13 @@ def _stack_config(table: dict[str, Any]):
 
 
 class MemberProcess:
-    """Loads the identity and conferences of a config, runs links + runtime, speaks JSON lines."""
+    """Loads the identity and conferences of a config, runs a :class:`Node`, speaks JSON lines."""
 
     def __init__(self, config: MemberConfig, *, messages: int = 0) -> None:
         self.config = config
         self.name = config.identity.name
         self.messages = messages
-        self.runtime = Runtime(self._on_event)
-        self.links: LinkManager | None = None
+        self.node: Node | None = None
         self._join_time: dict[str, float] = {}
         self._established: set[str] = set()
         self._stop = asyncio.Event()
@@ -123,83 +118,66 @@ class MemberProcess:
 
     # ------------------------------------------------------------------ setup
 
-    def _load(self) -> tuple[TlsCredentials, PinSet, dict[str, Any]]:
+    def _load(self) -> tuple[TlsCredentials, dict[str, list[tuple[str, Any]]]]:
         ident = self.config.identity
         try:
             key = pki.load_private_key(ident.key, ident.passphrase())
             cert = pki.cert_from_pem(ident.cert.read_bytes())
             cas = pki.certs_from_pem(ident.ca.read_bytes())
+            own = pki.verify_certificate(cert, cas)
         except OSError as exc:
             raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from None
         except pki.PkiError as exc:
             raise ConfigError(str(exc)) from None
-        own = pki.verify_certificate(cert, cas)
         if own.name != self.name:
             raise ConfigError(f"our certificate names {own.name!r}, the config says {self.name!r}")
-        pins = PinSet()
-        certs: dict[str, Any] = {}
+        members: dict[str, list[tuple[str, Any]]] = {}
         for conf in self.config.conferences:
+            members[conf.id] = []
             for name, path in conf.members:
                 try:
-                    member_cert = pki.cert_from_pem(path.read_bytes())
-                    identity = pki.verify_certificate(member_cert, cas)
+                    members[conf.id].append((name, pki.cert_from_pem(path.read_bytes())))
                 except OSError as exc:
                     raise ConfigError(f"cannot read the certificate of {name}: {exc.strerror}") from None
                 except pki.PkiError as exc:
                     raise ConfigError(f"the certificate of member {name} is not acceptable: {exc}") from None
-                if identity.name != name:
-                    raise ConfigError(f"the certificate listed for {name!r} belongs to {identity.name!r}")
-                if name == self.name and member_cert != cert:
-                    raise ConfigError(f"conference {conf.id} lists another certificate for us")
-                certs[name] = member_cert
-                if name != self.name:
-                    try:
-                        pins.add(name, member_cert.public_bytes(serialization.Encoding.DER))
-                    except ValueError as exc:
-                        raise ConfigError(f"conference {conf.id}: {exc}") from None
-        return TlsCredentials(key, cert, tuple(cas)), pins, {"key": key, "certs": certs}
+        return TlsCredentials(key, cert, tuple(cas)), members
+
+    @property
+    def runtime(self):
+        assert self.node is not None
+        return self.node.runtime
 
     async def run(self) -> int:
-        from ..protocols.stack import Member
-
         try:
-            creds, pins, material = self._load()
+            creds, members = self._load()
             stack_config = _stack_config(self.config.stack)
-        except (ConfigError, pki.PkiError) as exc:
-            emit({"event": "error", "name": self.name, "message": str(exc)})
-            log.error("cannot start: %s", exc)
-            return 2
+        except ConfigError as exc:
+            return self._fail(str(exc))
         rng_log = os.environ.get("SECCHAT_TEST_RNG_LOG")
         rng = RecordingRng(rng_log) if rng_log else SystemRng()
         if rng_log:
             log.warning("test hook SECCHAT_TEST_RNG_LOG is active: random draws are recorded")
-        self.links = LinkManager(
-            self.name, creds, pins, self.runtime.on_message,
-            addresses={n: a for n, a in self.config.peers.items() if n in pins},
-            config=self.config.links,
-        )
-        self.runtime.attach(self.links)
+        node = self.node = Node(creds, self._on_event, link_config=self.config.links,
+                                stack_config=stack_config, rng=rng)
         try:
             if self.config.listen_fd is not None:
-                sock = socket.socket(fileno=self.config.listen_fd)
-                address = await self.links.start(sock=sock)
+                address = await node.start(sock=socket.socket(fileno=self.config.listen_fd))
             else:
                 assert self.config.listen_address is not None
-                address = await self.links.start(*self.config.listen_address)
+                address = await node.start(*self.config.listen_address)
         except (OSError, LinkError) as exc:
-            emit({"event": "error", "name": self.name, "message": f"cannot listen: {exc}"})
-            return 2
-        signer = pki.signer_of(material["key"])
-        incarnation = time.time_ns() // 1000  # separates our runs' sequence numbers
+            return self._fail(f"cannot listen: {exc}")
+        try:
+            for conf in self.config.conferences:
+                node.add_conference(conf.id, members[conf.id], signed=conf.mode == "signed")
+        except (ValueError, pki.PkiError) as exc:
+            await node.aclose()
+            return self._fail(f"conference refused: {exc}")
+        for name, addr in self.config.peers.items():
+            if name in node.links.peers():
+                node.set_address(name, addr)
         loop = asyncio.get_running_loop()
-        for conf in self.config.conferences:
-            verifiers = [pki.verifier_of(material["certs"][n]) for n in conf.names]
-            me = conf.names.index(self.name)
-            member = Member(
-                conf.id, me, len(conf.names), signer, verifiers, rng, loop.time(), stack_config,
-                incarnation=incarnation,
-            )
-            self.runtime.add_conference(conf.id, conf.names, me, member)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
@@ -216,9 +194,13 @@ class MemberProcess:
             with contextlib.suppress(BaseException):
                 await stdin_task
             self.emit_stats()
-            self.runtime.close()
-            await self.links.aclose()
+            await node.aclose()
         return 0
+
+    def _fail(self, message: str) -> int:
+        emit({"event": "error", "name": self.name, "message": message})
+        log.error("cannot start: %s", message)
+        return 2
 
     # ------------------------------------------------------------------ commands
 
@@ -231,28 +213,23 @@ class MemberProcess:
         return group
 
     def join(self, group: str) -> None:
+        assert self.node is not None
         if group in self._join_time:
             return
-        conf = next(c for c in self.config.conferences if c.id == group)
         self._join_time[group] = self.runtime.now()
-        from ..protocols.stack import smc_tag
-
-        self.runtime.smc_init(group, smc_tag(group), signed=conf.mode == "signed")
+        self.node.join(group)
         emit({"event": "joined", "name": self.name, "group": group})
 
     def send(self, group: str, text: str) -> None:
-        from ..protocols.stack import smc_tag
-
-        if group not in self._join_time:
-            raise ValueError(f"not joined to {group!r} yet")
-        self.runtime.multicast(group, smc_tag(group), text.encode("utf-8"))
+        assert self.node is not None
+        self.node.send(group, text.encode("utf-8"))
         self._sent[group] = self._sent.get(group, 0) + 1
 
     async def _send_many(self, group: str, count: int, size: int) -> None:
         """Multicast ``count`` numbered messages (padded to ``size`` bytes), paced by the links."""
-        assert self.links is not None
+        assert self.node is not None
         for _ in range(count):
-            await self.links.wait_for_room()
+            await self.node.links.wait_for_room()
             text = f"{self.name} #{self._sent.get(group, 0)}"
             self.send(group, text.ljust(size, "."))
             await asyncio.sleep(0)
@@ -340,11 +317,10 @@ class MemberProcess:
             emit({"event": "restored", "name": self.name, "group": group, "peer": names[event.peer]})
 
     def emit_stats(self) -> None:
-        stack: dict[str, int] = {}
-        for conf in self.runtime.conferences.values():
-            for key, value in dict(getattr(conf.member, "stats", {})).items():
-                stack[key] = stack.get(key, 0) + int(value)
-        links = self.links
+        if self.node is None:
+            return
+        stack = self.node.stack_stats()
+        links = self.node.links
         emit({
             "event": "stats", "name": self.name,
             "links": dict(links.stats) if links else {},

@@ -1,0 +1,169 @@
+"""One identity on the network: its TLS links, the runtime, and a protocol stack per conference.
+
+Why: the member process, the cluster and the chat application all need the same assembly --
+load credentials, pin the certificates a conference names, create a sans-I/O
+:class:`~secchat.protocols.stack.Member` per conference, run them over one
+:class:`~secchat.net.links.LinkManager`.  :class:`Node` is that assembly and nothing more; it
+prints nothing and reads no files (callers load keys and certificates with :mod:`secchat.pki`).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .. import pki
+from ..crypto import Rng, SystemRng
+from .errors import AuthenticationError
+from .links import Address, LinkConfig, LinkManager
+from .runtime import Runtime
+from .tls import PinSet, TlsCredentials
+
+__all__ = ["ConferenceInfo", "Node"]
+
+#: ``on_event(conference_id, event)`` -- the stack's output events (KeyEstablished, Delivered, ...)
+EventHandler = Callable[[str, Any], None]
+
+
+@dataclass(frozen=True)
+class ConferenceInfo:
+    group: str
+    names: tuple[str, ...]
+    me: int
+    signed: bool
+
+
+class Node:
+    """The links, runtime and conferences of one identity (``credentials.cert``'s CN)."""
+
+    def __init__(
+        self,
+        credentials: TlsCredentials,
+        on_event: EventHandler,
+        *,
+        link_config: LinkConfig | None = None,
+        stack_config: Any = None,
+        rng: Rng | None = None,
+        incarnation: int | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.name = pki.verify_certificate(credentials.cert, list(credentials.ca_certs)).name
+        self.runtime = Runtime(on_event)
+        self.links = LinkManager(self.name, credentials, PinSet(), self.runtime.on_message, config=link_config)
+        self.runtime.attach(self.links)
+        self.stack_config = stack_config
+        self.rng = rng or SystemRng()
+        # separates the sequence numbers of successive runs of this identity
+        self.incarnation = incarnation if incarnation is not None else time.time_ns() // 1000
+        self.conferences: dict[str, ConferenceInfo] = {}
+        self._signer = pki.signer_of(credentials.key)  # type: ignore[arg-type]
+        self._joined: set[str] = set()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None) -> Address:
+        """Listen for peers; returns the bound address."""
+        if sock is not None:
+            return await self.links.start(sock=sock)
+        return await self.links.start(host, port)
+
+    def set_address(self, name: str, address: Address) -> None:
+        self.links.set_address(name, address)
+
+    def add_conference(self, group: str, members: Sequence[tuple[str, x509.Certificate]], *, signed: bool = True) -> ConferenceInfo:
+        """Take part in conference ``group`` among ``members`` (ordered names and certificates).
+
+        Every certificate is verified against our trusted CAs and must carry the name it is
+        listed under; ours must be our own.  Raises :class:`secchat.pki.PkiError` or
+        ``ValueError`` and changes nothing when a check fails.
+        """
+        from ..protocols.stack import Member
+
+        if group in self.conferences:
+            raise ValueError(f"conference {group!r} is already running here")
+        names = tuple(name for name, _ in members)
+        if self.name not in names:
+            raise ValueError(f"we ({self.name}) are not a member of {group!r}")
+        cas = list(self.credentials.ca_certs)
+        ders = {}
+        for name, cert in members:
+            identity = pki.verify_certificate(cert, cas)
+            if identity.name != name:
+                raise ValueError(f"the certificate listed for {name!r} belongs to {identity.name!r}")
+            ders[name] = cert.public_bytes(serialization.Encoding.DER)
+        own = self.credentials.cert.public_bytes(serialization.Encoding.DER)
+        if ders[self.name] != own:
+            raise ValueError(f"conference {group!r} lists another certificate for us")
+        for name, der in ders.items():  # check every pin before adding any
+            if name != self.name:
+                _check_pin(self.links.pins, name, der)
+        for name, der in ders.items():
+            if name != self.name:
+                self.links.add_peer(name, der)
+        me = names.index(self.name)
+        verifiers = [pki.verifier_of(cert) for _, cert in members]
+        member = Member(group, me, len(names), self._signer, verifiers, self.rng, self.runtime.now(),
+                        self.stack_config, incarnation=self.incarnation)
+        self.runtime.add_conference(group, names, me, member)
+        info = ConferenceInfo(group, names, me, signed)
+        self.conferences[group] = info
+        return info
+
+    def join(self, group: str) -> bool:
+        """Start the conference's secure multicast (and so its key exchange); False if already."""
+        from ..protocols.stack import smc_tag
+
+        info = self._info(group)
+        if group in self._joined:
+            return False
+        self.runtime.smc_init(group, smc_tag(group), signed=info.signed)
+        self._joined.add(group)
+        return True
+
+    def joined(self, group: str) -> bool:
+        return group in self._joined
+
+    def send(self, group: str, payload: bytes) -> None:
+        """Multicast ``payload`` to the conference (held until the key exists)."""
+        from ..protocols.stack import smc_tag
+
+        self._info(group)
+        if group not in self._joined:
+            raise ValueError(f"join {group!r} before sending")
+        self.runtime.multicast(group, smc_tag(group), payload)
+
+    def names(self, group: str) -> tuple[str, ...]:
+        return self._info(group).names
+
+    def stack_stats(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for conf in self.runtime.conferences.values():
+            for key, value in dict(getattr(conf.member, "stats", {})).items():
+                out[key] = out.get(key, 0) + int(value)
+        return out
+
+    async def aclose(self) -> None:
+        self.runtime.close()
+        await self.links.aclose()
+
+    def _info(self, group: str) -> ConferenceInfo:
+        try:
+            return self.conferences[group]
+        except KeyError:
+            raise ValueError(f"not a member of conference {group!r}") from None
+
+
+def _check_pin(pins: PinSet, name: str, der: bytes) -> None:
+    """Would ``pins.add(name, der)`` succeed?  Raise ``ValueError`` if not."""
+    try:
+        owner = pins.identify(der)
+    except AuthenticationError:
+        owner = None
+    if owner is not None and owner != name:
+        raise ValueError(f"the certificate listed for {name!r} is pinned to {owner!r}")
+    if owner is None and name in pins:
+        raise ValueError(f"{name!r} is already pinned to another certificate")
