@@ -42,6 +42,7 @@ __all__ = [
     "IDENTITY_CERT_FILE",
     "IDENTITY_KEY_FILE",
     "Identity",
+    "LocalIdentity",
     "PkiError",
     "cert_from_pem",
     "cert_to_pem",
@@ -52,6 +53,7 @@ __all__ = [
     "generate_key",
     "identity_of",
     "issue_certificate",
+    "load_identity",
     "load_private_key",
     "save_private_key",
     "signer_of",
@@ -76,7 +78,8 @@ class PkiError(Exception):
 
     ``code`` is machine-readable: ``bad_pem``, ``unknown_ca``, ``expired``, ``not_yet_valid``,
     ``wrong_passphrase``, ``bad_signature``, ``not_a_ca``, ``not_a_leaf``, ``no_name``,
-    ``unsupported_key``, ``no_key_store``, ``empty_passphrase``.  ``str(e)`` is one sentence.
+    ``unsupported_key``, ``no_key_store``, ``empty_passphrase``, ``no_identity``,
+    ``key_mismatch``.  ``str(e)`` is one sentence.
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -397,3 +400,34 @@ def load_private_key(path: Path, passphrase: str) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise PkiError("unsupported_key", f"key store {path} does not hold an Ed25519 key")
     return key
+
+
+# --------------------------------------------------------------------------- identity directories
+
+
+@dataclass(frozen=True, slots=True)
+class LocalIdentity:
+    """This peer's key, certificate and trusted CAs, as ``secchat ca issue --out D`` wrote them."""
+
+    key: Ed25519PrivateKey
+    cert: x509.Certificate
+    trusted: tuple[x509.Certificate, ...]
+
+    @property
+    def identity(self) -> Identity:
+        return identity_of(self.cert)
+
+
+def load_identity(directory: Path, passphrase: str) -> LocalIdentity:
+    """Load and check an identity directory: the key must match the certificate, which must verify."""
+    directory = Path(directory)
+    try:
+        cert = cert_from_pem((directory / IDENTITY_CERT_FILE).read_bytes())
+        trusted = tuple(certs_from_pem((directory / CA_CERT_FILE).read_bytes()))
+    except FileNotFoundError as exc:
+        raise PkiError("no_identity", f"{exc.filename} is missing: not an identity directory") from None
+    key = load_private_key(directory / IDENTITY_KEY_FILE, passphrase)
+    if signer_of(key).public_bytes != verifier_of(cert).public_bytes:
+        raise PkiError("key_mismatch", f"the key in {directory} does not belong to its certificate")
+    verify_certificate(cert, trusted)
+    return LocalIdentity(key, cert, trusted)

@@ -208,3 +208,22 @@ def test_cli_errors_are_one_sentence(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "no certificate" in result.output
     result = runner.invoke(ca_app, ["init", "--dir", str(ca_dir)])
     assert result.exit_code == 1 and "already exists" in result.output
+
+
+def test_load_identity(tmp_path, ca):
+    ca_key, ca_cert = ca
+    key = pki.generate_key()
+    cert = pki.issue_certificate(ca_key, ca_cert, "dora", key.public_key())
+    d = tmp_path / "dora"
+    pki.save_private_key(d / pki.IDENTITY_KEY_FILE, key, "pw")
+    (d / pki.IDENTITY_CERT_FILE).write_bytes(pki.cert_to_pem(cert))
+    (d / pki.CA_CERT_FILE).write_bytes(pki.cert_to_pem(ca_cert))
+    local = pki.load_identity(d, "pw")
+    assert local.identity == pki.Identity("dora", "Test CA") and local.trusted == (ca_cert,)
+    pki.save_private_key(d / pki.IDENTITY_KEY_FILE, pki.generate_key(), "pw")
+    with pytest.raises(pki.PkiError) as err:
+        pki.load_identity(d, "pw")
+    assert err.value.code == "key_mismatch"
+    with pytest.raises(pki.PkiError) as err:
+        pki.load_identity(tmp_path / "nobody", "pw")
+    assert err.value.code == "no_identity"

@@ -56,9 +56,109 @@ def serve(
         raise _fail(f"cannot open the database: {str(exc).splitlines()[0]}") from None
     where = db or str(default_database_path())
     logging.basicConfig(level=logging.WARNING)
-    typer.echo(f"directory on {engine.url.render_as_string(hide_password=True) if db else where}", err=True)
+    database = engine.url.render_as_string(hide_password=True) if db else where
+    listening = "an inherited socket" if fd is not None else f"http://{host}:{port}"
+    typer.echo(f"directory on {database}, serving {listening}", err=True)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
     # An inherited socket is wrapped here, not by uvicorn's ``fd=``: that one assumes AF_UNIX, so
     # asyncio would not set TCP_NODELAY and every response would wait for a delayed ACK (~40 ms).
     sockets = [socket.socket(fileno=fd)] if fd is not None else None
     uvicorn.Server(config).run(sockets=sockets)
+
+
+# --------------------------------------------------------------------------- client commands
+
+_URL = typer.Option("--url", envvar="SECCHAT_DIRECTORY", help="Directory base URL (env SECCHAT_DIRECTORY).")
+_DIR = typer.Option("--dir", help="Identity directory (default: <user data dir>/identity).")
+_PASSFILE = typer.Option("--passphrase-file", help="Read the key's passphrase from this file.")
+_TRUST = typer.Option("--trust-file", help="Accepted certificates (default: <user data dir>/accepted-certificates.json).")
+
+
+def _client(url: str, directory: Path | None, passphrase_file: Path | None, trust_file: Path | None):
+    from secchat import pki
+    from secchat.app.cli_pki import PASSPHRASE_ENV, default_identity_dir, read_passphrase
+
+    from .client import DirectoryClient
+    from .trust import TrustStore, TrustStoreError, default_trust_path
+
+    directory = directory or default_identity_dir()
+    passphrase = read_passphrase(passphrase_file, (PASSPHRASE_ENV,), "identity passphrase")
+    try:
+        local = pki.load_identity(directory, passphrase)
+        store = TrustStore(trust_file or default_trust_path())
+    except (pki.PkiError, TrustStoreError) as exc:
+        raise _fail(str(exc)) from None
+    return DirectoryClient.for_identity(url, local, store)
+
+
+def _run(fn):
+    from .client import DirectoryError
+
+    try:
+        return fn()
+    except DirectoryError as exc:
+        raise _fail(f"{exc} ({exc.code})") from None
+
+
+@directory_app.command("register")
+def register(
+    url: Annotated[str, _URL],
+    directory: Annotated[Path | None, _DIR] = None,
+    passphrase_file: Annotated[Path | None, _PASSFILE] = None,
+    trust_file: Annotated[Path | None, _TRUST] = None,
+) -> None:
+    """Register this identity's certificate with a directory (the thesis's Add Participant)."""
+    with _client(url, directory, passphrase_file, trust_file) as client:
+        me = _run(client.register)
+    typer.echo(f"registered {me.identity} ({me.fingerprint})")
+
+
+@directory_app.command("participants")
+def participants(
+    url: Annotated[str, _URL],
+    directory: Annotated[Path | None, _DIR] = None,
+    passphrase_file: Annotated[Path | None, _PASSFILE] = None,
+    trust_file: Annotated[Path | None, _TRUST] = None,
+) -> None:
+    """List the participants whose certificates verify, and whether you accepted them."""
+    with _client(url, directory, passphrase_file, trust_file) as client:
+        found = _run(client.list_participants)
+    for p in found:
+        contact = f"{p.contact.host}:{p.contact.port}" if p.contact else "-"
+        typer.echo(f"{p.identity!s:40} {p.acceptance.value:9} {p.fingerprint[:16]}  {contact}")
+
+
+trust_app = typer.Typer(help="The certificates you accepted.", no_args_is_help=True)
+directory_app.add_typer(trust_app, name="trust")
+
+
+@trust_app.callback()
+def _trust() -> None:
+    """The certificates you accepted."""
+
+
+def _store(trust_file: Path | None):
+    from .trust import TrustStore, TrustStoreError, default_trust_path
+
+    try:
+        return TrustStore(trust_file or default_trust_path())
+    except TrustStoreError as exc:
+        raise _fail(str(exc)) from None
+
+
+@trust_app.command("list")
+def trust_list(trust_file: Annotated[Path | None, _TRUST] = None) -> None:
+    """Show accepted identities and their certificate fingerprints."""
+    for entry in _store(trust_file).list():
+        typer.echo(f"{entry.identity:40} {entry.fingerprint}")
+
+
+@trust_app.command("revoke")
+def trust_revoke(
+    identity: Annotated[str, typer.Argument(help="name@issuer")],
+    trust_file: Annotated[Path | None, _TRUST] = None,
+) -> None:
+    """Forget an accepted certificate (you will be asked again next time)."""
+    if not _store(trust_file).revoke(identity):
+        raise _fail(f"{identity} is not among the accepted certificates")
+    typer.echo(f"revoked {identity}")

@@ -40,7 +40,7 @@ from .models import (
     ParticipantOut,
     contact_message,
 )
-from .trust import Acceptance, TrustStore
+from .trust import Acceptance, TrustStore, default_trust_path
 
 __all__ = [
     "AsyncDirectoryClient",
@@ -502,6 +502,15 @@ class DirectoryClient:
         self._core = _Core(trusted_cas, signer_key, cert, trust_store, clock)
         self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
 
+    @classmethod
+    def for_identity(
+        cls, base_url: str, local: pki.LocalIdentity, trust_store: TrustStore | None = None, **options: Any
+    ) -> DirectoryClient:
+        """A client for an identity directory (:func:`secchat.pki.load_identity`); the trust
+        store defaults to the user's (:func:`~secchat.directory.trust.default_trust_path`)."""
+        store = trust_store if trust_store is not None else TrustStore(default_trust_path())
+        return cls(base_url, local.trusted, local.key, local.cert, store, **options)
+
     def _run(self, op: _Op[T]) -> T:
         try:
             request = next(op)
@@ -575,6 +584,15 @@ class AsyncDirectoryClient:
     ) -> None:
         self._core = _Core(trusted_cas, signer_key, cert, trust_store, clock)
         self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
+
+    @classmethod
+    def for_identity(
+        cls, base_url: str, local: pki.LocalIdentity, trust_store: TrustStore | None = None, **options: Any
+    ) -> AsyncDirectoryClient:
+        """A client for an identity directory (:func:`secchat.pki.load_identity`); the trust
+        store defaults to the user's (:func:`~secchat.directory.trust.default_trust_path`)."""
+        store = trust_store if trust_store is not None else TrustStore(default_trust_path())
+        return cls(base_url, local.trusted, local.key, local.cert, store, **options)
 
     async def _run(self, op: _Op[T]) -> T:
         try:

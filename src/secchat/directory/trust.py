@@ -15,9 +15,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import platformdirs
+
 from secchat import pki
 
-__all__ = ["Acceptance", "TrustEntry", "TrustStore", "TrustStoreError"]
+__all__ = ["Acceptance", "TrustEntry", "TrustStore", "TrustStoreError", "default_trust_path"]
+
+
+def default_trust_path() -> Path:
+    """Where a user's accepted certificates live: ``<user data dir>/accepted-certificates.json``."""
+    return Path(platformdirs.user_data_dir("secchat")) / "accepted-certificates.json"
 
 
 class TrustStoreError(Exception):
