@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from secchat.codec import CodecError, Decoder, canonical, check_tag
+from secchat.crypto import Aead, CryptoError, EphemeralKey, Signer, Verifier, derive_group_keys, hkdf
+
+parts = st.one_of(st.text(max_size=8), st.integers(min_value=0, max_value=1000))
+
+
+@given(st.lists(parts, min_size=1, max_size=4), st.lists(parts, min_size=1, max_size=4))
+def test_distinct_tags_have_distinct_encodings(a: list, b: list) -> None:
+    if tuple(a) != tuple(b):
+        assert canonical(tuple(a)) != canonical(tuple(b))
+
+
+def test_no_concatenation_ambiguity() -> None:
+    assert canonical(("a|b", "c")) != canonical(("a", "b|c"))
+
+
+@pytest.mark.parametrize("bad", [(), ("x",) * 9, ("x" * 200,), (True,), (-1,), (1.5,), "notatuple"])
+def test_bad_local_tags_are_our_misuse(bad) -> None:
+    with pytest.raises(ValueError):
+        check_tag(bad)
+
+
+def test_decoder_limits_size() -> None:
+    with pytest.raises(CodecError) as info:
+        Decoder(bytes, max_size=10).decode(b"\xc4\x20" + b"x" * 32)
+    assert info.value.code == "oversized"
+
+
+def test_hkdf_rfc5869_case_1() -> None:
+    okm = hkdf(
+        bytes.fromhex("0b" * 22),
+        salt=bytes.fromhex("000102030405060708090a0b0c"),
+        info=bytes.fromhex("f0f1f2f3f4f5f6f7f8f9"),
+        length=42,
+    )
+    assert okm.hex() == (
+        "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+    )
+
+
+def test_signatures() -> None:
+    s = Signer(bytes(32))
+    sig = s.sign(b"m")
+    s.verifier().verify(b"m", sig)
+    with pytest.raises(CryptoError):
+        s.verifier().verify(b"n", sig)
+    with pytest.raises(CryptoError):
+        Verifier(b"short")
+    assert "Signer(" in repr(s) and bytes(32).hex() not in repr(s)
+
+
+def test_aead_refuses_tampering() -> None:
+    a = Aead(bytes(32))
+    ct = a.seal(bytes(12), b"secret", b"aad")
+    assert a.open(bytes(12), ct, b"aad") == b"secret"
+    for nonce, data, aad in [(bytes(12), ct, b"other"), (b"\x01" * 12, ct, b"aad"), (bytes(12), ct[:-1] + b"\x00", b"aad")]:
+        with pytest.raises(CryptoError):
+            a.open(nonce, data, aad)
+
+
+def test_x25519_agrees_and_refuses_low_order_points() -> None:
+    rng = random.Random(1)
+    a, b = EphemeralKey(rng), EphemeralKey(rng)
+    assert a.exchange(b.public_bytes) == b.exchange(a.public_bytes)
+    with pytest.raises(CryptoError):
+        a.exchange(bytes(32))
+
+
+def test_group_keys_are_bound_to_tag_and_members() -> None:
+    k = derive_group_keys(12345, ("c", "smc", 0), (0, 1, 2))
+    assert k != derive_group_keys(12345, ("c", "smc", 1), (0, 1, 2))
+    assert k.encryption != derive_group_keys(12345, ("c", "smc", 0), (0, 1, 3)).encryption
+    assert len({k.encryption, k.mac, k.confirmation}) == 3
+    assert k.encryption.hex() not in repr(k)
