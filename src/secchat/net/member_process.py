@@ -228,10 +228,14 @@ class MemberProcess:
     async def _send_many(self, group: str, count: int, size: int) -> None:
         """Multicast ``count`` numbered messages (padded to ``size`` bytes), paced by the links."""
         assert self.node is not None
-        for _ in range(count):
+        for i in range(count):
             await self.node.links.wait_for_room()
             text = f"{self.name} #{self._sent.get(group, 0)}"
-            self.send(group, text.ljust(size, "."))
+            try:
+                self.send(group, text.ljust(size, "."))
+            except (ValueError, RuntimeError) as exc:  # e.g. too many messages waiting for the key
+                emit({"event": "error", "name": self.name, "message": f"send stopped after {i}: {exc}"})
+                return
             await asyncio.sleep(0)
         emit({"event": "sent", "name": self.name, "group": group, "count": count})
 
@@ -266,7 +270,7 @@ class MemberProcess:
                 self._stop.set()
             else:
                 raise ValueError(f"unknown command {kind!r}")
-        except (ValueError, KeyError) as exc:  # json.JSONDecodeError is a ValueError
+        except (ValueError, KeyError, RuntimeError) as exc:  # json.JSONDecodeError is a ValueError
             emit({"event": "error", "name": self.name, "message": f"bad command: {exc}"})
 
     async def _commands(self) -> None:
