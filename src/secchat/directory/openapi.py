@@ -48,6 +48,13 @@ def _op(summary: str, responses: dict[str, Any], *, body: str | None = None, sig
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
 _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$"}}
 
+_AFTER = {
+    "name": "after",
+    "in": "query",
+    "description": "Return the next page (1000 entries, by code point) after this key.",
+    "schema": {"type": "string"},
+}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -69,7 +76,7 @@ OPENAPI: dict[str, Any] = {
                 "List participants",
                 {"200": _ok("Participant", "participants by name", array=True)},
             )
-            | {"parameters": [{"name": "after", "in": "query", "schema": {"type": "string"}}]},
+            | {"parameters": [_AFTER]},
         },
         "/v1/participants/{name}": {
             "parameters": [_NAME],
@@ -86,7 +93,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/participants/{name}/conferences": {
             "parameters": [_NAME],
-            "get": _op("Conferences a participant is a member of", {"200": _ok("Conference", "conferences", array=True)}),
+            "get": _op("Conferences a participant is a member of", {"200": _ok("Conference", "conferences", array=True)})
+            | {"parameters": [_AFTER]},
         },
         "/v1/conferences": {
             "post": _op(
