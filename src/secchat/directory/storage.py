@@ -156,7 +156,9 @@ def make_engine(url: str | None = None, *, pool_size: int = 20) -> Engine:
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        # No pre-ping (a round trip per request): after a server restart the pool is
+        # invalidated on the first failed statement, which answers 503 once.
+        return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600)
     raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}")
 
 
@@ -188,12 +190,6 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._writes = itertools.count()
-        # SQLite read transactions already see one snapshot (WAL); PostgreSQL's default
-        # READ COMMITTED gives each statement its own, so reads ask for REPEATABLE READ
-        # (read-only transactions never fail with serialization errors there).
-        self._snapshot: dict[str, Any] = (
-            {} if engine.dialect.name == "sqlite" else {"isolation_level": "REPEATABLE READ"}
-        )
 
     def create_schema(self) -> None:
         with self._write_conn() as conn:
@@ -207,9 +203,14 @@ class Store:
             yield conn
 
     @contextmanager
-    def _read_conn(self) -> Iterator[Connection]:
-        """A read transaction on one snapshot (a conference is read in two statements)."""
-        with self.engine.connect().execution_options(**self._snapshot) as conn, conn.begin():
+    def _read_conn(self, *, snapshot: bool = False) -> Iterator[Connection]:
+        """A read transaction.  Each record is read by one statement, so READ COMMITTED never
+        shows a torn one; ``snapshot`` asks PostgreSQL for one snapshot across statements
+        (SQLite's read transactions always have one)."""
+        options: dict[str, Any] = {}
+        if snapshot and self.engine.dialect.name != "sqlite":
+            options["isolation_level"] = "REPEATABLE READ"
+        with self.engine.connect().execution_options(**options) as conn, conn.begin():
             yield conn
 
     def _write(self, nonce: tuple[str, int] | None, now: int, fn: Callable[[Connection], T]) -> T:
@@ -266,7 +267,7 @@ class Store:
             row = conn.execute(select(participants).where(participants.c.name == name)).first()
             if row is not None:
                 if row.fingerprint == fingerprint and row.issuer == issuer:
-                    return self._participant(conn, row), False
+                    return self._participants(conn, participants.c.name == name, limit=1)[0], False
                 raise Rejected(
                     "identity_taken", f"the name {name!r} is already registered with another certificate"
                 )
@@ -279,31 +280,14 @@ class Store:
 
         return self._write(nonce, now, run)
 
-    def _participant(self, conn: Connection, row: Any) -> ParticipantOut:
-        contact = conn.execute(select(contacts).where(contacts.c.name == row.name)).first()
-        return ParticipantOut(
-            row.name,
-            row.issuer,
-            row.fingerprint,
-            row.cert_pem,
-            row.registered_at,
-            None if contact is None else ContactOut(contact.host, contact.port, contact.issued_at, contact.signature),
-        )
-
-    def get_participant(self, name: str) -> ParticipantOut | None:
-        with self._read_conn() as conn:
-            row = conn.execute(select(participants).where(participants.c.name == name)).first()
-            return None if row is None else self._participant(conn, row)
-
-    def list_participants(self, *, limit: int = 1000, after: str = "") -> list[ParticipantOut]:
-        with self._read_conn() as conn:
-            rows = conn.execute(
-                select(participants, contacts.c.host, contacts.c.port, contacts.c.issued_at, contacts.c.signature)
-                .join(contacts, contacts.c.name == participants.c.name, isouter=True)
-                .where(participants.c.name > after)
-                .order_by(participants.c.name)
-                .limit(limit)
-            ).all()
+    def _participants(self, conn: Connection, where: Any, *, limit: int) -> list[ParticipantOut]:
+        rows = conn.execute(
+            select(participants, contacts.c.host, contacts.c.port, contacts.c.issued_at, contacts.c.signature)
+            .join(contacts, contacts.c.name == participants.c.name, isouter=True)
+            .where(where)
+            .order_by(participants.c.name)
+            .limit(limit)
+        ).all()
         return [
             ParticipantOut(
                 r.name,
@@ -315,6 +299,15 @@ class Store:
             )
             for r in rows
         ]
+
+    def get_participant(self, name: str) -> ParticipantOut | None:
+        with self._read_conn() as conn:
+            found = self._participants(conn, participants.c.name == name, limit=1)
+        return found[0] if found else None
+
+    def list_participants(self, *, limit: int = 1000, after: str = "") -> list[ParticipantOut]:
+        with self._read_conn() as conn:
+            return self._participants(conn, participants.c.name > after, limit=limit)
 
     def publish_contact(
         self, *, name: str, host: str, port: int, issued_at: int, signature: str, nonce: tuple[str, int], now: int
@@ -381,32 +374,38 @@ class Store:
         return self._write(nonce, now, run)
 
     def _load_conferences(self, conn: Connection, ids: Iterable[str]) -> list[ConferenceOut]:
+        """Whole records, each read by one statement (never torn, whatever the isolation)."""
         ids = list(ids)
         if not ids:
             return []
-        heads = conn.execute(select(conferences).where(conferences.c.id.in_(ids)).order_by(conferences.c.id)).all()
         rows = conn.execute(
-            select(conference_members.c.conference_id, conference_members.c.name, participants.c.cert_pem)
-            .join(participants, participants.c.name == conference_members.c.name)
-            .where(conference_members.c.conference_id.in_(ids))
-            .order_by(conference_members.c.conference_id, conference_members.c.position)
-        ).all()
-        members: dict[str, list[tuple[str, str]]] = {}
-        for r in rows:
-            members.setdefault(r.conference_id, []).append((r.name, r.cert_pem))
-        return [
-            ConferenceOut(
-                h.id,
-                h.t0,
-                h.t1,
-                [m for m, _ in members.get(h.id, [])],
-                [c for _, c in members.get(h.id, [])],
-                h.creator,
-                h.signature,
-                h.created_at,
+            select(
+                conferences,
+                conference_members.c.name.label("member"),
+                participants.c.cert_pem,
             )
-            for h in heads
-        ]
+            .join(conference_members, conference_members.c.conference_id == conferences.c.id)
+            .join(participants, participants.c.name == conference_members.c.name)
+            .where(conferences.c.id.in_(ids))
+            .order_by(conferences.c.id, conference_members.c.position)
+        ).all()
+        result: list[ConferenceOut] = []
+        for _, group in itertools.groupby(rows, key=lambda r: r.id):
+            group = list(group)
+            h = group[0]
+            result.append(
+                ConferenceOut(
+                    h.id,
+                    h.t0,
+                    h.t1,
+                    [r.member for r in group],
+                    [r.cert_pem for r in group],
+                    h.creator,
+                    h.signature,
+                    h.created_at,
+                )
+            )
+        return result
 
     def get_conference(self, id: str) -> ConferenceOut | None:
         with self._read_conn() as conn:
@@ -440,7 +439,7 @@ class Store:
 
     def dump(self) -> dict[str, list[tuple]]:
         """Every row of the domain tables, in a stable order, from one consistent snapshot."""
-        with self._read_conn() as conn:
+        with self._read_conn(snapshot=True) as conn:
             return {
                 t.name: sorted(tuple(r) for r in conn.execute(select(t)).all()) for t in DOMAIN_TABLES
             }
