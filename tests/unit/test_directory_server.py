@@ -413,3 +413,15 @@ def test_listings_page_in_code_point_order(api, world, monkeypatch):
     participants, conferences = asyncio.run(go())
     assert participants == sorted(names)
     assert conferences == ["p0", "p1", "p2"]
+
+
+def test_database_outage_is_503(api, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    def down(*_a, **_k):
+        raise OperationalError("SELECT 1", {}, Exception("connection refused to db-host:5432"))
+
+    monkeypatch.setattr(api.store, "get_conference", down)
+    r = api.request("GET", "/v1/conferences/x")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
+    assert "db-host" not in r.text
