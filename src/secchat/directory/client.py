@@ -192,9 +192,11 @@ class _Trust:
         else:
             status = self.store.status(identity, fingerprint)
         if status is Acceptance.CHANGED:
-            accepted = self.own[1] if self.own and identity == self.own[0] else next(
-                (e.fingerprint for e in self.store.list() if e.identity == str(identity)), None
-            )
+            if self.own is not None and identity == self.own[0]:
+                accepted: str | None = self.own[1]
+            else:
+                entry = self.store.get(identity)
+                accepted = entry.fingerprint if entry else None
             raise CertificateChanged(identity, fingerprint, accepted)
         return status
 

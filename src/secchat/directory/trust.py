@@ -86,6 +86,9 @@ class TrustStore:
             return Acceptance.NEW
         return Acceptance.ACCEPTED if entry.fingerprint == fingerprint else Acceptance.CHANGED
 
+    def get(self, identity: pki.Identity | str) -> TrustEntry | None:
+        return self._entries.get(str(identity))
+
     def accept(self, identity: pki.Identity | str, fingerprint: str, *, now: int | None = None) -> None:
         """Accept this certificate for this identity (replacing an older one is an explicit choice)."""
         self._entries[str(identity)] = TrustEntry(
