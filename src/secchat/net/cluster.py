@@ -141,7 +141,8 @@ class ClusterResult:
         fps = {m.fingerprint for m in live}
         delivered = sum(sum(m.delivered.get(s.name, 0) for s in live) for m in live)
         expected = self.spec.messages * len(live) * len(live)
-        key = next(iter(fps)) if len(fps) == 1 and None not in fps else "MISMATCH"
+        held = fps - {None}
+        key = next(iter(held)) if len(held) == 1 else "none" if not held else "MISMATCH"
         status = "OK" if self.ok else "FAILED: " + "; ".join(self.problems[:3])
         times = [m.elapsed for m in live if m.elapsed is not None and m.role == "joined"]
         median = f"{statistics.median(times):.3f}s" if times else "-"
