@@ -38,7 +38,7 @@ class DecideOnMinority(Consensus):
             value = max(box.estimates.items(), key=lambda kv: (kv[1][0], -kv[0]))[1][1]
             self._proposed = True
             self.estimate, self.ts = value, self.round + 1
-            return self._decide(value, relay=True)
+            return self._decide(value, None)
         return []
 
 

@@ -7,7 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from secchat.codec import CodecError, Decoder, canonical, check_tag
-from secchat.crypto import Aead, CryptoError, EphemeralKey, Signer, Verifier, derive_group_keys, hkdf
+from secchat.crypto import (
+    Aead,
+    CryptoError,
+    EphemeralKey,
+    Signer,
+    Verifier,
+    derive_group_keys,
+    hkdf,
+)
 
 parts = st.one_of(st.text(max_size=8), st.integers(min_value=0, max_value=1000))
 

@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 from secchat.protocols.consensus import Consensus
 from secchat.protocols.events import Send
-from secchat.protocols.gke import MODULUS, GroupKeyExchange, decode_proposal, encode_proposal, key_formula
+from secchat.protocols.gke import (
+    MODULUS,
+    GroupKeyExchange,
+    decode_proposal,
+    encode_proposal,
+    key_formula,
+)
 from secchat.protocols.messages import Contribution, PublicKey
 
 from .wire import FakeDetector

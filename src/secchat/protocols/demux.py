@@ -13,7 +13,17 @@ from collections import Counter, deque
 from typing import Any
 
 from ..codec import Tag
-from .messages import Ack, Contribution, Decision, Estimate, Message, Nack, Proposal, PublicKey, SmcData
+from .messages import (
+    Ack,
+    Contribution,
+    Decision,
+    Estimate,
+    Message,
+    Nack,
+    Proposal,
+    PublicKey,
+    SmcData,
+)
 
 __all__ = ["Demux", "protocol_of"]
 

@@ -113,8 +113,9 @@ class GroupKeyExchange:
         self.public_key = self._eph.public_bytes
         self._key_id = key_id(self.public_key)
         self._contrib: dict[int, dict[bytes, int]] = {me: {self._key_id: self._y}}
-        self._shared: dict[bytes, bytes] = {}
+        self._pairs: dict[tuple[int, bytes], tuple[Aead, Aead]] = {}
         self._answered: set[tuple[int, bytes]] = set()
+        self._pk_seen: set[tuple[int, bytes]] = set()
         self.state = GkeState.RUNNING
         self.decided: list[tuple[int, bytes, int]] | None = None
         self.members: tuple[int, ...] = ()
@@ -162,33 +163,46 @@ class GroupKeyExchange:
 
     # ----------------------------------------------------------------- contributions
 
-    def _pair_key(self, peer_public: bytes, sender: int, receiver: int, sender_pub: bytes, receiver_pub: bytes) -> Aead:
-        shared = self._shared.get(peer_public)
-        if shared is None:
-            shared = self._eph.exchange(peer_public)
-            if len(self._shared) >= self.n * MAX_KEYS_PER_MEMBER:
-                self._shared.clear()
-            self._shared[peer_public] = shared
-        key = hkdf(
-            shared,
-            salt=b"secchat/gke/contribution/v1",
-            info=canonical("contribution", self.tag, sender, receiver, sender_pub, receiver_pub),
-            length=32,
-        )
-        return Aead(key)
+    def _pair(self, peer: int, peer_key: bytes) -> tuple[Aead, Aead]:
+        """The AEADs (to ``peer``, from ``peer``) for ``peer``'s session key: one X25519 exchange
+        and one HKDF per pair, bound to the tag, both indices and both session keys."""
+        pair = self._pairs.get((peer, peer_key))
+        if pair is None:
+            shared = self._eph.exchange(peer_key)
+            (lo, lo_key), (hi, hi_key) = sorted(((self.me, self.public_key), (peer, peer_key)))
+            okm = hkdf(
+                shared,
+                salt=b"secchat/gke/contribution/v1",
+                info=canonical("contribution-keys", self.tag, lo, hi, lo_key, hi_key),
+                length=64,
+            )
+            up, down = Aead(okm[:32]), Aead(okm[32:])  # lo -> hi, hi -> lo
+            pair = (up, down) if self.me == lo else (down, up)
+            if len(self._pairs) >= self.n * MAX_KEYS_PER_MEMBER:
+                self._pairs.clear()
+            self._pairs[(peer, peer_key)] = pair
+        return pair
 
     def _on_public_key(self, sender: int, msg: PublicKey) -> list[Event]:
+        seen = (sender, msg.key)
+        if seen not in self._pk_seen:
+            if len(self._pk_seen) < self.n * MAX_KEYS_PER_MEMBER:
+                self._pk_seen.add(seen)
+            if seen in self._answered:  # answered already, when its contribution overtook it
+                return []
+        # a repeated public key comes from a member restarted with its saved state: answer again
         return self._answer(sender, msg.key)
 
     def _answer(self, sender: int, key: bytes) -> list[Event]:
         """Seal our contribution to ``sender``'s session ``key``."""
         try:
-            aead = self._pair_key(key, self.me, sender, self.public_key, key)
+            to_peer, _ = self._pair(sender, key)
         except CryptoError:
             return self._drop("bad_public_key")
-        self._answered.add((sender, key))
+        if len(self._answered) < self.n * MAX_KEYS_PER_MEMBER:
+            self._answered.add((sender, key))
         nonce = self._rng.randbytes(12)
-        sealed = aead.seal(nonce, self._y.to_bytes(32, "big"), canonical("contribution", self.tag, self.me, sender))
+        sealed = to_peer.seal(nonce, self._y.to_bytes(32, "big"), canonical("contribution", self.tag, self.me, sender))
         out: list[Event] = [Send(sender, Contribution(self.tag, self.public_key, nonce, sealed))]
         if self.consensus.decision is not None:
             # a late or restarted member: hand it the decision too, so it needs nobody's round
@@ -201,8 +215,8 @@ class GroupKeyExchange:
         if kid in known:
             return self._drop("duplicate_contribution")
         try:
-            aead = self._pair_key(msg.key, sender, self.me, msg.key, self.public_key)
-            plain = aead.open(msg.nonce, msg.sealed, canonical("contribution", self.tag, sender, self.me))
+            _, from_peer = self._pair(sender, msg.key)
+            plain = from_peer.open(msg.nonce, msg.sealed, canonical("contribution", self.tag, sender, self.me))
         except CryptoError:
             return self._drop("bad_contribution")
         if len(plain) != 32:
@@ -211,16 +225,16 @@ class GroupKeyExchange:
             known.pop(next(iter(known)))
         known[kid] = int.from_bytes(plain, "big")
         out: list[Event] = []
-        if (sender, msg.key) not in self._answered and len(self._answered) < self.n * MAX_KEYS_PER_MEMBER:
-            # the contribution doubles as the sender's public key: if its PublicKey never reached
-            # us (we started late and lost it), answer now or the sender may wait for us forever
+        if (sender, msg.key) not in self._answered:
+            # the contribution doubles as the sender's public key: answer now rather than wait for
+            # a PublicKey that may be slower, or lost in a link queue that overflowed
             out += self._answer(sender, msg.key)
         if self.state is GkeState.DECIDED:
             return out + self._try_finish()
         return out + self._maybe_propose()
 
     def _maybe_propose(self) -> list[Event]:
-        if self.state is not GkeState.RUNNING:
+        if self.state is not GkeState.RUNNING or len(self._contrib) < self.t:
             return []
         ready = sorted(j for j, keys in self._contrib.items() if keys)
         if len(ready) < self.t:

@@ -22,7 +22,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..codec import Tag, canonical
-from ..crypto import SIGNATURE_SIZE, Aead, CryptoError, GroupKeys, Rng, Signer, Verifier, derive_group_keys
+from ..crypto import (
+    SIGNATURE_SIZE,
+    Aead,
+    CryptoError,
+    GroupKeys,
+    Rng,
+    Signer,
+    Verifier,
+    derive_group_keys,
+)
 from .events import Broadcast, Delivered, Event, KeyEstablished, SessionKey
 from .gke import GroupKeyExchange
 from .messages import Message, SmcData
@@ -72,7 +81,7 @@ class SecureMulticast:
         *,
         signed: bool = True,
         incarnation: int = 0,
-        limits: SmcLimits = SmcLimits(),  # noqa: B008
+        limits: SmcLimits = SmcLimits(),
     ) -> None:
         if len(verifiers) != n:
             raise ValueError("one verifier per member")

@@ -18,6 +18,7 @@ from typing import Any
 from ..codec import CodecError, Tag, check_tag
 from ..crypto import Rng, Signer, Verifier
 from .consensus import Consensus
+from .demux import Demux
 from .events import (
     Broadcast,
     CancelTimer,
@@ -29,7 +30,6 @@ from .events import (
     SetTimer,
 )
 from .failure_detector import DetectorConfig, FailureDetector
-from .demux import Demux
 from .gke import GroupKeyExchange
 from .messages import Alive, Message, decode_message, encode_message
 from .smc import SecureMulticast, SmcLimits

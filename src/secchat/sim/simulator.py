@@ -222,14 +222,14 @@ class Simulation:
                     continue
                 self._trace.update(b"%d %d %r " % (sender, to, when))
                 self._trace.update(data)
-                self._run(node, lambda m, s=sender, d=data: m.receive(s, d, when))
+                self._run(node, lambda m, s=sender, d=data, w=when: m.receive(s, d, w))
             elif kind == "timer":
                 i, deadline = payload
                 node = self.nodes[i]
                 if not node.up or self._timer_at.get(i) != deadline:
                     continue
                 del self._timer_at[i]
-                self._run(node, lambda m: m.handle_timer(when))
+                self._run(node, lambda m, w=when: m.handle_timer(w))
             else:
                 payload()
             if stop is not None and stop():
