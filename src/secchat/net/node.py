@@ -63,7 +63,7 @@ class Node:
         self.incarnation = incarnation if incarnation is not None else time.time_ns() // 1000
         self.conferences: dict[str, ConferenceInfo] = {}
         self._signer = pki.signer_of(credentials.key)  # type: ignore[arg-type]
-        self._joined: set[str] = set()
+        self._joined: set[tuple[str, int]] = set()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None) -> Address:
         """Listen for peers; returns the bound address."""
@@ -74,11 +74,19 @@ class Node:
     def set_address(self, name: str, address: Address) -> None:
         self.links.set_address(name, address)
 
-    def add_conference(self, group: str, members: Sequence[tuple[str, x509.Certificate]], *, signed: bool = True) -> ConferenceInfo:
+    def add_conference(
+        self,
+        group: str,
+        members: Sequence[tuple[str, x509.Certificate]],
+        *,
+        signed: bool = True,
+        incarnation: int | None = None,
+    ) -> ConferenceInfo:
         """Take part in conference ``group`` among ``members`` (ordered names and certificates).
 
         Every certificate is verified against our trusted CAs and must carry the name it is
-        listed under; ours must be our own.  Raises :class:`secchat.pki.PkiError` or
+        listed under; ours must be our own.  ``incarnation`` (default: the node's) must grow
+        when the same conference is added again after :meth:`remove_conference`.  Raises :class:`secchat.pki.PkiError` or
         ``ValueError`` and changes nothing when a check fails.
         """
         from ..protocols.stack import Member
@@ -107,34 +115,63 @@ class Node:
         me = names.index(self.name)
         verifiers = [pki.verifier_of(cert) for _, cert in members]
         member = Member(group, me, len(names), self._signer, verifiers, self.rng, self.runtime.now(),
-                        self.stack_config, incarnation=self.incarnation)
+                        self.stack_config,
+                        incarnation=self.incarnation if incarnation is None else incarnation)
         self.runtime.add_conference(group, names, me, member)
         info = ConferenceInfo(group, names, me, signed)
         self.conferences[group] = info
         return info
 
-    def join(self, group: str) -> bool:
-        """Start the conference's secure multicast (and so its key exchange); False if already."""
+    def join(self, group: str, *, epoch: int = 0, **restore: Any) -> bool:
+        """Start the conference's secure multicast of ``epoch`` (and so its key exchange); False
+        if already.  ``restore`` (``contribution``, ``session_seed``) rejoins with a saved GKE state."""
         from ..protocols.stack import smc_tag
 
         info = self._info(group)
-        if group in self._joined:
+        if (group, epoch) in self._joined:
             return False
-        self.runtime.smc_init(group, smc_tag(group), signed=info.signed)
-        self._joined.add(group)
+        self.runtime.smc_init(group, smc_tag(group, epoch), signed=info.signed, **restore)
+        self._joined.add((group, epoch))
         return True
 
     def joined(self, group: str) -> bool:
-        return group in self._joined
+        return any(g == group for g, _ in self._joined)
 
-    def send(self, group: str, payload: bytes) -> None:
+    def send(self, group: str, payload: bytes, *, epoch: int = 0) -> None:
         """Multicast ``payload`` to the conference (held until the key exists)."""
         from ..protocols.stack import smc_tag
 
         self._info(group)
-        if group not in self._joined:
+        if (group, epoch) not in self._joined:
             raise ValueError(f"join {group!r} before sending")
-        self.runtime.multicast(group, smc_tag(group), payload)
+        self.runtime.multicast(group, smc_tag(group, epoch), payload)
+
+    def smc(self, group: str, epoch: int = 0) -> Any:
+        """The running :class:`~secchat.protocols.smc.SecureMulticast` of ``epoch``, or None."""
+        from ..protocols.stack import smc_tag
+
+        conf = self.runtime.conferences.get(group)
+        return conf.member.smc(smc_tag(group, epoch)) if conf is not None else None  # type: ignore[attr-defined]
+
+    def close_epoch(self, group: str, epoch: int) -> None:
+        """Erase ``epoch``'s keys (after a re-key); its frames are refused from now on."""
+        from ..protocols.stack import smc_tag
+
+        self._info(group)
+        self.runtime.close_instance(group, smc_tag(group, epoch))
+        self._joined.discard((group, epoch))
+
+    def remove_conference(self, group: str) -> None:
+        """Leave ``group``: erase every epoch's keys and stop its stack (pins stay)."""
+        from ..protocols.stack import smc_tag
+
+        self._info(group)
+        for g, epoch in list(self._joined):
+            if g == group:
+                self.runtime.close_instance(group, smc_tag(group, epoch))
+                self._joined.discard((g, epoch))
+        self.runtime.remove_conference(group)
+        del self.conferences[group]
 
     def names(self, group: str) -> tuple[str, ...]:
         return self._info(group).names

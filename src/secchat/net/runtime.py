@@ -119,10 +119,24 @@ class Runtime:
 
     # ------------------------------------------------------------------ API calls
 
-    def smc_init(self, group: str, tag: Tag, *, signed: bool = True) -> None:
+    def smc_init(self, group: str, tag: Tag, *, signed: bool = True, **restore: Any) -> None:
+        """Start SMC instance ``tag``; ``restore`` (contribution, session_seed) rejoins a saved GKE."""
         conf = self._conf(group)
-        conf.member.smc_init(tag, self.now(), signed=signed)
+        conf.member.smc_init(tag, self.now(), signed=signed, **restore)
         self._pump(conf)
+
+    def close_instance(self, group: str, tag: Tag) -> None:
+        """Erase SMC instance ``tag`` of ``group`` (re-key): its keys leave memory."""
+        conf = self._conf(group)
+        conf.member.close_instance(tag)  # type: ignore[attr-defined]
+        self._pump(conf)
+
+    def remove_conference(self, group: str) -> None:
+        """Stop driving ``group`` (leave): no more timers, heartbeats or deliveries for it."""
+        conf = self.conferences.pop(group, None)
+        if conf is not None and conf.timer is not None:
+            conf.timer.cancel()
+            conf.timer = None
 
     def multicast(self, group: str, tag: Tag, payload: bytes) -> Any:
         conf = self._conf(group)
