@@ -59,7 +59,10 @@ def serve(
     database = engine.url.render_as_string(hide_password=True) if db else where
     listening = "an inherited socket" if fd is not None else f"http://{host}:{port}"
     typer.echo(f"directory on {database}, serving {listening}", err=True)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
+    # Bounded: beyond 512 open requests uvicorn answers 503 instead of queueing without limit.
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=False, limit_concurrency=512
+    )
     # An inherited socket is wrapped here, not by uvicorn's ``fd=``: that one assumes AF_UNIX, so
     # asyncio would not set TCP_NODELAY and every response would wait for a delayed ACK (~40 ms).
     sockets = [socket.socket(fileno=fd)] if fd is not None else None
