@@ -13,6 +13,8 @@ Inside a frame sits one :class:`LinkMessage`, encoded through :mod:`secchat.code
   the address of its peer (PT2PTLink: "once a connection was established, both got the
   address of the other peer").
 * :class:`Data` -- one protocol message for the sans-I/O member of group ``group``.
+* :class:`Ack` -- an explicit acknowledgement; together with ``Data.seq`` / ``Data.ack`` and the
+  ``Hello`` fields it makes the link reliable across reconnections (see :mod:`.links`).
 * :class:`Goodbye` -- the sender will write nothing more on this connection; a connection is
   closed once both sides said goodbye, so retiring a redundant connection loses no frame.
 """
@@ -32,12 +34,15 @@ __all__ = [
     "HEADER",
     "MAX_FRAME_BODY",
     "MAX_GROUP_ID",
+    "Ack",
     "Data",
     "FrameDecoder",
     "Goodbye",
     "Hello",
     "LinkMessage",
+    "check_data",
     "decode_message",
+    "encode_ack",
     "encode_data",
     "encode_frame",
     "encode_goodbye",
@@ -55,24 +60,49 @@ MAX_FRAME_BODY = MAX_FRAME + ENVELOPE_OVERHEAD
 GroupId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_GROUP_ID)]
 
 
+Seq = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+
+
 class Hello(msgspec.Struct, array_like=True, frozen=True, tag=1):
-    """First message on every connection, each way."""
+    """First message on every connection, each way.
+
+    ``session`` names this run of the sender's link layer (random, fresh at every start);
+    ``ack_session`` / ``ack_next``: the receiver's view of *our* frames -- the session it last
+    heard from us and the next sequence number it expects of it; ``resend_from``: the lowest
+    sequence number the sender may still (re)send, where a receiver new to ``session`` starts.
+    """
 
     listen_port: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+    session: Seq = 0
+    ack_session: Seq = 0
+    ack_next: Seq = 0
+    resend_from: Seq = 0
 
 
 class Data(msgspec.Struct, array_like=True, frozen=True, tag=2):
-    """One message of the protocol stack of conference ``group``."""
+    """One message of the protocol stack of conference ``group``.
+
+    ``seq`` numbers the sender's frames to this peer within its session; ``ack`` acknowledges
+    the receiver's frames (the next sequence number expected), piggybacked.
+    """
 
     group: GroupId
     payload: Annotated[bytes, msgspec.Meta(max_length=MAX_FRAME)]
+    seq: Seq = 0
+    ack: Seq = 0
+
+
+class Ack(msgspec.Struct, array_like=True, frozen=True, tag=4):
+    """An explicit acknowledgement (when there is no data to piggyback it on)."""
+
+    next: Seq
 
 
 class Goodbye(msgspec.Struct, array_like=True, frozen=True, tag=3):
     """"I send nothing more on this connection" (its last frame from us; we still read it)."""
 
 
-LinkMessage = Hello | Data | Goodbye
+LinkMessage = Hello | Data | Goodbye | Ack
 
 _decoder: Decoder[LinkMessage] = Decoder(LinkMessage, max_size=MAX_FRAME_BODY)
 
@@ -84,17 +114,27 @@ def encode_frame(body: bytes, *, max_size: int = MAX_FRAME_BODY) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def encode_data(group: str, payload: bytes) -> bytes:
-    """The complete frame (header included) carrying ``payload`` for ``group``."""
+def check_data(group: str, payload: bytes) -> None:
+    """Refuse (``ValueError``, our misuse) what no frame could carry."""
     if not 1 <= len(group) <= MAX_GROUP_ID:
         raise ValueError(f"a group id has 1..{MAX_GROUP_ID} characters")
     if len(payload) > MAX_FRAME:
         raise ValueError(f"payload of {len(payload)} bytes exceeds the limit of {MAX_FRAME}")
-    return encode_frame(encode(Data(group, bytes(payload))))
 
 
-def encode_hello(listen_port: int) -> bytes:
-    return encode_frame(encode(Hello(listen_port)))
+def encode_data(group: str, payload: bytes, seq: int = 0, ack: int = 0) -> bytes:
+    """The complete frame (header included) carrying ``payload`` for ``group``."""
+    check_data(group, payload)
+    return encode_frame(encode(Data(group, bytes(payload), seq, ack)))
+
+
+def encode_hello(listen_port: int, session: int = 0, ack_session: int = 0, ack_next: int = 0,
+                 resend_from: int = 0) -> bytes:
+    return encode_frame(encode(Hello(listen_port, session, ack_session, ack_next, resend_from)))
+
+
+def encode_ack(next_seq: int) -> bytes:
+    return encode_frame(encode(Ack(next_seq)))
 
 
 def encode_goodbye() -> bytes:

@@ -22,9 +22,18 @@ Why this shape:
   newest frames of a long outage are mostly heartbeats).  Each connection's write buffer is
   bounded by the transport's high-water mark and the sender awaits ``drain()``, so a peer that
   stops reading stalls only its own queue.  Reads are bounded by the frame limit.
+* **Reliable across reconnections.**  TCP loses what sat in a connection that broke.  So each
+  side numbers its frames to a peer (``Data.seq``, per *session* -- a random id of this run of
+  the link layer), keeps what it wrote until the peer acknowledges it (``Data.ack``
+  piggybacked, or an explicit ``Ack`` every ``ack_every_frames`` / ``ack_every_bytes``), and
+  on every new connection resends what the peer's ``Hello`` says it has not received.  The
+  receiver drops duplicates and puts frames that overtook others (two connections during a
+  switch) back in order, in a window bounded like the sender's unacknowledged frames; a frame
+  outside it drops the connection, which the resend after reconnecting repairs.  A restarted
+  peer (new session) starts from the oldest frame still held for it.  Unacknowledged frames are
+  bounded by ``unacked_max_bytes``; beyond it the sender waits (and the queue tail-drops).
 * **Retries** back off from ``retry_initial`` by ``retry_factor`` up to ``retry_max``; the
-  delay resets once a connection is up.  Frames already written into a connection that breaks
-  may be lost; the protocols above tolerate lossy periods the way they tolerate slow ones.
+  delay resets once a connection is up.
 * **Foreign exceptions stop here**: everything is translated into :class:`LinkError`.
 """
 
@@ -33,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -47,11 +57,15 @@ from .errors import (
     map_exceptions,
 )
 from .framing import (
+    MAX_FRAME_BODY,
+    Ack,
     Data,
     FrameDecoder,
     Goodbye,
     Hello,
+    check_data,
     decode_message,
+    encode_ack,
     encode_data,
     encode_goodbye,
     encode_hello,
@@ -81,6 +95,9 @@ class LinkConfig:
     ``queue_max_frames`` / ``queue_max_bytes``: per-peer queue of frames not yet handed to a
     connection (tail drop beyond).  ``write_buffer_high`` / ``write_buffer_low``: per-connection
     transport buffer water marks.  ``retry_*``: reconnection backoff (seconds).
+    ``unacked_max_bytes``: frames written but not yet acknowledged, kept for resending (and the
+    receiver's reorder window); ``ack_every_*``: when a receiver acknowledges explicitly; ``ack_delay``:
+    how long a received frame may wait for a reply to carry its acknowledgement.
     ``connect_timeout`` covers TCP connect and TLS handshake; ``hello_timeout`` the peer's first
     frame.  ``max_connections_per_peer`` caps connections a single authenticated peer may hold,
     ``max_pending_handshakes`` the accepted connections still in their TLS handshake (beyond it,
@@ -99,6 +116,10 @@ class LinkConfig:
     read_chunk: int = 64 << 10
     max_connections_per_peer: int = 4
     max_pending_handshakes: int = 64
+    unacked_max_bytes: int = 8 << 20
+    ack_every_frames: int = 64
+    ack_every_bytes: int = 256 << 10
+    ack_delay: float = 0.05
 
     def __post_init__(self) -> None:
         if self.queue_max_frames < 1 or self.queue_max_bytes < 1:
@@ -111,12 +132,29 @@ class LinkConfig:
             raise ValueError("timeouts must be positive")
         if self.max_pending_handshakes < 1:
             raise ValueError("max_pending_handshakes must be positive")
+        if self.unacked_max_bytes < MAX_FRAME_BODY:
+            raise ValueError("unacked_max_bytes must hold at least one maximal frame")
+        if self.ack_delay <= 0:
+            raise ValueError("ack_delay must be positive")
+        if self.ack_every_frames < 1 or not 0 < self.ack_every_bytes < self.unacked_max_bytes:
+            raise ValueError("need ack_every_frames >= 1 and 0 < ack_every_bytes < unacked_max_bytes")
         if self.max_connections_per_peer < 2:
             raise ValueError("max_connections_per_peer must be at least 2 (simultaneous connects)")
 
 
 class _Conn:
-    __slots__ = ("closed", "got_goodbye", "outbound", "peer", "reader", "ready", "remote", "said_goodbye", "writer")
+    __slots__ = (
+        "closed",
+        "got_goodbye",
+        "outbound",
+        "peer",
+        "peer_session",
+        "reader",
+        "ready",
+        "remote",
+        "said_goodbye",
+        "writer",
+    )
 
     def __init__(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outbound: bool) -> None:
         self.peer = peer
@@ -127,6 +165,7 @@ class _Conn:
         self.closed = False
         self.said_goodbye = False  # we send nothing more on it
         self.got_goodbye = False  # the peer sends nothing more on it
+        self.peer_session = 0  # from the peer's Hello
         remote = writer.get_extra_info("peername")
         self.remote: Address | None = (remote[0], remote[1]) if remote else None
 
@@ -134,27 +173,58 @@ class _Conn:
         return f"<conn {'to' if self.outbound else 'from'} {self.peer} {self.remote}>"
 
 
+_Item = tuple[int, str, bytes]
+
+
+def _size(item: _Item) -> int:
+    return len(item[2]) + len(item[1]) + 32  # payload, group id, envelope
+
+
 class _Peer:
     __slots__ = (
+        "ack_timer",
+        "acked",
         "address",
         "conns",
         "dropped",
         "last_progress",
         "name",
+        "next_seq",
         "overflowing",
         "queue",
         "queued_bytes",
+        "reorder",
+        "reorder_bytes",
         "retry_delay",
+        "rx_next",
+        "rx_session",
+        "rx_unacked_bytes",
+        "rx_unacked_frames",
         "sending",
         "task",
+        "unacked",
+        "unacked_bytes",
         "wakeup",
     )
 
     def __init__(self, name: str, address: Address | None, retry_initial: float) -> None:
         self.name = name
         self.address = address
-        self.queue: deque[bytes] = deque()
+        # sending: (seq, group, payload) not yet written / written but not yet acknowledged
+        self.queue: deque[_Item] = deque()
         self.queued_bytes = 0
+        self.unacked: deque[_Item] = deque()
+        self.unacked_bytes = 0
+        self.next_seq = 0
+        self.acked = 0  # every seq below this was received by the peer (this session of ours)
+        # receiving: the peer's session, the next seq expected of it, frames that came early
+        self.rx_session = 0
+        self.rx_next = 0
+        self.reorder: dict[int, tuple[str, bytes]] = {}
+        self.reorder_bytes = 0
+        self.rx_unacked_frames = 0
+        self.rx_unacked_bytes = 0
+        self.ack_timer: asyncio.TimerHandle | None = None
         self.conns: list[_Conn] = []
         self.sending: _Conn | None = None
         self.wakeup = asyncio.Event()
@@ -201,6 +271,8 @@ class LinkManager:
         self._room = asyncio.Event()  # set whenever a sender took a frame off a queue
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        #: this run of our link layer; peers number our frames per session
+        self.session = secrets.randbits(62) + 1
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "frames_sent",
@@ -216,6 +288,11 @@ class LinkManager:
                 "bad_frames",
                 "connections_closed",
                 "queue_peak_bytes",
+                "frames_resent",
+                "frames_duplicate",
+                "frames_reordered",
+                "frames_stale_session",
+                "acks_sent",
             ),
             0,
         )
@@ -235,10 +312,16 @@ class LinkManager:
 
     async def aclose(self) -> None:
         """Stop listening, stop every sender, close every connection."""
+        for peer in self._peers.values():
+            if peer.rx_unacked_frames:
+                self._send_ack(peer)  # so that our successor is not sent what we already got
         self._closing = True
         if self._server is not None:
             self._server.close()
         for peer in self._peers.values():
+            if peer.ack_timer is not None:
+                peer.ack_timer.cancel()
+                peer.ack_timer = None
             peer.wakeup.set()
             if peer.task is not None:
                 peer.task.cancel()
@@ -278,7 +361,9 @@ class LinkManager:
 
     def send(self, name: str, group: str, payload: bytes) -> bool:
         """Queue one message for ``name``; ``False`` if it was dropped because the queue is full."""
-        return self._enqueue(self._peer(name), encode_data(group, payload))
+        peer = self._peer(name)
+        check_data(group, payload)
+        return self._enqueue(peer, group, bytes(payload))
 
     def send_many(self, names: Iterable[str], group: str, payload: bytes) -> int:
         """Queue one message for several peers (encoded once); return how many took it.
@@ -286,8 +371,9 @@ class LinkManager:
         An unknown name or an oversized message raises ``ValueError`` before anything is queued.
         """
         peers = [self._peer(n) for n in names]
-        frame = encode_data(group, payload)
-        return sum(self._enqueue(p, frame) for p in peers)
+        check_data(group, payload)
+        payload = bytes(payload)
+        return sum(self._enqueue(p, group, payload) for p in peers)
 
     def queue_sizes(self) -> dict[str, tuple[int, int]]:
         """Per peer: (frames, bytes) queued and not yet handed to a connection."""
@@ -342,9 +428,11 @@ class LinkManager:
         except KeyError:
             raise ValueError(f"{name!r} is not a known peer") from None
 
-    def _enqueue(self, peer: _Peer, frame: bytes) -> bool:
+    def _enqueue(self, peer: _Peer, group: str, payload: bytes) -> bool:
         cfg = self.config
-        if len(peer.queue) >= cfg.queue_max_frames or peer.queued_bytes + len(frame) > cfg.queue_max_bytes:
+        item = (peer.next_seq, group, payload)
+        size = _size(item)
+        if len(peer.queue) >= cfg.queue_max_frames or peer.queued_bytes + size > cfg.queue_max_bytes:
             peer.dropped += 1
             self.stats["frames_dropped_queue_full"] += 1
             if not peer.overflowing:
@@ -354,8 +442,9 @@ class LinkManager:
                     peer.name, len(peer.queue), peer.queued_bytes,
                 )
             return False
-        peer.queue.append(frame)
-        peer.queued_bytes += len(frame)
+        peer.next_seq += 1  # only a frame that is kept gets a number: the peer never waits for a gap
+        peer.queue.append(item)
+        peer.queued_bytes += size
         if peer.queued_bytes > self.stats["queue_peak_bytes"]:
             self.stats["queue_peak_bytes"] = peer.queued_bytes
         peer.wakeup.set()
@@ -367,7 +456,8 @@ class LinkManager:
         """Hand the peer's queue to its connection, (re)connecting with backoff when needed."""
         cfg = self.config
         while not self._closing:
-            if not peer.queue:
+            disconnected = peer.sending is None or peer.sending.closed
+            if not peer.queue and not (peer.unacked and disconnected):
                 peer.wakeup.clear()
                 await peer.wakeup.wait()
                 continue
@@ -388,16 +478,27 @@ class LinkManager:
                     await asyncio.sleep(peer.retry_delay)
                     peer.retry_delay = min(peer.retry_delay * cfg.retry_factor, cfg.retry_max)
                     continue
-                if peer.sending is None or peer.sending.closed:
+                if peer.sending is None or peer.sending.closed or not peer.queue:
                     continue
                 conn = peer.sending
-            frame = peer.queue.popleft()
-            peer.queued_bytes -= len(frame)
+            if peer.unacked_bytes >= cfg.unacked_max_bytes:
+                peer.wakeup.clear()
+                await peer.wakeup.wait()  # until the peer acknowledges (or the connection changes)
+                continue
+            item = peer.queue.popleft()
+            size = _size(item)
+            peer.queued_bytes -= size
+            if item[0] < peer.acked:
+                continue  # requeued for resending, then acknowledged after all
             peer.last_progress = asyncio.get_running_loop().time()
             self._room.set()
             if peer.overflowing and peer.queued_bytes <= cfg.queue_max_bytes // 2 and len(peer.queue) <= cfg.queue_max_frames // 2:
                 peer.overflowing = False
                 log.warning("queue for %s drained; %d frames were dropped so far", peer.name, peer.dropped)
+            frame = encode_data(item[1], item[2], item[0], peer.rx_next)
+            peer.unacked.append(item)
+            peer.unacked_bytes += size
+            peer.rx_unacked_frames = peer.rx_unacked_bytes = 0  # the frame carries our ack
             try:
                 with map_exceptions():
                     conn.writer.write(frame)
@@ -486,7 +587,8 @@ class LinkManager:
         writer.transport.set_write_buffer_limits(high=self.config.write_buffer_high, low=self.config.write_buffer_low)
         conn = _Conn(name, reader, writer, outbound)
         peer.conns.append(conn)
-        writer.write(encode_hello(self._listen_port))
+        writer.write(encode_hello(self._listen_port, self.session, peer.rx_session, peer.rx_next,
+                                  self._resend_from(peer)))
         task = asyncio.get_running_loop().create_task(self._read_loop(conn), name=f"secchat-read-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -505,16 +607,104 @@ class LinkManager:
                 peer.address = learned
         peer.retry_delay = self.config.retry_initial
         peer.last_progress = asyncio.get_running_loop().time()
+        conn.peer_session = hello.session
+        if hello.session != peer.rx_session:  # a new run of the peer: start where it starts
+            peer.rx_session = hello.session
+            peer.rx_next = hello.resend_from
+            peer.reorder.clear()
+            peer.reorder_bytes = 0
+        if hello.ack_session == self.session:
+            self._acked(peer, hello.ack_next)
         current = peer.sending
         if current is None or current.closed or (self._preferred(conn) and not self._preferred(current)):
             peer.sending = conn
             log.info("link to %s up (%s)", peer.name, "outbound" if conn.outbound else "inbound")
             if current is not None and not current.closed:
                 self._retire(current)
+            self._requeue_unacked(peer)  # what a lost connection swallowed goes again
         else:
             self._retire(conn)  # redundant: the peer's choice and ours is the other one
         conn.ready.set()
         peer.wakeup.set()
+
+    def _resend_from(self, peer: _Peer) -> int:
+        """The lowest sequence number we may still send to ``peer``."""
+        if peer.unacked:
+            return peer.unacked[0][0]
+        if peer.queue:
+            return peer.queue[0][0]
+        return peer.next_seq
+
+    def _requeue_unacked(self, peer: _Peer) -> None:
+        if peer.unacked:
+            self.stats["frames_resent"] += len(peer.unacked)
+            peer.queue.extendleft(reversed(peer.unacked))
+            peer.queued_bytes += peer.unacked_bytes
+            peer.unacked.clear()
+            peer.unacked_bytes = 0
+            peer.wakeup.set()
+
+    def _acked(self, peer: _Peer, upto: int) -> None:
+        """The peer received every frame of ours below ``upto``."""
+        upto = min(upto, peer.next_seq)  # a peer cannot acknowledge what we never numbered
+        if upto <= peer.acked:
+            return
+        peer.acked = upto
+        while peer.unacked and peer.unacked[0][0] < upto:
+            peer.unacked_bytes -= _size(peer.unacked.popleft())
+        peer.wakeup.set()
+
+    def _on_data(self, conn: _Conn, message: Data) -> None:
+        peer = self._peers[conn.peer]
+        if conn.peer_session != peer.rx_session:
+            self.stats["frames_stale_session"] += 1  # left over from a previous run of the peer
+            return
+        self._acked(peer, message.ack)
+        seq = message.seq
+        if seq < peer.rx_next or seq in peer.reorder:
+            self.stats["frames_duplicate"] += 1
+            return
+        cfg = self.config
+        if seq > peer.rx_next:  # overtook a frame still in flight on another connection
+            size = len(message.payload) + len(message.group) + 32
+            if peer.reorder_bytes + size > cfg.unacked_max_bytes or len(peer.reorder) >= 4 * cfg.queue_max_frames:
+                raise FrameError("frames far out of order", code="reorder_overflow")
+            peer.reorder[seq] = (message.group, message.payload)
+            peer.reorder_bytes += size
+            self.stats["frames_reordered"] += 1
+            return
+        self._accept_in_order(peer, message.group, message.payload)
+        while peer.rx_next in peer.reorder:
+            group, payload = peer.reorder.pop(peer.rx_next)
+            peer.reorder_bytes -= len(payload) + len(group) + 32
+            self._accept_in_order(peer, group, payload)
+        if peer.rx_unacked_frames >= cfg.ack_every_frames or peer.rx_unacked_bytes >= cfg.ack_every_bytes:
+            self._send_ack(peer)
+
+    def _accept_in_order(self, peer: _Peer, group: str, payload: bytes) -> None:
+        peer.rx_next += 1
+        peer.rx_unacked_frames += 1
+        peer.rx_unacked_bytes += len(payload)
+        if peer.ack_timer is None:  # delayed ack, unless a reply carries it first
+            peer.ack_timer = asyncio.get_running_loop().call_later(self.config.ack_delay, self._delayed_ack, peer)
+        self.stats["frames_received"] += 1
+        self._deliver(peer.name, group, payload)
+
+    def _delayed_ack(self, peer: _Peer) -> None:
+        peer.ack_timer = None
+        if peer.rx_unacked_frames and not self._closing:
+            self._send_ack(peer)
+
+    def _send_ack(self, peer: _Peer) -> None:
+        conn = peer.sending
+        if conn is None or conn.closed:
+            return  # the next Hello or data frame carries it
+        transport = conn.writer.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size() >= self.config.write_buffer_high:
+            return  # never grow a buffer the peer does not drain
+        conn.writer.write(encode_ack(peer.rx_next))
+        peer.rx_unacked_frames = peer.rx_unacked_bytes = 0
+        self.stats["acks_sent"] += 1
 
     def _retire(self, conn: _Conn) -> None:
         """Stop sending on ``conn``: say goodbye after our last frame; close once both did."""
@@ -559,9 +749,11 @@ class LinkManager:
                         continue
                     if not got_hello:
                         raise AuthenticationError("data before hello", code="no_hello")
+                    if isinstance(message, Ack):
+                        self._acked(self._peers[conn.peer], message.next)
+                        continue
                     assert isinstance(message, Data)
-                    self.stats["frames_received"] += 1
-                    self._deliver(conn.peer, message.group, message.payload)
+                    self._on_data(conn, message)
                 await asyncio.sleep(0)  # a flooding peer must not starve the others
         except LinkError as exc:
             error = exc
@@ -591,6 +783,8 @@ class LinkManager:
             peer.sending = others[0] if others else None
             if error is not None and not self._closing:
                 log.info("link to %s lost (%s)", peer.name, error)
+            if peer.sending is not None:
+                self._requeue_unacked(peer)  # may have died with the connection: send again
         conn.ready.set()  # wake a connect() waiting for the hello
         if error is None:
             conn.writer.close()
