@@ -82,6 +82,7 @@ class SecureMulticast:
         signed: bool = True,
         incarnation: int = 0,
         limits: SmcLimits = SmcLimits(),
+        resume: bool = False,
     ) -> None:
         if len(verifiers) != n:
             raise ValueError("one verifier per member")
@@ -93,6 +94,9 @@ class SecureMulticast:
         self.signed = signed
         self.incarnation = incarnation
         self.limits = limits
+        # a member rejoining with a restored key missed what was sent while it was away: it takes
+        # each sender's stream up from the first authenticated frame it sees (FIFO links)
+        self.resume = resume
         self._signer = signer
         self._verifiers = verifiers
         self._rng = rng
@@ -228,7 +232,10 @@ class SecureMulticast:
                 return self._drop("bad_signature")
         else:
             payload = plain
-        if stream is None or msg.incarnation > stream.incarnation:
+        if stream is None and self.resume:
+            stream = self._streams[msg.sender] = _Stream(msg.incarnation)
+            stream.next_seq = msg.seq
+        elif stream is None or msg.incarnation > stream.incarnation:
             if msg.seq >= self.limits.reorder_window:
                 return self._drop("beyond_reorder_window")
             stream = self._streams[msg.sender] = _Stream(msg.incarnation)

@@ -100,7 +100,7 @@ class Member:
         self._rng = rng
         self._consensus_cls = consensus_cls
         self._gke_cls = gke_cls
-        self.detector = FailureDetector(me, n, self.config.detector, now)
+        self.detector = FailureDetector(me, n, self.config.detector.scaled(n), now)
         self.demux = Demux(
             group,
             self.stats,
@@ -183,8 +183,14 @@ class Member:
             self._replay(inst, msgs, now)
         return gke
 
-    def smc_init(self, tag: Tag, now: float, *, signed: bool = True, **restore: Any) -> SecureMulticast:
-        """Join SMC instance ``tag``: starts its GKE session (and that session's consensus)."""
+    def smc_init(
+        self, tag: Tag, now: float, *, signed: bool = True, resume: bool = False, **restore: Any
+    ) -> SecureMulticast:
+        """Join SMC instance ``tag``: starts its GKE session (and that session's consensus).
+
+        ``restore`` (``contribution``, ``session_seed``) rejoins with a saved GKE state; with
+        ``resume`` each sender's messages are taken from the first one received (a rejoin).
+        """
         self.start(now)
         check_tag(tag)
         gke, pending = self._new_gke(gke_tag(tag), restore)
@@ -200,6 +206,7 @@ class Member:
             signed=signed,
             incarnation=self.incarnation,
             limits=self.config.smc,
+            resume=resume,
         )
         gke.parent = smc
         pending.append((smc, self.demux.register("smc", tag, smc)))
