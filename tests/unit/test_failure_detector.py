@@ -40,3 +40,11 @@ def test_timeout_growth_is_capped() -> None:
         fd.handle_timer(100.0 * (k + 1))
         fd.heard_from(1, 100.0 * (k + 1))
     assert fd.timeout_of(1) == 3.0
+
+
+def test_large_groups_stretch_the_period_to_keep_the_heartbeat_rate() -> None:
+    base = DetectorConfig()
+    assert base.scaled(7) is base
+    big = base.scaled(100)
+    assert big.period == pytest.approx(1.0) and big.initial_timeout == pytest.approx(5.0)
+    assert big.period * 20 == pytest.approx(base.period * 100)  # n/period per member is the same

@@ -13,7 +13,7 @@ The detector owns one timer (``fd``): the earlier of the next heartbeat and the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .events import Broadcast, Event, PeerRestored, PeerSuspected, Send, SetTimer
 from .messages import Alive
@@ -28,19 +28,34 @@ class DetectorConfig:
     """Timing of the failure detector, in seconds.
 
     Constraint: ``period < initial_timeout <= max_timeout``; a timeout shorter than a heartbeat
-    period would suspect every idle peer.
+    period would suspect every idle peer.  Idle heartbeats cost n² messages per period in a group
+    of n, so groups larger than ``reference_group`` stretch the period and the timeouts in
+    proportion (:meth:`scaled`): the per-member heartbeat rate stays that of a group of 20.
     """
 
     period: float = 0.2
     initial_timeout: float = 1.0
     backoff: float = 1.5
     max_timeout: float = 30.0
+    reference_group: int = 20
 
     def __post_init__(self) -> None:
         if not 0 < self.period < self.initial_timeout <= self.max_timeout:
             raise ValueError("need 0 < period < initial_timeout <= max_timeout")
         if self.backoff < 1:
             raise ValueError("backoff must be >= 1")
+
+    def scaled(self, n: int) -> DetectorConfig:
+        """The configuration for a group of ``n``: periods and timeouts × max(1, n / reference)."""
+        factor = max(1.0, n / self.reference_group)
+        if factor == 1.0:
+            return self
+        return replace(
+            self,
+            period=self.period * factor,
+            initial_timeout=self.initial_timeout * factor,
+            max_timeout=max(self.max_timeout, self.initial_timeout * factor),
+        )
 
 
 class FailureDetector:
