@@ -70,6 +70,7 @@ class FailureDetector:
         self._timeout = [config.initial_timeout] * n
         self._heard = [now] * n
         self._sent = [-math.inf] * n
+        self._sent_all = -math.inf
         self._suspected: set[int] = set()
         self._next_beat = now
         self.started = False
@@ -104,9 +105,12 @@ class FailureDetector:
             return [PeerRestored(peer)]
         return []
 
-    def sent_to(self, peer: int, now: float) -> None:
-        """We sent ``peer`` something: it doubles as a heartbeat."""
-        self._sent[peer] = now
+    def sent_to(self, peer: int | None, now: float) -> None:
+        """We sent ``peer`` (None: every peer) something: it doubles as a heartbeat."""
+        if peer is None:
+            self._sent_all = now
+        else:
+            self._sent[peer] = now
 
     def handle_timer(self, now: float) -> list[Event]:
         if not self.started:
@@ -114,13 +118,19 @@ class FailureDetector:
         out: list[Event] = []
         period = self.config.period
         if now >= self._next_beat:
-            quiet = [p for p in range(self.n) if p != self.me and self._sent[p] <= now - period]
-            if len(quiet) == self.n - 1:
+            since = now - period
+            quiet = (
+                []
+                if self._sent_all > since
+                else [p for p in range(self.n) if p != self.me and self._sent[p] <= since]
+            )
+            if quiet and len(quiet) == self.n - 1:
                 out.append(Broadcast(_ALIVE))
+                self._sent_all = now
             else:
                 out.extend(Send(p, _ALIVE) for p in quiet)
-            for p in quiet:
-                self._sent[p] = now
+                for p in quiet:
+                    self._sent[p] = now
             self._next_beat = now + period
         next_expiry = math.inf
         for p in range(self.n):

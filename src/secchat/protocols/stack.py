@@ -287,9 +287,7 @@ class Member:
         if to is None:
             self.stats["member.sent"] += self.n - 1
             self.stats[f"member.sent.{kind}"] += self.n - 1
-            for peer in range(self.n):
-                if peer != self.me:
-                    self.detector.sent_to(peer, self._now)
+            self.detector.sent_to(None, self._now)
         else:
             self.stats["member.sent"] += 1
             self.stats[f"member.sent.{kind}"] += 1
