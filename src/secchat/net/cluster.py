@@ -68,7 +68,9 @@ class ClusterSpec:
     seed: int | None = None
     mode: str = "signed"
     timeout: float = 60.0
-    kill_window: tuple[float, float] = (0.002, 0.015)  # seconds after the join command
+    # a victim dies this long (seconds) after it reports that it joined, i.e. that its first GKE
+    # messages are out: mid-GKE by its own progress, not by a guess at the others' speed
+    kill_window: tuple[float, float] = (0.0, 0.002)
     log_level: str = "INFO"
     workdir: Path | None = None  # keep everything here (tests); default: a temp dir, removed
     env: dict[str, str] = field(default_factory=dict)  # extra environment; "{name}" is expanded
@@ -172,6 +174,7 @@ class _Proc:
         self.killed = False
         self.progress = asyncio.Event()  # set on every delivery
         self.out_file = log.with_suffix(".out")
+        self.kill_after_join: float | None = None
 
     @property
     def running(self) -> bool:
@@ -280,6 +283,9 @@ class _Cluster:
             kind = event.get("event")
             if kind == "ready":
                 proc.ready.set()
+            elif kind == "joined" and proc.kill_after_join is not None:
+                asyncio.get_running_loop().call_later(proc.kill_after_join, self.kill, proc)
+                proc.kill_after_join = None
             elif kind == "established":
                 proc.info = event
                 proc.established.set()
@@ -333,11 +339,10 @@ class _Cluster:
         if not await self.wait_all([p.ready for p in first], "the first members to start"):
             return ["members did not start"]
         self.out(f"{len(first)} members ready; joining (seed {self.seed})")
-        loop = asyncio.get_running_loop()
         for p in first:
             self.command(p, {"cmd": "join"})
             if p.role == "killed":
-                loop.call_later(self.rng.uniform(*spec.kill_window), self.kill, p)
+                p.kill_after_join = self.rng.uniform(*spec.kill_window)
         survivors = [p for p in first if p.role == "joined"]
         if not await self.wait_all([p.established for p in survivors], "the group key"):
             problems.append("not every surviving member established the key")
