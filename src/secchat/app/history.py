@@ -1,0 +1,166 @@
+"""Local history and saved key-exchange state, encrypted at rest under the user's passphrase.
+
+Why: the chat UI shows a conference's delivered messages again after a restart, and a member
+that leaves and rejoins must restore its GKE contribution and session seed to get the same key.
+Both live in one SQLite file under the profile.  Nothing in it is readable without the
+passphrase: a random salt (stored in the file) and scrypt turn the passphrase into a master key;
+HKDF splits it into an AES-256-GCM key for the rows and an HMAC key that names conferences
+(so the file does not even list the conference ids).  Each row's associated data binds it to its
+kind and conference, so rows cannot be moved between conferences unnoticed.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from ..codec import canonical
+from ..crypto import Aead, CryptoError, hkdf, hmac_sha256
+
+__all__ = ["HistoryError", "HistoryStore", "SavedState", "StoredMessage"]
+
+#: scrypt cost: about 50 ms on a laptop, once per process.
+SCRYPT_N = 1 << 14
+_CHECK = b"secchat history v1"
+
+
+class HistoryError(Exception):
+    """The history file cannot be used; ``code`` is ``wrong_passphrase`` or ``corrupt``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StoredMessage(msgspec.Struct, frozen=True):
+    sender: str
+    sent_at: float
+    text: str
+    state: str
+    epoch: int
+
+
+class SavedState(msgspec.Struct, frozen=True):
+    """What a member needs to rejoin a conference with the same key."""
+
+    epoch: int
+    contribution: bytes  # 32 bytes, big-endian (msgpack has no 256-bit integers)
+    session_seed: bytes
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class _Keys:
+    aead: Aead
+    index: bytes
+
+
+def _derive(passphrase: str, salt: bytes) -> _Keys:
+    master = Scrypt(salt=salt, length=32, n=SCRYPT_N, r=8, p=1).derive(passphrase.encode("utf-8"))
+    return _Keys(
+        Aead(hkdf(master, salt=b"secchat/history", info=b"aead", length=32)),
+        hkdf(master, salt=b"secchat/history", info=b"index", length=32),
+    )
+
+
+class HistoryStore:
+    """``history.sqlite3``: delivered messages per conference and saved GKE states."""
+
+    def __init__(self, path: Path, passphrase: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, conf BLOB NOT NULL,"
+                " nonce BLOB NOT NULL, ct BLOB NOT NULL)"
+            )
+            self._db.execute("CREATE INDEX IF NOT EXISTS messages_conf ON messages (conf, id)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS state (conf BLOB PRIMARY KEY, nonce BLOB NOT NULL, ct BLOB NOT NULL)"
+            )
+            os.chmod(self.path, 0o600)
+            row = self._db.execute("SELECT v FROM meta WHERE k = 'salt'").fetchone()
+            if row is None:
+                salt = os.urandom(16)
+                self._keys = _derive(passphrase, salt)
+                nonce = os.urandom(12)
+                check = nonce + self._keys.aead.seal(nonce, _CHECK, b"check")
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('salt', ?), ('check', ?)", (salt, check))
+                self._db.execute("COMMIT")
+                row = self._db.execute("SELECT v FROM meta WHERE k = 'salt'").fetchone()
+                if row[0] != salt:  # another process created it first
+                    self._keys = _derive(passphrase, row[0])
+            else:
+                self._keys = _derive(passphrase, row[0])
+            check = self._db.execute("SELECT v FROM meta WHERE k = 'check'").fetchone()
+        except sqlite3.Error as exc:
+            raise HistoryError("corrupt", f"the history file {self.path} is unusable: {exc}") from None
+        try:
+            if check is None or self._keys.aead.open(check[0][:12], check[0][12:], b"check") != _CHECK:
+                raise CryptoError("bad check")
+        except CryptoError:
+            self._db.close()
+            raise HistoryError("wrong_passphrase", "wrong passphrase for this profile's history") from None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _conf(self, conference: str) -> bytes:
+        return hmac_sha256(self._keys.index, conference.encode("utf-8"))
+
+    def _seal(self, kind: str, conference: str, data: bytes) -> tuple[bytes, bytes]:
+        nonce = os.urandom(12)
+        return nonce, self._keys.aead.seal(nonce, data, canonical("history", kind, conference))
+
+    def _open(self, kind: str, conference: str, nonce: bytes, ct: bytes) -> bytes:
+        return self._keys.aead.open(nonce, ct, canonical("history", kind, conference))
+
+    # ------------------------------------------------------------------ messages
+
+    def add_message(self, conference: str, message: StoredMessage) -> None:
+        nonce, ct = self._seal("message", conference, msgspec.msgpack.encode(message))
+        self._db.execute("INSERT INTO messages (conf, nonce, ct) VALUES (?, ?, ?)", (self._conf(conference), nonce, ct))
+
+    def messages(self, conference: str, limit: int = 10_000) -> list[StoredMessage]:
+        """The conference's messages, oldest first (rows that fail to decrypt are skipped)."""
+        rows = self._db.execute(
+            "SELECT nonce, ct FROM (SELECT id, nonce, ct FROM messages WHERE conf = ? ORDER BY id DESC LIMIT ?)"
+            " ORDER BY id",
+            (self._conf(conference), limit),
+        ).fetchall()
+        out = []
+        for nonce, ct in rows:
+            try:
+                out.append(msgspec.msgpack.decode(self._open("message", conference, nonce, ct), type=StoredMessage))
+            except (CryptoError, msgspec.DecodeError, msgspec.ValidationError):
+                continue
+        return out
+
+    # ------------------------------------------------------------------ key-exchange state
+
+    def save_state(self, conference: str, state: SavedState) -> None:
+        nonce, ct = self._seal("state", conference, msgspec.msgpack.encode(state))
+        self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", (self._conf(conference), nonce, ct))
+
+    def load_state(self, conference: str) -> SavedState | None:
+        row = self._db.execute("SELECT nonce, ct FROM state WHERE conf = ?", (self._conf(conference),)).fetchone()
+        if row is None:
+            return None
+        try:
+            return msgspec.msgpack.decode(self._open("state", conference, *row), type=SavedState)
+        except (CryptoError, msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+    def forget_state(self, conference: str) -> None:
+        self._db.execute("DELETE FROM state WHERE conf = ?", (self._conf(conference),))
+
+    def close(self) -> None:
+        self._db.close()

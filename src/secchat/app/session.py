@@ -1,0 +1,653 @@
+"""The SecChat application core: profile, directory, network node and conferences, no user interface.
+
+Why: the command line, the terminal UI and the demo all do the same things -- open a profile,
+talk to the (untrusted) directory, join conferences, send, receive, re-key, leave -- and must
+agree on what each means.  :class:`ChatApp` is that one place; interfaces only render its
+:data:`AppEvent` stream and turn :class:`AppError` (one sentence for the user, plus a ``code``)
+into messages.
+
+How a conference works here (thesis §4.1, SPEC "SecChat"):
+
+* **join** fetches the record through the verifying directory client (creator signature, every
+  certificate against the CA, each certificate the one the user accepted), checks the time frame
+  and membership, publishes our signed contact address, and starts secure multicast epoch ``e``
+  (tag ``(id, "smc", e)``).  Peers' addresses come from the directory (refreshed until each peer
+  is connected); their *identity* only from the pinned certificates.
+* **payloads** on the SMC channel are msgpack structures: a chat :class:`_Text`, or a
+  :class:`_Rekey` control message.
+* **re-key**: the initiator multicasts ``_Rekey(e+1)`` over epoch ``e`` and starts epoch ``e+1``
+  (a fresh GKE, new tag).  Every member that delivers it does the same.  When epoch ``e+1``'s
+  key is established, older epochs are closed: their keys leave memory and their frames are
+  refused.
+* **leave** saves (contribution, session seed, epoch) -- encrypted, :mod:`.history` -- and stops
+  the conference's stack; joining again restores them, so the key is the same, and the member
+  takes each sender's messages up from the first it receives.
+* **message states**: our own message is ``sending`` until the key exists and it was encrypted
+  and multicast, then ``sent``; a message from another member is ``delivered``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .. import pki
+from ..directory.client import (
+    AsyncDirectoryClient,
+    DirectoryError,
+    DirectoryUnavailable,
+    UnacceptedCertificates,
+    UntrustedResponse,
+)
+from ..directory.client import Conference as DirConference
+from ..directory.trust import Acceptance, TrustStore, TrustStoreError
+from ..net.links import LinkConfig
+from ..net.node import Node
+from ..net.tls import TlsCredentials
+from ..protocols.events import Delivered, KeyEstablished, PeerRestored, PeerSuspected
+from ..protocols.stack import StackConfig
+from .history import HistoryError, HistoryStore, SavedState, StoredMessage
+from .profile import (
+    HISTORY_FILE,
+    IDENTITY_DIR,
+    TRUST_FILE,
+    ProfileError,
+    Settings,
+    default_home,
+    load_settings,
+)
+
+__all__ = [
+    "AppError",
+    "AppEvent",
+    "ChatApp",
+    "ChatMessage",
+    "Conference",
+    "ConferenceView",
+    "KeyStatus",
+    "MemberStatus",
+    "Notice",
+    "UnacceptedCertificate",
+]
+
+log = logging.getLogger("secchat.app")
+
+PASSPHRASE_ENV = "SECCHAT_PASSPHRASE"
+#: Events kept for a slow reader of :meth:`Conference.events`; beyond, the oldest are dropped.
+EVENT_QUEUE = 1000
+#: How often member status is sampled and unknown contact addresses are looked up again.
+STATUS_PERIOD = 0.25
+CONTACT_PERIOD = 1.0
+MAX_TEXT = 64 * 1024
+
+
+class AppError(Exception):
+    """A failure to show the user: ``str(e)`` is one clear sentence, ``code`` is for programs."""
+
+    def __init__(self, message: str, code: str = "error", **details: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+    @property
+    def certificates(self) -> tuple[UnacceptedCertificate, ...]:
+        """For ``code == "untrusted"``: the certificates the user has not accepted yet."""
+        return tuple(self.details.get("certificates", ()))
+
+
+# --------------------------------------------------------------------------- views and events
+
+
+@dataclass(frozen=True)
+class ConferenceView:
+    id: str
+    t0: datetime
+    t1: datetime
+    members: tuple[str, ...]
+    creator: str
+    joinable_now: bool
+
+
+@dataclass(frozen=True)
+class UnacceptedCertificate:
+    name: str
+    identity: str  # name@issuer
+    fingerprint: str  # SHA-256 of the DER certificate, hex
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    name: str
+    up: bool
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    established: bool
+    epoch: int
+    fingerprint: str | None
+    contributors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    sender: str
+    sent_at: datetime
+    text: str
+    state: str  # "sending" | "sent" | "delivered"
+    epoch: int
+    #: our own messages: a number that stays the same from "sending" to "sent" (None for others')
+    local_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Notice:
+    text: str
+
+
+AppEvent = MemberStatus | KeyStatus | ChatMessage | Notice
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+class _Text(msgspec.Struct, tag="text", frozen=True):
+    text: str
+    sent_at: float
+
+
+class _Rekey(msgspec.Struct, tag="rekey", frozen=True):
+    epoch: int
+
+
+_payload_decoder = msgspec.msgpack.Decoder(_Text | _Rekey)
+
+
+def _ts(t: int | float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def _fmt(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _view(c: DirConference, now: float) -> ConferenceView:
+    return ConferenceView(
+        c.id, _ts(c.t0), _ts(c.t1), tuple(m.name for m in c.members), c.creator, c.t0 <= now <= c.t1
+    )
+
+
+def _unaccepted(members: Sequence[Any]) -> tuple[UnacceptedCertificate, ...]:
+    return tuple(UnacceptedCertificate(m.identity.name, str(m.identity), m.fingerprint) for m in members)
+
+
+def _untrusted_error(certs: tuple[UnacceptedCertificate, ...], what: str) -> AppError:
+    listing = "; ".join(f"{c.identity} {c.fingerprint}" for c in certs)
+    return AppError(
+        f"{what} needs certificates you have not accepted yet: {listing}", "untrusted", certificates=certs
+    )
+
+
+# --------------------------------------------------------------------------- the application
+
+
+class ChatApp:
+    """One user's SecChat: open with :meth:`open`, close with :meth:`aclose`."""
+
+    def __init__(
+        self,
+        home: Path,
+        settings: Settings,
+        local: pki.LocalIdentity,
+        trust: TrustStore,
+        history: HistoryStore,
+        *,
+        stack_config: StackConfig | None = None,
+        link_config: LinkConfig | None = None,
+    ) -> None:
+        self.home = home
+        self.settings = settings
+        self.local = local
+        self.name = local.identity.name
+        self.trust = trust
+        self.history_store = history
+        self.client = AsyncDirectoryClient.for_identity(settings.directory, local, trust, timeout=5.0)
+        self._stack_config = stack_config
+        self._link_config = link_config
+        self._node: Node | None = None
+        self._address: tuple[str, int] | None = None
+        self._conferences: dict[str, Conference] = {}
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        home: Path | None = None,
+        passphrase: str | None = None,
+        *,
+        stack_config: StackConfig | None = None,
+        link_config: LinkConfig | None = None,
+    ) -> ChatApp:
+        """Open the profile in ``home``; the passphrase defaults to ``$SECCHAT_PASSPHRASE``."""
+        home = Path(home) if home is not None else default_home()
+        try:
+            settings = load_settings(home)
+        except ProfileError as exc:
+            raise AppError(str(exc), exc.code) from None
+        if passphrase is None:
+            passphrase = os.environ.get(PASSPHRASE_ENV) or None
+        if not passphrase:
+            raise AppError(f"no passphrase given (set {PASSPHRASE_ENV} or pass one)", "no_passphrase")
+        try:
+            local = await asyncio.to_thread(pki.load_identity, home / IDENTITY_DIR, passphrase)
+        except pki.PkiError as exc:
+            if exc.code == "wrong_passphrase":
+                raise AppError("wrong passphrase for this profile's key store", "wrong_passphrase") from None
+            raise AppError(str(exc), exc.code) from None
+        try:
+            trust = TrustStore(home / TRUST_FILE)
+        except TrustStoreError as exc:
+            raise AppError(str(exc), "bad_trust_store") from None
+        try:
+            history = await asyncio.to_thread(HistoryStore, home / HISTORY_FILE, passphrase)
+        except HistoryError as exc:
+            raise AppError(str(exc), exc.code) from None
+        return cls(home, settings, local, trust, history, stack_config=stack_config, link_config=link_config)
+
+    # ------------------------------------------------------------------ directory operations
+
+    async def _dir(self, coro: Any, *, conference: str | None = None) -> Any:
+        """Run a directory call, translating its errors into :class:`AppError`."""
+        try:
+            return await coro
+        except DirectoryUnavailable as exc:
+            raise AppError(
+                f"the directory at {self.settings.directory} is unreachable or failing ({exc})", "directory_down"
+            ) from None
+        except UnacceptedCertificates as exc:
+            raise _untrusted_error(_unaccepted(exc.members), "this") from None
+        except UntrustedResponse as exc:
+            raise AppError(f"the directory's answer failed verification: {exc}", "untrusted_directory") from None
+        except DirectoryError as exc:
+            if exc.status == 404 and conference is not None:
+                raise AppError(f"there is no conference {conference!r} in the directory", "unknown_conference") from None
+            raise AppError(f"the directory refused: {exc}", exc.code) from None
+
+    async def register(self) -> str:
+        """Register our certificate with the directory; returns its fingerprint."""
+        p = await self._dir(self.client.register())
+        return p.fingerprint
+
+    async def participants(self) -> list[str]:
+        return [p.name for p in await self._dir(self.client.list_participants())]
+
+    async def participant_details(self) -> list[Any]:
+        """Verified participants (``directory.client.Participant``: name, fingerprint, acceptance)."""
+        return await self._dir(self.client.list_participants())
+
+    async def conferences(self) -> list[ConferenceView]:
+        now = time.time()
+        return [_view(c, now) for c in await self._dir(self.client.conferences_of())]
+
+    async def create(
+        self, conference_id: str, members: Sequence[str], t0: datetime, t1: datetime
+    ) -> ConferenceView:
+        """Create and sign a conference among ``members`` (we are added if missing)."""
+        names = list(dict.fromkeys(members))
+        if self.name not in names:
+            names.insert(0, self.name)
+        if t1 <= t0:
+            raise AppError("the conference must end after it starts", "bad_time_frame")
+        c = await self._dir(
+            self.client.create_conference(conference_id, int(t0.timestamp()), int(t1.timestamp()), names)
+        )
+        return _view(c, time.time())
+
+    async def unaccepted(self, conference_id: str) -> list[UnacceptedCertificate]:
+        """Members' certificates of ``conference_id`` the user has not accepted yet."""
+        c = await self._dir(self.client.get_conference(conference_id), conference=conference_id)
+        return list(_unaccepted(c.unaccepted))
+
+    async def unaccepted_participants(self, names: Sequence[str]) -> list[UnacceptedCertificate]:
+        out = []
+        for name in names:
+            if name == self.name:
+                continue
+            p = await self._dir(self.client.get_participant(name))
+            if p.acceptance is Acceptance.NEW:
+                out.extend(_unaccepted([p]))
+        return out
+
+    async def accept(self, name: str, fingerprint: str) -> None:
+        """The user accepted ``name``'s certificate, which must have this fingerprint (or a
+        prefix of at least 16 hex digits)."""
+        fp = fingerprint.lower().replace(":", "")
+        if len(fp) < 16:
+            raise AppError("give at least 16 hex digits of the fingerprint", "bad_fingerprint")
+        p = await self._dir(self.client.get_participant(name))
+        if not p.fingerprint.startswith(fp):
+            raise AppError(
+                f"the certificate of {p.identity} has fingerprint {p.fingerprint}, not {fingerprint}",
+                "fingerprint_mismatch",
+            )
+        self.trust.accept(p.identity, p.fingerprint)
+
+    # ------------------------------------------------------------------ conferences
+
+    async def _ensure_node(self) -> Node:
+        if self._node is None:
+            creds = TlsCredentials(self.local.key, self.local.cert, self.local.trusted)
+            node = Node(creds, self._on_stack_event, stack_config=self._stack_config, link_config=self._link_config)
+            try:
+                _host, port = await node.start(self.settings.listen_host, self.settings.listen_port)
+            except OSError as exc:
+                await node.aclose()
+                raise AppError(
+                    f"cannot listen on {self.settings.listen_host}:{self.settings.listen_port}: {exc.strerror}",
+                    "listen_failed",
+                ) from None
+            self._node = node
+            self._address = (self.settings.advertised, port)
+        return self._node
+
+    def _on_stack_event(self, group: str, event: Any) -> None:
+        conf = self._conferences.get(group)
+        if conf is not None:
+            conf._on_stack_event(event)
+
+    async def join(self, conference_id: str, *, accept_new: bool = False) -> Conference:
+        """Join a conference (see the module docstring); ``accept_new`` accepts certificates not
+        seen before instead of raising ``AppError(code="untrusted")``."""
+        if self._closed:
+            raise AppError("this SecChat session is closed", "closed")
+        if conference_id in self._conferences:
+            return self._conferences[conference_id]
+        record: DirConference = await self._dir(
+            self.client.get_conference(conference_id), conference=conference_id
+        )
+        names = tuple(m.name for m in record.members)
+        if self.name not in names:
+            raise AppError(f"you ({self.name}) are not a member of conference {conference_id!r}", "not_a_member")
+        now = time.time()
+        if not record.t0 <= now <= record.t1:
+            raise AppError(
+                f"conference {conference_id!r} is only open from {_fmt(_ts(record.t0))} to {_fmt(_ts(record.t1))}",
+                "outside_time_frame",
+            )
+        if record.unaccepted:
+            if not accept_new:
+                raise _untrusted_error(_unaccepted(record.unaccepted), f"conference {conference_id!r}")
+            for m in record.unaccepted:
+                self.trust.accept(m.identity, m.fingerprint)
+        node = await self._ensure_node()
+        assert self._address is not None
+        await self._dir(self.client.publish_contact(*self._address))
+        try:
+            node.add_conference(
+                conference_id, [(m.name, m.cert) for m in record.members], incarnation=time.time_ns() // 1000
+            )
+        except (ValueError, pki.PkiError) as exc:
+            raise AppError(f"cannot run conference {conference_id!r}: {exc}", "bad_conference") from None
+        saved = self.history_store.load_state(conference_id)
+        conf = Conference(self, record, saved)
+        self._conferences[conference_id] = conf
+        conf._start()
+        return conf
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for conf in list(self._conferences.values()):
+            with contextlib.suppress(Exception):
+                await conf.leave()
+        if self._node is not None:
+            await self._node.aclose()
+        await self.client.aclose()
+        self.history_store.close()
+
+    async def __aenter__(self) -> ChatApp:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Conference:
+    """A joined conference: events, send, re-key, leave, history."""
+
+    def __init__(self, app: ChatApp, record: DirConference, saved: SavedState | None) -> None:
+        self._app = app
+        self._node: Node = app._node  # type: ignore[assignment]
+        self.id = record.id
+        self.me = app.name
+        self.members = tuple(m.name for m in record.members)
+        self.t0 = _ts(record.t0)
+        self.t1 = _ts(record.t1)
+        self.epoch = saved.epoch if saved is not None else 0
+        self.fingerprint: str | None = None
+        self._saved = saved
+        self._queue: asyncio.Queue[AppEvent | None] = asyncio.Queue(EVENT_QUEUE)
+        self._pending: dict[int, deque[ChatMessage | None]] = {}  # epoch -> own sends in order
+        self._local_ids = 0
+        self._up: dict[str, bool] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._epochs: set[int] = set()  # epochs whose stack instance is running
+        self._left = False
+        self.sent = 0
+        self.delivered = 0
+
+    # ------------------------------------------------------------------ life
+
+    def _start(self) -> None:
+        saved = self._saved
+        if saved is not None:
+            self._node.join(
+                self.id,
+                epoch=saved.epoch,
+                contribution=int.from_bytes(saved.contribution, "big"),
+                session_seed=saved.session_seed,
+                resume=True,
+            )
+            self._epochs.add(saved.epoch)
+            self._emit(Notice(f"rejoining {self.id} with the saved key state of epoch {saved.epoch}"))
+        else:
+            self._node.join(self.id, epoch=self.epoch)
+            self._epochs.add(self.epoch)
+        self._emit(KeyStatus(False, self.epoch, None, ()))
+        self._tasks.append(asyncio.create_task(self._watch_status(), name=f"status {self.id}"))
+        self._tasks.append(asyncio.create_task(self._find_peers(), name=f"contacts {self.id}"))
+
+    def _emit(self, event: AppEvent | None) -> None:
+        while True:
+            try:
+                self._queue.put_nowait(event)
+                return
+            except asyncio.QueueFull:
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    self._queue.get_nowait()  # bounded: the oldest event goes
+
+    async def events(self) -> AsyncIterator[AppEvent]:
+        """The conference's events, until it is left (one reader)."""
+        while True:
+            ev = await self._queue.get()
+            if ev is None:
+                return
+            yield ev
+
+    async def _watch_status(self) -> None:
+        while not self._left:
+            conf = self._node.runtime.conferences.get(self.id)
+            if conf is not None:
+                detector = conf.member.detector  # type: ignore[attr-defined]
+                for i, name in enumerate(self.members):
+                    if name == self.me:
+                        continue
+                    up = self._node.links.connected(name) and not detector.suspects(i)
+                    if self._up.get(name) != up:
+                        self._up[name] = up
+                        self._emit(MemberStatus(name, up))
+            await asyncio.sleep(STATUS_PERIOD)
+
+    async def _find_peers(self) -> None:
+        """Look up contact addresses of members we are not connected to (they may move)."""
+        known: dict[str, tuple[str, int]] = {}
+        while not self._left:
+            for name in self.members:
+                if name == self.me or self._node.links.connected(name):
+                    continue
+                try:
+                    p = await self._app.client.get_participant(name)
+                except DirectoryError as exc:
+                    log.debug("no contact for %s: %s", name, exc)
+                    continue
+                if p.contact is not None and known.get(name) != (p.contact.host, p.contact.port):
+                    known[name] = (p.contact.host, p.contact.port)
+                    self._node.set_address(name, known[name])
+            await asyncio.sleep(CONTACT_PERIOD)
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def established(self) -> bool:
+        return self.fingerprint is not None
+
+    def up(self) -> dict[str, bool]:
+        """Last known liveness of the other members."""
+        return dict(self._up)
+
+    async def send(self, text: str) -> None:
+        """Multicast ``text``; before the key exists it is queued (state ``sending``)."""
+        if self._left:
+            raise AppError(f"you left conference {self.id!r}", "left")
+        if len(text.encode("utf-8")) > MAX_TEXT:
+            raise AppError(f"a message is at most {MAX_TEXT} bytes", "too_long")
+        sent_at = time.time()
+        self._local_ids += 1
+        msg = ChatMessage(self.me, _ts(sent_at), text, "sending", self.epoch, self._local_ids)
+        self._multicast(msgspec.msgpack.encode(_Text(text, sent_at)), msg)
+        if not self.established:
+            self._emit(msg)
+
+    def _multicast(self, payload: bytes, msg: ChatMessage | None) -> None:
+        queue = self._pending.setdefault(self.epoch, deque())
+        queue.append(msg)
+        try:
+            self._node.send(self.id, payload, epoch=self.epoch)
+        except Exception as exc:  # the stack's bounds (too many queued before the key, ...)
+            queue.pop()
+            raise AppError(f"cannot send now: {exc}", "send_failed") from None
+
+    async def rekey(self) -> None:
+        """Start a new epoch with a fresh key exchange; every member follows."""
+        if self._left:
+            raise AppError(f"you left conference {self.id!r}", "left")
+        new = self.epoch + 1
+        self._multicast(msgspec.msgpack.encode(_Rekey(new)), None)
+        self._switch(new, f"re-keying {self.id}: epoch {new}")
+
+    def _switch(self, epoch: int, why: str) -> None:
+        self.epoch = epoch
+        self.fingerprint = None
+        self._node.join(self.id, epoch=epoch)
+        self._epochs.add(epoch)
+        self._emit(Notice(why))
+        self._emit(KeyStatus(False, epoch, None, ()))
+
+    async def leave(self) -> None:
+        """Save the key-exchange state (encrypted) and stop taking part; :meth:`ChatApp.join`
+        again gets the same key."""
+        if self._left:
+            return
+        self._save_state()
+        self._left = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(ValueError):
+            self._node.remove_conference(self.id)
+        self._app._conferences.pop(self.id, None)
+        self._emit(Notice(f"left {self.id}"))
+        self._emit(None)
+
+    def history(self) -> list[ChatMessage]:
+        """Messages of this conference kept locally (across restarts), oldest first."""
+        return [
+            ChatMessage(m.sender, _ts(m.sent_at), m.text, m.state, m.epoch)
+            for m in self._app.history_store.messages(self.id)
+        ]
+
+    # ------------------------------------------------------------------ stack events
+
+    def _save_state(self) -> None:
+        smc = self._node.smc(self.id, self.epoch)
+        if smc is None or not smc.established:
+            return
+        gke = smc.gke
+        state = SavedState(self.epoch, gke.contribution.to_bytes(32, "big"), gke.session_seed, smc.fingerprint)
+        self._app.history_store.save_state(self.id, state)
+
+    def _on_stack_event(self, ev: Any) -> None:
+        if isinstance(ev, KeyEstablished):
+            epoch = ev.tag[2]
+            if epoch != self.epoch:
+                return
+            self.fingerprint = ev.fingerprint
+            self._save_state()
+            for old in sorted(e for e in self._pending if e < epoch):
+                self._pending.pop(old, None)
+            for e in sorted(e for e in self._epochs if e < epoch):
+                self._epochs.discard(e)
+                self._node.close_epoch(self.id, e)
+                self._emit(Notice(f"keys of epoch {e} erased"))
+            self._emit(KeyStatus(True, epoch, ev.fingerprint, tuple(self.members[i] for i in ev.members)))
+        elif isinstance(ev, Delivered):
+            self._on_delivered(ev)
+        elif isinstance(ev, PeerSuspected | PeerRestored):
+            pass  # sampled by _watch_status together with the link state
+
+    def _on_delivered(self, ev: Delivered) -> None:
+        epoch = ev.tag[2]
+        sender = self.members[ev.sender]
+        if sender == self.me:  # the runtime drops frames claiming to be ours: this is our own send
+            queue = self._pending.get(epoch)
+            own = queue.popleft() if queue else None
+            if own is not None:
+                msg = ChatMessage(own.sender, own.sent_at, own.text, "sent", epoch, own.local_id)
+                self.sent += 1
+                self._store(msg)
+                self._emit(msg)
+            return
+        try:
+            payload = _payload_decoder.decode(ev.payload)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("undecodable payload from %s in %s", sender, self.id)
+            return
+        if isinstance(payload, _Text):
+            msg = ChatMessage(sender, _ts(payload.sent_at), payload.text, "delivered", epoch)
+            self.delivered += 1
+            self._store(msg)
+            self._emit(msg)
+        elif isinstance(payload, _Rekey) and payload.epoch > self.epoch:
+            self._switch(payload.epoch, f"{sender} re-keyed {self.id}: epoch {payload.epoch}")
+
+    def _store(self, msg: ChatMessage) -> None:
+        try:
+            self._app.history_store.add_message(
+                self.id, StoredMessage(msg.sender, msg.sent_at.timestamp(), msg.text, msg.state, msg.epoch)
+            )
+        except Exception:
+            log.exception("cannot store a message of %s", self.id)

@@ -1,0 +1,149 @@
+"""The application core (:mod:`secchat.app.session`) over real links and a real directory process.
+
+Three members in one event loop, each with its own profile, TLS links and stack: a bare
+majority gets the key, a late joiner catches up, a member leaves and rejoins with the same key,
+a re-key gives a new key and refuses frames of the old epoch, and history survives a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from secchat.app.session import AppError, ChatApp, ChatMessage, KeyStatus
+from secchat.net.runtime import Runtime
+from secchat.protocols.messages import SmcData, decode_message
+from tests.app_support import PASSPHRASE, make_ca, make_profile, start_directory, wait_for
+
+
+class Watch:
+    """Collects a conference's events in the background."""
+
+    def __init__(self, conf) -> None:
+        self.conf = conf
+        self.events: list[object] = []
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for ev in self.conf.events():
+            self.events.append(ev)
+
+    def keys(self) -> list[KeyStatus]:
+        return [e for e in self.events if isinstance(e, KeyStatus) and e.established]
+
+    def texts(self, state: str = "delivered") -> list[str]:
+        return [e.text for e in self.events if isinstance(e, ChatMessage) and e.state == state]
+
+
+@pytest.fixture
+def world(tmp_path):
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    make_ca(ca)
+    server = start_directory(tmp_path, ca)
+    homes = {n: make_profile(tmp_path, n, server.url, ca) for n in ("alice", "bob", "carol")}
+    try:
+        yield server, homes
+    finally:
+        server.close()
+
+
+def test_conference_life(world, monkeypatch):
+    _server, homes = world
+    frames: list[tuple[str, str, bytes]] = []
+    original = Runtime.on_message
+
+    def recording(self, peer, group, payload):  # what bob's links hand to his stack
+        if self._on_event.__self__.name == "bob":
+            frames.append((peer, group, payload))
+        return original(self, peer, group, payload)
+
+    monkeypatch.setattr(Runtime, "on_message", recording)
+
+    async def main():
+        apps = {n: await ChatApp.open(h, PASSPHRASE) for n, h in homes.items()}
+        alice, bob, carol = apps["alice"], apps["bob"], apps["carol"]
+        try:
+            for app in apps.values():
+                await app.register()
+            assert sorted(await alice.participants()) == ["alice", "bob", "carol"]
+            with pytest.raises(AppError) as err:  # certificates not accepted yet
+                await alice.create("room", ["bob", "carol"], datetime.now(UTC) - timedelta(minutes=1),
+                                   datetime.now(UTC) + timedelta(hours=1))
+            assert err.value.code == "untrusted" and {c.name for c in err.value.certificates} == {"bob", "carol"}
+            for c in err.value.certificates:
+                await alice.accept(c.name, c.fingerprint)
+            view = await alice.create("room", ["bob", "carol"], datetime.now(UTC) - timedelta(minutes=1),
+                                      datetime.now(UTC) + timedelta(hours=1))
+            assert view.members == ("alice", "bob", "carol") and view.joinable_now
+            assert [c.id for c in await bob.conferences()] == ["room"]
+
+            # a bare majority joins
+            a = await alice.join("room")
+            b = await bob.join("room", accept_new=True)
+            wa, wb = Watch(a), Watch(b)
+            await a.send("before the key")
+            await wait_for(lambda: wa.keys() and wb.keys(), what="the key")
+            assert wa.keys()[0].fingerprint == wb.keys()[0].fingerprint
+            assert set(wa.keys()[0].contributors) <= {"alice", "bob"}
+            assert "before the key" in wa.texts("sending")
+            await wait_for(lambda: "before the key" in wb.texts(), what="first message")
+            assert "before the key" in wa.texts("sent")
+            first_fp = wa.keys()[0].fingerprint
+
+            # the late joiner catches up
+            c = await carol.join("room", accept_new=True)
+            wc = Watch(c)
+            await wait_for(lambda: wc.keys() and "before the key" in wc.texts(), what="carol catching up")
+            assert wc.keys()[0].fingerprint == first_fp
+            await c.send("hi from carol")
+            await wait_for(lambda: "hi from carol" in wa.texts() and "hi from carol" in wb.texts())
+
+            # bob leaves and rejoins: the same key, messages from then on
+            await b.leave()
+            await wb.task
+            await a.send("while bob is away")
+            b = await bob.join("room")
+            wb = Watch(b)
+            await wait_for(lambda: wb.keys(), what="bob's key after rejoining")
+            assert wb.keys()[0].fingerprint == first_fp
+            await a.send("welcome back")
+            await wait_for(lambda: "welcome back" in wb.texts(), what="a message after the rejoin")
+
+            # re-key: every member follows to epoch 1, with a new key
+            old_frames = [f for f in frames if isinstance(decode_message(f[2]), SmcData)
+                          and decode_message(f[2]).tag[2] == 0 and f[0] == "alice"]
+            assert old_frames
+            await a.rekey()
+            await wait_for(lambda: all(w.keys() and w.keys()[-1].epoch == 1 for w in (wa, wb, wc)), what="re-key")
+            fps = {w.keys()[-1].fingerprint for w in (wa, wb, wc)}
+            assert len(fps) == 1 and first_fp not in fps
+            await b.send("in epoch one")
+            await wait_for(lambda: "in epoch one" in wa.texts() and "in epoch one" in wc.texts())
+            # a frame of epoch 0 replayed to bob is refused: nothing delivered
+            before = len(wb.texts())
+            member = bob._node.runtime.conferences["room"].member
+            dropped_before = sum(v for k, v in member.stats.items() if "dropped" in k or "kept" in k)
+            peer, group, payload = old_frames[-1]
+            bob._node.runtime.on_message(peer, group, payload)
+            await asyncio.sleep(0.2)
+            assert len(wb.texts()) == before
+            assert sum(v for k, v in member.stats.items() if "dropped" in k or "kept" in k) > dropped_before
+            assert bob._node.smc("room", 0) is None  # the old epoch's keys are gone
+        finally:
+            for app in apps.values():
+                await app.aclose()
+
+        # history survives a restart, encrypted at rest
+        again = await ChatApp.open(homes["bob"], PASSPHRASE)
+        try:
+            conf_texts = [m.text for m in again.history_store.messages("room")]
+            assert "before the key" in conf_texts and "welcome back" in conf_texts and "in epoch one" in conf_texts
+        finally:
+            await again.aclose()
+        raw = (homes["bob"] / "history.sqlite3").read_bytes()
+        assert b"welcome back" not in raw and b"room" not in raw
+
+    asyncio.run(asyncio.wait_for(main(), 90))
