@@ -27,6 +27,9 @@ from .messages import (
 
 __all__ = ["Demux", "protocol_of"]
 
+#: Closed instances remembered (three per closed SMC epoch).
+MAX_CLOSED = 192
+
 _PROTOCOL = {
     Estimate: "consensus",
     Proposal: "consensus",
@@ -63,6 +66,9 @@ class Demux:
         self.max_pending_per_instance = max_pending_per_instance
         self.max_pending_bytes = max_pending_bytes
         self._pending_bytes = 0
+        # instances closed for good (a re-key erased their keys): their frames are refused,
+        # not kept for later; bounded, oldest forgotten first
+        self._closed: dict[tuple[str, Tag], None] = {}
 
     def register(self, protocol: str, tag: Tag, instance: Any) -> list[tuple[int, Message]]:
         """Add an instance; returns the messages kept for it, oldest first."""
@@ -75,7 +81,14 @@ class Demux:
         return [(sender, msg) for sender, msg, _ in kept]
 
     def unregister(self, protocol: str, tag: Tag) -> None:
-        self._instances.pop((protocol, tag), None)
+        """Close an instance for good: later messages for it are dropped and counted."""
+        key = (protocol, tag)
+        self._instances.pop(key, None)
+        kept = self._pending.pop(key, ())
+        self._pending_bytes -= sum(size for _, _, size in kept)
+        self._closed[key] = None
+        while len(self._closed) > MAX_CLOSED:
+            del self._closed[next(iter(self._closed))]
 
     def get(self, protocol: str, tag: Tag) -> Any:
         return self._instances.get((protocol, tag))
@@ -95,6 +108,9 @@ class Demux:
             return inst
         if msg.tag[0] != self.group:
             self._stats["demux.dropped.foreign_group"] += 1
+            return None
+        if key in self._closed:
+            self._stats["demux.dropped.closed_instance"] += 1
             return None
         queue = self._pending.get(key)
         if queue is None:
