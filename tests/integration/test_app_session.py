@@ -116,8 +116,13 @@ def test_conference_life(world, monkeypatch):
             old_frames = [f for f in frames if isinstance(decode_message(f[2]), SmcData)
                           and decode_message(f[2]).tag[2] == 0 and f[0] == "alice"]
             assert old_frames
+            await c.leave()  # carol misses the re-key ...
+            await wc.task
             await a.rekey()
-            await wait_for(lambda: all(w.keys() and w.keys()[-1].epoch == 1 for w in (wa, wb, wc)), what="re-key")
+            await wait_for(lambda: all(w.keys() and w.keys()[-1].epoch == 1 for w in (wa, wb)), what="re-key")
+            c = await carol.join("room")  # ... rejoins at epoch 0, notices epoch 1 and follows
+            wc = Watch(c)
+            await wait_for(lambda: wc.keys() and wc.keys()[-1].epoch == 1, what="carol following the re-key")
             fps = {w.keys()[-1].fingerprint for w in (wa, wb, wc)}
             assert len(fps) == 1 and first_fp not in fps
             await b.send("in epoch one")

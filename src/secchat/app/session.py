@@ -171,7 +171,14 @@ class _Rekey(msgspec.Struct, tag="rekey", frozen=True):
     epoch: int
 
 
-_payload_decoder = msgspec.msgpack.Decoder(_Text | _Rekey)
+class _Epoch(msgspec.Struct, tag="epoch", frozen=True):
+    """Sent over the current epoch when a member comes up, so one that missed a re-key notices
+    frames of a newer epoch and follows."""
+
+    epoch: int
+
+
+_payload_decoder = msgspec.msgpack.Decoder(_Text | _Rekey | _Epoch)
 
 
 def _ts(t: int | float) -> datetime:
@@ -487,8 +494,10 @@ class Conference:
             yield ev
 
     async def _watch_status(self) -> None:
+        last_hint = -1e9
         while not self._left:
             conf = self._node.runtime.conferences.get(self.id)
+            came_up = False
             if conf is not None:
                 detector = conf.member.detector  # type: ignore[attr-defined]
                 for i, name in enumerate(self.members):
@@ -498,7 +507,29 @@ class Conference:
                     if self._up.get(name) != up:
                         self._up[name] = up
                         self._emit(MemberStatus(name, up))
+                        if up:
+                            came_up = True
+                self._follow_newer_epoch(conf.member)  # type: ignore[arg-type]
+                if came_up and self.epoch > 0 and time.monotonic() - last_hint > 1.0:
+                    last_hint = time.monotonic()
+                    with contextlib.suppress(AppError):
+                        self._multicast(msgspec.msgpack.encode(_Epoch(self.epoch)), None)
             await asyncio.sleep(STATUS_PERIOD)
+
+    def _follow_newer_epoch(self, member: Any) -> None:
+        """Frames of a newer epoch of ours are waiting: we missed a re-key, so follow it."""
+        newest = self.epoch
+        for protocol, tag in member.demux.pending_tags():
+            if (
+                protocol in ("smc", "gke")
+                and len(tag) >= 3
+                and tag[:2] == (self.id, "smc")
+                and type(tag[2]) is int
+                and tag[2] > newest
+            ):
+                newest = tag[2]
+        if newest > self.epoch:
+            self._switch(newest, f"the others are at epoch {newest} of {self.id}: following")
 
     async def _find_peers(self) -> None:
         """Look up contact addresses of members we are not connected to (they may move)."""

@@ -126,6 +126,10 @@ class Demux:
         self._stats["demux.kept_for_later"] += 1
         return None
 
+    def pending_tags(self) -> list[tuple[str, Tag]]:
+        """(protocol, tag) of the instances that messages are kept for (not started here yet)."""
+        return list(self._pending)
+
     @property
     def pending_count(self) -> int:
         return sum(len(q) for q in self._pending.values())
