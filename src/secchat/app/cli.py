@@ -14,6 +14,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
+    from secchat.app.cli_chat import register_commands
     from secchat.app.cli_pki import ca_app, identity_app
     from secchat.directory.cli import directory_app
     from secchat.net.cluster import cluster
@@ -24,6 +25,7 @@ def _register() -> None:
     app.add_typer(identity_app, name="identity")
     app.add_typer(directory_app, name="directory")
     app.command(name="cluster")(cluster)
+    register_commands(app)
 
 
 _register()

@@ -283,7 +283,7 @@ class ChatApp:
                 f"the directory at {self.settings.directory} is unreachable or failing ({exc})", "directory_down"
             ) from None
         except UnacceptedCertificates as exc:
-            raise _untrusted_error(_unaccepted(exc.members), "this") from None
+            raise _untrusted_error(_unaccepted(exc.members), "the conference") from None
         except UntrustedResponse as exc:
             raise AppError(f"the directory's answer failed verification: {exc}", "untrusted_directory") from None
         except DirectoryError as exc:

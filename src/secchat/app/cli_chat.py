@@ -1,0 +1,427 @@
+"""The user's commands: ``secchat init | register | participants | create | conferences | join | trust``.
+
+Each opens the profile (``--home``, default: the platform's user data directory) through
+:class:`secchat.app.session.ChatApp`, or delegates to the directory's own commands where those
+already do the job (``register``, ``participants``, ``trust list|revoke``).  Passphrases come
+from ``--passphrase-file``, ``SECCHAT_PASSPHRASE`` or a hidden prompt.  Errors are one sentence
+on stderr and exit code 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from .cli_pki import CA_ENVS, PASSPHRASE_ENV, fail, read_passphrase
+
+T = TypeVar("T")
+
+_HOME = typer.Option(
+    "--home", envvar="SECCHAT_HOME", help="Profile directory (env SECCHAT_HOME; default: the user data directory)."
+)
+_PASSFILE = typer.Option("--passphrase-file", help="Read the profile's passphrase from the first line of this file.")
+
+
+def _home(home: Path | None) -> Path:
+    from .profile import default_home
+
+    return home or default_home()
+
+
+def _passphrase(passphrase_file: Path | None) -> str:
+    return read_passphrase(passphrase_file, (PASSPHRASE_ENV,), "passphrase")
+
+
+def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine; an :class:`AppError` becomes one sentence and exit code 1."""
+    from .session import AppError
+
+    try:
+        return asyncio.run(fn())
+    except AppError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+async def _open(home: Path | None, passphrase_file: Path | None):
+    from .session import ChatApp
+
+    return await ChatApp.open(_home(home), _passphrase(passphrase_file))
+
+
+def _settings(home: Path | None):
+    from .profile import ProfileError, load_settings
+
+    try:
+        return load_settings(_home(home))
+    except ProfileError as exc:
+        raise fail(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- init
+
+
+def init(
+    name: Annotated[str, typer.Argument(help="Your name (the certificate's common name).")],
+    ca_dir: Annotated[Path, typer.Option("--ca-dir", help="The CA that issues your certificate (`secchat ca init`).")],
+    directory: Annotated[
+        str, typer.Option("--directory", envvar="SECCHAT_DIRECTORY", help="Directory URL (env SECCHAT_DIRECTORY).")
+    ] = "http://127.0.0.1:8700",
+    home: Annotated[Path | None, _HOME] = None,
+    passphrase_file: Annotated[Path | None, _PASSFILE] = None,
+    ca_passphrase_file: Annotated[
+        Path | None, typer.Option("--ca-passphrase-file", help="Read the CA key's passphrase from this file.")
+    ] = None,
+    listen_host: Annotated[str, typer.Option("--listen-host", help="Address peers connect to.")] = "127.0.0.1",
+    listen_port: Annotated[int, typer.Option("--listen-port", min=0, max=65535, help="0: any free port.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing profile.")] = False,
+) -> None:
+    """Create your identity (key pair, certificate from a local CA, encrypted key store) and profile (config.toml)."""
+    from .profile import ProfileError, init_profile
+
+    home = _home(home)
+    ca_pass = read_passphrase(ca_passphrase_file, CA_ENVS, "CA passphrase")
+    passphrase = read_passphrase(passphrase_file, (PASSPHRASE_ENV,), f"new passphrase for {name}", confirm=True)
+    try:
+        fp = init_profile(home, name, passphrase, directory, ca_dir, ca_pass,
+                          listen_host=listen_host, listen_port=listen_port, force=force)
+    except ProfileError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"created profile {name!r} in {home}")
+    typer.echo(f"fingerprint {fp}")
+    typer.echo(f"directory {directory}; next: secchat register")
+
+
+# --------------------------------------------------------------------------- directory
+
+
+def register(
+    home: Annotated[Path | None, _HOME] = None,
+    passphrase_file: Annotated[Path | None, _PASSFILE] = None,
+) -> None:
+    """Register your certificate with the directory (the thesis's Add Participant)."""
+    from secchat.directory import cli as directory_cli
+
+    from .profile import IDENTITY_DIR, TRUST_FILE
+
+    settings = _settings(home)
+    h = _home(home)
+    directory_cli.register(settings.directory, h / IDENTITY_DIR, passphrase_file, h / TRUST_FILE)
+
+
+def participants(
+    home: Annotated[Path | None, _HOME] = None,
+    passphrase_file: Annotated[Path | None, _PASSFILE] = None,
+) -> None:
+    """List the registered participants: identity, whether you accepted them, fingerprint, address."""
+    from secchat.directory import cli as directory_cli
+
+    from .profile import IDENTITY_DIR, TRUST_FILE
+
+    settings = _settings(home)
+    h = _home(home)
+    directory_cli.participants(settings.directory, h / IDENTITY_DIR, passphrase_file, h / TRUST_FILE)
+
+
+_RELATIVE = re.compile(r"^\+(\d+)([smhd])$")
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """``now``, ``+30m`` / ``+2h`` / ``+1d`` / ``+90s``, or ISO 8601 (UTC when no zone is given)."""
+    now = now or datetime.now(UTC)
+    text = text.strip()
+    if text == "now":
+        return now
+    m = _RELATIVE.match(text)
+    if m:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+        return now + timedelta(**{unit: int(m.group(1))})
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise fail(f"cannot read the time {text!r}: use now, +30m, +2h, +1d or ISO 8601") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _untrusted_hint(exc: Any) -> typer.Exit:
+    lines = [f"  {c.identity}  {c.fingerprint}" for c in exc.certificates]
+    typer.echo("certificates not accepted yet (check the fingerprints with their owners):", err=True)
+    for line in lines:
+        typer.echo(line, err=True)
+    typer.echo("accept with `secchat trust accept NAME FINGERPRINT`, or pass --accept-new", err=True)
+    return fail(str(exc))
+
+
+def create(
+    conference_id: Annotated[str, typer.Argument(help="A unique conference id (letters, digits, . _ ~ -).")],
+    member: Annotated[list[str], typer.Option("--member", "-m", help="A member's name (repeat; you are added).")],
+    start: Annotated[str, typer.Option("--from", help="Start: now, +30m, ISO 8601.")] = "now",
+    end: Annotated[str, typer.Option("--to", help="End: +2h, +1d, ISO 8601.")] = "+1d",
+    accept_new: Annotated[
+        bool, typer.Option("--accept-new", help="Accept members' certificates not seen before (prints them).")
+    ] = False,
+    home: Annotated[Path | None, _HOME] = None,
+    passphrase_file: Annotated[Path | None, _PASSFILE] = None,
+) -> None:
+    """Create a conference among you and the given members during a time frame (signed by you)."""
+    from .session import AppError
+
+    t0, t1 = parse_time(start), parse_time(end)
+    if t1 <= t0:
+        raise fail("the conference must end after it starts (--to after --from)")
+
+    async def go():
+        async with await _open(home, passphrase_file) as app:
+            if accept_new:
+                for c in await app.unaccepted_participants(member):
+                    await app.accept(c.name, c.fingerprint)
+                    typer.echo(f"accepted {c.identity} {c.fingerprint}")
+            return await app.create(conference_id, member, t0, t1)
+
+    try:
+        view = asyncio.run(go())
+    except AppError as exc:
+        if exc.code == "untrusted":
+            raise _untrusted_hint(exc) from None
+        raise fail(str(exc)) from None
+    typer.echo(f"created {view.id}: {', '.join(view.members)}, from {_when(view.t0)} to {_when(view.t1)}")
+
+
+def _when(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def conferences(
+    home: Annotated[Path | None, _HOME] = None,
+    passphrase_file: Annotated[Path | None, _PASSFILE] = None,
+) -> None:
+    """List your conferences (verified records): id, time frame, members, creator, open now."""
+
+    async def go():
+        async with await _open(home, passphrase_file) as app:
+            return await app.conferences()
+
+    views = _run(go)
+    if not views:
+        typer.echo("no conferences")
+    for v in views:
+        state = "open now" if v.joinable_now else "closed now"
+        typer.echo(f"{v.id}  {_when(v.t0)} .. {_when(v.t1)}  {state}  by {v.creator}  members: {', '.join(v.members)}")
+
+
+# --------------------------------------------------------------------------- trust
+
+
+trust_app = typer.Typer(help="The member certificates you accepted.", no_args_is_help=True)
+
+
+@trust_app.callback()
+def _trust() -> None:
+    """The member certificates you accepted."""
+
+
+@trust_app.command("list")
+def trust_list(home: Annotated[Path | None, _HOME] = None) -> None:
+    """Show accepted identities and their certificate fingerprints."""
+    from secchat.directory import cli as directory_cli
+
+    from .profile import TRUST_FILE
+
+    directory_cli.trust_list(_home(home) / TRUST_FILE)
+
+
+@trust_app.command("accept")
+def trust_accept(
+    name: Annotated[str, typer.Argument(help="The participant's name.")],
+    fingerprint: Annotated[str, typer.Argument(help="Its certificate's SHA-256 fingerprint (>= 16 hex digits).")],
+    home: Annotated[Path | None, _HOME] = None,
+    passphrase_file: Annotated[Path | None, _PASSFILE] = None,
+) -> None:
+    """Accept NAME's certificate from the directory if it has this fingerprint."""
+
+    async def go():
+        async with await _open(home, passphrase_file) as app:
+            await app.accept(name, fingerprint)
+
+    _run(go)
+    typer.echo(f"accepted {name} {fingerprint}")
+
+
+@trust_app.command("revoke")
+def trust_revoke(
+    identity: Annotated[str, typer.Argument(help="name@issuer, as `secchat trust list` shows it.")],
+    home: Annotated[Path | None, _HOME] = None,
+) -> None:
+    """Forget an accepted certificate (you will be asked again next time)."""
+    from secchat.directory import cli as directory_cli
+
+    from .profile import TRUST_FILE
+
+    directory_cli.trust_revoke(identity, _home(home) / TRUST_FILE)
+
+
+# --------------------------------------------------------------------------- join
+
+
+def _line(event: Any, as_json: bool) -> str:
+    from .session import ChatMessage, KeyStatus, MemberStatus, Notice
+
+    if as_json:
+        if isinstance(event, ChatMessage):
+            return json.dumps({"event": "message", "sender": event.sender, "text": event.text, "state": event.state,
+                               "epoch": event.epoch, "sent_at": event.sent_at.isoformat()})
+        if isinstance(event, KeyStatus):
+            return json.dumps({"event": "key", "established": event.established, "epoch": event.epoch,
+                               "fingerprint": event.fingerprint, "contributors": list(event.contributors)})
+        if isinstance(event, MemberStatus):
+            return json.dumps({"event": "member", "name": event.name, "up": event.up})
+        return json.dumps({"event": "notice", "text": event.text})
+    if isinstance(event, ChatMessage):
+        when = event.sent_at.astimezone().strftime("%H:%M:%S")
+        return f"[{when}] {event.sender}: {event.text}  ({event.state})"
+    if isinstance(event, KeyStatus):
+        if event.established:
+            return (f"* key established (epoch {event.epoch}, fingerprint {event.fingerprint}, "
+                    f"contributors {', '.join(event.contributors)})")
+        return f"* waiting for the key of epoch {event.epoch} (a majority must join)"
+    if isinstance(event, MemberStatus):
+        return f"* {event.name} is {'live' if event.up else 'suspected'}"
+    if isinstance(event, Notice):
+        return f"* {event.text}"
+    return f"* {event!r}"
+
+
+async def _stdin_lines(queue: asyncio.Queue[str | None]) -> None:
+    """Feed stdin lines (None at EOF) from a pipe, a terminal or a file."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    except (ValueError, OSError):  # a regular file: read it whole
+        for line in sys.stdin.read().splitlines():
+            await queue.put(line)
+        await queue.put(None)
+        return
+    while True:
+        data = await reader.readline()
+        if not data:
+            await queue.put(None)
+            return
+        await queue.put(data.decode("utf-8", "replace").rstrip("\r\n"))
+
+
+def join(
+    conference_id: Annotated[str, typer.Argument(help="The conference to join.")],
+    send: Annotated[bool, typer.Option("--send", help="Multicast each line read from stdin.")] = False,
+    accept_new: Annotated[
+        bool, typer.Option("--accept-new", help="Accept members' certificates not seen before (prints them).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print events as JSON lines.")] = False,
+    show_history: Annotated[bool, typer.Option("--history", help="Print the locally kept messages first.")] = False,
+    home: Annotated[Path | None, _HOME] = None,
+    passphrase_file: Annotated[Path | None, _PASSFILE] = None,
+) -> None:
+    """Join a conference and stay until Ctrl-C or the end of stdin.
+
+    Prints when the key is established, each message (sender, time, state) and who is live or suspected.
+
+    Lines on stdin: text (with --send) is multicast; /rekey starts a new epoch with a fresh key; /leave saves the key state and leaves (joining again gives the same key); /quit leaves too.
+    """
+    from .session import AppError, MemberStatus
+
+    def out(text: str) -> None:
+        typer.echo(text)
+
+    async def go() -> None:
+        async with await _open(home, passphrase_file) as app:
+            try:
+                conf = await app.join(conference_id, accept_new=accept_new)
+            except AppError as exc:
+                if exc.code == "untrusted":
+                    raise _untrusted_hint(exc) from None
+                raise
+            if show_history:
+                for msg in conf.history():
+                    out(_line(msg, as_json))
+            if not as_json:
+                out(f"* joined {conf.id} as {conf.me}; members {', '.join(conf.members)}; "
+                    f"the key needs {len(conf.members) // 2 + 1} of {len(conf.members)}")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, stop.set)
+
+            async def printer() -> None:
+                seen: set[str] = set()
+                async for event in conf.events():
+                    if isinstance(event, MemberStatus) and not as_json:
+                        if not event.up and event.name not in seen:
+                            continue  # not here yet: say nothing until it was live once
+                        seen.add(event.name)
+                    out(_line(event, as_json))
+                stop.set()
+
+            async def commands() -> None:
+                lines: asyncio.Queue[str | None] = asyncio.Queue(64)
+                feeder = asyncio.create_task(_stdin_lines(lines))
+                try:
+                    while True:
+                        line = await lines.get()
+                        if line is None:
+                            break
+                        if line.strip() in ("/leave", "/quit"):
+                            break
+                        if line.strip() == "/rekey":
+                            await conf.rekey()
+                        elif not line.strip():
+                            continue
+                        elif send:
+                            try:
+                                await conf.send(line)
+                            except AppError as exc:
+                                out(_line_notice(str(exc), as_json))
+                        else:
+                            out(_line_notice("not sending: start with --send to multicast stdin", as_json))
+                finally:
+                    feeder.cancel()
+                await conf.leave()
+
+            tasks = [asyncio.create_task(printer()), asyncio.create_task(commands())]
+            await stop.wait()
+            tasks[1].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tasks[1]
+            await conf.leave()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(tasks[0], 2)
+
+    _run(go)
+
+
+def _line_notice(text: str, as_json: bool) -> str:
+    from .session import Notice
+
+    return _line(Notice(text), as_json)
+
+
+def register_commands(app: typer.Typer) -> None:
+    """Add these commands to the root ``secchat`` app."""
+    app.command("init")(init)
+    app.command("register")(register)
+    app.command("participants")(participants)
+    app.command("create")(create)
+    app.command("conferences")(conferences)
+    app.command("join")(join)
+    app.add_typer(trust_app, name="trust")
