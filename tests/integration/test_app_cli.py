@@ -1,0 +1,245 @@
+"""End to end: three members' ``secchat`` command lines as separate OS processes, a real directory.
+
+init, register, create, join (a bare majority), send, receive, a late join that catches up,
+leave and rejoin with the same key, re-key to a new key; then every user-facing error path and
+its message.  No fixed ports (the directory gets a socket the OS chose; members listen on port
+0 and publish it), every wait bounded and polling for readiness.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.directory_support import SRC, ServerProcess
+
+PASSPHRASE = "member passphrase"
+CA_PASSPHRASE = "ca passphrase"
+TIMEOUT = 30.0
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "SECCHAT_PASSPHRASE": PASSPHRASE, "SECCHAT_CA_PASSPHRASE": CA_PASSPHRASE, **extra}
+    env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("SECCHAT_HOME", None)
+    env.pop("SECCHAT_DIRECTORY", None)
+    return env
+
+
+CMD = [sys.executable, "-c", "from secchat.app.cli import main; main()"]
+
+
+def secchat(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*CMD, *args], env=env or _env(), capture_output=True, text=True, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"secchat {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+class Member:
+    """``secchat join ID --send --json`` running; its event lines collected by a thread."""
+
+    def __init__(self, home: Path, conference: str, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [*CMD, "join", conference, "--send", "--json", "--home", str(home), *extra],
+            env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.events: list[dict] = []
+        self._lines: queue.Queue[dict] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.events.append(json.loads(line))
+            except json.JSONDecodeError:
+                self.events.append({"event": "raw", "text": line})
+
+    def say(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def wait(self, predicate, what: str, timeout: float = TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for ev in list(self.events):
+                if predicate(ev):
+                    return ev
+            if self.proc.poll() is not None and not self._thread.is_alive():
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"{what}: not seen; events {self.events[-20:]}; stderr {self.stderr_tail()}")
+
+    def key(self, epoch: int) -> str:
+        ev = self.wait(lambda e: e["event"] == "key" and e["established"] and e["epoch"] == epoch, f"key of epoch {epoch}")
+        return ev["fingerprint"]
+
+    def received(self, text: str) -> dict:
+        return self.wait(lambda e: e["event"] == "message" and e["text"] == text and e["state"] == "delivered",
+                         f"message {text!r}")
+
+    def stderr_tail(self) -> str:
+        if self.proc.poll() is None:
+            return "(running)"
+        return (self.proc.stderr.read() if self.proc.stderr else "")[-2000:]
+
+    def close(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._thread.join(5)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app-cli")
+    secchat("ca", "init", "--dir", str(root / "ca"))
+    server = ServerProcess(root / "ca" / "ca.pem", f"sqlite:///{root / 'directory.sqlite3'}").start()
+    homes = {}
+    for name in ("alice", "bob", "carol"):
+        home = root / name
+        secchat("init", name, "--ca-dir", str(root / "ca"), "--directory", server.url, "--home", str(home))
+        out = secchat("register", "--home", str(home)).stdout
+        assert f"registered {name}@" in out
+        homes[name] = home
+    try:
+        yield root, server, homes
+    finally:
+        server.close()
+
+
+def test_three_member_processes_chat_rejoin_and_rekey(world):
+    _root, _server, homes = world
+    out = secchat("participants", "--home", str(homes["alice"])).stdout
+    assert all(name in out for name in ("alice", "bob", "carol"))
+    out = secchat("create", "room", "-m", "bob", "-m", "carol", "--from", "now", "--to", "+1h", "--accept-new",
+                  "--home", str(homes["alice"])).stdout
+    assert "created room: alice, bob, carol" in out
+    assert "room" in secchat("conferences", "--home", str(homes["carol"])).stdout
+
+    members: list[Member] = []
+    try:
+        # a bare majority: alice and bob
+        alice = Member(homes["alice"], "room")
+        bob = Member(homes["bob"], "room", "--accept-new")
+        members += [alice, bob]
+        fp0 = alice.key(0)
+        assert bob.key(0) == fp0
+        alice.say("hello from alice")
+        bob.received("hello from alice")
+
+        # carol starts late and catches up: same key, the earlier message too
+        carol = Member(homes["carol"], "room", "--accept-new")
+        members.append(carol)
+        assert carol.key(0) == fp0
+        carol.received("hello from alice")
+        carol.say("hi, carol here")
+        alice.received("hi, carol here")
+        bob.received("hi, carol here")
+
+        # bob leaves and rejoins (a new process): the same key, messages from then on
+        bob.say("/leave")
+        assert bob.close() == 0
+        alice.say("while bob is away")
+        carol.received("while bob is away")
+        bob = Member(homes["bob"], "room")
+        members.append(bob)
+        assert bob.key(0) == fp0
+        alice.say("welcome back bob")
+        bob.received("welcome back bob")
+
+        # re-key: everyone follows to epoch 1 under a new key
+        alice.say("/rekey")
+        fp1 = alice.key(1)
+        assert fp1 != fp0
+        assert bob.key(1) == fp1 and carol.key(1) == fp1
+        bob.say("in the new epoch")
+        alice.received("in the new epoch")
+        carol.received("in the new epoch")
+        assert any(e["event"] == "notice" and "epoch 0 erased" in e["text"] for e in carol.events)
+    finally:
+        codes = [m.close() for m in members]
+    assert all(code == 0 for code in codes), codes
+
+    # the history is kept (encrypted) and shown after a restart
+    out = subprocess.run([*CMD, "join", "room", "--history", "--json", "--home", str(homes["carol"])],
+                         env=_env(), input="", capture_output=True, text=True, timeout=60)
+    texts = [json.loads(line).get("text") for line in out.stdout.splitlines()]
+    assert "hello from alice" in texts and "in the new epoch" in texts
+
+
+# --------------------------------------------------------------------------- error paths
+
+
+def _error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    return proc.stderr
+
+
+def test_error_paths_say_one_clear_sentence(world):
+    root, _server, homes = world
+    alice, bob, carol = (str(homes[n]) for n in ("alice", "bob", "carol"))
+
+    # wrong passphrase
+    err = _error(secchat("conferences", "--home", alice, env=_env(SECCHAT_PASSPHRASE="not it"), check=False))
+    assert "wrong passphrase" in err
+
+    # unknown conference
+    err = _error(secchat("join", "no-such-room", "--home", alice, check=False))
+    assert "there is no conference 'no-such-room'" in err
+
+    # outside the time frame, not a member, certificate not trusted
+    secchat("create", "later", "-m", "bob", "--from", "+1h", "--to", "+2h", "--accept-new", "--home", alice)
+    err = _error(secchat("join", "later", "--home", alice, check=False))
+    assert "conference 'later' is only open from" in err
+    secchat("create", "pair", "-m", "bob", "--accept-new", "--home", alice)
+    err = _error(secchat("join", "pair", "--home", carol, check=False))
+    assert "you (carol) are not a member of conference 'pair'" in err
+    secchat("trust", "revoke", "alice@SecChat CA", "--home", bob, check=False)
+    err = _error(secchat("join", "pair", "--home", bob, check=False))
+    assert "certificates you have not accepted yet" in err and "alice@SecChat CA" in err
+    fingerprint = err.split("alice@SecChat CA ")[1].split()[0].strip(";")
+    assert len(fingerprint) == 64
+
+    # accepting with a wrong fingerprint is refused; the right one works
+    err = _error(secchat("trust", "accept", "alice", "00" * 32, "--home", bob, check=False))
+    assert "has fingerprint" in err
+    assert "accepted alice" in secchat("trust", "accept", "alice", fingerprint, "--home", bob).stdout
+    assert "alice@SecChat CA" in secchat("trust", "list", "--home", bob).stdout
+
+    # no profile
+    err = _error(secchat("conferences", "--home", str(root / "nobody"), check=False))
+    assert "run `secchat init` first" in err
+
+    # directory down: a profile pointing at a port nobody listens on
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = root / "down"
+    secchat("init", "dave", "--ca-dir", str(root / "ca"), "--directory", f"http://127.0.0.1:{port}", "--home", str(down))
+    err = _error(secchat("conferences", "--home", str(down), check=False))
+    assert "is unreachable" in err
+    err = _error(secchat("register", "--home", str(down), check=False))
+    assert "unreachable" in err
