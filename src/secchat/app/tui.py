@@ -1,0 +1,637 @@
+"""``secchat chat``: the terminal chat UI (Textual) over the application core.
+
+Why this shape: the thesis's GUI (§4.2) lists conferences, joins them, asks the user to accept
+certificates it has not seen before, and then chats.  Everything that talks to the network lives
+in :mod:`secchat.app.session` (:class:`~secchat.app.session.ChatApp` and its
+:class:`~secchat.app.session.Conference`); this module only shows it.  The split is:
+
+* :class:`ConferenceModel` -- plain state of one open conference (who is up, the key, the messages
+  in order), folded from the conference's events.  No widgets, no I/O: testable on its own.
+* Widgets render a model and turn key presses into calls on the core.  Every call on the core runs
+  in a Textual worker; each conference's event stream is consumed by a worker that posts
+  :class:`ConferencePane.Update` messages back to its pane.  Widgets hold no protocol logic.
+* Every failure becomes a notification with one sentence (``str(AppError)``), never a traceback.
+
+Layout: one tab "Conferences" (a table: id, time frame, members, creator, joinable?) and one tab
+per joined conference (members up/down, key status, messages with sender/time/state, an input
+line; ``/rekey``, ``/leave``, ``/help``).  Several conferences can be open at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import (
+    Button,
+    DataTable,
+    Footer,
+    Header,
+    Input,
+    Label,
+    Static,
+    TabbedContent,
+    TabPane,
+)
+
+from secchat.app.session import (
+    AppError,
+    ChatApp,
+    ChatMessage,
+    Conference,
+    ConferenceView,
+    KeyStatus,
+    MemberStatus,
+    Notice,
+    UnacceptedCertificate,
+)
+
+__all__ = [
+    "ConferenceModel",
+    "ConferencePane",
+    "SecChatApp",
+    "TrustScreen",
+    "run_chat",
+]
+
+log = logging.getLogger(__name__)
+
+#: How often the conference list is fetched again (``joinable_now`` changes with the clock).
+LIST_REFRESH_SECONDS = 30.0
+#: At most this many rounds of "accept the unseen certificates, then join again".
+MAX_TRUST_ROUNDS = 3
+
+STATE_MARK = {"sending": ("…", "yellow"), "sent": ("✓", "cyan"), "delivered": ("✓✓", "green")}
+CHAT_CSS = """
+#list-hint {
+    color: $text-muted;
+    padding: 0 1;
+}
+
+#conferences {
+    height: 1fr;
+}
+
+ConferencePane {
+    layout: vertical;
+}
+
+ConferencePane .members, ConferencePane .key {
+    padding: 0 1;
+    background: $boost;
+}
+
+ConferencePane .messages {
+    height: 1fr;
+    border: round $primary-background;
+    padding: 0 1;
+}
+
+ConferencePane .message, ConferencePane .notice {
+    height: auto;
+}
+
+TrustScreen {
+    align: center middle;
+}
+
+#trust-dialog {
+    width: 96%;
+    max-width: 120;
+    height: auto;
+    max-height: 90%;
+    border: thick $warning;
+    background: $surface;
+    padding: 1 2;
+}
+
+#trust-question {
+    margin-bottom: 1;
+}
+
+#trust-certificates {
+    height: auto;
+    max-height: 12;
+}
+
+#trust-buttons {
+    height: auto;
+    margin-top: 1;
+    align-horizontal: right;
+}
+
+#trust-buttons Button {
+    margin-left: 2;
+}
+"""
+
+HELP_TEXT = "Enter sends the line to the conference. Commands: /rekey (new key epoch), /leave, /help."
+
+
+# --------------------------------------------------------------------------- models (no widgets)
+
+
+def message_key(message: ChatMessage) -> tuple[Any, ...]:
+    """What identifies one message across its state updates (sending -> sent).
+
+    Not ``local_id``: a message of ours read back from the local history has none, and the
+    same message can reach a newly opened pane both from the history and from the event stream.
+    """
+    return (message.sender, message.sent_at, message.text)
+
+
+def majority(n: int) -> int:
+    return n // 2 + 1
+
+
+@dataclass
+class ConferenceModel:
+    """What the UI knows about one open conference, folded from its events."""
+
+    id: str
+    me: str
+    members: tuple[str, ...]
+    up: dict[str, bool] = field(default_factory=dict)
+    key: KeyStatus | None = None
+    #: message key -> message, in order of first appearance (dicts keep insertion order)
+    messages: dict[tuple[Any, ...], ChatMessage] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.up.setdefault(self.me, True)
+
+    def apply(self, event: object) -> str | tuple[str, Any] | None:
+        """Fold ``event`` in; returns what changed: "members", "key", ("message", key),
+        ("notice", text), or None for an event this UI does not show."""
+        if isinstance(event, MemberStatus):
+            self.up[event.name] = event.up
+            return "members"
+        if isinstance(event, KeyStatus):
+            self.key = event
+            return "key"
+        if isinstance(event, ChatMessage):
+            key = message_key(event)
+            self.messages[key] = event
+            return ("message", key)
+        if isinstance(event, Notice):
+            self.notices.append(event.text)
+            return ("notice", event.text)
+        return None
+
+    def members_text(self) -> Text:
+        text = Text("Members: ", style="bold")
+        for i, name in enumerate(self.members):
+            if i:
+                text.append("  ")
+            state = self.up.get(name)
+            if state is None:
+                text.append("? ", style="dim")
+            elif state:
+                text.append("● ", style="green")
+            else:
+                text.append("○ ", style="red")
+            text.append(name + (" (you)" if name == self.me else ""), style="bold" if name == self.me else "")
+        live = sum(1 for name in self.members if self.up.get(name))
+        text.append(f"   {live} of {len(self.members)} up", style="dim")
+        return text
+
+    def key_text(self) -> Text:
+        n = len(self.members)
+        key = self.key
+        if key is None or not key.established:
+            epoch = "" if key is None or not key.epoch else f" (epoch {key.epoch})"
+            return Text.assemble(
+                ("Key: ", "bold"),
+                (f"not established yet{epoch}", "yellow"),
+                f" -- needs a majority, {majority(n)} of {n} members, to join",
+            )
+        contributors = tuple(key.contributors)
+        fp = key.fingerprint or "?"
+        return Text.assemble(
+            ("Key: ", "bold"),
+            ("established", "bold green"),
+            f" (epoch {key.epoch}, fingerprint {fp})",
+            f" by {len(contributors)} of {n}: " if contributors else "",
+            ", ".join(contributors),
+        )
+
+
+def message_text(message: ChatMessage, me: str) -> Text:
+    mark, colour = STATE_MARK.get(message.state, (message.state, "white"))
+    when = message.sent_at.astimezone().strftime("%H:%M:%S") if message.sent_at.tzinfo else (
+        message.sent_at.strftime("%H:%M:%S"))
+    text = Text()
+    text.append(f"{when} ", style="dim")
+    text.append(message.sender, style="bold cyan" if message.sender == me else "bold magenta")
+    text.append(": ")
+    text.append(message.text)
+    text.append(f"  {mark} {message.state}", style=colour)
+    return text
+
+
+def time_frame_text(t0: datetime, t1: datetime) -> str:
+    def fmt(t: datetime) -> str:
+        return (t.astimezone(UTC) if t.tzinfo else t).strftime("%Y-%m-%d %H:%M")
+
+    return f"{fmt(t0)} – {fmt(t1)} UTC"
+
+
+def conference_status(view: ConferenceView, joined: bool, now: datetime | None = None) -> Text:
+    if joined:
+        return Text("joined", style="bold green")
+    if view.joinable_now:
+        return Text("joinable", style="green")
+    now = now or datetime.now(UTC)
+    t0 = view.t0 if view.t0.tzinfo else view.t0.replace(tzinfo=UTC)
+    t1 = view.t1 if view.t1.tzinfo else view.t1.replace(tzinfo=UTC)
+    if now < t0:
+        return Text("not yet open", style="yellow")
+    if now >= t1:
+        return Text("over", style="dim")
+    return Text("not joinable", style="red")
+
+
+# --------------------------------------------------------------------------- widgets
+
+
+class TrustScreen(ModalScreen[bool]):
+    """Ask whether to accept certificates not seen before (thesis §4.2); dismisses True/False."""
+
+    BINDINGS: ClassVar = [
+        Binding("escape", "refuse", "Refuse"),
+        Binding("a", "accept", "Accept"),
+        Binding("r", "refuse", "Refuse", show=False),
+    ]
+
+    def __init__(self, conference_id: str, certificates: Iterable[UnacceptedCertificate]) -> None:
+        super().__init__()
+        self.conference_id = conference_id
+        self.certificates = tuple(certificates)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="trust-dialog"):
+            yield Label(
+                Text.assemble(
+                    "Joining ", (self.conference_id, "bold"),
+                    " needs member certificates you have not accepted before.\n"
+                    "Compare each fingerprint with its owner before you accept.",
+                ),
+                id="trust-question",
+            )
+            table: DataTable[str] = DataTable(id="trust-certificates", cursor_type="none")
+            table.add_columns("Identity (name@issuer)", "Certificate fingerprint (SHA-256)")
+            for cert in self.certificates:
+                table.add_row(Text(cert.identity), Text(cert.fingerprint))
+            yield table
+            with Horizontal(id="trust-buttons"):
+                yield Button("Accept", id="accept", variant="success")
+                yield Button("Refuse", id="refuse", variant="error")
+
+    def on_mount(self) -> None:
+        self.query_one("#refuse", Button).focus()  # the safe default
+
+    @on(Button.Pressed, "#accept")
+    def action_accept(self) -> None:
+        self.dismiss(True)
+
+    @on(Button.Pressed, "#refuse")
+    def action_refuse(self) -> None:
+        self.dismiss(False)
+
+
+class MessageLine(Static):
+    """One message; re-rendered when its state changes."""
+
+    def __init__(self, message: ChatMessage, me: str) -> None:
+        super().__init__(message_text(message, me), classes="message")
+        self.message = message
+        self.me = me
+
+    def show(self, message: ChatMessage) -> None:
+        self.message = message
+        self.update(message_text(message, self.me))
+
+
+class ConferencePane(TabPane):
+    """One open conference: members, key status, messages and an input line."""
+
+    class Update(Message):
+        """An event of the conference's stream (posted by the pump worker)."""
+
+        def __init__(self, event: object) -> None:
+            super().__init__()
+            self.event = event
+
+    class Ended(Message):
+        """The conference's event stream ended (left or closed)."""
+
+        def __init__(self, pane: ConferencePane, error: str | None) -> None:
+            super().__init__()
+            self.pane = pane
+            self.error = error
+
+    def __init__(self, conference: Conference) -> None:
+        super().__init__(conference.id, id=pane_id(conference.id))
+        self.conference = conference
+        self.model = ConferenceModel(conference.id, conference.me, tuple(conference.members))
+        self._lines: dict[tuple[Any, ...], MessageLine] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.model.members_text(), classes="members")
+        yield Static(self.model.key_text(), classes="key")
+        yield VerticalScroll(classes="messages")
+        yield Input(placeholder=f"Message to {self.conference.id} -- /help for commands", classes="say")
+
+    def on_mount(self) -> None:
+        try:
+            history = list(self.conference.history())
+        except Exception as exc:  # history is a nicety: show the conference anyway
+            log.exception("history of %s", self.conference.id)
+            self.app.notify(f"Could not load the history of {self.conference.id}: {exc}",
+                            severity="warning", markup=False)
+            history = []
+        for message in history:
+            self._show(self.model.apply(message))
+        self._pump()
+
+    @work(exclusive=True, group="events")
+    async def _pump(self) -> None:
+        """Consume the conference's events and post them to this pane."""
+        error = None
+        try:
+            async for event in self.conference.events():
+                self.post_message(self.Update(event))
+        except asyncio.CancelledError:
+            raise
+        except AppError as exc:
+            error = str(exc)
+        except Exception as exc:
+            log.exception("event stream of %s", self.conference.id)
+            error = f"The connection to conference {self.conference.id} failed: {exc}"
+        self.post_message(self.Ended(self, error))
+
+    def on_conference_pane_update(self, message: ConferencePane.Update) -> None:
+        message.stop()
+        self._show(self.model.apply(message.event))
+
+    def _show(self, change: str | tuple[str, Any] | None) -> None:
+        if change == "members":
+            self.query_one(".members", Static).update(self.model.members_text())
+        elif change == "key":
+            self.query_one(".key", Static).update(self.model.key_text())
+        elif isinstance(change, tuple) and change[0] == "message":
+            key = change[1]
+            line = self._lines.get(key)
+            if line is not None:
+                line.show(self.model.messages[key])
+            else:
+                line = MessageLine(self.model.messages[key], self.model.me)
+                self._lines[key] = line
+                self._log.mount(line)
+                self._log.scroll_end(animate=False)
+        elif isinstance(change, tuple) and change[0] == "notice":
+            self._log.mount(Static(Text(change[1], style="italic dim"), classes="notice"))
+            self._log.scroll_end(animate=False)
+
+    @property
+    def _log(self) -> VerticalScroll:
+        return self.query_one(".messages", VerticalScroll)
+
+    @on(Input.Submitted, ".say")
+    def _submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        line = event.value.strip()
+        event.input.clear()
+        if not line:
+            return
+        if line.startswith("/"):
+            command = line.split()[0].lower()
+            if command == "/rekey":
+                self._call(self.conference.rekey, "Re-keying")
+            elif command == "/leave":
+                self._leave()
+            elif command == "/help":
+                self.app.notify(HELP_TEXT, title="Commands")
+            else:
+                self.app.notify(f"Unknown command {command}; try /help.", severity="warning", markup=False)
+            return
+        self._call(lambda: self.conference.send(line), "Sending")
+
+    @work(group="calls")
+    async def _call(self, call: Callable[[], Awaitable[None]], what: str) -> None:
+        await guarded(self.app, call, what)
+
+    @work(group="calls")
+    async def _leave(self) -> None:
+        if await guarded(self.app, self.conference.leave, "Leaving"):
+            self.app.notify(f"You left {self.conference.id}.", markup=False)
+            self.post_message(self.Ended(self, None))
+
+
+def pane_id(conference_id: str) -> str:
+    """A widget id for a conference id (ids allow only letters, digits, '-' and '_')."""
+    return "conf-" + "".join(c if c.isalnum() or c in "-_" else f"_{ord(c):x}_" for c in conference_id)
+
+
+async def guarded(app: App[Any], call: Callable[[], Awaitable[Any]], what: str) -> bool:
+    """Await ``call()``; on failure notify one sentence and return False."""
+    try:
+        await call()
+    except AppError as exc:
+        app.notify(str(exc), severity="error", markup=False)
+        return False
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.exception("%s failed", what)
+        app.notify(f"{what} failed: {exc}", severity="error", markup=False)
+        return False
+    return True
+
+
+class SecChatApp(App[None]):
+    """The chat UI over a :class:`~secchat.app.session.ChatApp` (injected, so tests can fake it)."""
+
+    TITLE = "SecChat"
+    CSS = CHAT_CSS
+    BINDINGS: ClassVar = [
+        Binding("ctrl+r", "refresh", "Refresh list"),
+        Binding("ctrl+o", "show_list", "Conferences"),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(self, chat_app: ChatApp, *, refresh_every: float | None = LIST_REFRESH_SECONDS) -> None:
+        super().__init__()
+        self.chat = chat_app
+        self.refresh_every = refresh_every
+        self.views: dict[str, ConferenceView] = {}
+        self._joining: set[str] = set()
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with TabbedContent(id="tabs"), TabPane("Conferences", id="list-pane"):
+            yield Static("Your conferences -- Enter joins the selected one.", id="list-hint")
+            yield DataTable(id="conferences", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.chat.name
+        table = self.query_one("#conferences", DataTable)
+        table.add_column("Conference", key="id")
+        table.add_column("Time frame", key="frame")
+        table.add_column("Members", key="members")
+        table.add_column("Creator", key="creator")
+        table.add_column("Status", key="status")
+        table.focus()
+        self.action_refresh()
+        if self.refresh_every:
+            self.set_interval(self.refresh_every, self.action_refresh)
+
+    # ---- the conference list
+
+    def action_refresh(self) -> None:
+        self._load_conferences()
+
+    def action_show_list(self) -> None:
+        self.query_one("#tabs", TabbedContent).active = "list-pane"
+        self.query_one("#conferences", DataTable).focus()
+
+    @work(exclusive=True, group="list")
+    async def _load_conferences(self) -> None:
+        try:
+            views = await self.chat.conferences()
+        except asyncio.CancelledError:
+            raise
+        except AppError as exc:
+            self.notify(str(exc), severity="error", markup=False)
+            return
+        except Exception as exc:
+            log.exception("listing conferences")
+            self.notify(f"Could not list the conferences: {exc}", severity="error", markup=False)
+            return
+        self.views = {view.id: view for view in views}
+        self._render_list()
+
+    def _render_list(self) -> None:
+        table = self.query_one("#conferences", DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        for view in sorted(self.views.values(), key=lambda v: (v.t0, v.id)):
+            table.add_row(
+                Text(view.id, style="bold"),
+                time_frame_text(view.t0, view.t1),
+                Text(", ".join(view.members)),
+                Text(view.creator),
+                conference_status(view, self.is_open(view.id)),
+                key=view.id,
+            )
+        if table.row_count:
+            table.move_cursor(row=min(cursor, table.row_count - 1))
+
+    def is_open(self, conference_id: str) -> bool:
+        return bool(self.query(f"#{pane_id(conference_id)}"))
+
+    @on(DataTable.RowSelected, "#conferences")
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value is not None:
+            self.open_conference(event.row_key.value)
+
+    # ---- joining
+
+    def open_conference(self, conference_id: str) -> None:
+        """Switch to the conference's tab, joining it first if needed."""
+        if self.is_open(conference_id):
+            self._activate(conference_id)
+            return
+        if conference_id in self._joining:
+            return
+        self._joining.add(conference_id)
+        self._join(conference_id)
+
+    @work(group="join")
+    async def _join(self, conference_id: str) -> None:
+        try:
+            conference = await self._join_trusting(conference_id)
+        finally:
+            self._joining.discard(conference_id)
+        if conference is None:
+            return
+        pane = ConferencePane(conference)
+        await self.query_one("#tabs", TabbedContent).add_pane(pane)
+        self._activate(conference_id)
+        self._render_list()
+
+    async def _join_trusting(self, conference_id: str) -> Conference | None:
+        """Join; when certificates were not seen before, ask the user, accept them, try again."""
+        for _ in range(MAX_TRUST_ROUNDS):
+            try:
+                return await self.chat.join(conference_id)
+            except asyncio.CancelledError:
+                raise
+            except AppError as exc:
+                certificates = exc.certificates if exc.code == "untrusted" else ()
+                if not certificates:
+                    self.notify(str(exc), severity="error", markup=False)
+                    return None
+            except Exception as exc:
+                log.exception("joining %s", conference_id)
+                self.notify(f"Could not join {conference_id}: {exc}", severity="error", markup=False)
+                return None
+            if not await self.push_screen_wait(TrustScreen(conference_id, certificates)):
+                self.notify(f"Not joining {conference_id}: you refused a member certificate.",
+                            severity="warning", markup=False)
+                return None
+            for cert in certificates:
+                if not await guarded(self, lambda c=cert: self.chat.accept(c.name, c.fingerprint),
+                                     f"Accepting {cert.name}'s certificate"):
+                    return None
+        self.notify(f"Could not join {conference_id}: its certificates keep changing.",
+                    severity="error", markup=False)
+        return None
+
+    def _activate(self, conference_id: str) -> None:
+        self.query_one("#tabs", TabbedContent).active = pane_id(conference_id)
+        self.query_one(f"#{pane_id(conference_id)}", ConferencePane).query_one(Input).focus()
+
+    async def on_conference_pane_ended(self, message: ConferencePane.Ended) -> None:
+        pane = message.pane
+        if message.error:
+            self.notify(message.error, severity="error", markup=False)
+        if pane.is_attached and pane.id is not None:
+            await self.query_one("#tabs", TabbedContent).remove_pane(pane.id)
+            self.action_show_list()
+        self._render_list()
+
+    def panes(self) -> list[ConferencePane]:
+        return list(self.query(ConferencePane))
+
+
+def run_chat(home: Path | None = None, passphrase: str | None = None) -> int:
+    """Open the user's :class:`ChatApp` and run the UI; returns an exit status."""
+    import sys
+
+    async def main() -> int:
+        try:
+            chat = await ChatApp.open(home, passphrase)
+        except AppError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            return 1
+        try:
+            await SecChatApp(chat).run_async()
+        finally:
+            await chat.aclose()
+        return 0
+
+    return asyncio.run(main())

@@ -1,0 +1,398 @@
+"""The chat UI (``secchat chat``), driven by Textual's pilot.
+
+First against a small fake of the application core (same API as :mod:`secchat.app.session`),
+then -- the acceptance test -- several members' UIs over real links: real TLS, a real directory
+server process, a local CA under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from secchat.app.session import (
+    AppError,
+    ChatApp,
+    ChatMessage,
+    ConferenceView,
+    KeyStatus,
+    MemberStatus,
+    Notice,
+    UnacceptedCertificate,
+)
+from secchat.app.tui import ConferencePane, MessageLine, SecChatApp, TrustScreen
+from tests.app_support import PASSPHRASE, make_ca, make_profile, start_directory
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+SIZE = (110, 32)
+
+
+# --------------------------------------------------------------------------- the fake core
+
+
+def app_error(code: str, message: str, **details: object) -> AppError:
+    return AppError(message, code, **details)
+
+
+class FakeConference:
+    def __init__(self, id: str, me: str, members: tuple[str, ...]) -> None:
+        self.id, self.me, self.members, self.epoch = id, me, members, 0
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.sent: list[str] = []
+        self.rekeys = 0
+        self.left = False
+        self.past: list[ChatMessage] = []
+
+    def events(self) -> AsyncIterator[object]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[object]:
+        while True:
+            event = await self.queue.get()
+            if event is None:
+                return
+            yield event
+
+    def emit(self, *events: object) -> None:
+        for event in events:
+            self.queue.put_nowait(event)
+
+    async def send(self, text: str) -> None:
+        if text == "too early":
+            raise app_error("no_key", "The conference key is not established yet.")
+        self.sent.append(text)
+        self.emit(ChatMessage(self.me, datetime(2026, 1, 1, 12, 0, len(self.sent), tzinfo=UTC), text, "sending", self.epoch))
+
+    async def rekey(self) -> None:
+        self.rekeys += 1
+
+    async def leave(self) -> None:
+        self.left = True
+        self.emit(None)
+
+    def history(self) -> list[ChatMessage]:
+        return list(self.past)
+
+
+class FakeChatApp:
+    """Conferences ``room`` (ann, ben, cy; ben and cy unseen), ``side`` (ann, ben), ``later``."""
+
+    name = "ann"
+
+    def __init__(self) -> None:
+        now = datetime.now(UTC)
+        hour = timedelta(hours=1)
+        self.views = [
+            ConferenceView("room", now - hour, now + hour, ("ann", "ben", "cy"), "ben", True),
+            ConferenceView("side", now - hour, now + hour, ("ann", "ben"), "ann", True),
+            ConferenceView("later", now + hour, now + 2 * hour, ("ann", "cy"), "cy", False),
+        ]
+        self.fingerprints = {"ben": "ab" * 32, "cy": "cd" * 32}
+        self.accepted: list[tuple[str, str]] = []
+        self.joined: dict[str, FakeConference] = {}
+        self.closed = False
+
+    async def participants(self) -> list[str]:
+        return ["ann", "ben", "cy"]
+
+    async def conferences(self) -> list[ConferenceView]:
+        return list(self.views)
+
+    async def accept(self, name: str, fingerprint: str) -> None:
+        self.accepted.append((name, fingerprint))
+
+    async def join(self, conference_id: str) -> FakeConference:
+        view = next((v for v in self.views if v.id == conference_id), None)
+        if view is None:
+            raise app_error("unknown", f"There is no conference {conference_id!r}.")
+        if not view.joinable_now:
+            raise app_error("time_frame", f"Conference {conference_id!r} is not open now.")
+        unseen = [UnacceptedCertificate(n, f"{n}@Test CA", self.fingerprints[n]) for n in view.members
+                  if n != self.name and (n, self.fingerprints[n]) not in self.accepted]
+        if unseen:
+            raise app_error("untrusted", "Some member certificates were not accepted yet.", certificates=unseen)
+        conference = FakeConference(conference_id, self.name, view.members)
+        self.joined[conference_id] = conference
+        return conference
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class RecordingApp(SecChatApp):
+    """The UI, recording its notifications for the assertions."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.notes: list[tuple[str, str]] = []
+
+    def notify(self, message: str, *, severity: str = "information", **kwargs: object) -> None:
+        self.notes.append((severity, message))
+        super().notify(message, severity=severity, **kwargs)
+
+
+async def until(pilot, predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
+    """Let the UI run until ``predicate()`` holds (bounded)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await pilot.pause(0.02)
+    assert predicate(), what
+
+
+def text_of(widget) -> str:
+    return str(widget.content)
+
+
+def pane(app: SecChatApp, conference_id: str) -> ConferencePane:
+    return next(p for p in app.panes() if p.conference.id == conference_id)
+
+
+async def select_row(pilot, app: SecChatApp, conference_id: str) -> None:
+    table = app.query_one("#conferences")
+    await until(pilot, lambda: table.row_count > 0, what="the conference list loads")
+    table.focus()
+    table.move_cursor(row=table.get_row_index(conference_id))
+    await pilot.press("enter")
+
+
+async def join_accepting(pilot, app: SecChatApp, conference_id: str) -> ConferencePane:
+    await select_row(pilot, app, conference_id)
+    await until(pilot, lambda: isinstance(app.screen, TrustScreen) or app.panes(), what="join answers")
+    if isinstance(app.screen, TrustScreen):
+        await pilot.press("a")
+    await until(pilot, lambda: any(p.conference.id == conference_id for p in app.panes()), what="pane opens")
+    return pane(app, conference_id)
+
+
+async def type_line(pilot, text: str) -> None:
+    await pilot.press(*[{" ": "space", "/": "slash"}.get(c, c) for c in text], "enter")
+
+
+# --------------------------------------------------------------------------- with the fake core
+
+
+def test_list_shows_time_frames_members_and_refuses_outside_the_time_frame():
+    fake = FakeChatApp()
+
+    async def main():
+        app = RecordingApp(fake, refresh_every=None)
+        async with app.run_test(size=SIZE) as pilot:
+            table = app.query_one("#conferences")
+            await until(pilot, lambda: table.row_count == 3)
+            rows = {str(table.get_row(key)[0]): [str(c) for c in table.get_row(key)] for key in ("room", "side", "later")}
+            assert rows["room"][2] == "ann, ben, cy" and rows["room"][3] == "ben"
+            assert rows["room"][4] == "joinable" and rows["later"][4] == "not yet open"
+            assert rows["room"][1].endswith("UTC") and "–" in rows["room"][1]
+            await select_row(pilot, app, "later")
+            await until(pilot, lambda: app.notes)
+            assert app.notes == [("error", "Conference 'later' is not open now.")]
+            assert app.panes() == [] and not isinstance(app.screen, TrustScreen)
+
+    asyncio.run(main())
+
+
+def test_joining_asks_to_accept_unseen_certificates_with_their_fingerprints():
+    fake = FakeChatApp()
+
+    async def main():
+        app = RecordingApp(fake, refresh_every=None)
+        async with app.run_test(size=SIZE) as pilot:
+            await select_row(pilot, app, "room")
+            await until(pilot, lambda: isinstance(app.screen, TrustScreen))
+            dialog = app.screen
+            assert [(c.name, c.fingerprint) for c in dialog.certificates] == [("ben", "ab" * 32), ("cy", "cd" * 32)]
+            table = dialog.query_one("#trust-certificates")
+            assert [str(v) for v in table.get_row_at(1)] == ["cy@Test CA", "cd" * 32]
+            assert app.focused.id == "refuse"  # the safe default
+            await pilot.click("#accept")
+            await until(pilot, lambda: app.panes())
+            assert fake.accepted == [("ben", "ab" * 32), ("cy", "cd" * 32)]
+            room = pane(app, "room")
+            assert app.query_one("#tabs").active == room.id
+            assert "not established" in text_of(room.query_one(".key")) and "2 of 3" in text_of(room.query_one(".key"))
+            assert str(app.query_one("#conferences").get_row("room")[4]) == "joined"
+
+    asyncio.run(main())
+
+
+def test_refusing_a_certificate_does_not_join():
+    fake = FakeChatApp()
+
+    async def main():
+        app = RecordingApp(fake, refresh_every=None)
+        async with app.run_test(size=SIZE) as pilot:
+            await select_row(pilot, app, "side")
+            await until(pilot, lambda: isinstance(app.screen, TrustScreen))
+            await pilot.press("enter")  # on "Refuse", which has the focus
+            await until(pilot, lambda: app.notes)
+            assert fake.accepted == [] and fake.joined == {} and app.panes() == []
+            assert app.notes == [("warning", "Not joining side: you refused a member certificate.")]
+
+    asyncio.run(main())
+
+
+def test_live_members_key_and_message_states():
+    fake = FakeChatApp()
+
+    async def main():
+        app = RecordingApp(fake, refresh_every=None)
+        async with app.run_test(size=SIZE) as pilot:
+            room = await join_accepting(pilot, app, "room")
+            conf = fake.joined["room"]
+            conf.emit(MemberStatus("ben", True), MemberStatus("cy", False),
+                      KeyStatus(True, 0, "0123abcd", ("ann", "ben")))
+            await until(pilot, lambda: "established" in text_of(room.query_one(".key"))
+                        and "○ cy" in text_of(room.query_one(".members")))
+            members = text_of(room.query_one(".members"))
+            assert "● ann (you)" in members and "● ben" in members and "2 of 3 up" in members
+            assert "by 2 of 3: ann, ben" in text_of(room.query_one(".key"))
+            assert "0123abcd" in text_of(room.query_one(".key"))
+
+            await type_line(pilot, "hello all")
+            await until(pilot, lambda: room.query(MessageLine))
+            assert conf.sent == ["hello all"]
+            [line] = room.query(MessageLine)
+            assert "ann: hello all" in text_of(line) and "sending" in text_of(line)
+            mine = line.message
+            for state in ("sent", "delivered"):
+                conf.emit(ChatMessage(mine.sender, mine.sent_at, mine.text, state, 0))
+                await until(pilot, lambda s=state: s in text_of(line))
+            assert len(room.query(MessageLine)) == 1  # updated in place
+            conf.emit(ChatMessage("ben", datetime(2026, 1, 1, 12, 1, tzinfo=UTC), "hi [b]ann[/b]", "delivered", 0),
+                      Notice("cy joined late"))
+            await until(pilot, lambda: len(room.query(MessageLine)) == 2)
+            assert "ben: hi [b]ann[/b]" in text_of(room.query(MessageLine)[1])  # no markup from peers
+
+            await type_line(pilot, "too early")
+            await until(pilot, lambda: app.notes)
+            assert app.notes[-1] == ("error", "The conference key is not established yet.")
+            await type_line(pilot, "/rekey")
+            await until(pilot, lambda: conf.rekeys == 1)
+            await type_line(pilot, "/nonsense")
+            await until(pilot, lambda: "Unknown command" in app.notes[-1][1])
+            await type_line(pilot, "/leave")
+            await until(pilot, lambda: not app.panes())
+            assert conf.left and app.query_one("#tabs").active == "list-pane"
+            assert str(app.query_one("#conferences").get_row("room")[4]) == "joinable"
+
+    asyncio.run(main())
+
+
+def test_several_conferences_at_once_and_history():
+    fake = FakeChatApp()
+    fake.accepted += [("ben", "ab" * 32), ("cy", "cd" * 32)]
+
+    async def main():
+        app = RecordingApp(fake, refresh_every=None)
+        async with app.run_test(size=SIZE) as pilot:
+            room = await join_accepting(pilot, app, "room")
+            app.action_show_list()
+            side = await join_accepting(pilot, app, "side")
+            assert [p.conference.id for p in app.panes()] == ["room", "side"]
+            assert app.query_one("#tabs").active == side.id
+            fake.joined["room"].emit(ChatMessage("cy", datetime.now(UTC), "in room", "delivered", 0))
+            fake.joined["side"].emit(ChatMessage("ben", datetime.now(UTC), "in side", "delivered", 0))
+            await until(pilot, lambda: room.query(MessageLine) and side.query(MessageLine))
+            assert [m.message.text for m in room.query(MessageLine)] == ["in room"]
+            assert [m.message.text for m in side.query(MessageLine)] == ["in side"]
+            await type_line(pilot, "to side only")
+            await until(pilot, lambda: fake.joined["side"].sent)
+            assert fake.joined["room"].sent == []
+            # choosing an open conference in the list switches to its tab, it does not join again
+            app.action_show_list()
+            await select_row(pilot, app, "room")
+            await until(pilot, lambda: app.query_one("#tabs").active == room.id)
+            assert len(app.panes()) == 2
+            # a conference stream that fails closes its tab with one sentence
+            fake.joined["side"].emit(None)
+            await until(pilot, lambda: len(app.panes()) == 1)
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- over real links
+
+
+def test_a_message_typed_in_one_members_ui_appears_in_anothers(tmp_path):
+    """Two members' UIs and one headless member: real TLS links, a real directory process."""
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    make_ca(ca)
+    server = start_directory(tmp_path, ca)
+    homes = {n: make_profile(tmp_path, n, server.url, ca) for n in ("alice", "bob", "carol")}
+
+    async def main():
+        chats = {n: await ChatApp.open(h, PASSPHRASE) for n, h in homes.items()}
+        carol_events: list[object] = []
+        drain = None
+        try:
+            for chat in chats.values():
+                await chat.register()
+            alice, carol = chats["alice"], chats["carol"]
+            for cert in await alice.unaccepted_participants(["bob", "carol"]):
+                await alice.accept(cert.name, cert.fingerprint)
+            now = datetime.now(UTC)
+            await alice.create("room", ["bob", "carol"], now - timedelta(minutes=1), now + timedelta(hours=1))
+
+            ui_a = SecChatApp(alice, refresh_every=None)
+            ui_b = SecChatApp(chats["bob"], refresh_every=None)
+            async with ui_a.run_test(size=(100, 22)) as pa, ui_b.run_test(size=(100, 22)) as pb:
+                # bob has not seen alice's and carol's certificates: the UI asks him
+                await select_row(pb, ui_b, "room")
+                await until(pb, lambda: isinstance(ui_b.screen, TrustScreen), timeout=15)
+                assert {c.name for c in ui_b.screen.certificates} == {"alice", "carol"}
+                assert all(len(c.fingerprint) == 64 for c in ui_b.screen.certificates)
+                await pb.press("a")
+                await until(pb, lambda: ui_b.panes(), timeout=15, what="bob joined")
+                await select_row(pa, ui_a, "room")  # alice accepted them when she created it
+                await until(pa, lambda: ui_a.panes(), timeout=15, what="alice joined")
+                conf = await carol.join("room", accept_new=True)
+                drain = asyncio.create_task(_collect(conf, carol_events))
+
+                room_a, room_b = pane(ui_a, "room"), pane(ui_b, "room")
+                await until(pa, lambda: "established" in text_of(room_a.query_one(".key"))
+                            and "established" in text_of(room_b.query_one(".key")), timeout=30, what="the key")
+                assert room_a.model.key.fingerprint == room_b.model.key.fingerprint
+
+                ui_b.query_one(".say").focus()
+                await type_line(pb, "hello from bob")
+                await until(pa, lambda: _line(room_a, "hello from bob", "delivered"), timeout=20,
+                            what="bob's message in alice's UI")
+                await until(pb, lambda: _line(room_b, "hello from bob", "sent"), timeout=20)
+                await type_line(pa, "hi bob, carol is here too")
+                await until(pb, lambda: _line(room_b, "hi bob, carol is here too", "delivered"), timeout=20,
+                            what="alice's message in bob's UI")
+                await until(pa, lambda: all(room_a.model.up.get(n) for n in ("alice", "bob", "carol")),
+                            timeout=20, what="everyone up in alice's UI")
+                await until(pa, lambda: _line(room_a, "hi bob, carol is here too", "sent"), timeout=20)
+                await until(pa, lambda: any(isinstance(e, ChatMessage) and e.text == "hello from bob"
+                                            for e in carol_events), timeout=20, what="the headless member")
+                await pa.pause(0.3)
+                svg = ui_a.export_screenshot(title="SecChat -- alice in conference room")
+                assert "hello&#160;from&#160;bob" in svg and "established" in svg
+                (tmp_path / "chat-ui.svg").write_text(svg, encoding="utf-8")
+                if os.environ.get("SECCHAT_UPDATE_SCREENSHOT") == "1":
+                    (DOCS / "chat-ui.svg").write_text(svg, encoding="utf-8")
+        finally:
+            if drain is not None:
+                drain.cancel()
+            for chat in chats.values():
+                await chat.aclose()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 80))
+    finally:
+        server.close()
+
+
+async def _collect(conference, into: list[object]) -> None:
+    async for event in conference.events():
+        into.append(event)
+
+
+def _line(pane_: ConferencePane, text: str, state: str) -> bool:
+    return any(m.message.text == text and m.message.state == state for m in pane_.query(MessageLine))
