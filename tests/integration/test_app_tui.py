@@ -396,3 +396,24 @@ async def _collect(conference, into: list[object]) -> None:
 
 def _line(pane_: ConferencePane, text: str, state: str) -> bool:
     return any(m.message.text == text and m.message.state == state for m in pane_.query(MessageLine))
+
+
+def test_chat_command_errors_are_one_sentence(tmp_path):
+    from typer.testing import CliRunner
+
+    from secchat.app.cli import app
+
+    runner = CliRunner()
+    missing = runner.invoke(app, ["chat", "--home", str(tmp_path / "nobody")])
+    assert missing.exit_code == 1 and "Traceback" not in missing.output
+    assert "no SecChat profile" in missing.output and "secchat init" in missing.output
+
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    make_ca(ca)
+    home = make_profile(tmp_path, "dora", "http://127.0.0.1:9", ca)
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the passphrase\n")
+    result = runner.invoke(app, ["chat", "--home", str(home), "--passphrase-file", str(wrong)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == "error: wrong passphrase for this profile's key store"

@@ -20,6 +20,7 @@ def _register() -> None:
     from secchat.net.cluster import cluster
     from secchat.sim.cli import sim_app
 
+    sim_app.command("demo")(sim_demo)
     app.add_typer(sim_app, name="sim")
     app.add_typer(ca_app, name="ca")
     app.add_typer(identity_app, name="identity")
@@ -27,16 +28,43 @@ def _register() -> None:
     app.command(name="cluster")(cluster)
     register_commands(app)
 
+    def chat(
+        home: str | None = typer.Option(
+            None, "--home", envvar="SECCHAT_HOME", metavar="DIR", help="Profile directory (env SECCHAT_HOME; default: the user data directory)."
+        ),
+        passphrase_file: str | None = typer.Option(
+            None, "--passphrase-file", metavar="FILE", help="Read the profile's passphrase from the first line of this file."
+        ),
+    ) -> None:
+        """Open the terminal chat UI: your conferences, certificates to accept, several live chats."""
+        from pathlib import Path
+
+        from secchat.app.tui import run_chat
+
+        raise typer.Exit(run_chat(Path(home) if home else None, Path(passphrase_file) if passphrase_file else None))
+
+    app.command(name="chat")(chat)
+
 
 _register()
 
 
 @app.command()
 def demo(
+    n: int = typer.Option(5, "--n", min=2, max=11, help="Number of participants (each its own process)."),
+    timeout: float = typer.Option(20.0, "--timeout", min=1.0, help="Longest wait for any step, in seconds."),
+) -> None:
+    """Run a real conference on this machine: local CA, directory, n member processes over TLS."""
+    from secchat.app.demo import run_demo
+
+    raise typer.Exit(run_demo(n=n, timeout=timeout))
+
+
+def sim_demo(
     n: int = typer.Option(5, "--n", min=2, max=101, help="Number of members."),
     seed: int = typer.Option(1, help="Seed of the simulated run."),
 ) -> None:
-    """Run a conference end to end and tell its story."""
+    """Tell a simulated conference's story (deterministic per seed, no sockets)."""
     from secchat.sim.demo import run_demo
 
     raise typer.Exit(run_demo(n=n, seed=seed))

@@ -618,15 +618,30 @@ class SecChatApp(App[None]):
         return list(self.query(ConferencePane))
 
 
-def run_chat(home: Path | None = None, passphrase: str | None = None) -> int:
-    """Open the user's :class:`ChatApp` and run the UI; returns an exit status."""
+def run_chat(home: Path | None = None, passphrase_file: Path | None = None) -> int:
+    """``secchat chat``: open the user's profile and run the UI; returns the exit status.
+
+    The passphrase comes from ``passphrase_file``, ``$SECCHAT_PASSPHRASE`` or a hidden prompt
+    (asked only once the profile is known to exist).  Errors are one sentence on stderr.
+    """
     import sys
+
+    from .cli_pki import PASSPHRASE_ENV, read_passphrase
+    from .profile import ProfileError, default_home, load_settings
+
+    home = Path(home) if home is not None else default_home()
+    try:
+        load_settings(home)
+    except ProfileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    passphrase = read_passphrase(passphrase_file, (PASSPHRASE_ENV,), "passphrase")
 
     async def main() -> int:
         try:
             chat = await ChatApp.open(home, passphrase)
         except AppError as exc:
-            print(f"Error: {exc}", file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr)
             return 1
         try:
             await SecChatApp(chat).run_async()
