@@ -88,3 +88,63 @@ def test_bad_conferences_are_refused_and_change_nothing(world):
             await node.aclose()
 
     asyncio.run(main())
+
+
+def test_a_restarted_member_resumes_where_its_previous_run_stopped(world):
+    """cy takes part, goes away, messages flow meanwhile; a fresh cy (resume) gets exactly those."""
+    ca, ids = world
+    members = [(m.name, m.cert) for m in ids]
+    by_name = {m.name: m for m in ids}
+
+    async def main():
+        seen: dict[str, list] = {}
+        changed = asyncio.Event()
+
+        async def make(name):
+            def on_event(group, ev, name=name):
+                seen.setdefault(name, []).append(ev)
+                changed.set()
+
+            node = Node(credentials(by_name[name], ca), on_event)
+            addr = await node.start()
+            node.add_conference("room", members)
+            return node, addr
+
+        async def wait_for(predicate):
+            async with asyncio.timeout(20):
+                while not predicate():
+                    changed.clear()
+                    await changed.wait()
+
+        def texts(name):
+            return [ev.payload for ev in seen.get(name, []) if isinstance(ev, Delivered)]
+
+        ann, ann_addr = await make("ann")
+        ben, ben_addr = await make("ben")
+        cy, _ = await make("cy")
+        ben.set_address("ann", ann_addr)
+        cy.set_address("ann", ann_addr)
+        cy.set_address("ben", ben_addr)
+        for node in (ann, ben, cy):
+            node.join("room")
+        try:
+            for i in range(3):
+                ben.send("room", b"before %d" % i)
+            await wait_for(lambda: len(texts("cy")) == 3)
+            await cy.aclose()  # cy goes away (its links acknowledge what it got)
+            seen["cy"] = []
+            for i in range(3):
+                ben.send("room", b"while away %d" % i)
+            await wait_for(lambda: len(texts("ann")) == 6)
+            cy, _ = await make("cy")  # a fresh run: new link session, new incarnation
+            cy.set_address("ann", ann_addr)
+            cy.set_address("ben", ben_addr)
+            cy.join("room", resume=True)
+            ben.send("room", b"after")
+            await wait_for(lambda: len(texts("cy")) >= 4)
+            assert texts("cy") == [b"while away 0", b"while away 1", b"while away 2", b"after"]
+        finally:
+            for node in (ann, ben, cy):
+                await node.aclose()
+
+    asyncio.run(main())

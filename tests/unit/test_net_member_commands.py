@@ -17,7 +17,7 @@ class FakeNode:
         self.joined: list[str] = []
         self.sent: list[tuple[str, bytes]] = []
 
-    def join(self, group):
+    def join(self, group, **kw):
         self.joined.append(group)
         return True
 
@@ -47,7 +47,7 @@ def events(capsys):
     [b"not json", b"[1, 2]", b'{"cmd": 5}', b'{"cmd": "dance"}', b'{"cmd": "send"}',
      b'{"cmd": "send", "count": -1}', b'{"cmd": "send", "count": true}',
      b'{"cmd": "send", "count": 1, "size": 999999999}', b'{"cmd": "join", "group": "nope"}',
-     b'{"cmd": "send", "text": "before join"}'],
+     b'{"cmd": "send", "text": "before join"}', b'{"cmd": "join", "resume": "yes"}'],
 )
 def test_bad_commands_give_an_error_event(proc, capsys, line):
     proc.handle_command(line)

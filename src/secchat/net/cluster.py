@@ -405,7 +405,7 @@ class _Cluster:
         problems = []
         if await self.wait_all([p.ready for p in procs], f"the {role} members to start"):
             for p in procs:
-                self.command(p, {"cmd": "join"})
+                self.command(p, {"cmd": "join", "resume": True})  # they took part before
             if not await self.wait_all([p.established for p in procs], f"the {role} members' key"):
                 problems.append(f"not every {role} member established the key")
         self.out(f"{sum(bool(p.info) for p in procs)}/{len(procs)} {role} members have the key")

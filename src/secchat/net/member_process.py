@@ -15,7 +15,9 @@ stdout (events), always with ``"event"`` and the member ``"name"``::
 
 stdin (commands)::
 
-    {"cmd": "join"[, "group": G]}            start SMC (if the config says join = "command")
+    {"cmd": "join"[, "group": G][, "resume": true]}
+                                             start SMC (if the config says join = "command");
+                                             resume: a restarted member rejoining
     {"cmd": "send", "text": T[, "group": G]} multicast one message
     {"cmd": "send", "count": M[, "size": S][, "group": G]}
                                              multicast M numbered messages (padded to S bytes),
@@ -212,12 +214,15 @@ class MemberProcess:
             raise ValueError(f"unknown conference {group!r}")
         return group
 
-    def join(self, group: str) -> None:
+    def join(self, group: str, *, resume: bool = False) -> None:
         assert self.node is not None
         if group in self._join_time:
             return
         self._join_time[group] = self.runtime.now()
-        self.node.join(group)
+        if resume:  # a restarted member: take each sender's stream up where we find it
+            self.node.join(group, resume=True)
+        else:
+            self.node.join(group)
         emit({"event": "joined", "name": self.name, "group": group})
 
     def send(self, group: str, text: str) -> None:
@@ -246,7 +251,10 @@ class MemberProcess:
                 raise ValueError("a command is an object with a 'cmd' string")
             kind = cmd["cmd"]
             if kind == "join":
-                self.join(self._group(cmd))
+                resume = cmd.get("resume", False)
+                if not isinstance(resume, bool):
+                    raise ValueError("resume must be true or false")
+                self.join(self._group(cmd), resume=resume)
             elif kind == "send":
                 group = self._group(cmd)
                 if "count" in cmd:
