@@ -13,6 +13,16 @@ app = typer.Typer(
 )
 
 
+def sim_demo(
+    n: int = typer.Option(5, "--n", min=2, max=101, help="Number of members."),
+    seed: int = typer.Option(1, help="Seed of the simulated run."),
+) -> None:
+    """Tell a simulated conference's story (deterministic per seed, no sockets)."""
+    from secchat.sim.demo import run_demo
+
+    raise typer.Exit(run_demo(n=n, seed=seed))
+
+
 def _register() -> None:
     from secchat.app.cli_chat import register_commands
     from secchat.app.cli_pki import ca_app, identity_app
@@ -59,15 +69,6 @@ def demo(
 
     raise typer.Exit(run_demo(n=n, timeout=timeout))
 
-
-def sim_demo(
-    n: int = typer.Option(5, "--n", min=2, max=101, help="Number of members."),
-    seed: int = typer.Option(1, help="Seed of the simulated run."),
-) -> None:
-    """Tell a simulated conference's story (deterministic per seed, no sockets)."""
-    from secchat.sim.demo import run_demo
-
-    raise typer.Exit(run_demo(n=n, seed=seed))
 
 
 def main() -> None:

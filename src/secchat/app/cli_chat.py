@@ -354,7 +354,9 @@ def join(
             if show_history:
                 for msg in conf.history():
                     out(_line(msg, as_json))
-            if not as_json:
+            if as_json:
+                out(json.dumps({"event": "joined", "conference": conf.id, "me": conf.me, "members": list(conf.members)}))
+            else:
                 out(f"* joined {conf.id} as {conf.me}; members {', '.join(conf.members)}; "
                     f"the key needs {len(conf.members) // 2 + 1} of {len(conf.members)}")
             stop = asyncio.Event()
