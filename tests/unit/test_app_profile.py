@@ -1,0 +1,55 @@
+"""Profiles (config.toml, identity from a local CA) and the command line's time parsing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import typer
+
+from secchat import pki
+from secchat.app.cli_chat import parse_time
+from secchat.app.profile import ProfileError, Settings, init_profile, load_settings, save_settings
+from tests.app_support import CA_PASSPHRASE, make_ca
+
+
+def test_init_writes_identity_and_config(tmp_path):
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    make_ca(ca)
+    home = tmp_path / "alice"
+    fp = init_profile(home, "alice", "pw", "http://127.0.0.1:9", ca, CA_PASSPHRASE)
+    local = pki.load_identity(home / "identity", "pw")
+    assert local.identity.name == "alice" and pki.fingerprint(local.cert) == fp
+    assert load_settings(home) == Settings("alice", "http://127.0.0.1:9")
+    with pytest.raises(ProfileError, match="already exists"):
+        init_profile(home, "alice", "pw", "http://127.0.0.1:9", ca, CA_PASSPHRASE)
+    with pytest.raises(ProfileError, match="wrong passphrase for the CA"):
+        init_profile(tmp_path / "b", "bob", "pw", "http://127.0.0.1:9", ca, "nope")
+    with pytest.raises(ProfileError, match="there is no CA"):
+        init_profile(tmp_path / "c", "cy", "pw", "http://127.0.0.1:9", tmp_path / "none", CA_PASSPHRASE)
+    with pytest.raises(ProfileError, match="must start with http"):
+        init_profile(tmp_path / "d", "dee", "pw", "ftp://x", ca, CA_PASSPHRASE)
+
+
+def test_settings_errors_are_sentences(tmp_path):
+    with pytest.raises(ProfileError, match="run `secchat init` first"):
+        load_settings(tmp_path)
+    (tmp_path / "config.toml").write_text('name = "a"\ndirectory = "http://x"\nbogus = 1\n')
+    with pytest.raises(ProfileError, match="is invalid"):
+        load_settings(tmp_path)
+    save_settings(tmp_path, Settings("a", "http://x", listen_port=7001, advertise_host="10.0.0.1"))
+    s = load_settings(tmp_path)
+    assert s.listen_port == 7001 and s.advertised == "10.0.0.1"
+
+
+def test_parse_time():
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert parse_time("now", now) == now
+    assert parse_time("+30m", now) == now + timedelta(minutes=30)
+    assert parse_time("+2h", now) == now + timedelta(hours=2)
+    assert parse_time("+1d", now) == now + timedelta(days=1)
+    assert parse_time("2026-02-01T10:00", now) == datetime(2026, 2, 1, 10, 0, tzinfo=UTC)
+    assert parse_time("2026-02-01T10:00+01:00", now).utcoffset() == timedelta(hours=1)
+    with pytest.raises(typer.Exit):
+        parse_time("tomorrow-ish", now)
