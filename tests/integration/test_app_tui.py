@@ -55,6 +55,8 @@ class FakeConference:
             event = await self.queue.get()
             if event is None:
                 return
+            if isinstance(event, Exception):
+                raise event
             yield event
 
     def emit(self, *events: object) -> None:
@@ -282,34 +284,78 @@ def test_live_members_key_and_message_states():
     asyncio.run(main())
 
 
-def test_several_conferences_at_once_and_history():
+def test_several_conferences_at_once_history_and_unread_counts():
     fake = FakeChatApp()
     fake.accepted += [("ben", "ab" * 32), ("cy", "cd" * 32)]
+    earlier = datetime(2026, 1, 1, 9, 30, tzinfo=UTC)
+    fake_join = fake.join
+
+    async def join_with_history(conference_id):
+        conference = await fake_join(conference_id)
+        if conference_id == "room":  # kept locally from an earlier run; it also arrives again live
+            conference.past = [ChatMessage("ben", earlier, "from yesterday", "delivered", 0)]
+            conference.emit(conference.past[0])
+        return conference
+
+    fake.join = join_with_history
 
     async def main():
         app = RecordingApp(fake, refresh_every=None)
         async with app.run_test(size=SIZE) as pilot:
             room = await join_accepting(pilot, app, "room")
+            await until(pilot, lambda: room.query(MessageLine))
+            await pilot.pause(0.1)
+            assert [m.message.text for m in room.query(MessageLine)] == ["from yesterday"]
             app.action_show_list()
             side = await join_accepting(pilot, app, "side")
             assert [p.conference.id for p in app.panes()] == ["room", "side"]
-            assert app.query_one("#tabs").active == side.id
-            fake.joined["room"].emit(ChatMessage("cy", datetime.now(UTC), "in room", "delivered", 0))
+            tabs = app.query_one("#tabs")
+            assert tabs.active == side.id
+            fake.joined["room"].emit(ChatMessage("cy", datetime.now(UTC), "in room", "delivered", 0),
+                                     ChatMessage("ben", datetime.now(UTC), "also in room", "delivered", 0))
             fake.joined["side"].emit(ChatMessage("ben", datetime.now(UTC), "in side", "delivered", 0))
-            await until(pilot, lambda: room.query(MessageLine) and side.query(MessageLine))
-            assert [m.message.text for m in room.query(MessageLine)] == ["in room"]
+            await until(pilot, lambda: len(room.query(MessageLine)) == 3 and side.query(MessageLine))
+            assert [m.message.text for m in room.query(MessageLine)] == ["from yesterday", "in room", "also in room"]
             assert [m.message.text for m in side.query(MessageLine)] == ["in side"]
+            assert str(tabs.get_tab(room.id).label) == "room (2)" and str(tabs.get_tab(side.id).label) == "side"
             await type_line(pilot, "to side only")
             await until(pilot, lambda: fake.joined["side"].sent)
             assert fake.joined["room"].sent == []
+            await pilot.press("ctrl+n")  # side -> the list -> room
+            await pilot.press("ctrl+n")
+            await until(pilot, lambda: tabs.active == room.id)
+            assert str(tabs.get_tab(room.id).label) == "room" and room.unread == 0
+            assert app.focused is room.query_one(".say")
             # choosing an open conference in the list switches to its tab, it does not join again
-            app.action_show_list()
-            await select_row(pilot, app, "room")
-            await until(pilot, lambda: app.query_one("#tabs").active == room.id)
+            await pilot.press("ctrl+o")
+            await select_row(pilot, app, "side")
+            await until(pilot, lambda: tabs.active == side.id)
             assert len(app.panes()) == 2
-            # a conference stream that fails closes its tab with one sentence
-            fake.joined["side"].emit(None)
+            # a conference whose stream fails closes its tab with one sentence
+            fake.joined["side"].emit(app_error("gone", "The conference side was closed by the network layer."))
             await until(pilot, lambda: len(app.panes()) == 1)
+            assert app.notes[-1] == ("error", "The conference side was closed by the network layer.")
+
+    asyncio.run(main())
+
+
+def test_certificate_question_snapshot():
+    """The question the user sees, as an SVG: who, which issuer, which fingerprint, two buttons."""
+    fake = FakeChatApp()
+
+    async def main():
+        app = RecordingApp(fake, refresh_every=None)
+        async with app.run_test(size=SIZE) as pilot:
+            await select_row(pilot, app, "room")
+            await until(pilot, lambda: isinstance(app.screen, TrustScreen))
+            await pilot.pause(0.1)
+            svg = app.export_screenshot()
+            for needle in ("ben@Test&#160;CA", "ab" * 32, "cy@Test&#160;CA", "cd" * 32, "Accept", "Refuse",
+                           "not&#160;accepted&#160;before"):
+                assert needle in svg, needle
+            await pilot.press("escape")
+            await until(pilot, lambda: not isinstance(app.screen, TrustScreen))
+            assert fake.accepted == [] and app.panes() == []
 
     asyncio.run(main())
 

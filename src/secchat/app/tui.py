@@ -32,6 +32,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import (
@@ -343,8 +344,10 @@ class ConferencePane(TabPane):
             self.error = error
 
     def __init__(self, conference: Conference) -> None:
-        super().__init__(conference.id, id=pane_id(conference.id))
+        super().__init__(Content(conference.id), id=pane_id(conference.id))
         self.conference = conference
+        #: messages that arrived while another tab was shown (in the tab's label)
+        self.unread = 0
         self.model = ConferenceModel(conference.id, conference.me, tuple(conference.members))
         self._lines: dict[tuple[Any, ...], MessageLine] = {}
 
@@ -401,9 +404,22 @@ class ConferencePane(TabPane):
                 self._lines[key] = line
                 self._log.mount(line)
                 self._log.scroll_end(animate=False)
+                self._count_unread()
         elif isinstance(change, tuple) and change[0] == "notice":
             self._log.mount(Static(Text(change[1], style="italic dim"), classes="notice"))
             self._log.scroll_end(animate=False)
+
+    def _count_unread(self) -> None:
+        tabs = self.app.query_one("#tabs", TabbedContent)
+        if tabs.active != self.id and self.id is not None:
+            self.unread += 1
+            tabs.get_tab(self.id).label = Content(f"{self.conference.id} ({self.unread})")
+
+    def mark_read(self) -> None:
+        """The user is looking at this conference now."""
+        if self.unread and self.id is not None:
+            self.unread = 0
+            self.app.query_one("#tabs", TabbedContent).get_tab(self.id).label = Content(self.conference.id)
 
     @property
     def _log(self) -> VerticalScroll:
@@ -469,6 +485,7 @@ class SecChatApp(App[None]):
     BINDINGS: ClassVar = [
         Binding("ctrl+r", "refresh", "Refresh list"),
         Binding("ctrl+o", "show_list", "Conferences"),
+        Binding("ctrl+n", "next_tab", "Next tab"),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -507,6 +524,21 @@ class SecChatApp(App[None]):
     def action_show_list(self) -> None:
         self.query_one("#tabs", TabbedContent).active = "list-pane"
         self.query_one("#conferences", DataTable).focus()
+
+    def action_next_tab(self) -> None:
+        tabs = self.query_one("#tabs", TabbedContent)
+        order = ["list-pane", *(p.id for p in self.panes() if p.id is not None)]
+        tabs.active = order[(order.index(tabs.active) + 1) % len(order)] if tabs.active in order else order[0]
+
+    @on(TabbedContent.TabActivated, "#tabs")
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if isinstance(event.pane, ConferencePane):
+            event.pane.mark_read()
+            for field_ in event.pane.query(Input):  # none yet while the pane is being mounted
+                field_.focus()
+        else:
+            for table in self.query("#conferences"):
+                table.focus()
 
     @work(exclusive=True, group="list")
     async def _load_conferences(self) -> None:
