@@ -392,15 +392,15 @@ class LinkManager:
         """Wait until the queues of the peers that keep up are at most ``fraction`` full.
 
         Application back-pressure for bulk senders.  Peers that do not keep up are ignored, so
-        they cannot hold everyone back: those without a connection, those whose queue overflowed,
-        and those whose queue has not moved for ``stalled_after`` seconds (not reading).  A slow
-        peer that still reads is waited for.
+        they cannot hold everyone back: those whose queue overflowed, and those whose queue has
+        not moved for ``stalled_after`` seconds (down, or not reading).  A slow peer that still
+        reads, or one that is reconnecting, is waited for.
         """
         cfg = self.config
         loop = asyncio.get_running_loop()
 
         def blocking(p: _Peer, now: float) -> bool:
-            if p.sending is None or p.sending.closed or p.overflowing:
+            if p.overflowing:
                 return False
             if len(p.queue) <= cfg.queue_max_frames * fraction and p.queued_bytes <= cfg.queue_max_bytes * fraction:
                 return False
@@ -616,7 +616,9 @@ class LinkManager:
         if hello.ack_session == self.session:
             self._acked(peer, hello.ack_next)
         current = peer.sending
-        if current is None or current.closed or (self._preferred(conn) and not self._preferred(current)):
+        # a connection to an earlier run of the peer is dead even if we have not noticed yet
+        stale = current is not None and current.peer_session != hello.session
+        if current is None or current.closed or stale or (self._preferred(conn) and not self._preferred(current)):
             peer.sending = conn
             log.info("link to %s up (%s)", peer.name, "outbound" if conn.outbound else "inbound")
             if current is not None and not current.closed:
