@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from secchat.app import tui
 from secchat.app.session import (
     AppError,
     ChatApp,
@@ -23,7 +24,7 @@ from secchat.app.session import (
     Notice,
     UnacceptedCertificate,
 )
-from secchat.app.tui import ConferencePane, MessageLine, SecChatApp, TrustScreen
+from secchat.app.tui import ConferencePane, MessageLine, SecChatApp, TrustScreen, message_text
 from tests.app_support import PASSPHRASE, make_ca, make_profile, start_directory
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -356,6 +357,38 @@ def test_certificate_question_snapshot():
             await pilot.press("escape")
             await until(pilot, lambda: not isinstance(app.screen, TrustScreen))
             assert fake.accepted == [] and app.panes() == []
+
+    asyncio.run(main())
+
+
+def test_peer_text_cannot_drive_the_terminal():
+    evil = ChatMessage("ben", datetime(2026, 1, 1, 12, 0, tzinfo=UTC), "hi\x1b[2J\x1b]0;pwned\x07\u202eevil\tx", "delivered", 0)
+    local = evil.sent_at.astimezone()
+    plain = message_text(evil, "ann", today=local.date()).plain
+    assert "\x1b" not in plain and "\x07" not in plain and "\u202e" not in plain
+    assert plain == local.strftime("%H:%M:%S") + " ben: hi\ufffd[2J\ufffd]0;pwned\ufffd\ufffdevil x  ✓✓ delivered"
+    # a message from another day shows its date
+    later = message_text(evil, "ann", today=local.date() + timedelta(days=1)).plain
+    assert later.startswith(local.strftime("%Y-%m-%d %H:%M:%S") + " ben: ")
+
+
+def test_a_flooding_peer_keeps_the_pane_bounded(monkeypatch):
+    monkeypatch.setattr(tui, "MAX_LINES", 5)
+    fake = FakeChatApp()
+    fake.accepted += [("ben", "ab" * 32), ("cy", "cd" * 32)]
+
+    async def main():
+        app = RecordingApp(fake, refresh_every=None)
+        async with app.run_test(size=SIZE) as pilot:
+            room = await join_accepting(pilot, app, "room")
+            start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+            fake.joined["room"].emit(*(ChatMessage("ben", start + timedelta(seconds=i), f"m{i}", "delivered", 0)
+                                       for i in range(8)), Notice("a notice"))
+            await until(pilot, lambda: "a notice" in str(room.query(".notice").first().content)
+                        if room.query(".notice") else False)
+            await pilot.pause(0.1)
+            assert [m.message.text for m in room.query(MessageLine)] == ["m4", "m5", "m6", "m7"]
+            assert len(room.model.messages) == 4 and len(room.query_one(".messages").children) == 5
 
     asyncio.run(main())
 

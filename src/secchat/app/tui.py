@@ -23,7 +23,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,6 +34,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen
 from textual.widgets import (
     Button,
@@ -73,6 +74,9 @@ log = logging.getLogger(__name__)
 LIST_REFRESH_SECONDS = 30.0
 #: At most this many rounds of "accept the unseen certificates, then join again".
 MAX_TRUST_ROUNDS = 3
+
+#: Lines (messages and notices) a conference's pane keeps; older ones leave the screen and memory.
+MAX_LINES = 2000
 
 STATE_MARK = {"sending": ("…", "yellow"), "sent": ("✓", "cyan"), "delivered": ("✓✓", "green")}
 CHAT_CSS = """
@@ -144,6 +148,19 @@ HELP_TEXT = "Enter sends the line to the conference. Commands: /rekey (new key e
 # --------------------------------------------------------------------------- models (no widgets)
 
 
+#: Control characters (terminal escapes!) and bidi overrides from peers are shown, not obeyed.
+_UNSAFE = {
+    **{c: "\N{REPLACEMENT CHARACTER}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x0A},
+    **{c: "\N{REPLACEMENT CHARACTER}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))},
+    0x09: " ",
+}
+
+
+def clean(text: str) -> str:
+    """``text`` safe to put on a terminal: no escape sequences, no direction overrides."""
+    return text.translate(_UNSAFE)
+
+
 def message_key(message: ChatMessage) -> tuple[Any, ...]:
     """What identifies one message across its state updates (sending -> sent).
 
@@ -168,7 +185,6 @@ class ConferenceModel:
     key: KeyStatus | None = None
     #: message key -> message, in order of first appearance (dicts keep insertion order)
     messages: dict[tuple[Any, ...], ChatMessage] = field(default_factory=dict)
-    notices: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.up.setdefault(self.me, True)
@@ -187,7 +203,6 @@ class ConferenceModel:
             self.messages[key] = event
             return ("message", key)
         if isinstance(event, Notice):
-            self.notices.append(event.text)
             return ("notice", event.text)
         return None
 
@@ -203,7 +218,7 @@ class ConferenceModel:
                 text.append("● ", style="green")
             else:
                 text.append("○ ", style="red")
-            text.append(name + (" (you)" if name == self.me else ""), style="bold" if name == self.me else "")
+            text.append(clean(name) + (" (you)" if name == self.me else ""), style="bold" if name == self.me else "")
         live = sum(1 for name in self.members if self.up.get(name))
         text.append(f"   {live} of {len(self.members)} up", style="dim")
         return text
@@ -223,21 +238,23 @@ class ConferenceModel:
         return Text.assemble(
             ("Key: ", "bold"),
             ("established", "bold green"),
-            f" (epoch {key.epoch}, fingerprint {fp})",
+            f" (epoch {key.epoch}, fingerprint {clean(fp)})",
             f" by {len(contributors)} of {n}: " if contributors else "",
-            ", ".join(contributors),
+            clean(", ".join(contributors)),
         )
 
 
-def message_text(message: ChatMessage, me: str) -> Text:
+def message_text(message: ChatMessage, me: str, today: date | None = None) -> Text:
+    """One line: local time (with the date unless today), sender, text, state."""
     mark, colour = STATE_MARK.get(message.state, (message.state, "white"))
-    when = message.sent_at.astimezone().strftime("%H:%M:%S") if message.sent_at.tzinfo else (
-        message.sent_at.strftime("%H:%M:%S"))
+    local = message.sent_at.astimezone() if message.sent_at.tzinfo else message.sent_at
+    today = today or datetime.now().astimezone().date()
+    when = local.strftime("%H:%M:%S" if local.date() == today else "%Y-%m-%d %H:%M:%S")
     text = Text()
     text.append(f"{when} ", style="dim")
-    text.append(message.sender, style="bold cyan" if message.sender == me else "bold magenta")
+    text.append(clean(message.sender), style="bold cyan" if message.sender == me else "bold magenta")
     text.append(": ")
-    text.append(message.text)
+    text.append(clean(message.text))
     text.append(f"  {mark} {message.state}", style=colour)
     return text
 
@@ -285,7 +302,7 @@ class TrustScreen(ModalScreen[bool]):
         with Vertical(id="trust-dialog"):
             yield Label(
                 Text.assemble(
-                    "Joining ", (self.conference_id, "bold"),
+                    "Joining ", (clean(self.conference_id), "bold"),
                     " needs member certificates you have not accepted before.\n"
                     "Compare each fingerprint with its owner before you accept.",
                 ),
@@ -294,7 +311,7 @@ class TrustScreen(ModalScreen[bool]):
             table: DataTable[str] = DataTable(id="trust-certificates", cursor_type="none")
             table.add_columns("Identity (name@issuer)", "Certificate fingerprint (SHA-256)")
             for cert in self.certificates:
-                table.add_row(Text(cert.identity), Text(cert.fingerprint))
+                table.add_row(Text(clean(cert.identity)), Text(clean(cert.fingerprint)))
             yield table
             with Horizontal(id="trust-buttons"):
                 yield Button("Accept", id="accept", variant="success")
@@ -344,7 +361,7 @@ class ConferencePane(TabPane):
             self.error = error
 
     def __init__(self, conference: Conference) -> None:
-        super().__init__(Content(conference.id), id=pane_id(conference.id))
+        super().__init__(Content(clean(conference.id)), id=pane_id(conference.id))
         self.conference = conference
         #: messages that arrived while another tab was shown (in the tab's label)
         self.unread = 0
@@ -355,7 +372,7 @@ class ConferencePane(TabPane):
         yield Static(self.model.members_text(), classes="members")
         yield Static(self.model.key_text(), classes="key")
         yield VerticalScroll(classes="messages")
-        yield Input(placeholder=f"Message to {self.conference.id} -- /help for commands", classes="say")
+        yield Input(placeholder=f"Message to {clean(self.conference.id)} -- /help for commands", classes="say")
 
     def on_mount(self) -> None:
         try:
@@ -406,20 +423,35 @@ class ConferencePane(TabPane):
                 self._log.scroll_end(animate=False)
                 self._count_unread()
         elif isinstance(change, tuple) and change[0] == "notice":
-            self._log.mount(Static(Text(change[1], style="italic dim"), classes="notice"))
+            self._log.mount(Static(Text(clean(change[1]), style="italic dim"), classes="notice"))
             self._log.scroll_end(animate=False)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Keep at most :data:`MAX_LINES` lines (every buffer bounded, even for a flooding peer)."""
+        log_ = self._log
+        excess = len(log_.children) - MAX_LINES
+        if excess <= 0:
+            return
+        old = list(log_.children[:excess])
+        for widget in old:
+            if isinstance(widget, MessageLine):
+                key = message_key(widget.message)
+                self._lines.pop(key, None)
+                self.model.messages.pop(key, None)
+        log_.remove_children(old)
 
     def _count_unread(self) -> None:
         tabs = self.app.query_one("#tabs", TabbedContent)
         if tabs.active != self.id and self.id is not None:
             self.unread += 1
-            tabs.get_tab(self.id).label = Content(f"{self.conference.id} ({self.unread})")
+            tabs.get_tab(self.id).label = Content(f"{clean(self.conference.id)} ({self.unread})")
 
     def mark_read(self) -> None:
         """The user is looking at this conference now."""
         if self.unread and self.id is not None:
             self.unread = 0
-            self.app.query_one("#tabs", TabbedContent).get_tab(self.id).label = Content(self.conference.id)
+            self.app.query_one("#tabs", TabbedContent).get_tab(self.id).label = Content(clean(self.conference.id))
 
     @property
     def _log(self) -> VerticalScroll:
@@ -496,6 +528,18 @@ class SecChatApp(App[None]):
         self.views: dict[str, ConferenceView] = {}
         self._joining: set[str] = set()
 
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Notifications quote names and ids from the network: no markup, no control characters."""
+        super().notify(clean(message), title=clean(title), severity=severity, timeout=timeout, markup=markup)
+
     def compose(self) -> ComposeResult:
         yield Header()
         with TabbedContent(id="tabs"), TabPane("Conferences", id="list-pane"):
@@ -562,10 +606,10 @@ class SecChatApp(App[None]):
         table.clear()
         for view in sorted(self.views.values(), key=lambda v: (v.t0, v.id)):
             table.add_row(
-                Text(view.id, style="bold"),
+                Text(clean(view.id), style="bold"),
                 time_frame_text(view.t0, view.t1),
-                Text(", ".join(view.members)),
-                Text(view.creator),
+                Text(clean(", ".join(view.members))),
+                Text(clean(view.creator)),
                 conference_status(view, self.is_open(view.id)),
                 key=view.id,
             )
