@@ -456,6 +456,27 @@ def test_a_message_typed_in_one_members_ui_appears_in_anothers(tmp_path):
                 (tmp_path / "chat-ui.svg").write_text(svg, encoding="utf-8")
                 if os.environ.get("SECCHAT_UPDATE_SCREENSHOT") == "1":
                     (DOCS / "chat-ui.svg").write_text(svg, encoding="utf-8")
+
+                # /rekey in alice's UI: both UIs show the new epoch's key, a new one
+                first = room_a.model.key.fingerprint
+                await type_line(pa, "/rekey")
+                await until(pa, lambda: all(r.model.key.established and r.model.key.epoch == 1
+                                            for r in (room_a, room_b)), timeout=30, what="the re-key")
+                assert room_a.model.key.fingerprint == room_b.model.key.fingerprint != first
+                # /leave in bob's UI, then join again from the list: no question, same key, history
+                await type_line(pb, "/leave")
+                await until(pb, lambda: not ui_b.panes(), timeout=15, what="bob left")
+                assert str(ui_b.query_one("#conferences").get_row("room")[4]) == "joinable"
+                await select_row(pb, ui_b, "room")
+                await until(pb, lambda: ui_b.panes(), timeout=15, what="bob back")
+                room_b = pane(ui_b, "room")
+                assert not isinstance(ui_b.screen, TrustScreen)
+                assert _line(room_b, "hello from bob", "sent")  # from bob's local history
+                await until(pb, lambda: room_b.model.key and room_b.model.key.established, timeout=30)
+                assert room_b.model.key.fingerprint == room_a.model.key.fingerprint
+                await type_line(pa, "welcome back")
+                await until(pb, lambda: _line(room_b, "welcome back", "delivered"), timeout=20,
+                            what="a message after the rejoin")
         finally:
             if drain is not None:
                 drain.cancel()
