@@ -122,7 +122,11 @@ def test_conference_life(world, monkeypatch):
             await wait_for(lambda: all(w.keys() and w.keys()[-1].epoch == 1 for w in (wa, wb)), what="re-key")
             c = await carol.join("room")  # ... rejoins at epoch 0, notices epoch 1 and follows
             wc = Watch(c)
-            await wait_for(lambda: wc.keys() and wc.keys()[-1].epoch == 1, what="carol following the re-key")
+            try:
+                await wait_for(lambda: wc.keys() and wc.keys()[-1].epoch == 1, what="carol following the re-key")
+            except AssertionError:
+                print("CAROL", wc.events, carol._node.runtime.conferences["room"].member.demux.pending_tags(), dict(carol._node.runtime.conferences["room"].member.stats))
+                raise
             fps = {w.keys()[-1].fingerprint for w in (wa, wb, wc)}
             assert len(fps) == 1 and first_fp not in fps
             await b.send("in epoch one")
@@ -152,3 +156,48 @@ def test_conference_life(world, monkeypatch):
         assert b"welcome back" not in raw and b"room" not in raw
 
     asyncio.run(asyncio.wait_for(main(), 90))
+
+
+def test_join_errors_carry_codes_and_sentences(world, tmp_path):
+    server, homes = world
+
+    async def main():
+        alice = await ChatApp.open(homes["alice"], PASSPHRASE)
+        bob = await ChatApp.open(homes["bob"], PASSPHRASE)
+        carol = await ChatApp.open(homes["carol"], PASSPHRASE)
+        try:
+            for app in (alice, bob, carol):
+                await app.register()
+            for p in await alice.participant_details():
+                if p.name != "alice":
+                    await alice.accept(p.name, p.fingerprint[:16])
+            now = datetime.now(UTC)
+            await alice.create("pair", ["bob"], now - timedelta(minutes=1), now + timedelta(hours=1))
+            await alice.create("soon", ["bob"], now + timedelta(hours=1), now + timedelta(hours=2))
+            cases = [
+                (alice.join("nope"), "unknown_conference", "there is no conference 'nope'"),
+                (alice.join("soon"), "outside_time_frame", "conference 'soon' is only open from"),
+                (carol.join("pair"), "not_a_member", "you (carol) are not a member of conference 'pair'"),
+                (bob.join("pair"), "untrusted", "certificates you have not accepted yet: alice@App Test CA"),
+                (bob.accept("alice", "00" * 8), "fingerprint_mismatch", "has fingerprint"),
+            ]
+            for coro, code, text in cases:
+                with pytest.raises(AppError) as err:
+                    await coro
+                assert err.value.code == code and text in str(err.value), (code, str(err.value))
+            assert [c.name for c in await bob.unaccepted("pair")] == ["alice"]
+            server.kill()
+            with pytest.raises(AppError) as err:
+                await alice.conferences()
+            assert err.value.code == "directory_down" and "is unreachable" in str(err.value)
+        finally:
+            for app in (alice, bob, carol):
+                await app.aclose()
+        with pytest.raises(AppError) as err:
+            await ChatApp.open(homes["alice"], "wrong")
+        assert err.value.code == "wrong_passphrase" and "wrong passphrase" in str(err.value)
+        with pytest.raises(AppError) as err:
+            await ChatApp.open(tmp_path / "nobody", PASSPHRASE)
+        assert err.value.code == "no_profile"
+
+    asyncio.run(asyncio.wait_for(main(), 60))

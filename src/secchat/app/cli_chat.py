@@ -85,6 +85,9 @@ def init(
     ] = None,
     listen_host: Annotated[str, typer.Option("--listen-host", help="Address peers connect to.")] = "127.0.0.1",
     listen_port: Annotated[int, typer.Option("--listen-port", min=0, max=65535, help="0: any free port.")] = 0,
+    advertise_host: Annotated[
+        str, typer.Option("--advertise-host", help="Host published for peers (default: the listen host).")
+    ] = "",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing profile.")] = False,
 ) -> None:
     """Create your identity (key pair, certificate from a local CA, encrypted key store) and profile (config.toml)."""
@@ -95,7 +98,8 @@ def init(
     passphrase = read_passphrase(passphrase_file, (PASSPHRASE_ENV,), f"new passphrase for {name}", confirm=True)
     try:
         fp = init_profile(home, name, passphrase, directory, ca_dir, ca_pass,
-                          listen_host=listen_host, listen_port=listen_port, force=force)
+                          listen_host=listen_host, listen_port=listen_port, advertise_host=advertise_host,
+                          force=force)
     except ProfileError as exc:
         raise fail(str(exc)) from None
     typer.echo(f"created profile {name!r} in {home}")

@@ -71,6 +71,8 @@ class Settings:
             raise ValueError(f"the directory URL must start with http:// or https://, not {self.directory!r}")
         if not 0 <= self.listen_port <= 65535:
             raise ValueError("listen_port must be in 0..65535")
+        if self.listen_host in ("0.0.0.0", "::", "") and not self.advertise_host:
+            raise ValueError("listening on every interface needs an advertise_host that peers can reach")
 
     @property
     def advertised(self) -> str:
@@ -110,6 +112,7 @@ def init_profile(
     *,
     listen_host: str = "127.0.0.1",
     listen_port: int = 0,
+    advertise_host: str = "",
     force: bool = False,
 ) -> str:
     """Create an identity issued by the CA in ``ca_dir`` and the profile's config; return the
@@ -118,7 +121,7 @@ def init_profile(
     if (home / CONFIG_FILE).exists() and not force:
         raise ProfileError("exists", f"a profile already exists in {home} (use --force to replace it)")
     try:
-        settings = Settings(name, directory, listen_host, listen_port)
+        settings = Settings(name, directory, listen_host, listen_port, advertise_host)
     except ValueError as exc:
         raise ProfileError("bad_config", str(exc)) from None
     try:

@@ -89,6 +89,9 @@ EVENT_QUEUE = 1000
 #: How often member status is sampled and unknown contact addresses are looked up again.
 STATUS_PERIOD = 0.25
 CONTACT_PERIOD = 1.0
+CONTACT_MAX_PERIOD = 15.0
+#: Up to this many missing members are looked up one by one; beyond, the listing is read.
+CONTACT_LOOKUPS = 4
 MAX_TEXT = 64 * 1024
 
 
@@ -495,7 +498,13 @@ class Conference:
 
     async def _watch_status(self) -> None:
         last_hint = -1e9
+        last_refused = 0
+        hint_due = False
+        ended = False
         while not self._left:
+            if not ended and datetime.now(UTC) > self.t1:
+                ended = True
+                self._emit(Notice(f"the time frame of {self.id} ended at {_fmt(self.t1)}"))
             conf = self._node.runtime.conferences.get(self.id)
             came_up = False
             if conf is not None:
@@ -510,8 +519,13 @@ class Conference:
                         if up:
                             came_up = True
                 self._follow_newer_epoch(conf.member)  # type: ignore[arg-type]
-                if came_up and self.epoch > 0 and time.monotonic() - last_hint > 1.0:
+                # a member behind us speaks in an epoch we closed: tell it where we are
+                refused = conf.member.stats["demux.dropped.closed_instance"]  # type: ignore[attr-defined]
+                hint_due = hint_due or came_up or refused > last_refused
+                last_refused = refused
+                if hint_due and self.epoch > 0 and time.monotonic() - last_hint > 1.0:
                     last_hint = time.monotonic()
+                    hint_due = False
                     with contextlib.suppress(AppError):
                         self._multicast(msgspec.msgpack.encode(_Epoch(self.epoch)), None)
             await asyncio.sleep(STATUS_PERIOD)
@@ -532,21 +546,33 @@ class Conference:
             self._switch(newest, f"the others are at epoch {newest} of {self.id}: following")
 
     async def _find_peers(self) -> None:
-        """Look up contact addresses of members we are not connected to (they may move)."""
+        """Look up contact addresses of members we are not connected to (they may move).
+
+        Few missing: one lookup each; many: one (paged) listing.  The period doubles, up to
+        :data:`CONTACT_MAX_PERIOD`, while nothing new turns up, and starts again on news.
+        """
         known: dict[str, tuple[str, int]] = {}
+        period = CONTACT_PERIOD
         while not self._left:
-            for name in self.members:
-                if name == self.me or self._node.links.connected(name):
-                    continue
-                try:
-                    p = await self._app.client.get_participant(name)
-                except DirectoryError as exc:
-                    log.debug("no contact for %s: %s", name, exc)
-                    continue
-                if p.contact is not None and known.get(name) != (p.contact.host, p.contact.port):
-                    known[name] = (p.contact.host, p.contact.port)
-                    self._node.set_address(name, known[name])
-            await asyncio.sleep(CONTACT_PERIOD)
+            missing = [n for n in self.members if n != self.me and not self._node.links.connected(n)]
+            found: list[Any] = []
+            try:
+                if len(missing) > CONTACT_LOOKUPS:
+                    wanted = set(missing)
+                    found = [p for p in await self._app.client.list_participants() if p.name in wanted]
+                else:
+                    for name in missing:
+                        found.append(await self._app.client.get_participant(name))
+            except DirectoryError as exc:
+                log.debug("contact lookup for %s failed: %s", self.id, exc)
+            news = False
+            for p in found:
+                if p.contact is not None and known.get(p.name) != (p.contact.host, p.contact.port):
+                    known[p.name] = (p.contact.host, p.contact.port)
+                    self._node.set_address(p.name, known[p.name])
+                    news = True
+            period = CONTACT_PERIOD if news else min(period * 2, CONTACT_MAX_PERIOD)
+            await asyncio.sleep(period)
 
     # ------------------------------------------------------------------ API
 
