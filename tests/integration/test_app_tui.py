@@ -24,7 +24,16 @@ from secchat.app.session import (
     Notice,
     UnacceptedCertificate,
 )
-from secchat.app.tui import ConferencePane, MessageLine, SecChatApp, TrustScreen, message_text
+from secchat.app.tui import (
+    Change,
+    Changed,
+    ConferenceModel,
+    ConferencePane,
+    MessageLine,
+    SecChatApp,
+    TrustScreen,
+    message_text,
+)
 from tests.app_support import PASSPHRASE, make_ca, make_profile, start_directory
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -359,6 +368,26 @@ def test_certificate_question_snapshot():
             assert fake.accepted == [] and app.panes() == []
 
     asyncio.run(main())
+
+
+def test_the_model_folds_events_without_widgets():
+    model = ConferenceModel("room", "ann", ("ann", "ben", "cy"))
+    assert model.up == {"ann": True}
+    assert "not established yet" in model.key_text().plain and "2 of 3" in model.key_text().plain
+    assert model.apply(MemberStatus("ben", True)) == Change(Changed.MEMBERS)
+    assert model.apply(MemberStatus("cy", False)).what is Changed.MEMBERS
+    assert model.members_text().plain == "Members: ● ann (you)  ● ben  ○ cy   2 of 3 up"
+    model.apply(KeyStatus(False, 1, None, ()))
+    assert "not established yet (epoch 1)" in model.key_text().plain
+    model.apply(KeyStatus(True, 1, "feedc0de", ("ann", "cy")))
+    assert model.key_text().plain == "Key: established (epoch 1, fingerprint feedc0de) by 2 of 3: ann, cy"
+    t = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    first = model.apply(ChatMessage("ann", t, "x", "sending", 1, local_id=1))
+    again = model.apply(ChatMessage("ann", t, "x", "sent", 1, local_id=1))
+    assert first == again and first.what is Changed.MESSAGE and len(model.messages) == 1
+    assert model.messages[first.key].state == "sent"
+    assert model.apply(Notice("hello")) == Change(Changed.NOTICE, text="hello")
+    assert model.apply(object()) is None
 
 
 def test_peer_text_cannot_drive_the_terminal():

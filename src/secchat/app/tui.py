@@ -20,6 +20,7 @@ line; ``/rekey``, ``/leave``, ``/help``).  Several conferences can be open at on
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ from secchat.app.session import (
 )
 
 __all__ = [
+    "Change",
+    "Changed",
     "ConferenceModel",
     "ConferencePane",
     "SecChatApp",
@@ -174,6 +177,22 @@ def majority(n: int) -> int:
     return n // 2 + 1
 
 
+class Changed(enum.Enum):
+    MEMBERS = "members"
+    KEY = "key"
+    MESSAGE = "message"  # a new message or a new state of one (``Change.key``)
+    NOTICE = "notice"  # ``Change.text``
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What :meth:`ConferenceModel.apply` changed, so the pane redraws only that."""
+
+    what: Changed
+    key: tuple[Any, ...] | None = None
+    text: str | None = None
+
+
 @dataclass
 class ConferenceModel:
     """What the UI knows about one open conference, folded from its events."""
@@ -189,21 +208,20 @@ class ConferenceModel:
     def __post_init__(self) -> None:
         self.up.setdefault(self.me, True)
 
-    def apply(self, event: object) -> str | tuple[str, Any] | None:
-        """Fold ``event`` in; returns what changed: "members", "key", ("message", key),
-        ("notice", text), or None for an event this UI does not show."""
+    def apply(self, event: object) -> Change | None:
+        """Fold ``event`` in; returns what changed, or None for an event this UI does not show."""
         if isinstance(event, MemberStatus):
             self.up[event.name] = event.up
-            return "members"
+            return Change(Changed.MEMBERS)
         if isinstance(event, KeyStatus):
             self.key = event
-            return "key"
+            return Change(Changed.KEY)
         if isinstance(event, ChatMessage):
             key = message_key(event)
             self.messages[key] = event
-            return ("message", key)
+            return Change(Changed.MESSAGE, key=key)
         if isinstance(event, Notice):
-            return ("notice", event.text)
+            return Change(Changed.NOTICE, text=event.text)
         return None
 
     def members_text(self) -> Text:
@@ -406,13 +424,15 @@ class ConferencePane(TabPane):
         message.stop()
         self._show(self.model.apply(message.event))
 
-    def _show(self, change: str | tuple[str, Any] | None) -> None:
-        if change == "members":
+    def _show(self, change: Change | None) -> None:
+        if change is None:
+            return
+        if change.what is Changed.MEMBERS:
             self.query_one(".members", Static).update(self.model.members_text())
-        elif change == "key":
+        elif change.what is Changed.KEY:
             self.query_one(".key", Static).update(self.model.key_text())
-        elif isinstance(change, tuple) and change[0] == "message":
-            key = change[1]
+        elif change.what is Changed.MESSAGE and change.key is not None:
+            key = change.key
             line = self._lines.get(key)
             if line is not None:
                 line.show(self.model.messages[key])
@@ -422,8 +442,8 @@ class ConferencePane(TabPane):
                 self._log.mount(line)
                 self._log.scroll_end(animate=False)
                 self._count_unread()
-        elif isinstance(change, tuple) and change[0] == "notice":
-            self._log.mount(Static(Text(clean(change[1]), style="italic dim"), classes="notice"))
+        elif change.what is Changed.NOTICE and change.text is not None:
+            self._log.mount(Static(Text(clean(change.text), style="italic dim"), classes="notice"))
             self._log.scroll_end(animate=False)
         self._trim()
 
