@@ -220,6 +220,7 @@ def test_joining_asks_to_accept_unseen_certificates_with_their_fingerprints():
             table = dialog.query_one("#trust-certificates")
             assert [str(v) for v in table.get_row_at(1)] == ["cy@Test CA", "cd" * 32]
             assert app.focused.id == "refuse"  # the safe default
+            assert str(app.query_one("#conferences").get_row("room")[4]) == "joining…"
             await pilot.click("#accept")
             await until(pilot, lambda: app.panes())
             assert fake.accepted == [("ben", "ab" * 32), ("cy", "cd" * 32)]
@@ -242,6 +243,7 @@ def test_refusing_a_certificate_does_not_join():
             await pilot.press("enter")  # on "Refuse", which has the focus
             await until(pilot, lambda: app.notes)
             assert fake.accepted == [] and fake.joined == {} and app.panes() == []
+            assert str(app.query_one("#conferences").get_row("side")[4]) == "joinable"
             assert app.notes == [("warning", "Not joining side: you refused a member certificate.")]
 
     asyncio.run(main())

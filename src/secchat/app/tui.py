@@ -284,9 +284,13 @@ def time_frame_text(t0: datetime, t1: datetime) -> str:
     return f"{fmt(t0)} – {fmt(t1)} UTC"
 
 
-def conference_status(view: ConferenceView, joined: bool, now: datetime | None = None) -> Text:
+def conference_status(
+    view: ConferenceView, joined: bool, now: datetime | None = None, *, joining: bool = False
+) -> Text:
     if joined:
         return Text("joined", style="bold green")
+    if joining:
+        return Text("joining…", style="italic green")
     if view.joinable_now:
         return Text("joinable", style="green")
     now = now or datetime.now(UTC)
@@ -630,7 +634,7 @@ class SecChatApp(App[None]):
                 time_frame_text(view.t0, view.t1),
                 Text(clean(", ".join(view.members))),
                 Text(clean(view.creator)),
-                conference_status(view, self.is_open(view.id)),
+                conference_status(view, self.is_open(view.id), joining=view.id in self._joining),
                 key=view.id,
             )
         if table.row_count:
@@ -654,6 +658,7 @@ class SecChatApp(App[None]):
         if conference_id in self._joining:
             return
         self._joining.add(conference_id)
+        self._render_list()
         self._join(conference_id)
 
     @work(group="join")
@@ -663,6 +668,7 @@ class SecChatApp(App[None]):
         finally:
             self._joining.discard(conference_id)
         if conference is None:
+            self._render_list()
             return
         pane = ConferencePane(conference)
         await self.query_one("#tabs", TabbedContent).add_pane(pane)
