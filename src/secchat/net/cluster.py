@@ -69,7 +69,7 @@ class ClusterSpec:
     mode: str = "signed"
     timeout: float = 60.0
     # a victim dies this long (seconds) after it reports that it joined, i.e. that its first GKE
-    # messages are out: mid-GKE by its own progress, not by a guess at the others' speed
+    # messages are out (victims start first; the others once they are dead)
     kill_window: tuple[float, float] = (0.0, 0.002)
     log_level: str = "INFO"
     workdir: Path | None = None  # keep everything here (tests); default: a temp dir, removed
@@ -175,6 +175,7 @@ class _Proc:
         self.progress = asyncio.Event()  # set on every delivery
         self.out_file = log.with_suffix(".out")
         self.kill_after_join: float | None = None
+        self.gone = asyncio.Event()  # SIGKILLed
 
     @property
     def running(self) -> bool:
@@ -301,6 +302,7 @@ class _Cluster:
         proc.ready.set()
         proc.established.set()
         proc.stats_event.set()
+        proc.gone.set()
         proc.progress.set()
 
     def command(self, proc: _Proc, cmd: dict[str, Any]) -> None:
@@ -317,6 +319,7 @@ class _Cluster:
             return False
 
     def kill(self, proc: _Proc, *, keep_socket: bool = False) -> None:
+        proc.gone.set()
         if proc.running and proc.proc is not None:
             proc.killed = True
             if not any(p.info for p in self.procs if p.role == "joined"):
@@ -339,11 +342,17 @@ class _Cluster:
         if not await self.wait_all([p.ready for p in first], "the first members to start"):
             return ["members did not start"]
         self.out(f"{len(first)} members ready; joining (seed {self.seed})")
-        for p in first:
+        # the victims start the GKE first and die right after their first messages are out;
+        # then the others start it: every victim dies mid-GKE, before anyone has the key
+        victims = [p for p in first if p.role == "killed"]
+        for p in victims:
+            p.kill_after_join = self.rng.uniform(*spec.kill_window)
             self.command(p, {"cmd": "join"})
-            if p.role == "killed":
-                p.kill_after_join = self.rng.uniform(*spec.kill_window)
+        if victims and not await self.wait_all([p.gone for p in victims], "the victims to die"):
+            problems.append("a victim could not be killed")
         survivors = [p for p in first if p.role == "joined"]
+        for p in survivors:
+            self.command(p, {"cmd": "join"})
         if not await self.wait_all([p.established for p in survivors], "the group key"):
             problems.append("not every surviving member established the key")
         self.out(f"{sum(bool(p.info) for p in survivors)}/{len(survivors)} surviving members have the key")
@@ -364,7 +373,7 @@ class _Cluster:
             p.role = "stalled"
             self.out(f"{p.name} stalled (SIGSTOP)")
         live = [p for p in live if p.role != "stalled"]
-        crashed = self.rng.sample([p for p in live if p.role == "joined"], spec.crash)
+        crashed = self._crash_victims(live) if spec.crash else []
         for p in crashed:
             self.kill(p, keep_socket=True)
             p.role = "crashed"
@@ -390,6 +399,20 @@ class _Cluster:
         await self.wait_all([p.stats_event for p in live], "final statistics")
         return problems
 
+    def _crash_victims(self, live: list[_Proc]) -> list[_Proc]:
+        """Members to crash after the key, sparing one member of the decided set that still
+        holds its original contribution: a restarted member (fresh state) can only compute the
+        key from such a member's answer.  Crashing all of them leaves the crash-stop model of
+        the thesis; an application would restore the saved GKE state instead."""
+        joined = [p for p in live if p.role == "joined"]
+        decided = set(next((p.info.get("members") for p in joined if p.info), None) or ())
+        originals = [p for p in joined if p.name in decided]
+        keep = self.rng.choice(originals) if originals else None
+        candidates = [p for p in joined if p is not keep]
+        if len(candidates) < self.spec.crash:
+            raise ValueError("not enough members to crash while sparing a decided one")
+        return self.rng.sample(candidates, self.spec.crash)
+
     async def _restart(self, procs: list[_Proc], role: str) -> list[str]:
         for p in procs:
             if p.proc is not None:
@@ -400,6 +423,7 @@ class _Cluster:
             p.role, p.killed, p.info = role, False, {}
             p.established = asyncio.Event()
             p.stats_event = asyncio.Event()
+            p.gone = asyncio.Event()
             p.delivered.clear()
         await asyncio.gather(*(self.spawn(p) for p in procs))
         problems = []
