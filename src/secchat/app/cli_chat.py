@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import signal
 import sys
@@ -43,15 +44,26 @@ def _passphrase(passphrase_file: Path | None) -> str:
 
 
 def _run(fn: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine; an :class:`AppError` becomes one sentence and exit code 1."""
+    """Run a coroutine; an :class:`AppError` becomes one sentence and exit code 1.
+
+    Anything else is a bug: one sentence too, unless ``SECCHAT_DEBUG=1`` asks for the traceback.
+    """
     from .session import AppError
 
     try:
         return asyncio.run(fn())
     except AppError as exc:
+        if exc.code == "untrusted":
+            raise _untrusted_hint(exc) from None
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        if os.environ.get("SECCHAT_DEBUG") == "1":
+            raise
+        raise fail(f"unexpected failure ({type(exc).__name__}: {exc}); SECCHAT_DEBUG=1 shows the details") from None
 
 
 async def _open(home: Path | None, passphrase_file: Path | None):
@@ -74,7 +86,10 @@ def _settings(home: Path | None):
 
 def init(
     name: Annotated[str, typer.Argument(help="Your name (the certificate's common name).")],
-    ca_dir: Annotated[Path, typer.Option("--ca-dir", help="The CA that issues your certificate (`secchat ca init`).")],
+    ca_dir: Annotated[
+        Path | None,
+        typer.Option("--ca-dir", help="The CA that issues your certificate (default: <user data dir>/ca, see `secchat ca init`)."),
+    ] = None,
     directory: Annotated[
         str, typer.Option("--directory", envvar="SECCHAT_DIRECTORY", help="Directory URL (env SECCHAT_DIRECTORY).")
     ] = "http://127.0.0.1:8700",
@@ -91,9 +106,11 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing profile.")] = False,
 ) -> None:
     """Create your identity (key pair, certificate from a local CA, encrypted key store) and profile (config.toml)."""
+    from .cli_pki import default_ca_dir
     from .profile import ProfileError, init_profile
 
     home = _home(home)
+    ca_dir = ca_dir or default_ca_dir()
     ca_pass = read_passphrase(ca_passphrase_file, CA_ENVS, "CA passphrase")
     passphrase = read_passphrase(passphrase_file, (PASSPHRASE_ENV,), f"new passphrase for {name}", confirm=True)
     try:
@@ -179,7 +196,6 @@ def create(
     passphrase_file: Annotated[Path | None, _PASSFILE] = None,
 ) -> None:
     """Create a conference among you and the given members during a time frame (signed by you)."""
-    from .session import AppError
 
     t0, t1 = parse_time(start), parse_time(end)
     if t1 <= t0:
@@ -193,12 +209,7 @@ def create(
                     typer.echo(f"accepted {c.identity} {c.fingerprint}")
             return await app.create(conference_id, member, t0, t1)
 
-    try:
-        view = asyncio.run(go())
-    except AppError as exc:
-        if exc.code == "untrusted":
-            raise _untrusted_hint(exc) from None
-        raise fail(str(exc)) from None
+    view = _run(go)
     typer.echo(f"created {view.id}: {', '.join(view.members)}, from {_when(view.t0)} to {_when(view.t1)}")
 
 
@@ -349,12 +360,7 @@ def join(
 
     async def go() -> None:
         async with await _open(home, passphrase_file) as app:
-            try:
-                conf = await app.join(conference_id, accept_new=accept_new)
-            except AppError as exc:
-                if exc.code == "untrusted":
-                    raise _untrusted_hint(exc) from None
-                raise
+            conf = await app.join(conference_id, accept_new=accept_new)
             if show_history:
                 for msg in conf.history():
                     out(_line(msg, as_json))
