@@ -201,3 +201,36 @@ def test_join_errors_carry_codes_and_sentences(world, tmp_path):
         assert err.value.code == "no_profile"
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_several_conferences_at_once(world):
+    _server, homes = world
+
+    async def main():
+        apps = {n: await ChatApp.open(h, PASSPHRASE) for n, h in homes.items()}
+        try:
+            for app in apps.values():
+                await app.register()
+            now = datetime.now(UTC)
+            for conf_id, creator, members in (("one", "alice", ["bob"]), ("two", "bob", ["alice", "carol"])):
+                app = apps[creator]
+                for c in await app.unaccepted_participants(members):
+                    await app.accept(c.name, c.fingerprint)
+                await app.create(conf_id, members, now - timedelta(minutes=1), now + timedelta(hours=1))
+            joined = {}
+            for name, conf_id in (("alice", "one"), ("bob", "one"), ("alice", "two"), ("bob", "two")):
+                conf = await apps[name].join(conf_id, accept_new=True)
+                joined[name, conf_id] = Watch(conf)
+            await wait_for(lambda: all(w.keys() for w in joined.values()), what="both keys")
+            assert joined["alice", "one"].keys()[0].fingerprint != joined["alice", "two"].keys()[0].fingerprint
+            await joined["alice", "one"].conf.send("to one")
+            await joined["alice", "two"].conf.send("to two")
+            await wait_for(lambda: "to one" in joined["bob", "one"].texts() and "to two" in joined["bob", "two"].texts())
+            assert "to two" not in joined["bob", "one"].texts() and "to one" not in joined["bob", "two"].texts()
+            assert [c.id for c in apps["alice"].joined()] == ["one", "two"]
+            assert [m.text for m in apps["bob"].history("two")] == ["to two"]
+        finally:
+            for app in apps.values():
+                await app.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -353,6 +353,17 @@ class ChatApp:
             )
         self.trust.accept(p.identity, p.fingerprint)
 
+    def history(self, conference_id: str) -> list[ChatMessage]:
+        """Messages of a conference kept locally (across restarts), oldest first; no need to join."""
+        return [
+            ChatMessage(m.sender, _ts(m.sent_at), m.text, m.state, m.epoch)
+            for m in self.history_store.messages(conference_id)
+        ]
+
+    def joined(self) -> list[Conference]:
+        """The conferences joined in this session."""
+        return list(self._conferences.values())
+
     # ------------------------------------------------------------------ conferences
 
     async def _ensure_node(self) -> Node:
@@ -642,10 +653,7 @@ class Conference:
 
     def history(self) -> list[ChatMessage]:
         """Messages of this conference kept locally (across restarts), oldest first."""
-        return [
-            ChatMessage(m.sender, _ts(m.sent_at), m.text, m.state, m.epoch)
-            for m in self._app.history_store.messages(self.id)
-        ]
+        return self._app.history(self.id)
 
     # ------------------------------------------------------------------ stack events
 
