@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -165,20 +165,26 @@ AppEvent = MemberStatus | KeyStatus | ChatMessage | Notice
 # --------------------------------------------------------------------------- payloads
 
 
+#: Epochs are tag parts (``codec.check_tag``: below 2**63); a peer's payload may not go near that.
+Epoch = Annotated[int, msgspec.Meta(ge=0, lt=1 << 48)]
+#: Seconds since 1970, within what ``datetime`` can show.
+Timestamp = Annotated[float, msgspec.Meta(ge=0, le=253402300799)]
+
+
 class _Text(msgspec.Struct, tag="text", frozen=True):
-    text: str
-    sent_at: float
+    text: Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+    sent_at: Timestamp
 
 
 class _Rekey(msgspec.Struct, tag="rekey", frozen=True):
-    epoch: int
+    epoch: Epoch
 
 
 class _Epoch(msgspec.Struct, tag="epoch", frozen=True):
     """Sent over the current epoch when a member comes up, so one that missed a re-key notices
     frames of a newer epoch and follows."""
 
-    epoch: int
+    epoch: Epoch
 
 
 _payload_decoder = msgspec.msgpack.Decoder(_Text | _Rekey | _Epoch)
@@ -550,7 +556,7 @@ class Conference:
                 and len(tag) >= 3
                 and tag[:2] == (self.id, "smc")
                 and type(tag[2]) is int
-                and tag[2] > newest
+                and newest < tag[2] < 1 << 48
             ):
                 newest = tag[2]
         if newest > self.epoch:
@@ -626,10 +632,10 @@ class Conference:
         self._switch(new, f"re-keying {self.id}: epoch {new}")
 
     def _switch(self, epoch: int, why: str) -> None:
-        self.epoch = epoch
-        self.fingerprint = None
         self._node.join(self.id, epoch=epoch)
         self._epochs.add(epoch)
+        self.epoch = epoch
+        self.fingerprint = None
         self._emit(Notice(why))
         self._emit(KeyStatus(False, epoch, None, ()))
 
