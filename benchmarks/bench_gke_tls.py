@@ -11,7 +11,9 @@ bare majority ⌈(n+1)/2⌉ starts, the case the thesis could not run).
 
     python benchmarks/bench_gke_tls.py [--sizes 3,5,...,21] [--reps 3] > gke_tls.csv
 
-CSV on stdout, progress on stderr.
+CSV on stdout, progress on stderr; ``load1`` is the 1-minute load average when the runs started
+(the numbers mean little on a busy machine: an overloaded host delays heartbeats into false
+suspicions, which cost consensus rounds).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import os
 import statistics
 import sys
 import time
@@ -46,18 +49,21 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(x) for x in args.sizes.split(",")]
     scenarios = args.scenarios.split(",")
     out = csv.writer(sys.stdout)
-    out.writerow(["scenario", "n", "joined", "reps", "median_mean_s", "median_slowest_s", "min_mean_s", "max_mean_s"])
+    out.writerow(["scenario", "n", "joined", "reps", "median_mean_s", "median_slowest_s", "min_mean_s", "max_mean_s",
+                  "load1"])
     for scenario in scenarios:
         for n in sizes:
             joined = n if scenario == "all" else majority(n)
-            means, slowest = [], []
+            means, slowest, loads = [], [], []
             started = time.monotonic()
             for rep in range(args.reps):
+                loads.append(os.getloadavg()[0])  # the machine is shared: say how busy it was
                 mean, worst = measure(n, joined, seed=1000 * n + rep)
                 means.append(mean)
                 slowest.append(worst)
             out.writerow([scenario, n, joined, args.reps, f"{statistics.median(means):.4f}",
-                          f"{statistics.median(slowest):.4f}", f"{min(means):.4f}", f"{max(means):.4f}"])
+                          f"{statistics.median(slowest):.4f}", f"{min(means):.4f}", f"{max(means):.4f}",
+                          f"{statistics.fmean(loads):.1f}"])
             sys.stdout.flush()
             print(f"{scenario} n={n}: {statistics.median(means):.3f}s ({time.monotonic() - started:.0f}s wall)",
                   file=sys.stderr)
