@@ -52,6 +52,8 @@ class SavedState(msgspec.Struct, frozen=True):
     contribution: bytes  # 32 bytes, big-endian (msgpack has no 256-bit integers)
     session_seed: bytes
     fingerprint: str | None = None
+    #: SHA-256 of the signed conference record: a state is only restored into the same record
+    record: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -204,6 +205,10 @@ def _view(c: DirConference, now: float) -> ConferenceView:
     )
 
 
+def _record_digest(record: DirConference) -> bytes:
+    return hashlib.sha256(record.record.signed_bytes()).digest()
+
+
 def _unaccepted(members: Sequence[Any]) -> tuple[UnacceptedCertificate, ...]:
     return tuple(UnacceptedCertificate(m.identity.name, str(m.identity), m.fingerprint) for m in members)
 
@@ -244,6 +249,7 @@ class ChatApp:
         self._node: Node | None = None
         self._address: tuple[str, int] | None = None
         self._conferences: dict[str, Conference] = {}
+        self._join_lock = asyncio.Lock()
         self._closed = False
 
     @classmethod
@@ -398,8 +404,12 @@ class ChatApp:
         seen before instead of raising ``AppError(code="untrusted")``."""
         if self._closed:
             raise AppError("this SecChat session is closed", "closed")
-        if conference_id in self._conferences:
-            return self._conferences[conference_id]
+        async with self._join_lock:  # one join of a conference at a time (a double click in a UI)
+            if conference_id in self._conferences:
+                return self._conferences[conference_id]
+            return await self._join(conference_id, accept_new)
+
+    async def _join(self, conference_id: str, accept_new: bool) -> Conference:
         record: DirConference = await self._dir(
             self.client.get_conference(conference_id), conference=conference_id
         )
@@ -427,6 +437,8 @@ class ChatApp:
         except (ValueError, pki.PkiError) as exc:
             raise AppError(f"cannot run conference {conference_id!r}: {exc}", "bad_conference") from None
         saved = self.history_store.load_state(conference_id)
+        if saved is not None and saved.record != _record_digest(record):
+            saved = None  # a state of another conference that had this id: never reuse it
         conf = Conference(self, record, saved)
         self._conferences[conference_id] = conf
         conf._start()
@@ -465,6 +477,7 @@ class Conference:
         self.epoch = saved.epoch if saved is not None else 0
         self.fingerprint: str | None = None
         self._saved = saved
+        self._record = _record_digest(record)
         self._queue: asyncio.Queue[AppEvent | None] = asyncio.Queue(EVENT_QUEUE)
         self._pending: dict[int, deque[ChatMessage | None]] = {}  # epoch -> own sends in order
         self._local_ids = 0
@@ -668,7 +681,9 @@ class Conference:
         if smc is None or not smc.established:
             return
         gke = smc.gke
-        state = SavedState(self.epoch, gke.contribution.to_bytes(32, "big"), gke.session_seed, smc.fingerprint)
+        state = SavedState(
+            self.epoch, gke.contribution.to_bytes(32, "big"), gke.session_seed, smc.fingerprint, self._record
+        )
         self._app.history_store.save_state(self.id, state)
 
     def _on_stack_event(self, ev: Any) -> None:
