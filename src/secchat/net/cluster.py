@@ -65,6 +65,7 @@ class ClusterSpec:
     crash: int = 0  # members SIGKILLed after the key, restarted after the others multicast
     stall: int = 0  # live members SIGSTOPped (they stop reading) before the messages are sent
     message_size: int = 0  # pad each message to this many bytes
+    partial_addresses: bool = False  # member i knows only the addresses of members 0..i-1
     seed: int | None = None
     mode: str = "signed"
     timeout: float = 60.0
@@ -226,7 +227,8 @@ class _Cluster:
                     "name": name, "key": str(files[i].key_path), "cert": str(files[i].cert_path),
                     "ca": str(ca_path), "passphrase_env": PASSPHRASE_ENV,
                 },
-                "peers": {n: a for n, a in addresses.items() if n != name},
+                "peers": {n: a for n, a in addresses.items()
+                          if n != name and (not spec.partial_addresses or names.index(n) < i)},
                 "conference": [{
                     "id": spec.group, "mode": spec.mode, "join": "command",
                     "members": [{"name": f.name, "cert": str(f.cert_path)} for f in files],
@@ -578,6 +580,8 @@ def cluster(
     crash: int = typer.Option(0, "--crash", help="Members SIGKILLed after the key and restarted after the others multicast."),
     stall: int = typer.Option(0, "--stall", help="Live members SIGSTOPped (not reading) before the messages."),
     message_size: int = typer.Option(0, "--message-size", help="Pad each message to this many bytes."),
+    partial_addresses: bool = typer.Option(
+        False, "--partial-addresses", help="Member i knows only the addresses of members 0..i-1."),
     restart_killed: bool = typer.Option(False, "--restart-killed", help="Start the killed members again once the key exists."),
     keep: str | None = typer.Option(None, "--keep", help="Keep configs, certificates and logs in this directory."),
     log_level: str = typer.Option("INFO", "--log-level", help="Log level of the member processes."),
@@ -587,6 +591,7 @@ def cluster(
 
     console = Console(stderr=True)
     spec = ClusterSpec(n=n, join=join, kill=kill, late=late, messages=messages, restart_killed=restart_killed, stall=stall, crash=crash,
+                       partial_addresses=partial_addresses,
                        message_size=message_size, seed=seed, mode=mode,
                        timeout=timeout, workdir=Path(keep) if keep else None, log_level=log_level)
     try:
