@@ -208,3 +208,20 @@ def test_a_crashed_member_restarts_reconnects_and_gets_the_queued_messages(tmp_p
     assert all(m.delivered[recovered.name] == 5 for m in others)  # and its new incarnation is heard
     assert sum(m.stats["links"]["connections_opened"] + m.stats["links"]["connections_accepted"]
                for m in others) >= 2 * len(others)  # the links were re-established
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--n", "7", "--kill", "3"], ["--n", "9", "--join", "5", "--late", "4", "--messages", "20"]],
+    ids=["n7-kill3", "n9-join5-late4-messages20"],
+)
+def test_acceptance_commands(args):
+    """The two command lines of issue 3's acceptance, verbatim (plus a seed)."""
+    env = dict(os.environ, PYTHONPATH=str(Path(pki.__file__).resolve().parent.parent))
+    proc = subprocess.run(
+        [sys.executable, "-c", "from secchat.app.cli import main; main()", "cluster", *args, "--seed", "2004"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert summary.endswith("-> OK") and "MISMATCH" not in summary
