@@ -49,6 +49,7 @@ class Member:
     """``secchat join ID --send --json`` running; its event lines collected by a thread."""
 
     def __init__(self, home: Path, conference: str, *extra: str) -> None:
+        self.name = home.name
         self.proc = subprocess.Popen(
             [*CMD, "join", conference, "--send", "--json", "--home", str(home), *extra],
             env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -87,8 +88,8 @@ class Member:
         return ev["fingerprint"]
 
     def received(self, text: str) -> dict:
-        return self.wait(lambda e: e["event"] == "message" and e["text"] == text and e["state"] == "delivered",
-                         f"message {text!r}")
+        return self.wait(lambda e: e["event"] == "message" and e["text"] == text and e["state"] == "delivered"
+                         and e["sender"] != self.name, f"message {text!r}")
 
     def stderr_tail(self) -> str:
         if self.proc.poll() is None:
@@ -148,6 +149,8 @@ def test_three_member_processes_chat_rejoin_and_rekey(world):
         assert bob.key(0) == fp0
         alice.say("hello from alice")
         bob.received("hello from alice")
+        alice.wait(lambda e: e["event"] == "message" and e["sender"] == "alice" and e["state"] == "delivered"
+                   and e["seen_by"] == ["bob"], "a receipt from bob")
 
         # carol starts late and catches up: same key, the earlier message too
         carol = Member(homes["carol"], "room", "--accept-new")

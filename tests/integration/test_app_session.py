@@ -34,7 +34,8 @@ class Watch:
         return [e for e in self.events if isinstance(e, KeyStatus) and e.established]
 
     def texts(self, state: str = "delivered") -> list[str]:
-        return [e.text for e in self.events if isinstance(e, ChatMessage) and e.state == state]
+        return [e.text for e in self.events if isinstance(e, ChatMessage) and e.state == state
+                and (state != "delivered" or e.local_id is None)]  # others' messages, not our receipts
 
 
 @pytest.fixture
@@ -100,6 +101,10 @@ def test_conference_life(world, monkeypatch):
             assert wc.keys()[0].fingerprint == first_fp
             await c.send("hi from carol")
             await wait_for(lambda: "hi from carol" in wa.texts() and "hi from carol" in wb.texts())
+            # receipts: carol's message becomes "delivered", seen by both
+            await wait_for(lambda: any(e.text == "hi from carol" and e.seen_by == ("alice", "bob")
+                                       and e.state == "delivered" for e in wc.events if isinstance(e, ChatMessage)),
+                           what="receipts for carol's message")
 
             # bob leaves and rejoins: the same key, messages from then on
             await b.leave()

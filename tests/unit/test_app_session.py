@@ -16,7 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secchat.app import session as session_mod
-from secchat.app.session import ChatMessage, Conference, KeyStatus, Notice, _Epoch, _Rekey, _Text
+from secchat.app.session import (
+    ChatMessage,
+    Conference,
+    KeyStatus,
+    Notice,
+    _Epoch,
+    _Rekey,
+    _Seen,
+    _Text,
+)
 from secchat.directory.client import DirectoryError
 from secchat.protocols.events import Delivered, KeyEstablished
 from secchat.protocols.stack import smc_tag
@@ -202,3 +211,30 @@ def test_hostile_payloads_never_escape_or_break_the_epoch(data, sender, epoch):
     conf._on_stack_event(Delivered(smc_tag("room", epoch), sender, 1, 1, payload(_Epoch(epoch))))
     assert 0 <= conf.epoch < 1 << 48
     assert all(0 <= e < 1 << 48 for e, _ in node.joined)
+
+
+def test_receipts_turn_our_message_delivered():
+    async def main():
+        conf, node = make_conference()
+        conf._start()
+        conf._up = {"ben": True, "cy": False}
+        conf._on_stack_event(KeyEstablished(smc_tag("room", 0), "f0", (0, 1)))
+        await conf.send("hello")
+        conf._on_stack_event(Delivered(smc_tag("room", 0), 0, 5, 0, payload(_Text("hello", 1.0))))
+        drain(conf)
+        conf._on_stack_event(Delivered(smc_tag("room", 0), 2, 9, 0, payload(_Seen([(0, 0, 4, 0)]))))  # wrong incarnation
+        assert drain(conf) == []
+        conf._on_stack_event(Delivered(smc_tag("room", 0), 1, 9, 0, payload(_Seen([(0, 0, 5, 0)]))))
+        [update] = drain(conf)
+        assert (update.state, update.seen_by, update.local_id) == ("delivered", ("ben",), 1)  # cy is not live
+        conf._on_stack_event(Delivered(smc_tag("room", 0), 2, 9, 1, payload(_Seen([(0, 0, 5, 3)]))))
+        [update] = drain(conf)
+        assert update.seen_by == ("ben", "cy") and conf._tracked == {}
+        # we confirm what we delivered, in one receipt per period
+        conf._on_stack_event(Delivered(smc_tag("room", 0), 1, 9, 2, payload(_Text("yo", 2.0))))
+        await asyncio.sleep(session_mod.RECEIPT_PERIOD * 2)
+        receipts = [p for e, p in node.sent if p.get("type") == "seen"]
+        assert receipts and receipts[-1]["upto"] == [[0, 1, 9, 2]]
+        await conf.leave()
+
+    asyncio.run(main())

@@ -295,7 +295,8 @@ def _line(event: Any, as_json: bool) -> str:
     if as_json:
         if isinstance(event, ChatMessage):
             return json.dumps({"event": "message", "sender": event.sender, "text": event.text, "state": event.state,
-                               "epoch": event.epoch, "sent_at": event.sent_at.isoformat()})
+                               "epoch": event.epoch, "sent_at": event.sent_at.isoformat(),
+                               "seen_by": list(event.seen_by)})
         if isinstance(event, KeyStatus):
             return json.dumps({"event": "key", "established": event.established, "epoch": event.epoch,
                                "fingerprint": event.fingerprint, "contributors": list(event.contributors)})
@@ -304,7 +305,8 @@ def _line(event: Any, as_json: bool) -> str:
         return json.dumps({"event": "notice", "text": event.text})
     if isinstance(event, ChatMessage):
         when = event.sent_at.astimezone().strftime("%H:%M:%S")
-        return f"[{when}] {event.sender}: {event.text}  ({event.state})"
+        seen = f", seen by {', '.join(event.seen_by)}" if event.seen_by else ""
+        return f"[{when}] {event.sender}: {event.text}  ({event.state}{seen})"
     if isinstance(event, KeyStatus):
         if event.established:
             return (f"* key established (epoch {event.epoch}, fingerprint {event.fingerprint}, "
@@ -353,7 +355,7 @@ def join(
 
     Lines on stdin: text (with --send) is multicast; /rekey starts a new epoch with a fresh key; /leave saves the key state and leaves (joining again gives the same key); /quit leaves too.
     """
-    from .session import AppError, MemberStatus
+    from .session import AppError, ChatMessage, MemberStatus
 
     def out(text: str) -> None:
         typer.echo(text)
@@ -377,11 +379,16 @@ def join(
 
             async def printer() -> None:
                 seen: set[str] = set()
+                states: dict[int, str] = {}  # our messages' last printed state
                 async for event in conf.events():
                     if isinstance(event, MemberStatus) and not as_json:
                         if not event.up and event.name not in seen:
                             continue  # not here yet: say nothing until it was live once
                         seen.add(event.name)
+                    if isinstance(event, ChatMessage) and event.local_id is not None and not as_json:
+                        if states.get(event.local_id) == event.state:
+                            continue  # one more receipt, same state
+                        states[event.local_id] = event.state
                     out(_line(event, as_json))
                 stop.set()
 

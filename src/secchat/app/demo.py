@@ -164,10 +164,10 @@ class _Demo:
                 m.fingerprint = ev["fingerprint"]
                 self.say(f"[bold green]{m.name}[/] has the conference key [cyan]{ev['fingerprint']}[/] "
                          f"(from {', '.join(ev['contributors'])})")
-            elif kind == "message" and ev.get("state") == "delivered":
+            elif kind == "message" and ev.get("state") == "delivered" and ev.get("sender") != m.name:
                 m.received.append(ev["text"])
                 self.say(f"[bold]{m.name}[/] got [italic]{ev['text']!r}[/] from {ev['sender']}")
-            elif kind == "message" and ev.get("state") == "sent":
+            elif kind == "message" and ev.get("sender") == m.name and ev.get("state") == "sent" and not ev.get("seen_by"):
                 m.sent += 1
             self.changed.set()
         self.changed.set()

@@ -94,6 +94,12 @@ CONTACT_MAX_PERIOD = 15.0
 #: Up to this many missing members are looked up one by one; beyond, the listing is read.
 CONTACT_LOOKUPS = 4
 MAX_TEXT = 64 * 1024
+#: Receipts (our messages' ``seen_by``, state ``delivered``) are sent in conferences up to this
+#: size, at most once per period per member: each costs a multicast to n - 1 members.
+RECEIPT_MAX_MEMBERS = 32
+RECEIPT_PERIOD = 0.3
+#: Our own recent messages whose receipts are tracked.
+MAX_TRACKED = 1000
 
 
 class AppError(Exception):
@@ -151,8 +157,10 @@ class ChatMessage:
     text: str
     state: str  # "sending" | "sent" | "delivered"
     epoch: int
-    #: our own messages: a number that stays the same from "sending" to "sent" (None for others')
+    #: our own messages: a number that stays the same from "sending" to "delivered" (None for others')
     local_id: int | None = None
+    #: our own messages: the members that confirmed they got it (receipts; small conferences only)
+    seen_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,13 @@ class _Rekey(msgspec.Struct, tag="rekey", frozen=True):
     epoch: Epoch
 
 
+class _Seen(msgspec.Struct, tag="seen", frozen=True):
+    """Receipts: for each (epoch, sender index, incarnation), the highest seq delivered here."""
+
+    upto: Annotated[list[tuple[Epoch, Annotated[int, msgspec.Meta(ge=0, lt=1 << 16)], int, int]],
+                    msgspec.Meta(max_length=1 << 16)]
+
+
 class _Epoch(msgspec.Struct, tag="epoch", frozen=True):
     """Sent over the current epoch when a member comes up, so one that missed a re-key notices
     frames of a newer epoch and follows."""
@@ -188,7 +203,7 @@ class _Epoch(msgspec.Struct, tag="epoch", frozen=True):
     epoch: Epoch
 
 
-_payload_decoder = msgspec.msgpack.Decoder(_Text | _Rekey | _Epoch)
+_payload_decoder = msgspec.msgpack.Decoder(_Text | _Rekey | _Epoch | _Seen)
 
 
 def _ts(t: int | float) -> datetime:
@@ -484,6 +499,9 @@ class Conference:
         self._up: dict[str, bool] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._epochs: set[int] = set()  # epochs whose stack instance is running
+        # receipts: what we delivered and must confirm; our messages awaiting confirmations
+        self._ack_due: dict[tuple[int, int, int], int] = {}
+        self._tracked: dict[tuple[int, int, int], tuple[ChatMessage, set[str]]] = {}
         self._left = False
         self.sent = 0
         self.delivered = 0
@@ -508,6 +526,8 @@ class Conference:
         self._emit(KeyStatus(False, self.epoch, None, ()))
         self._tasks.append(asyncio.create_task(self._watch_status(), name=f"status {self.id}"))
         self._tasks.append(asyncio.create_task(self._find_peers(), name=f"contacts {self.id}"))
+        if len(self.members) <= RECEIPT_MAX_MEMBERS:
+            self._tasks.append(asyncio.create_task(self._send_receipts(), name=f"receipts {self.id}"))
 
     def _emit(self, event: AppEvent | None) -> None:
         while True:
@@ -559,6 +579,36 @@ class Conference:
                     with contextlib.suppress(AppError):
                         self._multicast(msgspec.msgpack.encode(_Epoch(self.epoch)), None)
             await asyncio.sleep(STATUS_PERIOD)
+
+    async def _send_receipts(self) -> None:
+        while not self._left:
+            await asyncio.sleep(RECEIPT_PERIOD)
+            if self._ack_due and self.established:
+                upto = [(e, i, inc, seq) for (e, i, inc), seq in self._ack_due.items()]
+                self._ack_due.clear()
+                with contextlib.suppress(AppError):
+                    self._multicast(msgspec.msgpack.encode(_Seen(upto)), None)
+
+    def _on_receipt(self, sender: str, seen: _Seen) -> None:
+        me = self.members.index(self.me)
+        for epoch, index, incarnation, seq in seen.upto:
+            if index != me:
+                continue
+            for key in [k for k in self._tracked if k[0] == epoch and k[1] == incarnation and k[2] <= seq]:
+                msg, by = self._tracked[key]
+                if sender in by:
+                    continue
+                by.add(sender)
+                others = {n for n in self.members if n != self.me}
+                live = {n for n in others if self._up.get(n)} | by
+                done = by >= live
+                update = ChatMessage(msg.sender, msg.sent_at, msg.text, "delivered" if done else "sent", msg.epoch,
+                                     msg.local_id, tuple(sorted(by)))
+                if by >= others:
+                    del self._tracked[key]
+                else:
+                    self._tracked[key] = (update, by)
+                self._emit(update)
 
     def _follow_newer_epoch(self, member: Any) -> None:
         """Frames of a newer epoch of ours are waiting: we missed a re-key, so follow it."""
@@ -716,6 +766,10 @@ class Conference:
                 self.sent += 1
                 self._store(msg)
                 self._emit(msg)
+                if len(self.members) <= RECEIPT_MAX_MEMBERS:
+                    self._tracked[(epoch, ev.incarnation, ev.seq)] = (msg, set())
+                    while len(self._tracked) > MAX_TRACKED:
+                        del self._tracked[next(iter(self._tracked))]
             return
         try:
             payload = _payload_decoder.decode(ev.payload)
@@ -727,6 +781,10 @@ class Conference:
             self.delivered += 1
             self._store(msg)
             self._emit(msg)
+            key = (epoch, ev.sender, ev.incarnation)
+            self._ack_due[key] = max(self._ack_due.get(key, -1), ev.seq)
+        elif isinstance(payload, _Seen):
+            self._on_receipt(sender, payload)
         elif isinstance(payload, _Rekey) and payload.epoch > self.epoch:
             self._switch(payload.epoch, f"{sender} re-keyed {self.id}: epoch {payload.epoch}")
 
