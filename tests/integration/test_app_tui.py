@@ -259,7 +259,7 @@ def test_live_members_key_and_message_states():
             conf = fake.joined["room"]
             conf.emit(MemberStatus("ben", True), MemberStatus("cy", False),
                       KeyStatus(True, 0, "0123abcd", ("ann", "ben")))
-            await until(pilot, lambda: "established" in text_of(room.query_one(".key"))
+            await until(pilot, lambda: "Key: established" in text_of(room.query_one(".key"))
                         and "○ cy" in text_of(room.query_one(".members")))
             members = text_of(room.query_one(".members"))
             assert "● ann (you)" in members and "● ben" in members and "2 of 3 up" in members
@@ -272,9 +272,12 @@ def test_live_members_key_and_message_states():
             [line] = room.query(MessageLine)
             assert "ann: hello all" in text_of(line) and "sending" in text_of(line)
             mine = line.message
-            for state in ("sent", "delivered"):
-                conf.emit(ChatMessage(mine.sender, mine.sent_at, mine.text, state, 0))
-                await until(pilot, lambda s=state: s in text_of(line))
+            conf.emit(ChatMessage(mine.sender, mine.sent_at, mine.text, "sent", 0, 1))
+            await until(pilot, lambda: "✓ sent" in text_of(line))
+            conf.emit(ChatMessage(mine.sender, mine.sent_at, mine.text, "sent", 0, 1, ("ben",)))
+            await until(pilot, lambda: "(seen by ben)" in text_of(line))
+            conf.emit(ChatMessage(mine.sender, mine.sent_at, mine.text, "delivered", 0, 1, ("ben", "cy")))
+            await until(pilot, lambda: "✓✓ delivered (seen by ben, cy)" in text_of(line))
             assert len(room.query(MessageLine)) == 1  # updated in place
             conf.emit(ChatMessage("ben", datetime(2026, 1, 1, 12, 1, tzinfo=UTC), "hi [b]ann[/b]", "delivered", 0),
                       Notice("cy joined late"))
@@ -464,26 +467,27 @@ def test_a_message_typed_in_one_members_ui_appears_in_anothers(tmp_path):
                 drain = asyncio.create_task(_collect(conf, carol_events))
 
                 room_a, room_b = pane(ui_a, "room"), pane(ui_b, "room")
-                await until(pa, lambda: "established" in text_of(room_a.query_one(".key"))
-                            and "established" in text_of(room_b.query_one(".key")), timeout=30, what="the key")
+                await until(pa, lambda: all(r.model.key and r.model.key.established for r in (room_a, room_b)),
+                            timeout=30, what="the key")
+                assert "Key: established" in text_of(room_a.query_one(".key"))
                 assert room_a.model.key.fingerprint == room_b.model.key.fingerprint
 
                 ui_b.query_one(".say").focus()
                 await type_line(pb, "hello from bob")
                 await until(pa, lambda: _line(room_a, "hello from bob", "delivered"), timeout=20,
                             what="bob's message in alice's UI")
-                await until(pb, lambda: _line(room_b, "hello from bob", "sent"), timeout=20)
+                await until(pb, lambda: _line(room_b, "hello from bob", "sent", "delivered"), timeout=20)
                 await type_line(pa, "hi bob, carol is here too")
                 await until(pb, lambda: _line(room_b, "hi bob, carol is here too", "delivered"), timeout=20,
                             what="alice's message in bob's UI")
                 await until(pa, lambda: all(room_a.model.up.get(n) for n in ("alice", "bob", "carol")),
                             timeout=20, what="everyone up in alice's UI")
-                await until(pa, lambda: _line(room_a, "hi bob, carol is here too", "sent"), timeout=20)
+                await until(pa, lambda: _line(room_a, "hi bob, carol is here too", "sent", "delivered"), timeout=20)
                 await until(pa, lambda: any(isinstance(e, ChatMessage) and e.text == "hello from bob"
                                             for e in carol_events), timeout=20, what="the headless member")
                 await pa.pause(0.3)
                 svg = ui_a.export_screenshot(title="SecChat -- alice in conference room")
-                assert "hello&#160;from&#160;bob" in svg and "established" in svg
+                assert "hello&#160;from&#160;bob" in svg and ">established<" in svg and "not&#160;established" not in svg
                 (tmp_path / "chat-ui.svg").write_text(svg, encoding="utf-8")
                 if os.environ.get("SECCHAT_UPDATE_SCREENSHOT") == "1":
                     (DOCS / "chat-ui.svg").write_text(svg, encoding="utf-8")
@@ -502,7 +506,8 @@ def test_a_message_typed_in_one_members_ui_appears_in_anothers(tmp_path):
                 await until(pb, lambda: ui_b.panes(), timeout=15, what="bob back")
                 room_b = pane(ui_b, "room")
                 assert not isinstance(ui_b.screen, TrustScreen)
-                assert _line(room_b, "hello from bob", "sent")  # from bob's local history
+                await until(pb, lambda: _line(room_b, "hello from bob", "sent", "delivered"), timeout=10,
+                            what="bob's local history in the new pane")
                 await until(pb, lambda: room_b.model.key and room_b.model.key.established, timeout=30)
                 assert room_b.model.key.fingerprint == room_a.model.key.fingerprint
                 await type_line(pa, "welcome back")
@@ -525,8 +530,8 @@ async def _collect(conference, into: list[object]) -> None:
         into.append(event)
 
 
-def _line(pane_: ConferencePane, text: str, state: str) -> bool:
-    return any(m.message.text == text and m.message.state == state for m in pane_.query(MessageLine))
+def _line(pane_: ConferencePane, text: str, *states: str) -> bool:
+    return any(m.message.text == text and m.message.state in states for m in pane_.query(MessageLine))
 
 
 def test_chat_command_errors_are_one_sentence(tmp_path):

@@ -81,6 +81,8 @@ MAX_TRUST_ROUNDS = 3
 #: Lines (messages and notices) a conference's pane keeps; older ones leave the screen and memory.
 MAX_LINES = 2000
 
+#: sending: queued until the key exists; sent: encrypted and multicast; delivered: a member's
+#: message that reached us, or ours once every live member confirmed it (receipts)
 STATE_MARK = {"sending": ("…", "yellow"), "sent": ("✓", "cyan"), "delivered": ("✓✓", "green")}
 CHAT_CSS = """
 #list-hint {
@@ -274,6 +276,8 @@ def message_text(message: ChatMessage, me: str, today: date | None = None) -> Te
     text.append(": ")
     text.append(clean(message.text))
     text.append(f"  {mark} {message.state}", style=colour)
+    if message.sender == me and message.seen_by:
+        text.append(f" (seen by {clean(', '.join(message.seen_by))})", style="dim")
     return text
 
 
@@ -387,6 +391,8 @@ class ConferencePane(TabPane):
         self.conference = conference
         #: messages that arrived while another tab was shown (in the tab's label)
         self.unread = 0
+        #: mounted, history shown, events flowing
+        self.ready = False
         self.model = ConferenceModel(conference.id, conference.me, tuple(conference.members))
         self._lines: dict[tuple[Any, ...], MessageLine] = {}
 
@@ -407,6 +413,7 @@ class ConferencePane(TabPane):
         for message in history:
             self._show(self.model.apply(message))
         self._pump()
+        self.ready = True
 
     @work(exclusive=True, group="events")
     async def _pump(self) -> None:
@@ -717,7 +724,8 @@ class SecChatApp(App[None]):
         self._render_list()
 
     def panes(self) -> list[ConferencePane]:
-        return list(self.query(ConferencePane))
+        """The open conferences' panes (ready ones: mounted, with their history shown)."""
+        return [pane for pane in self.query(ConferencePane) if pane.ready]
 
 
 def run_chat(home: Path | None = None, passphrase_file: Path | None = None) -> int:
@@ -745,10 +753,19 @@ def run_chat(home: Path | None = None, passphrase_file: Path | None = None) -> i
         except AppError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        except OSError as exc:
+            print(f"error: cannot open the profile in {home}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        status = 0
         try:
             await SecChatApp(chat).run_async()
         finally:
-            await chat.aclose()
-        return 0
+            try:
+                await chat.aclose()  # leaves the conferences, saving their key state
+            except Exception as exc:  # the UI is gone: say it in one sentence
+                log.debug("closing", exc_info=True)
+                print(f"error: closing the session failed: {exc}", file=sys.stderr)
+                status = 1
+        return status
 
     return asyncio.run(main())
