@@ -59,3 +59,66 @@ class ConsensusWire:
             if frm in self.crashed or to in self.crashed:
                 continue
             self.apply(to, self.nodes[to].receive(frm, msg))
+
+
+class ManualNet:
+    """Real members, frames delivered only when and as the test says (crafted schedules)."""
+
+    def __init__(self, n: int, seed: int = 1, group: str = "g") -> None:
+        import random
+
+        from secchat.crypto import Signer
+
+        self.n, self.group, self.seed = n, group, seed
+        keys = random.Random(f"k{seed}")
+        self.signers = [Signer(keys.randbytes(32)) for _ in range(n)]
+        self.verifiers = [s.verifier() for s in self.signers]
+        self.members: list = [None] * n
+        self.frames: list[tuple[int, int, bytes]] = []
+        self.events: dict[int, list] = {i: [] for i in range(n)}
+        self.now = 0.0
+        self._runs = [0] * n
+
+    def start(self, i: int, action) -> None:
+        import random
+
+        from secchat.protocols.stack import Member
+
+        self._runs[i] += 1
+        rng = random.Random(f"m{self.seed}/{i}/{self._runs[i]}")
+        self.members[i] = Member(self.group, i, self.n, self.signers[i], self.verifiers, rng, self.now)
+        action(self.members[i], self.now)
+        self._flush(i)
+
+    def crash(self, i: int) -> None:
+        """i stops; what it had not sent yet dies with its link queues."""
+        self.members[i] = None
+        self.events[i].clear()
+        self.frames = [f for f in self.frames if f[0] != i]
+
+    def _flush(self, i: int) -> None:
+        m = self.members[i]
+        for out in m.take_outgoing():
+            for to in range(self.n) if out.to is None else (out.to,):
+                if to != i:
+                    self.frames.append((i, to, out.data))
+        self.events[i].extend(m.take_events())
+
+    def deliver(self, pred=lambda frm, to: True) -> None:
+        while True:
+            pick = next((f for f in self.frames if self.members[f[1]] is not None and pred(f[0], f[1])), None)
+            if pick is None:
+                return
+            self.frames.remove(pick)
+            frm, to, data = pick
+            self.members[to].receive(frm, data, self.now)
+            self._flush(to)
+
+    def tick(self, dt: float, rounds: int = 1) -> None:
+        for _ in range(rounds):
+            self.now += dt
+            for i, m in enumerate(self.members):
+                if m is not None:
+                    m.handle_timer(self.now)
+                    self._flush(i)
+            self.deliver()

@@ -29,7 +29,7 @@ from typing import Protocol
 
 from ..codec import Tag
 from .events import Broadcast, Decided, Event, Send
-from .messages import MAX_VALUE, Ack, Decision, Estimate, Message, Nack, Proposal
+from .messages import MAX_VALUE, Abstain, Ack, Decision, Estimate, Message, Nack, Proposal
 
 __all__ = ["Consensus", "Detector", "State", "majority"]
 
@@ -46,6 +46,7 @@ class Detector(Protocol):
 class State(Enum):
     IDLE = "idle"  # not proposed yet: buffering only
     RUNNING = "running"
+    ABSTAINING = "abstaining"  # restarted: never votes, waits for the decision
     DECIDED = "decided"
 
 
@@ -88,11 +89,38 @@ class Consensus:
         self._pending_decision: tuple[bytes, int] | None = None
         self._relay_source: int | None = None
         self._pending_proposal: Proposal | None = None
+        self._abstained: set[int] = set()  # members that said they will never vote
 
     def coordinator(self, round_: int) -> int:
         return round_ % self.n
 
+    def _suspects(self, peer: int) -> bool:
+        return peer in self._abstained or self._detector.suspects(peer)
+
     # ----------------------------------------------------------------- API
+
+    def restore(self, decision: bytes) -> list[Event]:
+        """Local input: this member decided ``decision`` in an earlier run (saved state)."""
+        if self.state is not State.IDLE:
+            raise RuntimeError(f"consensus {self.tag!r}: already proposed")
+        self.state = State.RUNNING
+        return self._decide(decision, -1)
+
+    def abstain(self) -> list[Event]:
+        """Local input: take part without ever voting, only to learn the decision.
+
+        For a member that restarted without its consensus state: it may have voted before, and
+        its forgotten ack could be the one that locked the decided value, so voting again could
+        break agreement.  It tells the others to treat it as permanently suspected (they stop
+        waiting for it, exactly as for a crashed member) and waits for the ``Decision``.
+        Termination then needs t voters, as if it had crashed.
+        """
+        if self.state is not State.IDLE:
+            raise RuntimeError(f"consensus {self.tag!r}: already proposed")
+        self.state = State.ABSTAINING
+        if self._pending_decision is not None:
+            return self._decide(*self._pending_decision)
+        return [Broadcast(Abstain(self.tag))]
 
     def propose(self, value: bytes) -> list[Event]:
         """Local input: propose ``value`` (once)."""
@@ -117,6 +145,11 @@ class Consensus:
         if self.state is State.DECIDED:
             # one answer per message (no amplification): a late or restarted member learns it
             return [Send(sender, Decision(self.tag, self.decision))]
+        if isinstance(msg, Abstain):
+            self._abstained.add(sender)
+            return self.suspicion_changed()
+        if self.state is State.ABSTAINING:
+            return self._drop("abstaining")
         if isinstance(msg, Proposal):
             if sender != self.coordinator(msg.round):
                 return self._drop("proposal_not_from_coordinator")
@@ -150,7 +183,7 @@ class Consensus:
         if self.state is not State.RUNNING or self._replied:
             return []
         coord = self.coordinator(self.round)
-        if coord != self.me and self._detector.suspects(coord):
+        if coord != self.me and self._suspects(coord):
             self._replied = True
             return [Send(coord, Nack(self.tag, self.round)), *self._advance_if_done()]
         return []
@@ -185,7 +218,7 @@ class Consensus:
             box.estimates[self.me] = (self.ts, self.estimate)
             return self._progress()
         out: list[Event] = [Send(coord, Estimate(self.tag, round_, self.ts, self.estimate))]
-        if self._detector.suspects(coord):
+        if self._suspects(coord):
             self._replied = True
             out.append(Send(coord, Nack(self.tag, round_)))
             out += self._advance_if_done()

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..codec import Tag
 from .messages import (
+    Abstain,
     Ack,
     Contribution,
     Decision,
@@ -36,6 +37,7 @@ _PROTOCOL = {
     Ack: "consensus",
     Nack: "consensus",
     Decision: "consensus",
+    Abstain: "consensus",
     PublicKey: "gke",
     Contribution: "gke",
     SmcData: "smc",

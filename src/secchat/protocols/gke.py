@@ -96,6 +96,8 @@ class GroupKeyExchange:
         *,
         contribution: int | None = None,
         session_seed: bytes | None = None,
+        decision: bytes | None = None,
+        voter: bool = True,
     ) -> None:
         self.tag = tag
         self.me = me
@@ -117,6 +119,9 @@ class GroupKeyExchange:
         self._answered: set[tuple[int, bytes]] = set()
         self._pk_seen: set[tuple[int, bytes]] = set()
         self.state = GkeState.RUNNING
+        #: False for a member that may have voted in this session's consensus before a restart
+        self.voter = voter
+        self._restored_decision = decision
         self.decided: list[tuple[int, bytes, int]] | None = None
         self.members: tuple[int, ...] = ()
         self.secret: int | None = None
@@ -131,6 +136,14 @@ class GroupKeyExchange:
     def session_seed(self) -> bytes:
         return self._session_seed
 
+    def saved_state(self) -> dict:
+        """What to persist (encrypted!) to rejoin this session with the same key: pass it back as
+        ``Member.smc_init(tag, now, resume=True, **state)``."""
+        state = {"contribution": self._y, "session_seed": self._session_seed}
+        if self.consensus.decision is not None:
+            state["decision"] = self.consensus.decision
+        return state
+
     def known_contributions(self) -> dict[int, int]:
         """god view for the checker: member -> contribution under its current session key."""
         return {j: next(iter(keys.values())) for j, keys in self._contrib.items() if keys}
@@ -140,6 +153,12 @@ class GroupKeyExchange:
     def init(self, now: float) -> list[Event]:
         """Local input: start the session (send our session key to all)."""
         out: list[Event] = [Broadcast(PublicKey(self.tag, self.public_key))]
+        if self._restored_decision is not None:  # rejoining with the saved decision: same key now
+            self.state = GkeState.PROPOSED
+            return out + self.absorb(self.consensus.restore(self._restored_decision), now)
+        if not self.voter:  # learn the decision, never vote again (see Consensus.abstain)
+            self.state = GkeState.PROPOSED
+            return out + self.absorb(self.consensus.abstain(), now)
         return out + self._maybe_propose()
 
     def receive(self, sender: int, msg: Message, now: float) -> list[Event]:

@@ -16,6 +16,7 @@ import msgspec
 from ..codec import MAX_FRAME, Decoder, WireTag
 
 __all__ = [
+    "Abstain",
     "Ack",
     "Alive",
     "Contribution",
@@ -30,8 +31,10 @@ __all__ = [
     "encode_message",
 ]
 
-#: Rounds and sequence numbers are non-negative and fit in 63 bits.
+#: Sequence numbers and incarnations are non-negative and fit in 63 bits.
 Counter = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+#: Rounds stop at 2^62, so that a member's next round always fits on the wire.
+Round = Annotated[int, msgspec.Meta(ge=0, le=1 << 62)]
 #: A consensus value: for GKE, t member indices and t 32-byte differences.
 MAX_VALUE = 64 * 1024
 Value = Annotated[bytes, msgspec.Meta(max_length=MAX_VALUE)]
@@ -59,7 +62,7 @@ class Estimate(_Msg, tag=10):
     """Phase 1: a participant's estimate, to the coordinator of ``round``."""
 
     tag: WireTag
-    round: Counter
+    round: Round
     ts: Counter
     value: Value
 
@@ -68,7 +71,7 @@ class Proposal(_Msg, tag=11):
     """Phase 2: the coordinator's chosen estimate, to all."""
 
     tag: WireTag
-    round: Counter
+    round: Round
     value: Value
 
 
@@ -76,14 +79,14 @@ class Ack(_Msg, tag=12):
     """Phase 3: the participant adopted the coordinator's proposal of ``round``."""
 
     tag: WireTag
-    round: Counter
+    round: Round
 
 
 class Nack(_Msg, tag=13):
     """Phase 3: the participant suspected the coordinator of ``round``."""
 
     tag: WireTag
-    round: Counter
+    round: Round
 
 
 class Decision(_Msg, tag=14):
@@ -91,6 +94,13 @@ class Decision(_Msg, tag=14):
 
     tag: WireTag
     value: Value
+
+
+class Abstain(_Msg, tag=15):
+    """The sender will never vote in this instance (it restarted and may have voted before):
+    treat it as permanently suspected, as if it had crashed."""
+
+    tag: WireTag
 
 
 # --------------------------------------------------------------------------- group key exchange
@@ -134,7 +144,7 @@ class SmcData(_Msg, tag=30):
     ciphertext: Ciphertext
 
 
-Message = Union[Alive, Estimate, Proposal, Ack, Nack, Decision, PublicKey, Contribution, SmcData]  # noqa: UP007
+Message = Union[Alive, Estimate, Proposal, Ack, Nack, Decision, Abstain, PublicKey, Contribution, SmcData]  # noqa: UP007
 
 _decoder: Decoder[Message] = Decoder(Message)
 _encoder = msgspec.msgpack.Encoder()

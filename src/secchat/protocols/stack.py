@@ -188,12 +188,14 @@ class Member:
     ) -> SecureMulticast:
         """Join SMC instance ``tag``: starts its GKE session (and that session's consensus).
 
-        ``restore`` (``contribution``, ``session_seed``) rejoins with a saved GKE state; with
-        ``resume`` each sender's messages are taken from the first one received (a rejoin).
+        ``restore`` (``contribution``, ``session_seed``) rejoins with a saved GKE state.  ``resume``
+        marks a rejoin of an instance this member may have run before: each sender's messages are
+        taken from the first one received, and the member does not vote again in the key
+        exchange's consensus (it may have voted before; see ``Consensus.propose``).
         """
         self.start(now)
         check_tag(tag)
-        gke, pending = self._new_gke(gke_tag(tag), restore)
+        gke, pending = self._new_gke(gke_tag(tag), {**restore, "voter": not resume})
         smc = SecureMulticast(
             tag,
             self.me,
