@@ -33,6 +33,7 @@ from secchat.app.tui import (
     SecChatApp,
     TrustScreen,
     message_text,
+    pane_id,
 )
 from tests.app_support import PASSPHRASE, make_ca, make_profile, start_directory
 
@@ -393,6 +394,15 @@ def test_the_model_folds_events_without_widgets():
     assert model.messages[first.key].state == "sent"
     assert model.apply(Notice("hello")) == Change(Changed.NOTICE, text="hello")
     assert model.apply(object()) is None
+
+
+def test_pane_ids_are_valid_and_one_to_one():
+    from textual.widgets import Static
+
+    ids = ["room", "a.b", "a_2e_b", "café/1", "a b", "a-b"]
+    assert len({pane_id(i) for i in ids}) == len(ids)
+    for i in ids:
+        Static(id=pane_id(i))  # Textual accepts it
 
 
 def test_peer_text_cannot_drive_the_terminal():

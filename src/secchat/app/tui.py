@@ -521,7 +521,9 @@ class ConferencePane(TabPane):
 
 def pane_id(conference_id: str) -> str:
     """A widget id for a conference id (ids allow only letters, digits, '-' and '_')."""
-    return "conf-" + "".join(c if c.isalnum() or c in "-_" else f"_{ord(c):x}_" for c in conference_id)
+    # one-to-one: '_' only ever opens or closes an escape, so two ids never share a pane
+    return "conf-" + "".join(c if (c.isascii() and c.isalnum()) or c == "-" else f"_{ord(c):x}_"
+                             for c in conference_id)
 
 
 async def guarded(app: App[Any], call: Callable[[], Awaitable[Any]], what: str) -> bool:
