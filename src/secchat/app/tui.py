@@ -330,7 +330,8 @@ class TrustScreen(ModalScreen[bool]):
                 Text.assemble(
                     "Joining ", (clean(self.conference_id), "bold"),
                     " needs member certificates you have not accepted before.\n"
-                    "Compare each fingerprint with its owner before you accept.",
+                    "Your CA signed them; compare each fingerprint with its owner before you accept.\n"
+                    "Once accepted, another certificate for the same identity will be refused.",
                 ),
                 id="trust-question",
             )
