@@ -323,19 +323,30 @@ async def _stdin_lines(queue: asyncio.Queue[str | None]) -> None:
     """Feed stdin lines (None at EOF) from a pipe, a terminal or a file."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
+    fd = sys.stdin.fileno()
+    blocking = os.get_blocking(fd)
     try:
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     except (ValueError, OSError):  # a regular file: read it whole
         for line in sys.stdin.read().splitlines():
             await queue.put(line)
         await queue.put(None)
         return
-    while True:
-        data = await reader.readline()
-        if not data:
-            await queue.put(None)
-            return
-        await queue.put(data.decode("utf-8", "replace").rstrip("\r\n"))
+    try:
+        while True:
+            try:
+                data = await reader.readline()
+            except ValueError:  # a line beyond the limit: dropped
+                continue
+            if not data:
+                await queue.put(None)
+                return
+            await queue.put(data.decode("utf-8", "replace").rstrip("\r\n"))
+    finally:
+        # asyncio made the descriptor non-blocking; a terminal is shared with the shell
+        with contextlib.suppress(OSError, ValueError):
+            os.set_blocking(fd, blocking)
+        transport.close()
 
 
 def join(
