@@ -138,7 +138,7 @@ def test_message_states_and_rekey_follow():
         assert [(e.text, e.state, e.local_id) for e in sent] == [("early", "sent", 1)]
         # ben re-keys: we follow to epoch 1; its key closes epoch 0
         conf._on_stack_event(Delivered(smc_tag("room", 0), 1, 7, 0, payload(_Rekey(1))))
-        assert conf.epoch == 1 and node.joined[-1] == (1, {})
+        assert conf.epoch == 1 and node.joined[-1][0] == 1 and set(node.joined[-1][1]) == {"contribution", "session_seed"}
         conf._on_stack_event(KeyEstablished(smc_tag("room", 0), "stale", (0, 1)))  # an old epoch's event
         assert conf.fingerprint is None
         conf._on_stack_event(KeyEstablished(smc_tag("room", 1), "f1", (1, 2)))
@@ -163,7 +163,7 @@ def test_our_rekey_is_announced_over_the_old_epoch():
         conf._start()
         conf._on_stack_event(KeyEstablished(smc_tag("room", 0), "f0", (0, 1)))
         await conf.rekey()
-        assert node.sent[-1][0] == 0 and conf.epoch == 1 and node.joined[-1] == (1, {})
+        assert node.sent[-1][0] == 0 and conf.epoch == 1 and node.joined[-1][0] == 1 and set(node.joined[-1][1]) == {"contribution", "session_seed"}
         await conf.send("new")
         assert node.sent[-1][0] == 1
         await conf.leave()
@@ -177,7 +177,7 @@ def test_frames_of_a_newer_epoch_make_us_follow():
         conf._start()
         node.conf.member.demux.tags = [("smc", ("other", "smc", 9)), ("gke", ("room", "smc", 3, "gke"))]
         await asyncio.sleep(session_mod.STATUS_PERIOD * 2)
-        assert conf.epoch == 3 and node.joined[-1] == (3, {})
+        assert conf.epoch == 3 and node.joined[-1][0] == 3 and set(node.joined[-1][1]) == {"contribution", "session_seed"}
         await conf.leave()
 
     asyncio.run(main())

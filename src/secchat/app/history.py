@@ -54,6 +54,8 @@ class SavedState(msgspec.Struct, frozen=True):
     fingerprint: str | None = None
     #: SHA-256 of the signed conference record: a state is only restored into the same record
     record: bytes = b""
+    #: the key exchange's decided value, once known: a rejoin gets the same key from it alone
+    decision: bytes = b""
 
 
 @dataclass(frozen=True)

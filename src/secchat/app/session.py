@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -511,19 +512,9 @@ class Conference:
     def _start(self) -> None:
         saved = self._saved
         if saved is not None:
-            self._node.join(
-                self.id,
-                epoch=saved.epoch,
-                contribution=int.from_bytes(saved.contribution, "big"),
-                session_seed=saved.session_seed,
-                resume=True,
-            )
-            self._epochs.add(saved.epoch)
             self._emit(Notice(f"rejoining {self.id} with the saved key state of epoch {saved.epoch}"))
-        else:
-            self._node.join(self.id, epoch=self.epoch)
-            self._epochs.add(self.epoch)
         self._emit(KeyStatus(False, self.epoch, None, ()))
+        self._join_epoch(self.epoch, saved)  # a saved decision establishes the key right here
         self._tasks.append(asyncio.create_task(self._watch_status(), name=f"status {self.id}"))
         self._tasks.append(asyncio.create_task(self._find_peers(), name=f"contacts {self.id}"))
         if len(self.members) <= RECEIPT_MAX_MEMBERS:
@@ -694,13 +685,31 @@ class Conference:
         self._multicast(msgspec.msgpack.encode(_Rekey(new)), None)
         self._switch(new, f"re-keying {self.id}: epoch {new}")
 
-    def _switch(self, epoch: int, why: str) -> None:
-        self._node.join(self.id, epoch=epoch)
+    def _join_epoch(self, epoch: int, saved: SavedState | None) -> None:
+        """Start ``epoch``'s key exchange.  The state it needs to rejoin is saved *before* the
+        first join (write-ahead): a member that crashed mid-exchange and comes back must not
+        vote again in that exchange's consensus (``resume`` makes it abstain), or two keys could
+        be decided in one epoch."""
+        if saved is not None and saved.epoch == epoch:
+            restore: dict[str, Any] = {
+                "contribution": int.from_bytes(saved.contribution, "big"),
+                "session_seed": saved.session_seed,
+            }
+            if saved.decision:
+                restore["decision"] = saved.decision
+            self._node.join(self.id, epoch=epoch, resume=True, **restore)
+        else:
+            contribution, seed = secrets.token_bytes(32), secrets.token_bytes(32)
+            self._app.history_store.save_state(self.id, SavedState(epoch, contribution, seed, None, self._record))
+            self._node.join(self.id, epoch=epoch, contribution=int.from_bytes(contribution, "big"), session_seed=seed)
         self._epochs.add(epoch)
+
+    def _switch(self, epoch: int, why: str) -> None:
         self.epoch = epoch
         self.fingerprint = None
         self._emit(Notice(why))
         self._emit(KeyStatus(False, epoch, None, ()))
+        self._join_epoch(epoch, None)
 
     async def leave(self) -> None:
         """Save the key-exchange state (encrypted) and stop taking part; :meth:`ChatApp.join`
@@ -732,7 +741,12 @@ class Conference:
             return
         gke = smc.gke
         state = SavedState(
-            self.epoch, gke.contribution.to_bytes(32, "big"), gke.session_seed, smc.fingerprint, self._record
+            self.epoch,
+            gke.contribution.to_bytes(32, "big"),
+            gke.session_seed,
+            smc.fingerprint,
+            self._record,
+            gke.consensus.decision or b"",
         )
         self._app.history_store.save_state(self.id, state)
 
