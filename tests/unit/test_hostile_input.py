@@ -123,15 +123,19 @@ def test_flood_of_unknown_instances_stays_bounded() -> None:
     tracemalloc.start()
     base = tracemalloc.take_snapshot()
     for k in range(20_000):
-        msg = Decision(("g", "smc", k % 5000, "gke", "consensus"), b"v" * 200)
-        m.receive(1 + k % 3, encode_message(msg), 1.0)
+        msg = Decision(("g", "smc", k % 5000 + 10, "gke", "consensus"), b"v" * 200)
+        m.receive(1 + k % 2, encode_message(msg), 1.0)  # members 1 and 2 flood made-up instances
         m.receive(1, encode_message(Decision(("x", k), b"v")), 1.0)  # another group's tag
     grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(base, "filename"))
     tracemalloc.stop()
     assert m.demux.pending_count <= m.config.max_pending_instances * m.config.max_pending_per_instance
-    assert m.stats["demux.dropped.too_many_pending_instances"] > 0
+    assert m.stats["demux.dropped.sender_pending_quota"] > 0
     assert m.stats["demux.dropped.foreign_group"] == 20_000
     assert grown < 8 << 20, grown
+    # the flooders used their own quotas only: member 3's frame for a real next epoch is kept
+    kept = m.stats["demux.kept_for_later"]
+    m.receive(3, encode_message(PublicKey(("g", "smc", 1, "gke"), bytes(range(32)))), 1.0)
+    assert m.stats["demux.kept_for_later"] == kept + 1
 
 
 def test_flood_of_held_smc_frames_is_bounded() -> None:

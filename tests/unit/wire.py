@@ -64,12 +64,12 @@ class ConsensusWire:
 class ManualNet:
     """Real members, frames delivered only when and as the test says (crafted schedules)."""
 
-    def __init__(self, n: int, seed: int = 1, group: str = "g") -> None:
+    def __init__(self, n: int, seed: int = 1, group: str = "g", config=None) -> None:
         import random
 
         from secchat.crypto import Signer
 
-        self.n, self.group, self.seed = n, group, seed
+        self.n, self.group, self.seed, self.config = n, group, seed, config
         keys = random.Random(f"k{seed}")
         self.signers = [Signer(keys.randbytes(32)) for _ in range(n)]
         self.verifiers = [s.verifier() for s in self.signers]
@@ -79,14 +79,16 @@ class ManualNet:
         self.now = 0.0
         self._runs = [0] * n
 
-    def start(self, i: int, action) -> None:
+    def start(self, i: int, action, **kwargs) -> None:
         import random
 
         from secchat.protocols.stack import Member
 
         self._runs[i] += 1
         rng = random.Random(f"m{self.seed}/{i}/{self._runs[i]}")
-        self.members[i] = Member(self.group, i, self.n, self.signers[i], self.verifiers, rng, self.now)
+        self.members[i] = Member(
+            self.group, i, self.n, self.signers[i], self.verifiers, rng, self.now, self.config, **kwargs
+        )
         action(self.members[i], self.now)
         self._flush(i)
 
@@ -104,9 +106,9 @@ class ManualNet:
                     self.frames.append((i, to, out.data))
         self.events[i].extend(m.take_events())
 
-    def deliver(self, pred=lambda frm, to: True) -> None:
+    def deliver(self, pred=lambda frm, to, data: True) -> None:
         while True:
-            pick = next((f for f in self.frames if self.members[f[1]] is not None and pred(f[0], f[1])), None)
+            pick = next((f for f in self.frames if self.members[f[1]] is not None and pred(*f)), None)
             if pick is None:
                 return
             self.frames.remove(pick)

@@ -28,6 +28,8 @@ from .messages import (
 
 __all__ = ["Demux", "protocol_of"]
 
+#: Pending instances one sender may open (an SMC epoch needs three: smc, gke, consensus).
+MAX_PENDING_PER_SENDER = 4
 #: Closed instances remembered (three per closed SMC epoch).
 MAX_CLOSED = 192
 
@@ -71,6 +73,10 @@ class Demux:
         # instances closed for good (a re-key erased their keys): their frames are refused,
         # not kept for later; bounded, oldest forgotten first
         self._closed: dict[tuple[str, Tag], None] = {}
+        # who opened each pending entry: one member flooding made-up tags can take at most
+        # MAX_PENDING_PER_SENDER of the slots, never all of them
+        self._opened_by: dict[tuple[str, Tag], int] = {}
+        self._opened: Counter = Counter()
 
     def register(self, protocol: str, tag: Tag, instance: Any) -> list[tuple[int, Message]]:
         """Add an instance; returns the messages kept for it, oldest first."""
@@ -78,16 +84,22 @@ class Demux:
         if key in self._instances:
             raise ValueError(f"{protocol} instance {tag!r} already exists")
         self._instances[key] = instance
+        kept = self._take_pending(key)
+        return [(sender, msg) for sender, msg, _ in kept]
+
+    def _take_pending(self, key: tuple[str, Tag]):
         kept = self._pending.pop(key, ())
         self._pending_bytes -= sum(size for _, _, size in kept)
-        return [(sender, msg) for sender, msg, _ in kept]
+        opener = self._opened_by.pop(key, None)
+        if opener is not None:
+            self._opened[opener] -= 1
+        return kept
 
     def unregister(self, protocol: str, tag: Tag) -> None:
         """Close an instance for good: later messages for it are dropped and counted."""
         key = (protocol, tag)
         self._instances.pop(key, None)
-        kept = self._pending.pop(key, ())
-        self._pending_bytes -= sum(size for _, _, size in kept)
+        self._take_pending(key)
         self._closed[key] = None
         while len(self._closed) > MAX_CLOSED:
             del self._closed[next(iter(self._closed))]
@@ -119,7 +131,12 @@ class Demux:
             if len(self._pending) >= self.max_pending_instances:
                 self._stats["demux.dropped.too_many_pending_instances"] += 1
                 return None
+            if self._opened[sender] >= MAX_PENDING_PER_SENDER:
+                self._stats["demux.dropped.sender_pending_quota"] += 1
+                return None
             queue = self._pending[key] = deque()
+            self._opened_by[key] = sender
+            self._opened[sender] += 1
         if len(queue) >= self.max_pending_per_instance or self._pending_bytes + size > self.max_pending_bytes:
             self._stats["demux.dropped.pending_full"] += 1
             return None

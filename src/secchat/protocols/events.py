@@ -50,15 +50,18 @@ class Broadcast:
 
 @dataclass(frozen=True, slots=True)
 class SetTimer:
-    """(Re)arm the instance's timer ``name`` to fire at ``deadline`` (simulated or loop time)."""
+    """(Re)arm timer ``name`` of instance ``tag`` to fire at ``deadline`` (simulated or loop
+    time); the member hands it back to that instance's ``handle_timer``."""
 
     name: str
     deadline: float
+    tag: Tag = ()
 
 
 @dataclass(frozen=True, slots=True)
 class CancelTimer:
     name: str
+    tag: Tag = ()
 
 
 # --------------------------------------------------------------------------- outputs

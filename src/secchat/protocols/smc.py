@@ -32,7 +32,7 @@ from ..crypto import (
     Verifier,
     derive_group_keys,
 )
-from .events import Broadcast, Delivered, Event, KeyEstablished, SessionKey
+from .events import Broadcast, Delivered, Event, KeyEstablished, SessionKey, SetTimer
 from .gke import GroupKeyExchange
 from .messages import Message, SmcData
 
@@ -51,18 +51,26 @@ class SmcLimits:
     max_held: int = 4096  # received frames waiting for the key
     max_held_bytes: int = 32 << 20
     reorder_window: int = 1024  # out-of-order frames kept per sender
+    reorder_bytes: int = 16 << 20  # and their bytes; when either is full the gap is given up
+    #: a gap in a sender's sequence still open after this long is given up too (a frame was lost
+    #: in a bounded queue: later messages must not wait forever); far above any link delay
+    gap_timeout: float = 30.0
     max_payload: int = 512 * 1024
 
 
 class _Stream:
     """Receive state of one sender's incarnation."""
 
-    __slots__ = ("incarnation", "next_seq", "waiting")
+    __slots__ = ("floating", "gap_since", "incarnation", "next_seq", "waiting", "waiting_bytes")
 
     def __init__(self, incarnation: int) -> None:
         self.incarnation = incarnation
         self.next_seq = 0
         self.waiting: dict[int, bytes] = {}
+        self.waiting_bytes = 0
+        #: a rejoining member's view of a stream it joined midway: gaps are skipped, not awaited
+        self.floating = False
+        self.gap_since: float | None = None  # when the oldest open gap appeared
 
 
 class SecureMulticast:
@@ -109,6 +117,7 @@ class SecureMulticast:
         self._held_bytes = 0
         self._streams: dict[int, _Stream] = {}
         self._closed = False
+        self._gap_timer: float | None = None
 
     @property
     def established(self) -> bool:
@@ -150,13 +159,34 @@ class SecureMulticast:
             self._held.append(msg)
             self._held_bytes += size
             return []
-        return self._on_data(msg)
+        return self._on_data(msg, now)
+
+    def handle_timer(self, name: str, now: float) -> list[Event]:
+        """``gap``: give up the gaps that have been open for ``gap_timeout``."""
+        out: list[Event] = []
+        self._gap_timer = None
+        for sender, stream in self._streams.items():
+            if stream.waiting and stream.gap_since is not None and now - stream.gap_since >= self.limits.gap_timeout:
+                self._stats["smc.gap_skipped"] += 1
+                stream.next_seq = min(stream.waiting)
+                out += self._deliver_ready(sender, stream, now)
+        return out + self._arm_gap_timer()
+
+    def _arm_gap_timer(self) -> list[Event]:
+        opened = [st.gap_since for st in self._streams.values() if st.waiting and st.gap_since is not None]
+        if not opened:
+            return []
+        deadline = min(opened) + self.limits.gap_timeout
+        if self._gap_timer == deadline:
+            return []
+        self._gap_timer = deadline
+        return [SetTimer("gap", deadline, self.tag)]
 
     def absorb(self, events: list[Event], now: float) -> list[Event]:
         out: list[Event] = []
         for ev in events:
             if isinstance(ev, SessionKey):
-                out += self._establish(ev)
+                out += self._establish(ev, now)
             else:
                 out.append(ev)
         return out
@@ -194,7 +224,7 @@ class SecureMulticast:
 
     # ----------------------------------------------------------------- receiving
 
-    def _establish(self, ev: SessionKey) -> list[Event]:
+    def _establish(self, ev: SessionKey, now: float) -> list[Event]:
         if self._aead is not None or self._closed:
             return []
         self._keys = derive_group_keys(ev.secret, self.tag, ev.members)
@@ -204,10 +234,10 @@ class SecureMulticast:
             out += self._send(self._queued.popleft())
         held, self._held, self._held_bytes = self._held, deque(), 0
         for msg in held:
-            out += self._on_data(msg)
+            out += self._on_data(msg, now)
         return out
 
-    def _on_data(self, msg: SmcData) -> list[Event]:
+    def _on_data(self, msg: SmcData, now: float) -> list[Event]:
         stream = self._streams.get(msg.sender)
         if stream is not None and msg.incarnation < stream.incarnation:
             return self._drop("old_incarnation")
@@ -235,17 +265,35 @@ class SecureMulticast:
         if stream is None and self.resume:
             stream = self._streams[msg.sender] = _Stream(msg.incarnation)
             stream.next_seq = msg.seq
+            stream.floating = True
         elif stream is None or msg.incarnation > stream.incarnation:
             if msg.seq >= self.limits.reorder_window:
                 return self._drop("beyond_reorder_window")
             stream = self._streams[msg.sender] = _Stream(msg.incarnation)
         stream.waiting[msg.seq] = payload
+        stream.waiting_bytes += len(payload)
+        if msg.seq > stream.next_seq and (
+            stream.floating
+            or len(stream.waiting) >= self.limits.reorder_window
+            or stream.waiting_bytes > self.limits.reorder_bytes
+        ):
+            # give the gap up (frames lost in a bounded queue somewhere, or we rejoined midway):
+            # later messages must not wait forever for ones that will never come
+            self._stats["smc.gap_skipped"] += 1
+            stream.next_seq = min(stream.waiting)
+        return self._deliver_ready(msg.sender, stream, now) + self._arm_gap_timer()
+
+    def _deliver_ready(self, sender: int, stream: _Stream, now: float) -> list[Event]:
         out: list[Event] = []
         while stream.next_seq in stream.waiting:
-            out.append(
-                Delivered(self.tag, msg.sender, stream.incarnation, stream.next_seq, stream.waiting.pop(stream.next_seq))
-            )
+            payload = stream.waiting.pop(stream.next_seq)
+            stream.waiting_bytes -= len(payload)
+            out.append(Delivered(self.tag, sender, stream.incarnation, stream.next_seq, payload))
             stream.next_seq += 1
+        if not stream.waiting:
+            stream.gap_since = None
+        elif stream.gap_since is None:
+            stream.gap_since = now
         return out
 
     def _drop(self, reason: str) -> list[Event]:

@@ -34,7 +34,7 @@ from .gke import GroupKeyExchange
 from .messages import Alive, Message, decode_message, encode_message
 from .smc import SecureMulticast, SmcLimits
 
-__all__ = ["Member", "Outgoing", "StackConfig", "consensus_tag", "gke_tag", "smc_tag"]
+__all__ = ["MAX_GROUP", "Member", "Outgoing", "StackConfig", "consensus_tag", "gke_tag", "smc_tag"]
 
 
 def smc_tag(conference: str, epoch: int = 0) -> Tag:
@@ -47,6 +47,10 @@ def gke_tag(smc: Tag) -> Tag:
 
 def consensus_tag(parent: Tag) -> Tag:
     return (*parent, "consensus")
+
+
+#: Largest group: its GKE proposal (t entries of 44 bytes) must fit a consensus value (64 KiB).
+MAX_GROUP = 1024
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,8 @@ class Member:
         consensus_cls: type[Consensus] = Consensus,
         gke_cls: type[GroupKeyExchange] = GroupKeyExchange,
     ) -> None:
+        if not 1 <= n <= MAX_GROUP:
+            raise ValueError(f"a group has 1 to {MAX_GROUP} members")
         if not 0 <= me < n:
             raise ValueError("member index out of range")
         if len(verifiers) != n:
@@ -130,9 +136,11 @@ class Member:
         due = [key for key, deadline in self._timers.items() if deadline <= now]
         for key in due:
             del self._timers[key]
-            tag, _name = key
+            tag, name = key
             if tag == ():
                 self._apply_detector(self.detector.handle_timer(now), now)
+            elif (smc := self.demux.get("smc", tag)) is not None:
+                self._dispatch(smc, smc.handle_timer(name, now), now)
 
     def receive(self, sender: int, data: bytes | Message, now: float) -> None:
         """A frame from member ``sender``.  Junk is dropped and counted, never raised."""
@@ -276,9 +284,9 @@ class Member:
         elif isinstance(ev, Broadcast):
             self._send(None, ev.message)
         elif isinstance(ev, SetTimer):
-            self._timers[(getattr(inst, "tag", ()), ev.name)] = ev.deadline
+            self._timers[(ev.tag, ev.name)] = ev.deadline
         elif isinstance(ev, CancelTimer):
-            self._timers.pop((getattr(inst, "tag", ()), ev.name), None)
+            self._timers.pop((ev.tag, ev.name), None)
         else:
             self._events.append(ev)
 

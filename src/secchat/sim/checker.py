@@ -4,7 +4,7 @@ For run i of a campaign the seed is ``seed + i``, so a failing run replays alone
 ``--runs 1 --seed <seed + i>``.  Each run draws, from its seed only: when the network stabilises
 and how bad it is before (delays beyond the detectors' timeout make them suspect live members),
 which ``crash`` members crash and when (never starting, at a random moment mid-protocol, or right
-after finishing), which members start late, and -- for SMC -- an adversary that replays captured
+after finishing) and how much of what they had sent dies with them (a broadcast cut halfway), which members start late, and -- for SMC -- an adversary that replays captured
 frames (a crashed member's included), flips bits in them and forges frames from scratch.
 
 Properties:
@@ -116,6 +116,8 @@ class _Run:
         self.rng = random.Random(f"scenario/{seed}")
         self.scenario = draw_scenario(n, crash, self.rng)
         self.sim = Simulation(n, seed, network=self.scenario.network, member_factory=factory, measure_cpu=measure_cpu)
+        # a crash loses none, part or all of what the member had not delivered yet
+        self.sim.crash_loss = self.rng.choice((0.0, 0.5, 1.0))
         self.result = RunResult(seed)
         self.done: set[int] = set()
         self.finished_at = 0.0

@@ -100,6 +100,8 @@ class Simulation:
         #: every frame put on the wire: (time, sender, recipient or None, bytes) -- the adversary's view
         self.wire_log: list[tuple[float, int, bytes]] = []
         self.keep_wire_log = False
+        #: share of a crashed member's frames still in flight that die with it (its link queues)
+        self.crash_loss = 0.0
 
     # ----------------------------------------------------------------- scheduling
 
@@ -146,7 +148,7 @@ class Simulation:
             self._run(node, lambda m: action(m, self.now))
         waiting, node.waiting = node.waiting, []
         for sender, data in waiting:
-            self._push(self.now, "deliver", (sender, i, data))
+            self._push(self.now, "deliver", (sender, i, data, True))
         return node.member
 
     def crash(self, i: int) -> None:
@@ -167,7 +169,7 @@ class Simulation:
 
     def inject(self, sender: int, to: int, data: bytes, when: float | None = None) -> None:
         """The adversary puts ``data`` on the link sender -> to."""
-        self._push(self.now if when is None else when, "deliver", (sender, to, data))
+        self._push(self.now if when is None else when, "deliver", (sender, to, data, False))
 
     def _flush(self, node: SimNode) -> None:
         member = node.member
@@ -182,7 +184,7 @@ class Simulation:
                 if out.data[1:2] != b"\x01":  # not a heartbeat (Alive's type tag)
                     self.protocol_messages += 1
                 self.bytes_sent += len(out.data)
-                self._push(self.now + self.delay(node.index), "deliver", (node.index, to, out.data))
+                self._push(self.now + self.delay(node.index), "deliver", (node.index, to, out.data, True))
         for ev in member.take_events():
             node.outputs.append((self.now, ev))
             if node.on_output is not None:
@@ -213,10 +215,12 @@ class Simulation:
             heapq.heappop(self._queue)
             self.now = when
             if kind == "deliver":
-                sender, to, data = payload
+                sender, to, data, genuine = payload
                 node = self.nodes[to]
                 if node.crashed_at is not None:
                     continue
+                if genuine and self.nodes[sender].crashed_at is not None and self.rng.random() < self.crash_loss:
+                    continue  # died in the crashed sender's queues: a broadcast cut halfway
                 if node.member is None:
                     node.waiting.append((sender, data))
                     continue
