@@ -42,6 +42,16 @@ class DecideOnMinority(Consensus):
         return []
 
 
+class IgnoresTimestamps(Consensus):
+    """A coordinator that takes the estimate of the lowest member, whatever its timestamp."""
+
+    def _progress(self):
+        box = self._boxes[self.round]
+        if not self._proposed and len(box.estimates) >= self.t:
+            box.estimates = {s: (0, v) for s, (_, v) in box.estimates.items()}
+        return super()._progress()
+
+
 class OwnSetGke(GroupKeyExchange):
     """Computes the key from the contributions it proposed, not from the decided ones."""
 
@@ -69,6 +79,13 @@ def test_checker_catches_a_coordinator_that_decides_on_a_minority() -> None:
     assert any("agreement" in v for f in result.failures for v in f.violations)
     # and the correct protocol passes the very same schedules
     assert not run_campaign("consensus", 5, 300, seed=7, crash=0, jobs=1).failures
+
+
+def test_checker_catches_a_coordinator_that_ignores_timestamps() -> None:
+    """The classic lock bug: end-to-end disagreement is rare, the locking invariant is not."""
+    factory = functools.partial(Member, consensus_cls=IgnoresTimestamps)
+    result = run_campaign("consensus", 5, 1000, seed=1, crash=2, jobs=1, factory=factory)
+    assert any("locking" in v for f in result.failures for v in f.violations), len(result.failures)
 
 
 def test_checker_catches_a_gke_that_uses_its_own_contribution_set() -> None:

@@ -9,7 +9,9 @@ frames (a crashed member's included), flips bits in them and forges frames from 
 
 Properties:
 
-* consensus -- agreement, validity, and termination of every correct proposer;
+* consensus -- agreement, validity, and termination of every correct proposer; and, on the wire
+  log, the locking invariant that makes agreement hold (a value acked by t members is the only
+  one proposed afterwards);
 * gke -- every finisher holds the same key, the key is the sum of the decided members'
   contributions, and every correct member (late starters too) finishes;
 * smc -- one key; every message a member that stays up multicasts after establishing is delivered
@@ -32,7 +34,7 @@ from ..codec import CodecError
 from ..protocols.consensus import majority
 from ..protocols.events import Decided, Delivered, KeyEstablished, PeerSuspected, SessionKey
 from ..protocols.gke import MODULUS
-from ..protocols.messages import SmcData, decode_message, encode_message
+from ..protocols.messages import Ack, Estimate, Proposal, SmcData, decode_message, encode_message
 from ..protocols.stack import Member, consensus_tag, gke_tag, smc_tag
 from .simulator import NetworkModel, Simulation
 
@@ -169,9 +171,11 @@ def _check_consensus(run: _Run) -> None:
 
     for node in sim.nodes:
         node.on_output = functools.partial(on_output, node.index)
+    sim.keep_wire_log = True
     run.schedule(lambda m, now: m.propose(tag, proposals[m.me], now))
     correct = sc.correct
     sim.run(TIME_LIMIT, stop=lambda: all(i in decided for i in correct))
+    _check_locking(run)
     values = set(decided.values())
     if len(values) > 1:
         run.violation(f"agreement: members decided {len(values)} different values: {sorted(decided.items())}")
@@ -181,6 +185,35 @@ def _check_consensus(run: _Run) -> None:
     missing = [i for i in correct if i not in decided]
     if missing:
         run.violation(f"termination: correct members {missing} never decided")
+
+
+def _check_locking(run: _Run) -> None:
+    """Chandra–Toueg's invariant, on what went over the wire: once t members acked round r's
+    proposal v (the coordinator's own ack is implicit), every proposal of a later round carries v,
+    and every later estimate of an acker carries v with ts > r.  Catches unsafe coordinators in
+    runs where the end-to-end agreement check happens to pass."""
+    n, t = run.scenario.n, majority(run.scenario.n)
+    proposals: dict[int, bytes] = {}
+    acks: dict[int, set[int]] = {}
+    last_ack: dict[int, int] = {}
+    for _, sender, data in run.sim.wire_log:
+        msg = decode_message(data)
+        if isinstance(msg, Proposal):
+            proposals[msg.round] = msg.value
+        elif isinstance(msg, Ack):
+            acks.setdefault(msg.round, {msg.round % n}).add(sender)
+            last_ack[sender] = max(last_ack.get(sender, -1), msg.round)
+        elif isinstance(msg, Estimate) and msg.round > last_ack.get(sender, msg.round):
+            r = last_ack[sender]
+            if msg.ts < r + 1 or msg.value != proposals.get(r, msg.value):
+                run.violation(f"locking: member {sender} acked round {r}, then estimated ts={msg.ts}")
+                return
+    for r, v in sorted(proposals.items()):
+        if len(acks.get(r, ())) >= t:
+            later = [q for q, w in proposals.items() if q > r and w != v]
+            if later:
+                run.violation(f"locking: round {r} locked a value, rounds {later} proposed another")
+                return
 
 
 def _check_gke(run: _Run) -> None:
