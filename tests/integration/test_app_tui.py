@@ -563,3 +563,53 @@ def test_chat_command_errors_are_one_sentence(tmp_path):
     result = runner.invoke(app, ["chat", "--home", str(home), "--passphrase-file", str(wrong)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip() == "error: wrong passphrase for this profile's key store"
+
+
+def test_chat_command_runs_the_ui_in_a_terminal(tmp_path):
+    """``secchat chat`` in a pseudo-terminal: the UI comes up, a dead directory is one notification
+    (no traceback), ctrl+q quits with status 0."""
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    make_ca(ca)
+    home = make_profile(tmp_path, "erin", "http://127.0.0.1:9", ca)  # nothing listens there
+    env = {**os.environ, "SECCHAT_PASSPHRASE": PASSPHRASE, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "30"}
+    src = str(Path(tui.__file__).resolve().parents[2])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from secchat.app.cli import main; main()", "chat", "--home", str(home)],
+        stdin=terminal, stdout=terminal, stderr=terminal, env=env, close_fds=True, start_new_session=True,
+    )
+    os.close(terminal)
+    screen = b""
+
+    def read_until(needle: bytes, timeout: float) -> bool:
+        nonlocal screen
+        deadline = time.monotonic() + timeout
+        while needle not in screen and time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.1)
+            if ready:
+                try:
+                    screen += os.read(controller, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+        return needle in screen
+
+    try:
+        assert read_until(b"Conferences", 20), screen[-2000:]
+        assert read_until(b"unreachable", 20), screen[-2000:]
+        os.write(controller, b"\x11")  # ctrl+q
+        assert proc.wait(20) == 0
+        read_until(b"\0", 0.5)
+        assert b"Traceback" not in screen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(controller)
