@@ -508,6 +508,7 @@ def test_a_message_typed_in_one_members_ui_appears_in_anothers(tmp_path):
                 await until(pa, lambda: all(r.model.key.established and r.model.key.epoch == 1
                                             for r in (room_a, room_b)), timeout=30, what="the re-key")
                 assert room_a.model.key.fingerprint == room_b.model.key.fingerprint != first
+                assert any("epoch 1" in text_of(n) for n in room_b.query(".notice"))  # bob was told why
                 # /leave in bob's UI, then join again from the list: no question, same key, history
                 await type_line(pb, "/leave")
                 await until(pb, lambda: not ui_b.panes(), timeout=15, what="bob left")
