@@ -185,6 +185,9 @@ def test_join_errors_carry_codes_and_sentences(world, tmp_path):
                 (carol.join("pair"), "not_a_member", "you (carol) are not a member of conference 'pair'"),
                 (bob.join("pair"), "untrusted", "certificates you have not accepted yet: alice@App Test CA"),
                 (bob.accept("alice", "00" * 8), "fingerprint_mismatch", "has fingerprint"),
+                (bob.accept("zed", "00" * 8), "unknown_participant", "zed is not registered with the directory"),
+                (alice.create("x", ["bob", "zed"], now, now + timedelta(hours=1)), "unknown_participant",
+                 "not registered with the directory: zed"),
             ]
             for coro, code, text in cases:
                 with pytest.raises(AppError) as err:

@@ -305,7 +305,7 @@ class ChatApp:
 
     # ------------------------------------------------------------------ directory operations
 
-    async def _dir(self, coro: Any, *, conference: str | None = None) -> Any:
+    async def _dir(self, coro: Any, *, conference: str | None = None, participant: str | None = None) -> Any:
         """Run a directory call, translating its errors into :class:`AppError`."""
         try:
             return await coro
@@ -320,6 +320,8 @@ class ChatApp:
         except DirectoryError as exc:
             if exc.status == 404 and conference is not None:
                 raise AppError(f"there is no conference {conference!r} in the directory", "unknown_conference") from None
+            if exc.status == 404 and participant is not None:
+                raise AppError(f"{participant} is not registered with the directory", "unknown_participant") from None
             raise AppError(f"the directory refused: {exc}", exc.code) from None
 
     async def register(self) -> str:
@@ -347,9 +349,16 @@ class ChatApp:
             names.insert(0, self.name)
         if t1 <= t0:
             raise AppError("the conference must end after it starts", "bad_time_frame")
-        c = await self._dir(
-            self.client.create_conference(conference_id, int(t0.timestamp()), int(t1.timestamp()), names)
-        )
+        try:
+            c = await self._dir(
+                self.client.create_conference(conference_id, int(t0.timestamp()), int(t1.timestamp()), names)
+            )
+        except AppError as exc:
+            if exc.code not in ("not_found", "unknown_participant"):
+                raise
+            known = set(await self.participants())
+            unknown = ", ".join(n for n in names if n not in known)
+            raise AppError(f"not registered with the directory: {unknown or '?'}", "unknown_participant") from None
         return _view(c, time.time())
 
     async def unaccepted(self, conference_id: str) -> list[UnacceptedCertificate]:
@@ -362,7 +371,7 @@ class ChatApp:
         for name in names:
             if name == self.name:
                 continue
-            p = await self._dir(self.client.get_participant(name))
+            p = await self._dir(self.client.get_participant(name), participant=name)
             if p.acceptance is Acceptance.NEW:
                 out.extend(_unaccepted([p]))
         return out
@@ -373,7 +382,7 @@ class ChatApp:
         fp = fingerprint.lower().replace(":", "")
         if len(fp) < 16:
             raise AppError("give at least 16 hex digits of the fingerprint", "bad_fingerprint")
-        p = await self._dir(self.client.get_participant(name))
+        p = await self._dir(self.client.get_participant(name), participant=name)
         if not p.fingerprint.startswith(fp):
             raise AppError(
                 f"the certificate of {p.identity} has fingerprint {p.fingerprint}, not {fingerprint}",
