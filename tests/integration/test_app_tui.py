@@ -208,6 +208,34 @@ def test_list_shows_time_frames_members_and_refuses_outside_the_time_frame():
     asyncio.run(main())
 
 
+def test_a_dead_directory_is_said_once_not_every_refresh():
+    fake = FakeChatApp()
+    down = app_error("directory_down", "The directory at http://127.0.0.1:9 is unreachable.")
+    views = fake.views
+
+    async def failing():
+        if fake.views is None:
+            raise down
+        return list(fake.views)
+
+    fake.conferences = failing
+    fake.views = None
+
+    async def main():
+        app = RecordingApp(fake, refresh_every=0.05)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.notes)
+            await pilot.pause(0.4)  # several periodic refreshes
+            assert app.notes == [("error", str(down))]
+            await pilot.press("ctrl+r")  # asked for: said again
+            await until(pilot, lambda: len(app.notes) == 2)
+            fake.views = views
+            await until(pilot, lambda: app.query_one("#conferences").row_count == 3)
+            assert len(app.notes) == 2
+
+    asyncio.run(main())
+
+
 def test_joining_asks_to_accept_unseen_certificates_with_their_fingerprints():
     fake = FakeChatApp()
 

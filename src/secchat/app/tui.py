@@ -561,6 +561,7 @@ class SecChatApp(App[None]):
         self.refresh_every = refresh_every
         self.views: dict[str, ConferenceView] = {}
         self._joining: set[str] = set()
+        self._list_error: str | None = None  # the last error listing conferences, if failing
 
     def notify(
         self,
@@ -592,7 +593,7 @@ class SecChatApp(App[None]):
         table.focus()
         self.action_refresh()
         if self.refresh_every:
-            self.set_interval(self.refresh_every, self.action_refresh)
+            self.set_interval(self.refresh_every, lambda: self._load_conferences(periodic=True))
 
     # ---- the conference list
 
@@ -619,18 +620,23 @@ class SecChatApp(App[None]):
                 table.focus()
 
     @work(exclusive=True, group="list")
-    async def _load_conferences(self) -> None:
+    async def _load_conferences(self, *, periodic: bool = False) -> None:
+        """Fetch the list; a periodic refresh repeats no error the user was already shown."""
         try:
             views = await self.chat.conferences()
         except asyncio.CancelledError:
             raise
-        except AppError as exc:
-            self.notify(str(exc), severity="error", markup=False)
-            return
         except Exception as exc:
-            log.exception("listing conferences")
-            self.notify(f"Could not list the conferences: {exc}", severity="error", markup=False)
+            if isinstance(exc, AppError):
+                error = str(exc)
+            else:
+                log.exception("listing conferences")
+                error = f"Could not list the conferences: {exc}"
+            if not (periodic and error == self._list_error):
+                self.notify(error, severity="error", markup=False)
+            self._list_error = error
             return
+        self._list_error = None
         self.views = {view.id: view for view in views}
         self._render_list()
 
