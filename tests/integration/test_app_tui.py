@@ -318,6 +318,13 @@ def test_live_members_key_and_message_states():
             assert app.notes[-1] == ("error", "The conference key is not established yet.")
             await type_line(pilot, "/rekey")
             await until(pilot, lambda: conf.rekeys == 1)
+            say = room.query_one(".say")
+            await pilot.press("up")  # recalls what was typed, newest first
+            assert say.value == "/rekey"
+            await pilot.press("up", "up")
+            assert say.value == "hello all"
+            await pilot.press("down", "down", "down")
+            assert say.value == ""
             await type_line(pilot, "/nonsense")
             await until(pilot, lambda: "Unknown command" in app.notes[-1][1])
             await type_line(pilot, "/leave")

@@ -78,6 +78,8 @@ LIST_REFRESH_SECONDS = 30.0
 #: At most this many rounds of "accept the unseen certificates, then join again".
 MAX_TRUST_ROUNDS = 3
 
+#: Lines typed into a conference that Up / Down recall.
+MAX_RECALL = 50
 #: Lines (messages and notices) a conference's pane keeps; older ones leave the screen and memory.
 MAX_LINES = 2000
 
@@ -372,6 +374,11 @@ class MessageLine(Static):
 class ConferencePane(TabPane):
     """One open conference: members, key status, messages and an input line."""
 
+    BINDINGS: ClassVar = [
+        Binding("up", "recall(-1)", "Previous line", show=False),
+        Binding("down", "recall(1)", "Next line", show=False),
+    ]
+
     class Update(Message):
         """An event of the conference's stream (posted by the pump worker)."""
 
@@ -396,6 +403,9 @@ class ConferencePane(TabPane):
         self.ready = False
         self.model = ConferenceModel(conference.id, conference.me, tuple(conference.members))
         self._lines: dict[tuple[Any, ...], MessageLine] = {}
+        #: what the user typed here (Up / Down recall it), and where the recall stands
+        self._typed: list[str] = []
+        self._recall = 0
 
     def compose(self) -> ComposeResult:
         yield Static(self.model.members_text(), classes="members")
@@ -496,6 +506,8 @@ class ConferencePane(TabPane):
         event.input.clear()
         if not line:
             return
+        self._typed = [*self._typed[-(MAX_RECALL - 1):], line]
+        self._recall = len(self._typed)
         if line.startswith("/"):
             command = line.split()[0].lower()
             if command == "/rekey":
@@ -508,6 +520,14 @@ class ConferencePane(TabPane):
                 self.app.notify(f"Unknown command {command}; try /help.", severity="warning", markup=False)
             return
         self._call(lambda: self.conference.send(line), "Sending")
+
+    def action_recall(self, step: int) -> None:
+        if not self._typed:
+            return
+        self._recall = max(0, min(len(self._typed), self._recall + step))
+        field_ = self.query_one(".say", Input)
+        field_.value = self._typed[self._recall] if self._recall < len(self._typed) else ""
+        field_.cursor_position = len(field_.value)
 
     @work(group="calls")
     async def _call(self, call: Callable[[], Awaitable[None]], what: str) -> None:
