@@ -476,7 +476,11 @@ def test_a_flooding_peer_keeps_the_pane_bounded(monkeypatch):
 
 
 def test_a_message_typed_in_one_members_ui_appears_in_anothers(tmp_path):
-    """Two members' UIs and one headless member: real TLS links, a real directory process."""
+    """Two members' UIs and one headless member: real TLS links, a real directory process.
+
+    Then a second conference in both UIs at once, a re-key from a UI, and leaving and joining
+    again from a UI.
+    """
     ca = tmp_path / "ca"
     ca.mkdir()
     make_ca(ca)
@@ -530,6 +534,27 @@ def test_a_message_typed_in_one_members_ui_appears_in_anothers(tmp_path):
                 await until(pa, lambda: _line(room_a, "hi bob, carol is here too", "sent", "delivered"), timeout=20)
                 await until(pa, lambda: any(isinstance(e, ChatMessage) and e.text == "hello from bob"
                                             for e in carol_events), timeout=20, what="the headless member")
+
+                # a second conference at once (alice and bob): its own tab, its own key
+                await alice.create("side", ["bob"], now - timedelta(minutes=1), now + timedelta(hours=1))
+                for ui, pilot in ((ui_a, pa), (ui_b, pb)):
+                    ui.action_refresh()
+                    await until(pilot, lambda ui=ui: "side" in ui.views, timeout=15, what="side listed")
+                    ui.action_show_list()
+                    await select_row(pilot, ui, "side")
+                    await until(pilot, lambda ui=ui: len(ui.panes()) == 2, timeout=15, what="side joined")
+                side_a, side_b = pane(ui_a, "side"), pane(ui_b, "side")
+                await until(pa, lambda: all(s.model.key and s.model.key.established for s in (side_a, side_b)),
+                            timeout=30, what="side's key")
+                assert side_a.model.key.fingerprint != room_a.model.key.fingerprint
+                # alice looks at room; bob writes in side: it lands in alice's side tab, unread
+                ui_a.query_one("#tabs").active = room_a.id
+                await pa.pause(0.1)
+                await type_line(pb, "psst, side only")  # bob's input is side's (just opened)
+                await until(pa, lambda: _line(side_a, "psst, side only", "delivered"), timeout=20,
+                            what="bob's message in alice's side tab")
+                assert not _line(room_a, "psst, side only", "delivered")
+                assert str(ui_a.query_one("#tabs").get_tab(side_a.id).label) == "side (1)"
                 await pa.pause(0.3)
                 svg = ui_a.export_screenshot(title="SecChat -- alice in conference room")
                 assert "hello&#160;from&#160;bob" in svg and ">established<" in svg and "not&#160;established" not in svg
@@ -545,11 +570,14 @@ def test_a_message_typed_in_one_members_ui_appears_in_anothers(tmp_path):
                 assert room_a.model.key.fingerprint == room_b.model.key.fingerprint != first
                 assert any("epoch 1" in text_of(n) for n in room_b.query(".notice"))  # bob was told why
                 # /leave in bob's UI, then join again from the list: no question, same key, history
+                ui_b.query_one("#tabs").active = room_b.id
+                await pb.pause(0.1)
                 await type_line(pb, "/leave")
-                await until(pb, lambda: not ui_b.panes(), timeout=15, what="bob left")
+                await until(pb, lambda: [p.conference.id for p in ui_b.panes()] == ["side"], timeout=15,
+                            what="bob left room")
                 assert str(ui_b.query_one("#conferences").get_row("room")[4]) == "joinable"
                 await select_row(pb, ui_b, "room")
-                await until(pb, lambda: ui_b.panes(), timeout=15, what="bob back")
+                await until(pb, lambda: len(ui_b.panes()) == 2, timeout=15, what="bob back")
                 room_b = pane(ui_b, "room")
                 assert not isinstance(ui_b.screen, TrustScreen)
                 await until(pb, lambda: _line(room_b, "hello from bob", "sent", "delivered"), timeout=10,
