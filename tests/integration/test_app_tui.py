@@ -335,6 +335,28 @@ def test_live_members_key_and_message_states():
     asyncio.run(main())
 
 
+def test_leaving_and_joining_again_at_once():
+    fake = FakeChatApp()
+    fake.accepted += [("ben", "ab" * 32), ("cy", "cd" * 32)]
+
+    async def main():
+        app = RecordingApp(fake, refresh_every=0.05)  # refreshes racing with everything else
+        async with app.run_test(size=SIZE) as pilot:
+            current = await join_accepting(pilot, app, "room")
+            for _ in range(3):
+                before, old = current, fake.joined["room"]
+                await type_line(pilot, "/leave")
+                app.open_conference("room")  # before the old pane is gone
+                await until(pilot, lambda b=before, o=old: fake.joined["room"] is not o
+                            and app.panes() and app.panes()[0] is not b)
+                [current] = app.panes()
+                assert current.conference is fake.joined["room"] and old.left
+                await until(pilot, lambda c=current: app.focused is c.query_one(".say"))
+            assert len(app.query("#conf-room")) == 1
+
+    asyncio.run(main())
+
+
 def test_several_conferences_at_once_history_and_unread_counts():
     fake = FakeChatApp()
     fake.accepted += [("ben", "ab" * 32), ("cy", "cd" * 32)]
@@ -509,9 +531,9 @@ def test_a_message_typed_in_one_members_ui_appears_in_anothers(tmp_path):
                 assert {c.name for c in ui_b.screen.certificates} == {"alice", "carol"}
                 assert all(len(c.fingerprint) == 64 for c in ui_b.screen.certificates)
                 await pb.press("a")
-                await until(pb, lambda: ui_b.panes(), timeout=15, what="bob joined")
+                await until(pb, lambda: ui_b.panes(), timeout=30, what="bob joined")
                 await select_row(pa, ui_a, "room")  # alice accepted them when she created it
-                await until(pa, lambda: ui_a.panes(), timeout=15, what="alice joined")
+                await until(pa, lambda: ui_a.panes(), timeout=30, what="alice joined")
                 conf = await carol.join("room", accept_new=True)
                 drain = asyncio.create_task(_collect(conf, carol_events))
 
@@ -542,7 +564,7 @@ def test_a_message_typed_in_one_members_ui_appears_in_anothers(tmp_path):
                     await until(pilot, lambda ui=ui: "side" in ui.views, timeout=15, what="side listed")
                     ui.action_show_list()
                     await select_row(pilot, ui, "side")
-                    await until(pilot, lambda ui=ui: len(ui.panes()) == 2, timeout=15, what="side joined")
+                    await until(pilot, lambda ui=ui: len(ui.panes()) == 2, timeout=30, what="side joined")
                 side_a, side_b = pane(ui_a, "side"), pane(ui_b, "side")
                 await until(pa, lambda: all(s.model.key and s.model.key.established for s in (side_a, side_b)),
                             timeout=30, what="side's key")
@@ -577,7 +599,7 @@ def test_a_message_typed_in_one_members_ui_appears_in_anothers(tmp_path):
                             what="bob left room")
                 assert str(ui_b.query_one("#conferences").get_row("room")[4]) == "joinable"
                 await select_row(pb, ui_b, "room")
-                await until(pb, lambda: len(ui_b.panes()) == 2, timeout=15, what="bob back")
+                await until(pb, lambda: len(ui_b.panes()) == 2, timeout=30, what="bob back")
                 room_b = pane(ui_b, "room")
                 assert not isinstance(ui_b.screen, TrustScreen)
                 await until(pb, lambda: _line(room_b, "hello from bob", "sent", "delivered"), timeout=10,

@@ -484,8 +484,8 @@ class ConferencePane(TabPane):
         log_.remove_children(old)
 
     def _count_unread(self) -> None:
-        tabs = self.app.query_one("#tabs", TabbedContent)
-        if tabs.active != self.id and self.id is not None:
+        tabs = next(iter(self.app.query("#tabs").results(TabbedContent)), None)
+        if tabs is not None and tabs.active != self.id and self.id is not None:
             self.unread += 1
             tabs.get_tab(self.id).label = Content(f"{clean(self.conference.id)} ({self.unread})")
 
@@ -493,7 +493,8 @@ class ConferencePane(TabPane):
         """The user is looking at this conference now."""
         if self.unread and self.id is not None:
             self.unread = 0
-            self.app.query_one("#tabs", TabbedContent).get_tab(self.id).label = Content(clean(self.conference.id))
+            for tabs in self.app.query("#tabs").results(TabbedContent):
+                tabs.get_tab(self.id).label = Content(clean(self.conference.id))
 
     @property
     def _log(self) -> VerticalScroll:
@@ -582,6 +583,7 @@ class SecChatApp(App[None]):
         self.views: dict[str, ConferenceView] = {}
         self._joining: set[str] = set()
         self._list_error: str | None = None  # the last error listing conferences, if failing
+        self._closing: dict[str, asyncio.Event] = {}  # conference id -> set once its pane is gone
 
     def notify(
         self,
@@ -620,12 +622,25 @@ class SecChatApp(App[None]):
     def action_refresh(self) -> None:
         self._load_conferences()
 
+    # Workers finish and messages arrive while the app shuts down: the widgets may be gone then,
+    # so the app looks them up with these and does nothing without them.
+
+    def _tabs(self) -> TabbedContent | None:
+        return next(iter(self.query("#tabs").results(TabbedContent)), None)
+
+    def _table(self) -> DataTable[Any] | None:
+        return next(iter(self.query("#conferences").results(DataTable)), None)
+
     def action_show_list(self) -> None:
-        self.query_one("#tabs", TabbedContent).active = "list-pane"
-        self.query_one("#conferences", DataTable).focus()
+        tabs, table = self._tabs(), self._table()
+        if tabs is not None and table is not None:
+            tabs.active = "list-pane"
+            table.focus()
 
     def action_next_tab(self) -> None:
-        tabs = self.query_one("#tabs", TabbedContent)
+        tabs = self._tabs()
+        if tabs is None:
+            return
         order = ["list-pane", *(p.id for p in self.panes() if p.id is not None)]
         tabs.active = order[(order.index(tabs.active) + 1) % len(order)] if tabs.active in order else order[0]
 
@@ -661,7 +676,9 @@ class SecChatApp(App[None]):
         self._render_list()
 
     def _render_list(self) -> None:
-        table = self.query_one("#conferences", DataTable)
+        table = self._table()
+        if table is None:
+            return
         cursor = table.cursor_row
         table.clear()
         for view in sorted(self.views.values(), key=lambda v: (v.t0, v.id)):
@@ -677,7 +694,8 @@ class SecChatApp(App[None]):
             table.move_cursor(row=min(cursor, table.row_count - 1))
 
     def is_open(self, conference_id: str) -> bool:
-        return bool(self.query(f"#{pane_id(conference_id)}"))
+        """Has the conference a pane (not one being closed)?"""
+        return conference_id not in self._closing and bool(self.query(f"#{pane_id(conference_id)}"))
 
     @on(DataTable.RowSelected, "#conferences")
     def _row_selected(self, event: DataTable.RowSelected) -> None:
@@ -706,8 +724,13 @@ class SecChatApp(App[None]):
         if conference is None:
             self._render_list()
             return
-        pane = ConferencePane(conference)
-        await self.query_one("#tabs", TabbedContent).add_pane(pane)
+        closing = self._closing.get(conference_id)
+        if closing is not None:  # left and joined again at once: the old pane must go first
+            await closing.wait()
+        tabs = self._tabs()
+        if tabs is None:
+            return
+        await tabs.add_pane(ConferencePane(conference))
         self._activate(conference_id)
         self._render_list()
 
@@ -740,15 +763,27 @@ class SecChatApp(App[None]):
         return None
 
     def _activate(self, conference_id: str) -> None:
-        self.query_one("#tabs", TabbedContent).active = pane_id(conference_id)
-        self.query_one(f"#{pane_id(conference_id)}", ConferencePane).query_one(Input).focus()
+        tabs = self._tabs()
+        if tabs is None or not self.is_open(conference_id):
+            return
+        tabs.active = pane_id(conference_id)
+        for field_ in self.query_one(f"#{pane_id(conference_id)}", ConferencePane).query(Input):
+            field_.focus()
 
     async def on_conference_pane_ended(self, message: ConferencePane.Ended) -> None:
         pane = message.pane
         if message.error:
             self.notify(message.error, severity="error", markup=False)
-        if pane.is_attached and pane.id is not None:
-            await self.query_one("#tabs", TabbedContent).remove_pane(pane.id)
+        cid = pane.conference.id
+        tabs = self._tabs()
+        if pane.is_attached and pane.id is not None and tabs is not None and cid not in self._closing:
+            pane.ready = False
+            self._closing[cid] = closed = asyncio.Event()
+            try:
+                await tabs.remove_pane(pane.id)
+            finally:
+                del self._closing[cid]
+                closed.set()
             self.action_show_list()
         self._render_list()
 
