@@ -75,6 +75,8 @@ class FakeConference:
             self.queue.put_nowait(event)
 
     async def send(self, text: str) -> None:
+        if text.startswith("slow"):  # a send that takes a while (a full queue, a busy loop)
+            await asyncio.sleep(0.2)
         if text == "too early":
             raise app_error("no_key", "The conference key is not established yet.")
         self.sent.append(text)
@@ -353,6 +355,23 @@ def test_leaving_and_joining_again_at_once():
                 assert current.conference is fake.joined["room"] and old.left
                 await until(pilot, lambda c=current: app.focused is c.query_one(".say"))
             assert len(app.query("#conf-room")) == 1
+
+    asyncio.run(main())
+
+
+def test_lines_reach_the_conference_in_the_order_typed():
+    fake = FakeChatApp()
+    fake.accepted += [("ben", "ab" * 32), ("cy", "cd" * 32)]
+
+    async def main():
+        app = RecordingApp(fake, refresh_every=None)
+        async with app.run_test(size=SIZE) as pilot:
+            await join_accepting(pilot, app, "room")
+            conf = fake.joined["room"]
+            for line in ("slow one", "two", "slow three", "four", "/leave"):
+                await type_line(pilot, line)
+            await until(pilot, lambda: conf.left)
+            assert conf.sent == ["slow one", "two", "slow three", "four"]
 
     asyncio.run(main())
 

@@ -78,6 +78,8 @@ LIST_REFRESH_SECONDS = 30.0
 #: At most this many rounds of "accept the unseen certificates, then join again".
 MAX_TRUST_ROUNDS = 3
 
+#: Lines typed but not yet handed to the conference (the core queues them until the key exists).
+OUTBOX = 100
 #: Lines typed into a conference that Up / Down recall.
 MAX_RECALL = 50
 #: Lines (messages and notices) a conference's pane keeps; older ones leave the screen and memory.
@@ -406,6 +408,8 @@ class ConferencePane(TabPane):
         #: what the user typed here (Up / Down recall it), and where the recall stands
         self._typed: list[str] = []
         self._recall = 0
+        #: lines and commands waiting to be handed to the conference, in order
+        self._outbox: asyncio.Queue[tuple[Callable[[], Awaitable[None]], str]] = asyncio.Queue(OUTBOX)
 
     def compose(self) -> ComposeResult:
         yield Static(self.model.members_text(), classes="members")
@@ -424,6 +428,7 @@ class ConferencePane(TabPane):
         for message in history:
             self._show(self.model.apply(message))
         self._pump()
+        self._drain_outbox()
         self.ready = True
 
     @work(exclusive=True, group="events")
@@ -512,15 +517,15 @@ class ConferencePane(TabPane):
         if line.startswith("/"):
             command = line.split()[0].lower()
             if command == "/rekey":
-                self._call(self.conference.rekey, "Re-keying")
+                self._enqueue(self.conference.rekey, "Re-keying")
             elif command == "/leave":
-                self._leave()
+                self._enqueue(self._leave, "Leaving")
             elif command == "/help":
                 self.app.notify(HELP_TEXT, title="Commands")
             else:
                 self.app.notify(f"Unknown command {command}; try /help.", severity="warning", markup=False)
             return
-        self._call(lambda: self.conference.send(line), "Sending")
+        self._enqueue(lambda: self.conference.send(line), "Sending")
 
     def action_recall(self, step: int) -> None:
         if not self._typed:
@@ -530,15 +535,23 @@ class ConferencePane(TabPane):
         field_.value = self._typed[self._recall] if self._recall < len(self._typed) else ""
         field_.cursor_position = len(field_.value)
 
-    @work(group="calls")
-    async def _call(self, call: Callable[[], Awaitable[None]], what: str) -> None:
-        await guarded(self.app, call, what)
+    def _enqueue(self, call: Callable[[], Awaitable[None]], what: str) -> None:
+        try:
+            self._outbox.put_nowait((call, what))
+        except asyncio.QueueFull:
+            self.app.notify(f"{what} must wait: too many lines are still being handed over.", severity="warning")
 
-    @work(group="calls")
+    @work(exclusive=True, group="outbox")
+    async def _drain_outbox(self) -> None:
+        """Hand the user's lines to the conference one at a time, in the order typed."""
+        while True:
+            call, what = await self._outbox.get()
+            await guarded(self.app, call, what)
+
     async def _leave(self) -> None:
-        if await guarded(self.app, self.conference.leave, "Leaving"):
-            self.app.notify(f"You left {self.conference.id}.", markup=False)
-            self.post_message(self.Ended(self, None))
+        await self.conference.leave()
+        self.app.notify(f"You left {self.conference.id}.", markup=False)
+        self.post_message(self.Ended(self, None))
 
 
 def pane_id(conference_id: str) -> str:
