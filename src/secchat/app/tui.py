@@ -8,13 +8,17 @@ in :mod:`secchat.app.session` (:class:`~secchat.app.session.ChatApp` and its
 * :class:`ConferenceModel` -- plain state of one open conference (who is up, the key, the messages
   in order), folded from the conference's events.  No widgets, no I/O: testable on its own.
 * Widgets render a model and turn key presses into calls on the core.  Every call on the core runs
-  in a Textual worker; each conference's event stream is consumed by a worker that posts
+  in a Textual worker (a conference's lines and commands through one outbox worker, so they keep
+  the order typed); each conference's event stream is consumed by a worker that posts
   :class:`ConferencePane.Update` messages back to its pane.  Widgets hold no protocol logic.
 * Every failure becomes a notification with one sentence (``str(AppError)``), never a traceback.
+* Whatever comes from the network (names, ids, texts) is shown as plain text with control
+  characters replaced (:func:`clean`): a peer cannot style or drive the user's terminal.
 
-Layout: one tab "Conferences" (a table: id, time frame, members, creator, joinable?) and one tab
-per joined conference (members up/down, key status, messages with sender/time/state, an input
-line; ``/rekey``, ``/leave``, ``/help``).  Several conferences can be open at once.
+Layout: one tab "Conferences" (a table: id, time frame, members, creator, status) and one tab
+per joined conference (members up/down, key status and contributors, messages with sender, time
+and state, an input line with ``/rekey``, ``/leave``, ``/help``; Up/Down recall lines).  Several
+conferences can be open at once; a tab counts what arrived while another was shown.
 """
 
 from __future__ import annotations
