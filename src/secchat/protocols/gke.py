@@ -115,7 +115,7 @@ class GroupKeyExchange:
         self.public_key = self._eph.public_bytes
         self._key_id = key_id(self.public_key)
         self._contrib: dict[int, dict[bytes, int]] = {me: {self._key_id: self._y}}
-        self._pairs: dict[tuple[int, bytes], tuple[Aead, Aead]] = {}
+        self._pairs: dict[tuple[int, bytes], Aead] = {}
         self._answered: set[tuple[int, bytes]] = set()
         self._pk_seen: set[tuple[int, bytes]] = set()
         self.state = GkeState.RUNNING
@@ -182,25 +182,26 @@ class GroupKeyExchange:
 
     # ----------------------------------------------------------------- contributions
 
-    def _pair(self, peer: int, peer_key: bytes) -> tuple[Aead, Aead]:
-        """The AEADs (to ``peer``, from ``peer``) for ``peer``'s session key: one X25519 exchange
-        and one HKDF per pair, bound to the tag, both indices and both session keys."""
-        pair = self._pairs.get((peer, peer_key))
-        if pair is None:
+    def _pair(self, peer: int, peer_key: bytes) -> Aead:
+        """The AEAD shared with ``peer``'s session key: one X25519 exchange and one HKDF per
+        pair, bound to the tag, both indices and both session keys.  Both directions use it,
+        with random nonces, and the associated data names sender and receiver."""
+        aead = self._pairs.get((peer, peer_key))
+        if aead is None:
             shared = self._eph.exchange(peer_key)
             (lo, lo_key), (hi, hi_key) = sorted(((self.me, self.public_key), (peer, peer_key)))
-            okm = hkdf(
-                shared,
-                salt=b"secchat/gke/contribution/v1",
-                info=canonical("contribution-keys", self.tag, lo, hi, lo_key, hi_key),
-                length=64,
+            aead = Aead(
+                hkdf(
+                    shared,
+                    salt=b"secchat/gke/contribution/v1",
+                    info=canonical("contribution-key", self.tag, lo, hi, lo_key, hi_key),
+                    length=32,
+                )
             )
-            up, down = Aead(okm[:32]), Aead(okm[32:])  # lo -> hi, hi -> lo
-            pair = (up, down) if self.me == lo else (down, up)
             if len(self._pairs) >= self.n * MAX_KEYS_PER_MEMBER:
                 self._pairs.clear()
-            self._pairs[(peer, peer_key)] = pair
-        return pair
+            self._pairs[(peer, peer_key)] = aead
+        return aead
 
     def _on_public_key(self, sender: int, msg: PublicKey) -> list[Event]:
         seen = (sender, msg.key)
@@ -215,7 +216,7 @@ class GroupKeyExchange:
     def _answer(self, sender: int, key: bytes) -> list[Event]:
         """Seal our contribution to ``sender``'s session ``key``."""
         try:
-            to_peer, _ = self._pair(sender, key)
+            to_peer = self._pair(sender, key)
         except CryptoError:
             return self._drop("bad_public_key")
         if len(self._answered) < self.n * MAX_KEYS_PER_MEMBER:
@@ -234,7 +235,7 @@ class GroupKeyExchange:
         if kid in known:
             return self._drop("duplicate_contribution")
         try:
-            _, from_peer = self._pair(sender, msg.key)
+            from_peer = self._pair(sender, msg.key)
             plain = from_peer.open(msg.nonce, msg.sealed, canonical("contribution", self.tag, sender, self.me))
         except CryptoError:
             return self._drop("bad_contribution")

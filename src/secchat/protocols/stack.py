@@ -148,7 +148,7 @@ class Member:
         if not 0 <= sender < self.n or sender == self.me:
             self.stats["member.dropped.bad_sender"] += 1
             return
-        if isinstance(data, bytes | bytearray | memoryview):
+        if type(data) is bytes or isinstance(data, bytearray | memoryview):
             size = len(data)
             try:
                 msg = decode_message(data)
@@ -158,8 +158,11 @@ class Member:
         else:
             msg, size = data, 0
         self.stats["member.received"] += 1
-        if self.detector.started:
-            self._apply_detector(self.detector.heard_from(sender, now), now)
+        detector = self.detector
+        if detector.started:
+            restored = detector.heard_from(sender, now)
+            if restored:
+                self._apply_detector(restored, now)
         if isinstance(msg, Alive):
             return
         inst = self.demux.route(sender, msg, size)
