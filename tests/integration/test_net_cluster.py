@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,9 @@ def test_interrupt_cleans_up_processes_and_files(tmp_path, whole_group):
         for line in proc.stderr:  # wait until the members run
             if "ready" in line:
                 break
+        # keep draining both pipes: a launcher blocked writing to a full pipe could not exit
+        for stream in (proc.stdout, proc.stderr):
+            threading.Thread(target=stream.read, daemon=True).start()
         pids = _children(proc.pid)
         assert len(pids) == 3
         if whole_group:
