@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -486,8 +486,10 @@ class _Core:
 # --------------------------------------------------------------------------- drivers
 
 
-class DirectoryClient:
-    """Blocking client (httpx)."""
+class _Driver:
+    """What both drivers share: the I/O-free operations (``_Core``) and an httpx client."""
+
+    _http_class: Any = None
 
     def __init__(
         self,
@@ -499,19 +501,25 @@ class DirectoryClient:
         *,
         timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._core = _Core(trusted_cas, signer_key, cert, trust_store, clock)
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self._http = self._http_class(base_url=base_url, timeout=timeout, transport=transport)
 
     @classmethod
     def for_identity(
         cls, base_url: str, local: pki.LocalIdentity, trust_store: TrustStore | None = None, **options: Any
-    ) -> DirectoryClient:
+    ) -> Self:
         """A client for an identity directory (:func:`secchat.pki.load_identity`); the trust
         store defaults to the user's (:func:`~secchat.directory.trust.default_trust_path`)."""
         store = trust_store if trust_store is not None else TrustStore(default_trust_path())
         return cls(base_url, local.trusted, local.key, local.cert, store, **options)
+
+
+class DirectoryClient(_Driver):
+    """Blocking client (httpx)."""
+
+    _http_class = httpx.Client
 
     def _run(self, op: _Op[T]) -> T:
         try:
@@ -569,32 +577,10 @@ class DirectoryClient:
         self.close()
 
 
-class AsyncDirectoryClient:
+class AsyncDirectoryClient(_Driver):
     """Asyncio client (httpx); the same operations as :class:`DirectoryClient`."""
 
-    def __init__(
-        self,
-        base_url: str,
-        trusted_cas: Sequence[x509.Certificate],
-        signer_key: Ed25519PrivateKey,
-        cert: x509.Certificate,
-        trust_store: TrustStore,
-        *,
-        timeout: float = 10.0,
-        clock: Callable[[], float] = time.time,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self._core = _Core(trusted_cas, signer_key, cert, trust_store, clock)
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
-
-    @classmethod
-    def for_identity(
-        cls, base_url: str, local: pki.LocalIdentity, trust_store: TrustStore | None = None, **options: Any
-    ) -> AsyncDirectoryClient:
-        """A client for an identity directory (:func:`secchat.pki.load_identity`); the trust
-        store defaults to the user's (:func:`~secchat.directory.trust.default_trust_path`)."""
-        store = trust_store if trust_store is not None else TrustStore(default_trust_path())
-        return cls(base_url, local.trusted, local.key, local.cert, store, **options)
+    _http_class = httpx.AsyncClient
 
     async def _run(self, op: _Op[T]) -> T:
         try:
