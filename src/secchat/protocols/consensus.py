@@ -138,8 +138,8 @@ class Consensus:
             out += self._on_proposal(self.coordinator(pending.round), pending)
         return out
 
-    def receive(self, sender: int, msg: Message) -> list[Event]:
-        """A consensus message from member ``sender``."""
+    def receive(self, sender: int, msg: Message, now: float = 0.0) -> list[Event]:
+        """A consensus message from member ``sender`` (consensus keeps no timers: ``now`` unused)."""
         if isinstance(msg, Decision):
             return self._on_decision(sender, msg)
         if self.state is State.DECIDED:

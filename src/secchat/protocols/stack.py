@@ -266,11 +266,7 @@ class Member:
             self._deliver(inst, sender, msg, now)
 
     def _deliver(self, inst: Any, sender: int, msg: Message, now: float) -> None:
-        if isinstance(inst, Consensus):
-            events = inst.receive(sender, msg)
-        else:
-            events = inst.receive(sender, msg, now)
-        self._dispatch(inst, events, now)
+        self._dispatch(inst, inst.receive(sender, msg, now), now)
 
     def _dispatch(self, inst: Any, events: list[Event], now: float) -> None:
         """Hand an instance's events up through its parents, then act on what remains."""
@@ -279,9 +275,9 @@ class Member:
             events = parent.absorb(events, now)
             parent = getattr(parent, "parent", None)
         for ev in events:
-            self._apply(ev, inst)
+            self._apply(ev)
 
-    def _apply(self, ev: Event, inst: Any) -> None:
+    def _apply(self, ev: Event) -> None:
         if isinstance(ev, Send):
             self._send(ev.to, ev.message)
         elif isinstance(ev, Broadcast):
@@ -309,13 +305,8 @@ class Member:
     def _apply_detector(self, events: list[Event], now: float) -> None:
         changed = False
         for ev in events:
-            if isinstance(ev, PeerSuspected | PeerRestored):
-                changed = True
-                self._events.append(ev)
-            elif isinstance(ev, SetTimer):
-                self._timers[((), ev.name)] = ev.deadline
-            else:
-                self._apply(ev, self.detector)
+            changed = changed or isinstance(ev, PeerSuspected | PeerRestored)
+            self._apply(ev)
         if changed:
             for cons in self.demux.instances("consensus"):
                 self._dispatch(cons, cons.suspicion_changed(), now)
