@@ -50,3 +50,12 @@ def test_a_row_moved_to_another_conference_does_not_decrypt(tmp_path):
     store = HistoryStore(path, "pw")
     assert [m.text for m in store.messages("b")] == ["for b"]
     store.close()
+
+
+def test_incarnations_grow_even_when_the_clock_goes_back(tmp_path) -> None:
+    from secchat.app.history import HistoryStore
+
+    store = HistoryStore(tmp_path / "h.sqlite3", "passphrase")
+    first = store.next_incarnation(1_000_000)
+    assert store.next_incarnation(500_000) == first + 1  # clock stepped back: still larger
+    assert store.next_incarnation(2_000_000) == 2_000_000

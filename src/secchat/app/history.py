@@ -150,6 +150,24 @@ class HistoryStore:
 
     # ------------------------------------------------------------------ key-exchange state
 
+    def next_incarnation(self, now_us: int) -> int:
+        """A number larger than every earlier run's of this profile: the wall clock in
+        microseconds, or one more than the last when the clock went back (peers refuse frames of
+        an incarnation older than one they have seen)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._db.execute("SELECT v FROM meta WHERE k = 'incarnation'").fetchone()
+            last = int.from_bytes(row[0], "big") if row is not None else 0
+            value = max(now_us, last + 1)
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('incarnation', ?)", (value.to_bytes(8, "big"),)
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return value
+
     def save_state(self, conference: str, state: SavedState) -> None:
         nonce, ct = self._seal("state", conference, msgspec.msgpack.encode(state))
         self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", (self._conf(conference), nonce, ct))

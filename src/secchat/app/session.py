@@ -457,7 +457,7 @@ class ChatApp:
         await self._dir(self.client.publish_contact(*self._address))
         try:
             node.add_conference(
-                conference_id, [(m.name, m.cert) for m in record.members], incarnation=time.time_ns() // 1000
+                conference_id, [(m.name, m.cert) for m in record.members], incarnation=self.history_store.next_incarnation(time.time_ns() // 1000)
             )
         except (ValueError, pki.PkiError) as exc:
             raise AppError(f"cannot run conference {conference_id!r}: {exc}", "bad_conference") from None
