@@ -506,6 +506,13 @@ class _Driver:
         self._core = _Core(trusted_cas, signer_key, cert, trust_store, clock)
         self._http = self._http_class(base_url=base_url, timeout=timeout, transport=transport)
 
+    def _build(self, request) -> httpx.Request:
+        """The HTTP request for one step of an operation, signed when it must be."""
+        http_request = self._http.build_request(request.method, request.path, content=request.body)
+        if request.signed:
+            http_request.headers.update(self._core.headers(http_request, request.body))
+        return http_request
+
     @classmethod
     def for_identity(
         cls, base_url: str, local: pki.LocalIdentity, trust_store: TrustStore | None = None, **options: Any
@@ -525,9 +532,7 @@ class DirectoryClient(_Driver):
         try:
             request = next(op)
             while True:
-                http_request = self._http.build_request(request.method, request.path, content=request.body)
-                if request.signed:
-                    http_request.headers.update(self._core.headers(http_request, request.body))
+                http_request = self._build(request)
                 try:
                     response = self._http.send(http_request, stream=True)
                     try:
@@ -586,9 +591,7 @@ class AsyncDirectoryClient(_Driver):
         try:
             request = next(op)
             while True:
-                http_request = self._http.build_request(request.method, request.path, content=request.body)
-                if request.signed:
-                    http_request.headers.update(self._core.headers(http_request, request.body))
+                http_request = self._build(request)
                 try:
                     response = await self._http.send(http_request, stream=True)
                     try:

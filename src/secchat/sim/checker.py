@@ -270,6 +270,7 @@ def _check_smc(run: _Run, messages: int = 3, signed: bool = True) -> None:
             fingerprints[i] = ev.fingerprint
             for k in range(messages):
                 sim.at(now + rng.uniform(0.0, 1.0), functools.partial(multicast, i, k))
+            run.finish(i)
         elif isinstance(ev, Delivered):
             key = (ev.sender, ev.incarnation, ev.seq)
             if ev.sender == i:
@@ -285,13 +286,8 @@ def _check_smc(run: _Run, messages: int = 3, signed: bool = True) -> None:
             if i in correct and ev.sender in correct:
                 state["complete"] += 1
 
-    def on_established_finish(i: int, now: float, ev: Any) -> None:
-        on_output(i, now, ev)
-        if isinstance(ev, KeyEstablished):
-            run.finish(i)
-
     for node in sim.nodes:
-        node.on_output = functools.partial(on_established_finish, node.index)
+        node.on_output = functools.partial(on_output, node.index)
     run.schedule(lambda m, now: m.smc_init(tag, now, signed=signed))
 
     def attack(count: int) -> None:

@@ -99,7 +99,7 @@ class Simulation:
         self.messages_sent = 0
         self.protocol_messages = 0
         self.bytes_sent = 0
-        #: every frame put on the wire: (time, sender, recipient or None, bytes) -- the adversary's view
+        #: every frame put on the wire: (time, sender, bytes) -- the adversary's view
         self.wire_log: list[tuple[float, int, bytes]] = []
         self.keep_wire_log = False
         #: share of a crashed member's frames still in flight that die with it (its link queues)
