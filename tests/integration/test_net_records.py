@@ -97,7 +97,7 @@ def test_members_holding_different_records_say_so_and_never_share_a_key(tmp_path
     try:
         procs["m0"] = _Process(tmp_path, "m0", config("m0", honest, {}))
         _, ready = procs["m0"].wait_for(lambda e: e["event"] == "ready")
-        m0_at = "%s:%d" % tuple(ready["address"])
+        m0_at = "{}:{}".format(*ready["address"])
         procs["m1"] = _Process(tmp_path, "m1", config("m1", honest, {"m0": m0_at}))
         procs["m2"] = _Process(tmp_path, "m2", config("m2", other, {"m0": m0_at}))
         joined = {n: procs[n].wait_for(lambda e: e["event"] == "joined") for n in procs}
@@ -122,7 +122,7 @@ def test_members_holding_different_records_say_so_and_never_share_a_key(tmp_path
             p.command({"cmd": "stats"})
         _, stats2 = procs["m2"].wait_for(lambda e: e["event"] == "stats")
         _, stats0 = procs["m0"].wait_for(lambda e: e["event"] == "stats")
-        assert stats0["stack"].get("member.other_record") == 1
+        assert stats0["stack"].get("member.other_record") == 1 == stats2["stack"].get("member.other_record")
         assert not any(e["event"] in ("established", "delivered") for _, e in procs["m2"].seen)
     finally:
         for p in procs.values():
