@@ -23,6 +23,7 @@ import tomli_w
 
 from secchat import pki
 from secchat.net.framing import encode_hello
+from secchat.net.journal import MemoryStateStore
 from secchat.net.node import Node
 from secchat.net.provision import credentials, make_identities, write_identities
 from secchat.net.tls import TlsCredentials, client_context
@@ -123,7 +124,8 @@ async def attack_then_chat(address, ca, evil_ca, m0, m1, m2, evil_m1, delivered:
         writer.close()
     # the member is unharmed: the genuine m1 gets the key with it and chats
     got_key = asyncio.Event()
-    node = Node(credentials(m1, ca), lambda g, ev: got_key.set() if isinstance(ev, KeyEstablished) else None)
+    node = Node(credentials(m1, ca), lambda g, ev: got_key.set() if isinstance(ev, KeyEstablished) else None,
+                state=MemoryStateStore())
     await node.start()
     try:
         node.add_conference("room", [("m0", m0.cert), ("m1", m1.cert)])

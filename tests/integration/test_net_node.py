@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from secchat import pki
+from secchat.net.journal import MemoryStateStore
 from secchat.net.node import Node
 from secchat.net.provision import credentials, make_identities
 from secchat.protocols.events import Delivered, KeyEstablished
@@ -30,7 +31,7 @@ def test_nodes_establish_and_chat(world):
                 seen.append((name, group, ev))
                 changed.set()
 
-            node = Node(credentials(m, ca), on_event)
+            node = Node(credentials(m, ca), on_event, state=MemoryStateStore())
             await node.start()
             nodes.append(node)
         try:
@@ -67,7 +68,7 @@ def test_bad_conferences_are_refused_and_change_nothing(world):
     _, [other_ben] = make_identities(["ben"], ca_name="Other CA")
 
     async def main():
-        node = Node(credentials(ann, ca), lambda *e: None)
+        node = Node(credentials(ann, ca), lambda *e: None, state=MemoryStateStore())
         try:
             with pytest.raises(pki.PkiError):  # a certificate from another CA
                 node.add_conference("x", [("ann", ann.cert), ("ben", other_ben.cert)])
@@ -105,7 +106,7 @@ def test_a_restarted_member_resumes_where_its_previous_run_stopped(world):
                 seen.setdefault(name, []).append(ev)
                 changed.set()
 
-            node = Node(credentials(by_name[name], ca), on_event)
+            node = Node(credentials(by_name[name], ca), on_event, state=MemoryStateStore())
             addr = await node.start()
             node.add_conference("room", members)
             return node, addr

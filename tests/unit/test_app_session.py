@@ -27,6 +27,7 @@ from secchat.app.session import (
     _Text,
 )
 from secchat.directory.client import DirectoryError
+from secchat.net.node import Joined
 from secchat.protocols.events import Delivered, KeyEstablished
 from secchat.protocols.stack import GroupId, smc_tag
 
@@ -56,9 +57,12 @@ class FakeNode:
         self.runtime = SimpleNamespace(conferences={"room": self.conf})
         self.links = SimpleNamespace(connected=lambda name: True, set_address=lambda *a: None)
 
-    def join(self, group, *, epoch=0, **restore):
-        self.joined.append((epoch, restore))
-        return True
+    def join(self, group, *, epoch=None, resume=False):
+        self.joined.append((epoch, resume))
+        return Joined(epoch or 0, False, resume)
+
+    def saved_epoch(self, group):
+        return None
 
     def send(self, group, payload, *, epoch=0):
         self.sent.append((epoch, msgspec.msgpack.decode(payload)))
@@ -106,7 +110,7 @@ def make_conference() -> tuple[Conference, FakeNode]:
     app.history = lambda conf_id: session_mod.ChatApp.history(app, conf_id)
     record = SimpleNamespace(id="room", t0=0, t1=4_000_000_000, members=[SimpleNamespace(name=n) for n in MEMBERS],
                              creator="ann", record=SimpleNamespace(signed_bytes=lambda: b"record"))
-    conf = Conference(app, record, None)  # type: ignore[arg-type]
+    conf = Conference(app, record)  # type: ignore[arg-type]
     app._conferences["room"] = conf
     return conf, node
 
@@ -138,7 +142,7 @@ def test_message_states_and_rekey_follow():
         assert [(e.text, e.state, e.local_id) for e in sent] == [("early", "sent", 1)]
         # ben re-keys: we follow to epoch 1; its key closes epoch 0
         conf._on_stack_event(Delivered(smc_tag("room", 0), 1, 7, 0, payload(_Rekey(1))))
-        assert conf.epoch == 1 and node.joined[-1][0] == 1 and set(node.joined[-1][1]) == {"contribution", "session_seed"}
+        assert conf.epoch == 1 and node.joined[-1][0] == 1 and node.joined[-1][1] is False
         conf._on_stack_event(KeyEstablished(smc_tag("room", 0), "stale", (0, 1)))  # an old epoch's event
         assert conf.fingerprint is None
         conf._on_stack_event(KeyEstablished(smc_tag("room", 1), "f1", (1, 2)))
@@ -163,7 +167,7 @@ def test_our_rekey_is_announced_over_the_old_epoch():
         conf._start()
         conf._on_stack_event(KeyEstablished(smc_tag("room", 0), "f0", (0, 1)))
         await conf.rekey()
-        assert node.sent[-1][0] == 0 and conf.epoch == 1 and node.joined[-1][0] == 1 and set(node.joined[-1][1]) == {"contribution", "session_seed"}
+        assert node.sent[-1][0] == 0 and conf.epoch == 1 and node.joined[-1][0] == 1 and node.joined[-1][1] is False
         await conf.send("new")
         assert node.sent[-1][0] == 1
         await conf.leave()
@@ -179,7 +183,7 @@ def test_frames_of_a_newer_epoch_make_us_follow():
         node.conf.member.demux.tags = [("smc", ("other", "smc", 9)), ("smc", smc_tag(other_record, 7)),
                                        ("gke", (*smc_tag(conf.gid, 3), "gke"))]
         await asyncio.sleep(session_mod.STATUS_PERIOD * 2)
-        assert conf.epoch == 3 and node.joined[-1][0] == 3 and set(node.joined[-1][1]) == {"contribution", "session_seed"}
+        assert conf.epoch == 3 and node.joined[-1][0] == 3 and node.joined[-1][1] is False
         await conf.leave()
 
     asyncio.run(main())

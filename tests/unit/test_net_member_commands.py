@@ -9,17 +9,20 @@ import pytest
 
 from secchat.net.config import parse_config
 from secchat.net.member_process import MemberProcess
+from secchat.net.node import Joined
+from secchat.protocols.stack import GroupId
 
 
 class FakeNode:
     def __init__(self) -> None:
         self.runtime = SimpleNamespace(conferences={"c": None}, now=lambda: 0.0)
+        self.conferences = {"c": SimpleNamespace(gid=GroupId.unbound("c"))}
         self.joined: list[str] = []
         self.sent: list[tuple[str, bytes]] = []
 
     def join(self, group, **kw):
         self.joined.append(group)
-        return True
+        return Joined(0, False, False)
 
     def send(self, group, payload):
         if group not in self.joined:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from ..codec import canonical
 from ..crypto import Aead, CryptoError, hkdf, hmac_sha256
+from ..net.journal import KeyExchangeState
 
 __all__ = ["HistoryError", "HistoryStore", "SavedState", "StoredMessage"]
 
@@ -45,17 +46,8 @@ class StoredMessage(msgspec.Struct, frozen=True):
     epoch: int
 
 
-class SavedState(msgspec.Struct, frozen=True):
-    """What a member needs to rejoin a conference with the same key."""
-
-    epoch: int
-    contribution: bytes  # 32 bytes, big-endian (msgpack has no 256-bit integers)
-    session_seed: bytes
-    fingerprint: str | None = None
-    #: SHA-256 of the signed conference record: a state is only restored into the same record
-    record: bytes = b""
-    #: the key exchange's decided value, once known: a rejoin gets the same key from it alone
-    decision: bytes = b""
+#: the one saved key-exchange state type (the write-ahead rule is :mod:`secchat.net.journal`'s)
+SavedState = KeyExchangeState
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -54,6 +53,7 @@ from ..directory.client import (
 )
 from ..directory.client import Conference as DirConference
 from ..directory.trust import Acceptance, TrustStore, TrustStoreError
+from ..net.journal import StateError
 from ..net.links import LinkConfig
 from ..net.node import Node
 from ..net.tls import TlsCredentials
@@ -65,7 +65,7 @@ from ..protocols.events import (
     RecordMismatch,
 )
 from ..protocols.stack import GroupId, StackConfig, epoch_of, smc_tag
-from .history import HistoryError, HistoryStore, SavedState, StoredMessage
+from .history import HistoryError, HistoryStore, StoredMessage
 from .profile import (
     HISTORY_FILE,
     IDENTITY_DIR,
@@ -424,7 +424,8 @@ class ChatApp:
     async def _ensure_node(self) -> Node:
         if self._node is None:
             creds = TlsCredentials(self.local.key, self.local.cert, self.local.trusted)
-            node = Node(creds, self._on_stack_event, stack_config=self._stack_config, link_config=self._link_config)
+            node = Node(creds, self._on_stack_event, stack_config=self._stack_config, link_config=self._link_config,
+                        state=self.history_store)
             try:
                 _host, port = await node.start(self.settings.listen_host, self.settings.listen_port)
             except OSError as exc:
@@ -483,13 +484,22 @@ class ChatApp:
             )
         except (ValueError, pki.PkiError) as exc:
             raise AppError(f"cannot run conference {conference_id!r}: {exc}", "bad_conference") from None
-        saved = self.history_store.load_state(conference_id)
-        if saved is not None and saved.record != _record_digest(record):
-            saved = None  # a state of another conference that had this id: never reuse it
-        conf = Conference(self, record, saved)
+        self._migrate_state(conference_id, _record_digest(record))
+        conf = Conference(self, record)
         self._conferences[conference_id] = conf
         conf._start()
         return conf
+
+    def _migrate_state(self, conference_id: str, record: bytes) -> None:
+        """Profiles of before the record binding kept the key-exchange state under the
+        conference id: move it under the record digest, where the node looks (a state of
+        another record that had this id is dropped, never reused)."""
+        legacy = self.history_store.load_state(conference_id)
+        if legacy is None:
+            return
+        if legacy.record == record and self.history_store.load_state(record.hex()) is None:
+            self.history_store.save_state(record.hex(), legacy)
+        self.history_store.forget_state(conference_id)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -513,7 +523,7 @@ class ChatApp:
 class Conference:
     """A joined conference: events, send, re-key, leave, history."""
 
-    def __init__(self, app: ChatApp, record: DirConference, saved: SavedState | None) -> None:
+    def __init__(self, app: ChatApp, record: DirConference) -> None:
         self._app = app
         self._node: Node = app._node  # type: ignore[assignment]
         self.id = record.id
@@ -521,9 +531,8 @@ class Conference:
         self.members = tuple(m.name for m in record.members)
         self.t0 = _ts(record.t0)
         self.t1 = _ts(record.t1)
-        self.epoch = saved.epoch if saved is not None else 0
+        self.epoch = 0
         self.fingerprint: str | None = None
-        self._saved = saved
         self._record = _record_digest(record)
         #: the conference as the protocols know it (its tags carry the record digest)
         self.gid = GroupId(self.id, self._record, record.creator)
@@ -543,11 +552,12 @@ class Conference:
     # ------------------------------------------------------------------ life
 
     def _start(self) -> None:
-        saved = self._saved
+        saved = self._node.saved_epoch(self.id)
         if saved is not None:
-            self._emit(Notice(f"rejoining {self.id} with the saved key state of epoch {saved.epoch}"))
+            self.epoch = saved
+            self._emit(Notice(f"rejoining {self.id} with the saved key state of epoch {saved}"))
         self._emit(KeyStatus(False, self.epoch, None, ()))
-        self._join_epoch(self.epoch, saved)  # a saved decision establishes the key right here
+        self._join_epoch(self.epoch)  # a saved decision establishes the key right here
         self._tasks.append(asyncio.create_task(self._watch_status(), name=f"status {self.id}"))
         self._tasks.append(asyncio.create_task(self._find_peers(), name=f"contacts {self.id}"))
         if len(self.members) <= RECEIPT_MAX_MEMBERS:
@@ -714,23 +724,14 @@ class Conference:
         self._multicast(msgspec.msgpack.encode(_Rekey(new)), None)
         self._switch(new, f"re-keying {self.id}: epoch {new}")
 
-    def _join_epoch(self, epoch: int, saved: SavedState | None) -> None:
-        """Start ``epoch``'s key exchange.  The state it needs to rejoin is saved *before* the
-        first join (write-ahead): a member that crashed mid-exchange and comes back must not
-        vote again in that exchange's consensus (``resume`` makes it abstain), or two keys could
-        be decided in one epoch."""
-        if saved is not None and saved.epoch == epoch:
-            restore: dict[str, Any] = {
-                "contribution": int.from_bytes(saved.contribution, "big"),
-                "session_seed": saved.session_seed,
-            }
-            if saved.decision:
-                restore["decision"] = saved.decision
-            self._node.join(self.id, epoch=epoch, resume=True, **restore)
-        else:
-            contribution, seed = secrets.token_bytes(32), secrets.token_bytes(32)
-            self._app.history_store.save_state(self.id, SavedState(epoch, contribution, seed, None, self._record))
-            self._node.join(self.id, epoch=epoch, contribution=int.from_bytes(contribution, "big"), session_seed=seed)
+    def _join_epoch(self, epoch: int) -> None:
+        """Start ``epoch``'s key exchange: the node saves the state needed to rejoin *before*
+        the first message (write-ahead, :mod:`secchat.net.journal`), so a member that crashed
+        mid-exchange and comes back never votes twice in that exchange's consensus."""
+        try:
+            self._node.join(self.id, epoch=epoch)
+        except StateError as exc:
+            raise AppError(f"cannot keep the key-exchange state of {self.id!r}: {exc}", "state_failed") from None
         self._epochs.add(epoch)
 
     def _switch(self, epoch: int, why: str) -> None:
@@ -738,15 +739,14 @@ class Conference:
         self.fingerprint = None
         self._emit(Notice(why))
         self._emit(KeyStatus(False, epoch, None, ()))
-        self._join_epoch(epoch, None)
+        self._join_epoch(epoch)
 
     async def leave(self) -> None:
         """Save the key-exchange state (encrypted) and stop taking part; :meth:`ChatApp.join`
         again gets the same key."""
         if self._left:
             return
-        self._save_state()
-        self._left = True
+        self._left = True  # the node saved the key-exchange state when the key came
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -764,28 +764,12 @@ class Conference:
 
     # ------------------------------------------------------------------ stack events
 
-    def _save_state(self) -> None:
-        smc = self._node.smc(self.id, self.epoch)
-        if smc is None or not smc.established:
-            return
-        gke = smc.gke
-        state = SavedState(
-            self.epoch,
-            gke.contribution.to_bytes(32, "big"),
-            gke.session_seed,
-            smc.fingerprint,
-            self._record,
-            gke.consensus.decision or b"",
-        )
-        self._app.history_store.save_state(self.id, state)
-
     def _on_stack_event(self, ev: Any) -> None:
         if isinstance(ev, KeyEstablished):
             epoch = epoch_of(ev.tag)
             if epoch != self.epoch:
                 return
             self.fingerprint = ev.fingerprint
-            self._save_state()
             for old in sorted(e for e in self._pending if e < epoch):
                 self._pending.pop(old, None)
             for e in sorted(e for e in self._epochs if e < epoch):

@@ -26,6 +26,9 @@ Example (every path may be relative to the file)::
 
     [stack]                           # optional: fields of secchat.protocols.stack.StackConfig
 
+    [state]                           # optional; default: "<this file's name>.state" beside it
+    dir = "m0.state"                  # the write-ahead key-exchange state: keep it across restarts
+
 Loading validates everything and raises :class:`ConfigError` with one clear sentence; it never
 reads the passphrase into anything but the key loader.
 """
@@ -95,6 +98,9 @@ class MemberConfig:
     conferences: tuple[ConferenceConfig, ...]
     links: LinkConfig = field(default_factory=LinkConfig)
     stack: dict[str, Any] = field(default_factory=dict)
+    #: the write-ahead key-exchange state (:mod:`secchat.net.journal`): a restart from this
+    #: config finds it here and never votes twice; default ``<config name>.state`` beside it
+    state_dir: Path = Path("member.state")
 
 
 def parse_address(text: str, where: str) -> tuple[str, int]:
@@ -141,10 +147,10 @@ def load_config(path: str | os.PathLike[str]) -> MemberConfig:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse_config(data, base=path.parent)
+    return parse_config(data, base=path.parent, stem=path.stem)
 
 
-def parse_config(data: dict, *, base: Path = Path(".")) -> MemberConfig:
+def parse_config(data: dict, *, base: Path = Path("."), stem: str | None = None) -> MemberConfig:
     def p(value: str) -> Path:
         q = Path(value)
         return q if q.is_absolute() else base / q
@@ -225,4 +231,12 @@ def parse_config(data: dict, *, base: Path = Path(".")) -> MemberConfig:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[links]: {exc}") from None
     stack = _table(data, "stack", required=False)
-    return MemberConfig(identity, listen_address, fd, peers, tuple(conferences), links, dict(stack))
+    state = _table(data, "state", required=False)
+    unknown = set(state) - {"dir"}
+    if unknown:
+        raise ConfigError(f"[state]: unknown settings {sorted(unknown)}")
+    state_dir = _str(state, "dir", "[state]", required=False)
+    return MemberConfig(
+        identity, listen_address, fd, peers, tuple(conferences), links, dict(stack),
+        p(state_dir) if state_dir else base / f"{stem or name}.state",
+    )

@@ -51,6 +51,7 @@ from .. import pki
 from ..crypto import SystemRng
 from .config import ConfigError, MemberConfig, load_config
 from .errors import LinkError
+from .journal import StateDir, StateError
 from .node import Node
 from .tls import TlsCredentials
 
@@ -161,8 +162,12 @@ class MemberProcess:
         rng = RecordingRng(rng_log) if rng_log else SystemRng()
         if rng_log:
             log.warning("test hook SECCHAT_TEST_RNG_LOG is active: random draws are recorded")
+        try:  # the write-ahead state: without it, a restart could vote twice (no key exchange)
+            state = StateDir.for_key(self.config.state_dir, creds.key)
+        except StateError as exc:
+            return self._fail(f"cannot keep key-exchange state: {exc}")
         node = self.node = Node(creds, self._on_event, link_config=self.config.links,
-                                stack_config=stack_config, rng=rng)
+                                stack_config=stack_config, rng=rng, state=state)
         try:
             if self.config.listen_fd is not None:
                 address = await node.start(sock=socket.socket(fileno=self.config.listen_fd))
@@ -219,12 +224,18 @@ class MemberProcess:
         assert self.node is not None
         if group in self._join_time:
             return
+        try:
+            # resume: we may have run before without our state (abstain; take streams up midway)
+            joined = self.node.join(group, resume=resume)
+        except StateError as exc:  # no durable state, no key exchange (it could vote twice)
+            emit({"event": "error", "name": self.name, "message": f"not joining {group}: {exc}"})
+            log.error("not joining %s: cannot keep key-exchange state: %s", group, exc)
+            return
+        if joined is None:
+            return
         self._join_time[group] = self.runtime.now()
-        if resume:  # a restarted member: take each sender's stream up where we find it
-            self.node.join(group, resume=True)
-        else:
-            self.node.join(group)
-        emit({"event": "joined", "name": self.name, "group": group,
+        emit({"event": "joined", "name": self.name, "group": group, "epoch": joined.epoch,
+              "restored": joined.restored, "abstains": joined.abstains,
               "record": self.node.conferences[group].gid.record.hex()})
 
     def send(self, group: str, text: str) -> None:

@@ -9,6 +9,7 @@ prints nothing and reads no files (callers load keys and certificates with :mod:
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -21,13 +22,17 @@ from cryptography.hazmat.primitives import serialization
 from .. import pki
 from ..codec import canonical
 from ..crypto import Rng, SystemRng, digest
-from ..protocols.stack import GroupId, Member, smc_tag
+from ..protocols.events import KeyEstablished
+from ..protocols.stack import GroupId, Member, epoch_of, smc_tag
 from .errors import AuthenticationError
+from .journal import UNREADABLE, StateError, StateStore, established_state, plan_join
 from .links import Address, LinkConfig, LinkManager
 from .runtime import Runtime
 from .tls import PinSet, TlsCredentials
 
-__all__ = ["ConferenceInfo", "Node", "members_digest"]
+__all__ = ["ConferenceInfo", "Joined", "Node", "members_digest"]
+
+log = logging.getLogger("secchat.node")
 
 #: ``on_event(conference_id, event)`` -- the stack's output events (KeyEstablished, Delivered, ...)
 EventHandler = Callable[[str, Any], None]
@@ -41,6 +46,16 @@ class ConferenceInfo:
     signed: bool
     #: the conference as the protocols know it: id and record digest (part of every tag)
     gid: GroupId
+
+
+@dataclass(frozen=True)
+class Joined:
+    """What :meth:`Node.join` did: the ``epoch`` joined; ``restored`` from saved state (the same
+    contribution; it does not vote again); ``abstains`` without state it could restore."""
+
+    epoch: int
+    restored: bool
+    abstains: bool
 
 
 def members_digest(group: str, members: Sequence[tuple[str, bytes]]) -> bytes:
@@ -61,10 +76,15 @@ class Node:
         stack_config: Any = None,
         rng: Rng | None = None,
         incarnation: int | None = None,
+        state: StateStore | None = None,
     ) -> None:
         self.credentials = credentials
         self.name = pki.verify_certificate(credentials.cert, list(credentials.ca_certs)).name
-        self.runtime = Runtime(on_event)
+        self._on_event = on_event
+        #: where the write-ahead key-exchange state goes (:mod:`secchat.net.journal`); without
+        #: one the node refuses to start a key exchange
+        self.state = state
+        self.runtime = Runtime(self._stack_event)
         self.links = LinkManager(self.name, credentials, PinSet(), self.runtime.on_message, config=link_config)
         self.runtime.attach(self.links)
         self.stack_config = stack_config
@@ -140,15 +160,63 @@ class Node:
         self.conferences[group] = info
         return info
 
-    def join(self, group: str, *, epoch: int = 0, **restore: Any) -> bool:
-        """Start the conference's secure multicast of ``epoch`` (and so its key exchange); False
-        if already.  ``restore`` (``contribution``, ``session_seed``) rejoins with a saved GKE state."""
+    def join(self, group: str, *, epoch: int | None = None, resume: bool = False) -> Joined | None:
+        """Start the conference's secure multicast of ``epoch`` (default: the epoch of the saved
+        state, else 0), and so its key exchange, following the write-ahead rule of
+        :mod:`secchat.net.journal`: a saved state of this record and epoch is restored (no second
+        vote; the same key), a new one is made durable *before* anything is sent.  ``resume``:
+        we may have run this epoch before without keeping state (abstain; take each sender's
+        stream up where we find it).  None if that epoch runs already.  Raises ``ValueError``
+        without a state store, and
+        :class:`~secchat.net.journal.StateError` if the state cannot be written."""
         info = self._info(group)
-        if (group, epoch) in self._joined:
-            return False
-        self.runtime.smc_init(group, smc_tag(info.gid, epoch), signed=info.signed, **restore)
-        self._joined.add((group, epoch))
-        return True
+        if self.state is None:
+            raise ValueError("no state store: a restart could vote twice in the key exchange")
+        key = info.gid.record.hex()
+        try:
+            saved: Any = self.state.load_state(key)
+        except StateError as exc:
+            log.warning("%s: saved key-exchange state unusable (%s): this member abstains", group, exc)
+            saved = UNREADABLE
+        plan = plan_join(saved, info.gid.record, epoch, self.rng, resume=resume)
+        if (group, plan.epoch) in self._joined:
+            return None
+        if plan.save_first is not None:
+            self.state.save_state(key, plan.save_first)  # durable before the first message
+        self.runtime.smc_init(group, smc_tag(info.gid, plan.epoch), signed=info.signed, **plan.restore)
+        self._joined.add((group, plan.epoch))
+        return Joined(plan.epoch, plan.restored, plan.abstains)
+
+    def saved_epoch(self, group: str) -> int | None:
+        """The epoch of ``group``'s saved key-exchange state (None: none, or unreadable)."""
+        info = self._info(group)
+        if self.state is None:
+            return None
+        try:
+            saved = self.state.load_state(info.gid.record.hex())
+        except StateError:
+            return None
+        return saved.epoch if saved is not None and saved.record in (b"", info.gid.record) else None
+
+    def _stack_event(self, group: str, event: Any) -> None:
+        """Events of every stack: the key's decision is saved (a rejoin gets the same key at
+        once), then the caller's handler sees the event."""
+        if isinstance(event, KeyEstablished) and self.state is not None:
+            info = self.conferences.get(group)
+            epoch = epoch_of(event.tag)
+            smc = self.smc(group, epoch) if info is not None and epoch is not None else None
+            if smc is not None and info is not None and epoch is not None:
+                key = info.gid.record.hex()
+                try:
+                    current = self.state.load_state(key)
+                except StateError:
+                    current = None
+                if current is None or current.epoch <= epoch:
+                    try:
+                        self.state.save_state(key, established_state(epoch, info.gid.record, smc))
+                    except StateError as exc:
+                        log.error("%s: cannot save the key-exchange decision: %s", group, exc)
+        self._on_event(group, event)
 
     def joined(self, group: str) -> bool:
         return any(g == group for g, _ in self._joined)

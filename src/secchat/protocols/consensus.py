@@ -90,6 +90,9 @@ class Consensus:
         self._relay_source: int | None = None
         self._pending_proposal: Proposal | None = None
         self._abstained: set[int] = set()  # members that said they will never vote
+        # what we sent the coordinators of our current and previous round: sent again when one
+        # of them restarted (its run that got them is gone, and with it their effect)
+        self._to_coordinators: dict[int, list[Message]] = {}
 
     def coordinator(self, round_: int) -> int:
         return round_ % self.n
@@ -185,7 +188,7 @@ class Consensus:
         coord = self.coordinator(self.round)
         if coord != self.me and self._suspects(coord):
             self._replied = True
-            return [Send(coord, Nack(self.tag, self.round)), *self._advance_if_done()]
+            return [self._to_coord(self.round, Nack(self.tag, self.round)), *self._advance_if_done()]
         return []
 
     # ----------------------------------------------------------------- rounds
@@ -217,10 +220,10 @@ class Consensus:
                     del self._far_replies[sender]
             box.estimates[self.me] = (self.ts, self.estimate)
             return self._progress()
-        out: list[Event] = [Send(coord, Estimate(self.tag, round_, self.ts, self.estimate))]
+        out: list[Event] = [self._to_coord(round_, Estimate(self.tag, round_, self.ts, self.estimate))]
         if self._suspects(coord):
             self._replied = True
-            out.append(Send(coord, Nack(self.tag, round_)))
+            out.append(self._to_coord(round_, Nack(self.tag, round_)))
             out += self._advance_if_done()
         return out
 
@@ -255,8 +258,38 @@ class Consensus:
                 del self._boxes[old]
         self.estimate, self.ts = msg.value, msg.round + 1
         self._replied = True
-        out.append(Send(sender, Ack(self.tag, msg.round)))
+        out.append(self._to_coord(msg.round, Ack(self.tag, msg.round)))
         return out + self._advance_if_done()
+
+    def _to_coord(self, round_: int, msg: Estimate | Ack | Nack) -> Send:
+        """Send ``msg`` to the coordinator of ``round_``, and remember it for :meth:`peer_back`."""
+        self._to_coordinators.setdefault(round_, []).append(msg)
+        for old in [r for r in self._to_coordinators if r < round_ - 1]:
+            del self._to_coordinators[old]
+        return Send(self.coordinator(round_), msg)
+
+    def peer_back(self, peer: int) -> list[Event]:
+        """``peer`` restarted or came back from a partition: what we sent its earlier run is
+        lost with it (crash-recovery, not crash-stop).  Send again what it needs to move on: the
+        decision, that we abstain, or our messages to it as coordinator of our current or previous round (a
+        coordinator stuck waiting for estimates it lost would wait forever), and our proposal
+        if we coordinate the current round.  Repeats are harmless: every box keeps one entry
+        per sender and round."""
+        if self.state is State.DECIDED:
+            return [Send(peer, Decision(self.tag, self.decision))]
+        if self.state is State.ABSTAINING:  # it must not wait for us as a coordinator
+            return [Send(peer, Abstain(self.tag))]
+        if self.state is not State.RUNNING:
+            return []
+        out: list[Event] = [
+            Send(peer, msg)
+            for round_, sent in sorted(self._to_coordinators.items())
+            if self.coordinator(round_) == peer
+            for msg in sent
+        ]
+        if self.coordinator(self.round) == self.me and self._proposed:
+            out.append(Send(peer, Proposal(self.tag, self.round, self.estimate)))
+        return out
 
     def _advance_if_done(self) -> list[Event]:
         if self.coordinator(self.round) == self.me:
@@ -289,6 +322,7 @@ class Consensus:
         self._boxes.clear()
         self._far_estimates.clear()
         self._far_replies.clear()
+        self._to_coordinators.clear()
         self._pending_proposal = None
         self._relay_source = source
         out: list[Event] = [Decided(self.tag, value)]

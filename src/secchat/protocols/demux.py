@@ -24,6 +24,9 @@ from .messages import (
     Proposal,
     PublicKey,
     SmcData,
+    SmcGone,
+    SmcResend,
+    SmcStatus,
 )
 
 __all__ = ["Demux", "protocol_of"]
@@ -43,6 +46,9 @@ _PROTOCOL = {
     PublicKey: "gke",
     Contribution: "gke",
     SmcData: "smc",
+    SmcStatus: "smc",
+    SmcResend: "smc",
+    SmcGone: "smc",
 }
 
 

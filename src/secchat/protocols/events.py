@@ -21,6 +21,8 @@ __all__ = [
     "Delivered",
     "Event",
     "KeyEstablished",
+    "KeyFork",
+    "Lost",
     "Output",
     "PeerRestored",
     "PeerSuspected",
@@ -28,6 +30,7 @@ __all__ = [
     "Send",
     "SessionKey",
     "SetTimer",
+    "Undelivered",
 ]
 
 
@@ -127,6 +130,52 @@ class RecordMismatch:
     members: int
 
 
+
+@dataclass(frozen=True, slots=True)
+class KeyFork:
+    """Member ``peer`` holds another key (``fingerprint``) for SMC instance ``tag``: two keys
+    exist where the protocols promise one.  We stop sending under ours."""
+
+    tag: Tag
+    peer: int
+    ours: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """Messages ``first`` .. ``end - 1`` of ``sender``'s ``incarnation`` will never be delivered
+    here (its retransmission store no longer had them, or the gap was given up)."""
+
+    tag: Tag
+    sender: int
+    incarnation: int
+    first: int
+    end: int
+
+    @property
+    def count(self) -> int:
+        return self.end - self.first
+
+
+@dataclass(frozen=True, slots=True)
+class Undelivered:
+    """Our messages ``first`` .. ``end - 1`` did not reach member ``peer``: it asked for them too
+    late (they left our bounded retransmission store)."""
+
+    tag: Tag
+    peer: int
+    first: int
+    end: int
+
+    @property
+    def count(self) -> int:
+        return self.end - self.first
+
+
 Action = Send | Broadcast | SetTimer | CancelTimer
-Output = Decided | SessionKey | KeyEstablished | Delivered | PeerSuspected | PeerRestored | RecordMismatch
+Output = (
+    Decided | SessionKey | KeyEstablished | Delivered | PeerSuspected | PeerRestored | RecordMismatch
+    | KeyFork | Lost | Undelivered
+)
 Event = Action | Output

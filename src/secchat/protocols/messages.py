@@ -28,6 +28,9 @@ __all__ = [
     "PublicKey",
     "RecordHello",
     "SmcData",
+    "SmcGone",
+    "SmcResend",
+    "SmcStatus",
     "decode_message",
     "encode_message",
 ]
@@ -161,7 +164,43 @@ class SmcData(_Msg, tag=30):
     ciphertext: Ciphertext
 
 
-Message = Union[Alive, RecordHello, Estimate, Proposal, Ack, Nack, Decision, Abstain, PublicKey, Contribution, SmcData]  # noqa: UP007
+class SmcStatus(_Msg, tag=31):
+    """The sender's place in its own stream (``incarnation``, the next ``seq`` it will use) and a
+    confirmation of its key (``confirm``: an HMAC under the key-confirmation key; ``fingerprint``
+    names the key for people).  Receivers ask for frames they miss (:class:`SmcResend`) and
+    detect two keys for one instance (a fork).  ``reply`` asks for the receiver's status back."""
+
+    tag: WireTag
+    incarnation: Counter
+    next_seq: Counter
+    confirm: Key32
+    fingerprint: Annotated[str, msgspec.Meta(max_length=64)]
+    reply: bool = False
+
+
+class SmcResend(_Msg, tag=32):
+    """"Send me again your frames ``first`` .. ``end - 1`` of ``incarnation``" (to their sender)."""
+
+    tag: WireTag
+    incarnation: Counter
+    first: Counter
+    end: Counter
+
+
+class SmcGone(_Msg, tag=33):
+    """The sender no longer keeps its frames ``first`` .. ``end - 1`` of ``incarnation``: they
+    are lost for this receiver, which skips them and says so."""
+
+    tag: WireTag
+    incarnation: Counter
+    first: Counter
+    end: Counter
+
+
+Message = Union[  # noqa: UP007
+    Alive, RecordHello, Estimate, Proposal, Ack, Nack, Decision, Abstain, PublicKey, Contribution,
+    SmcData, SmcStatus, SmcResend, SmcGone,
+]
 
 _decoder: Decoder[Message] = Decoder(Message)
 _encoder = msgspec.msgpack.Encoder()

@@ -12,6 +12,22 @@ incarnation, seq)``, multicast.  On receipt: hold until the key exists (bounded)
 ``incarnation`` separates the sequence numbers of successive runs of one member (a member that
 leaves and rejoins with the same key starts again at seq 0): it must grow from run to run (the
 driver uses wall-clock microseconds at start).  Frames of an older incarnation are refused.
+
+**Nothing lost in silence.**  Links are reliable only while both ends run and their queues have
+room; a member cut off by a partition, paused, or restarted misses frames.  So each sender keeps
+its recent frames in a bounded *retransmission store* (``store_frames`` / ``store_bytes``), and
+every member sends each other member an :class:`SmcStatus` -- its stream position and a key
+confirmation -- when its key is established, when a peer comes back (the detector restored it)
+and every ``status_period``.  A receiver that sees a sender's position ahead of what it holds,
+or a gap that outlives ``resend_after``, asks that sender for the range (:class:`SmcResend`);
+the sender answers with the stored frames (verified like any other) and, for what its store no
+longer holds, :class:`SmcGone`: the receiver skips those and reports them (:class:`Lost`), the
+sender reports them too (:class:`Undelivered`).  A gap is given up without an answer only
+after ``gap_timeout`` (the sender is gone), and reported all the same.
+
+**Forks are loud.**  The confirmation in every status is an HMAC under the key-confirmation key:
+a member holding another key for this instance is reported (:class:`KeyFork`) and we stop
+sending under ours, so no bug anywhere can split a conference silently.
 """
 
 from __future__ import annotations
@@ -31,16 +47,32 @@ from ..crypto import (
     Signer,
     Verifier,
     derive_group_keys,
+    hmac_sha256,
 )
-from .events import Broadcast, Delivered, Event, KeyEstablished, SessionKey, SetTimer
+from .events import (
+    Broadcast,
+    Delivered,
+    Event,
+    KeyEstablished,
+    KeyFork,
+    Lost,
+    Send,
+    SessionKey,
+    SetTimer,
+    Undelivered,
+)
 from .gke import GroupKeyExchange
-from .messages import Message, SmcData
+from .messages import Message, SmcData, SmcGone, SmcResend, SmcStatus
 
-__all__ = ["SecureMulticast", "SendQueueFull", "SmcLimits"]
+__all__ = ["KeyForked", "SecureMulticast", "SendQueueFull", "SmcLimits"]
 
 
 class SendQueueFull(RuntimeError):
     """Local misuse: too many messages multicast before the key exists."""
+
+
+class KeyForked(RuntimeError):
+    """Another member holds another key for this instance: we no longer send under ours."""
 
 
 @dataclass(frozen=True)
@@ -56,12 +88,29 @@ class SmcLimits:
     #: in a bounded queue: later messages must not wait forever); far above any link delay
     gap_timeout: float = 30.0
     max_payload: int = 512 * 1024
+    #: our recent frames, kept to answer resend requests; beyond either bound the oldest go
+    store_frames: int = 4096
+    store_bytes: int = 16 << 20
+    #: a gap still open this long is asked for (links are FIFO: it is a frame lost in a queue)
+    resend_after: float = 0.2
+    #: at most one resend burst per peer per this interval (a peer cannot make us amplify)
+    resend_interval: float = 0.5
+    #: position and key confirmation to every member this often (groups above 20: longer)
+    status_period: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.resend_after < self.gap_timeout:
+            raise ValueError("need 0 < resend_after < gap_timeout")
+        if self.store_frames < 0 or self.store_bytes < 0 or self.status_period <= 0:
+            raise ValueError("store bounds are >= 0 and the status period > 0")
 
 
 class _Stream:
     """Receive state of one sender's incarnation."""
 
-    __slots__ = ("floating", "gap_since", "incarnation", "next_seq", "waiting", "waiting_bytes")
+    __slots__ = (
+        "floating", "gap_since", "horizon", "incarnation", "next_seq", "requested", "waiting", "waiting_bytes",
+    )
 
     def __init__(self, incarnation: int) -> None:
         self.incarnation = incarnation
@@ -71,6 +120,8 @@ class _Stream:
         #: a rejoining member's view of a stream it joined midway: gaps are skipped, not awaited
         self.floating = False
         self.gap_since: float | None = None  # when the oldest open gap appeared
+        self.requested = 0  # frames below this were asked for again (SmcResend)
+        self.horizon = 0  # the sender said (SmcStatus) or showed that frames below this exist
 
 
 class SecureMulticast:
@@ -118,6 +169,15 @@ class SecureMulticast:
         self._streams: dict[int, _Stream] = {}
         self._closed = False
         self._gap_timer: float | None = None
+        # our recent frames (seq order, contiguous) for resend requests, and their bytes
+        self._store: deque[SmcData] = deque()
+        self._store_bytes = 0
+        self._confirm = b""
+        self._status_held: dict[int, SmcStatus] = {}  # statuses that came before our key
+        self._resent: dict[int, tuple[float, int]] = {}  # peer -> (burst started, served up to)
+        self._forks: set[int] = set()
+        self.forked = False
+        self._status_period = limits.status_period * max(1.0, n / 20)
 
     @property
     def established(self) -> bool:
@@ -136,6 +196,8 @@ class SecureMulticast:
         """Local input: send ``payload`` to the group (queued, bounded, until the key exists)."""
         if self._closed:
             raise RuntimeError("this SMC instance was closed (re-keyed)")
+        if self.forked:
+            raise KeyForked("another member holds another key for this conference epoch")
         if len(payload) > self.limits.max_payload:
             raise ValueError(f"payload of {len(payload)} bytes exceeds {self.limits.max_payload}")
         if self._aead is None:
@@ -146,10 +208,16 @@ class SecureMulticast:
         return self._send(payload)
 
     def receive(self, sender: int, msg: Message, now: float) -> list[Event]:
-        if not isinstance(msg, SmcData):
-            return self._drop("unexpected_message")
         if self._closed:
             return self._drop("closed_instance")
+        if isinstance(msg, SmcStatus):
+            return self._on_status(sender, msg, now)
+        if isinstance(msg, SmcResend):
+            return self._on_resend(sender, msg, now)
+        if isinstance(msg, SmcGone):
+            return self._on_gone(sender, msg, now)
+        if not isinstance(msg, SmcData):
+            return self._drop("unexpected_message")
         if msg.sender >= self.n or msg.sender == self.me:
             return self._drop("bad_sender")
         if self._aead is None:
@@ -162,25 +230,47 @@ class SecureMulticast:
         return self._on_data(msg, now)
 
     def handle_timer(self, name: str, now: float) -> list[Event]:
-        """``gap``: give up the gaps that have been open for ``gap_timeout``."""
+        """``gap``: ask for the gaps open for ``resend_after``, give up those open for
+        ``gap_timeout``.  ``status``: the periodic status to every member."""
+        if name == "status":
+            return [*self._status_to(None), SetTimer("status", now + self._status_period, self.tag)]
         out: list[Event] = []
         self._gap_timer = None
         for sender, stream in self._streams.items():
-            if stream.waiting and stream.gap_since is not None and now - stream.gap_since >= self.limits.gap_timeout:
-                self._stats["smc.gap_skipped"] += 1
-                stream.next_seq = min(stream.waiting)
+            due = self._gap_deadline(stream)
+            if due is None or now < due:
+                continue
+            if stream.requested > stream.next_seq:  # asked, no answer: given up, and said
+                out += self._skip_to(sender, stream, min(stream.waiting))
                 out += self._deliver_ready(sender, stream, now)
+            else:
+                out += self._ask(sender, stream)
         return out + self._arm_gap_timer()
 
+    def _gap_deadline(self, stream: _Stream) -> float | None:
+        """When ``stream``'s open gap is due: to be asked for (``resend_after``), or, once asked,
+        to be given up (``gap_timeout``).  One expression for the timer and its handler, so a
+        timer never fires for a deadline its handler does not see as due (a busy loop)."""
+        if not stream.waiting or stream.gap_since is None:
+            return None
+        if stream.requested > stream.next_seq:
+            return stream.gap_since + self.limits.gap_timeout
+        return stream.gap_since + self.limits.resend_after
+
     def _arm_gap_timer(self) -> list[Event]:
-        opened = [st.gap_since for st in self._streams.values() if st.waiting and st.gap_since is not None]
-        if not opened:
+        deadlines = [d for d in map(self._gap_deadline, self._streams.values()) if d is not None]
+        if not deadlines:
             return []
-        deadline = min(opened) + self.limits.gap_timeout
+        deadline = min(deadlines)
         if self._gap_timer == deadline:
             return []
         self._gap_timer = deadline
         return [SetTimer("gap", deadline, self.tag)]
+
+    def peer_restored(self, peer: int) -> list[Event]:
+        """The detector heard from ``peer`` again (a partition healed, it restarted): tell it
+        where our stream is, so it asks for what it missed, and confirm our key."""
+        return self._status_to(peer) if self._aead is not None and not self._closed else []
 
     def absorb(self, events: list[Event], now: float) -> list[Event]:
         out: list[Event] = []
@@ -200,6 +290,9 @@ class SecureMulticast:
         self._held.clear()
         self._held_bytes = 0
         self._streams.clear()
+        self._store.clear()
+        self._store_bytes = 0
+        self._status_held.clear()
 
     # ----------------------------------------------------------------- sending
 
@@ -217,10 +310,110 @@ class SecureMulticast:
             plain = payload + self._signer.sign(self._signed_part(self.me, self.incarnation, seq, payload))
         nonce = self._rng.randbytes(12)
         ct = self._aead.seal(nonce, plain, self._aad(self.me, self.incarnation, seq))
-        return [
-            Broadcast(SmcData(self.tag, self.me, self.incarnation, seq, nonce, ct)),
-            Delivered(self.tag, self.me, self.incarnation, seq, bytes(payload)),
-        ]
+        frame = SmcData(self.tag, self.me, self.incarnation, seq, nonce, ct)
+        self._keep(frame)
+        return [Broadcast(frame), Delivered(self.tag, self.me, self.incarnation, seq, bytes(payload))]
+
+    def _keep(self, frame: SmcData) -> None:
+        """Into the retransmission store; the oldest frames go beyond its bounds."""
+        limits = self.limits
+        self._store.append(frame)
+        self._store_bytes += len(frame.ciphertext)
+        while self._store and (len(self._store) > limits.store_frames or self._store_bytes > limits.store_bytes):
+            self._store_bytes -= len(self._store.popleft().ciphertext)
+
+    # ----------------------------------------------------------------- status, resend, forks
+
+    def _status_to(self, peer: int | None) -> list[Event]:
+        assert self._keys is not None
+        status = SmcStatus(self.tag, self.incarnation, self._seq, self._confirm, self._keys.fingerprint)
+        return [Broadcast(status) if peer is None else Send(peer, status)]
+
+    def _on_status(self, sender: int, msg: SmcStatus, now: float) -> list[Event]:
+        if self._keys is None:  # judged once our key exists (one kept per member)
+            self._status_held[sender] = msg
+            return []
+        if msg.confirm != self._confirm:
+            if sender in self._forks:
+                return []
+            self._forks.add(sender)
+            self.forked = True
+            self._stats["smc.fork"] += 1
+            return [KeyFork(self.tag, sender, self._keys.fingerprint, msg.fingerprint)]
+        stream = self._streams.get(sender)
+        if stream is not None and msg.incarnation < stream.incarnation:
+            return self._drop("old_status")
+        if stream is None or msg.incarnation > stream.incarnation:
+            if msg.next_seq == 0:
+                return []  # nothing sent yet: its first frame opens the stream
+            stream = self._streams[sender] = _Stream(msg.incarnation)
+            if self.resume:  # rejoined: its stream is taken up from here, nothing earlier awaited
+                stream.next_seq = msg.next_seq
+                stream.floating = True
+                return []
+        stream.horizon = max(stream.horizon, msg.next_seq)
+        return self._ask(sender, stream)
+
+    def _ask(self, sender: int, stream: _Stream) -> list[Event]:
+        """Ask ``sender`` again for the first run of frames we miss: up to the first one we
+        hold, or to the end of its stream as far as we know it (exact ranges, so that what the
+        sender reports undelivered is exactly what we miss)."""
+        end = min(stream.waiting) if stream.waiting else stream.horizon
+        if end <= stream.next_seq or stream.requested >= end:
+            return []
+        stream.requested = end
+        self._stats["smc.resend_requested"] += 1
+        return [Send(sender, SmcResend(self.tag, stream.incarnation, stream.next_seq, end))]
+
+    def _on_resend(self, sender: int, msg: SmcResend, now: float) -> list[Event]:
+        if self._aead is None or msg.incarnation != self.incarnation or sender == self.me:
+            return self._drop("bad_resend")
+        since, upto = self._resent.get(sender, (-1e300, 0))
+        if now - since >= self.limits.resend_interval:  # a new burst
+            since, upto = now, 0
+        # within one burst, only what was not sent again yet: a peer cannot make us amplify
+        first, end = max(msg.first, upto), min(msg.end, self._seq)
+        if first >= end:
+            return self._drop("resend_repeated")
+        self._resent[sender] = (since, end)
+        oldest = self._store[0].seq if self._store else self._seq
+        out: list[Event] = []
+        if first < oldest:
+            gone = min(end, oldest)
+            self._stats["smc.resend_gone"] += gone - first
+            out += [Send(sender, SmcGone(self.tag, self.incarnation, first, gone)),
+                    Undelivered(self.tag, sender, first, gone)]
+            first = gone
+        for k in range(first - oldest, end - oldest):
+            out.append(Send(sender, self._store[k]))
+        self._stats["smc.resent"] += max(0, end - first)
+        return out
+
+    def _on_gone(self, sender: int, msg: SmcGone, now: float) -> list[Event]:
+        stream = self._streams.get(sender)
+        if stream is None or msg.incarnation != stream.incarnation or msg.end > stream.requested:
+            return self._drop("unasked_gone")  # only ranges we asked for may be skipped
+        if msg.end <= stream.next_seq:
+            return []
+        return self._skip_to(sender, stream, msg.end) + self._deliver_ready(sender, stream, now) + self._arm_gap_timer()
+
+    def _skip_to(self, sender: int, stream: _Stream, end: int) -> list[Event]:
+        """Give up every frame below ``end`` we do not hold: deliver those we hold in order and
+        report the holes as lost.  Costs O(frames held), whatever ``end`` is."""
+        out: list[Event] = []
+        for seq in sorted(k for k in stream.waiting if k < end):
+            if seq > stream.next_seq:
+                out.append(Lost(self.tag, sender, stream.incarnation, stream.next_seq, seq))
+            payload = stream.waiting.pop(seq)
+            stream.waiting_bytes -= len(payload)
+            out.append(Delivered(self.tag, sender, stream.incarnation, seq, payload))
+            stream.next_seq = seq + 1
+        if end > stream.next_seq:
+            out.append(Lost(self.tag, sender, stream.incarnation, stream.next_seq, end))
+            stream.next_seq = end
+        self._stats["smc.gap_skipped"] += 1
+        stream.gap_since = None
+        return out
 
     # ----------------------------------------------------------------- receiving
 
@@ -229,23 +422,28 @@ class SecureMulticast:
             return []
         self._keys = derive_group_keys(ev.secret, self.tag, ev.members)
         self._aead = Aead(self._keys.encryption)
+        self._confirm = hmac_sha256(self._keys.confirmation, canonical("key-confirm", self.tag))
         out: list[Event] = [KeyEstablished(self.tag, self._keys.fingerprint, ev.members)]
         while self._queued:
             out += self._send(self._queued.popleft())
+        out += self._status_to(None)
+        out.append(SetTimer("status", now + self._status_period, self.tag))
         held, self._held, self._held_bytes = self._held, deque(), 0
         for msg in held:
             out += self._on_data(msg, now)
+        statuses, self._status_held = self._status_held, {}
+        for sender, status in statuses.items():
+            out += self._on_status(sender, status, now)
         return out
 
     def _on_data(self, msg: SmcData, now: float) -> list[Event]:
         stream = self._streams.get(msg.sender)
         if stream is not None and msg.incarnation < stream.incarnation:
             return self._drop("old_incarnation")
-        if stream is not None and msg.incarnation == stream.incarnation:
-            if msg.seq < stream.next_seq or msg.seq in stream.waiting:
-                return self._drop("replay")
-            if msg.seq >= stream.next_seq + self.limits.reorder_window:
-                return self._drop("beyond_reorder_window")
+        if stream is not None and msg.incarnation == stream.incarnation and (
+            msg.seq < stream.next_seq or msg.seq in stream.waiting
+        ):
+            return self._drop("replay")
         try:
             plain = self._aead.open(msg.nonce, msg.ciphertext, self._aad(msg.sender, msg.incarnation, msg.seq))
         except CryptoError:
@@ -267,21 +465,24 @@ class SecureMulticast:
             stream.next_seq = msg.seq
             stream.floating = True
         elif stream is None or msg.incarnation > stream.incarnation:
-            if msg.seq >= self.limits.reorder_window:
-                return self._drop("beyond_reorder_window")
             stream = self._streams[msg.sender] = _Stream(msg.incarnation)
+        if msg.seq >= stream.next_seq + self.limits.reorder_window:
+            # authentic, but too far ahead to hold: ask for everything up to it, in order (what
+            # the sender no longer keeps comes back as SmcGone and is skipped and reported)
+            self._stats["smc.dropped.beyond_reorder_window"] += 1
+            stream.horizon = max(stream.horizon, msg.seq + 1)
+            return self._ask(msg.sender, stream) + self._arm_gap_timer()
         stream.waiting[msg.seq] = payload
         stream.waiting_bytes += len(payload)
-        if msg.seq > stream.next_seq and (
-            stream.floating
-            or len(stream.waiting) >= self.limits.reorder_window
-            or stream.waiting_bytes > self.limits.reorder_bytes
-        ):
-            # give the gap up (frames lost in a bounded queue somewhere, or we rejoined midway):
-            # later messages must not wait forever for ones that will never come
-            self._stats["smc.gap_skipped"] += 1
-            stream.next_seq = min(stream.waiting)
-        return self._deliver_ready(msg.sender, stream, now) + self._arm_gap_timer()
+        out: list[Event] = []
+        if msg.seq > stream.next_seq:
+            if stream.floating:  # we rejoined midway: what came before is not ours to await
+                self._stats["smc.gap_skipped"] += 1
+                stream.next_seq = min(stream.waiting)
+            elif len(stream.waiting) >= self.limits.reorder_window or stream.waiting_bytes > self.limits.reorder_bytes:
+                # the gap outgrew what we may hold: give it up, and say so
+                out += self._skip_to(msg.sender, stream, min(stream.waiting))
+        return out + self._deliver_ready(msg.sender, stream, now) + self._arm_gap_timer()
 
     def _deliver_ready(self, sender: int, stream: _Stream, now: float) -> list[Event]:
         out: list[Event] = []
@@ -292,6 +493,8 @@ class SecureMulticast:
             stream.next_seq += 1
         if not stream.waiting:
             stream.gap_since = None
+            if stream.horizon > stream.next_seq:  # the sender's stream goes on: the rest, please
+                out += self._ask(sender, stream)
         elif stream.gap_since is None:
             stream.gap_since = now
         return out

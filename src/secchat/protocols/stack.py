@@ -336,12 +336,15 @@ class Member:
         another record is reported once and excluded: it counts as crashed, so consensus does
         not wait for it as a coordinator."""
         same = msg.tag == self.prefix
-        if not msg.reply and (not same or sender in self._peer_records):
+        restarted = not msg.reply and sender in self._peer_records
+        if not msg.reply and (not same or restarted):
             self._send(sender, self._record_hello(reply=True))
         if same:
             if self._peer_records.get(sender) is not None:  # it came back with our record
                 self._apply_detector(self.detector.readmit(sender, now), now)
             self._peer_records[sender] = None
+            if restarted:  # it lost what it knew of our streams: tell it where they are
+                self._peer_back(sender, now)
             return
         if len(msg.tag) != 2 or msg.tag[0] != self.group or not isinstance(msg.tag[1], str):
             self.stats["member.dropped.foreign_group"] += 1
@@ -424,6 +427,17 @@ class Member:
         for ev in events:
             changed = changed or isinstance(ev, PeerSuspected | PeerRestored)
             self._apply(ev)
+            if isinstance(ev, PeerRestored):
+                self._peer_back(ev.peer, now)
         if changed:
             for cons in self.demux.instances("consensus"):
                 self._dispatch(cons, cons.suspicion_changed(), now)
+
+    def _peer_back(self, peer: int, now: float) -> None:
+        """``peer`` is back (a partition healed, it restarted): consensus instances send again
+        what its earlier run may have taken with it, SMC instances tell it their position and
+        confirm their key, so it asks for what it missed and forks show."""
+        for cons in self.demux.instances("consensus"):
+            self._dispatch(cons, cons.peer_back(peer), now)
+        for smc in self.demux.instances("smc"):
+            self._dispatch(smc, smc.peer_restored(peer), now)

@@ -23,6 +23,12 @@ Properties:
   No two members holding different records ever share a key or deliver each other's messages;
   every pair that lists each other but holds different records reports it (both sides); every
   record with a correct majority of holders still gets its key.
+* restarts -- ``crash`` members crash and come back, once or twice, with every volatile state
+  lost but what the write-ahead rule (:func:`secchat.net.journal.plan_join`) put on their
+  disk; often in the schedule of issue 14: a majority establishes, one of it crashes, a
+  partition puts the others of that majority on one side and the restarted member with the
+  late starters on the other.  One key among every incarnation of every member, ever; every
+  member ends with it.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from .simulator import NetworkModel, Simulation
 
 __all__ = ["PROTOCOLS", "CampaignResult", "RunResult", "run_campaign", "run_one"]
 
-PROTOCOLS = ("consensus", "gke", "smc", "records")
+PROTOCOLS = ("consensus", "gke", "smc", "records", "restarts")
 TIME_LIMIT = 600.0  # simulated seconds; a correct run finishes long before
 
 
@@ -456,6 +462,82 @@ def _check_records(run: _Run, messages: int = 2) -> None:
         run.violation(f"termination: correct holders {silent} of a record held by a majority got no key")
 
 
+def _check_restarts(run: _Run, forget_state: bool = False) -> None:
+    from ..net.journal import established_state, plan_join
+
+    sim, sc, rng = run.sim, run.scenario, run.rng
+    n, t = sc.n, majority(sc.n)
+    gid = group_id("sim")
+    tag = smc_tag(gid)
+    key = gid.record.hex()
+    disks: dict[int, dict[str, Any]] = {i: {} for i in range(n)}  # survives restarts
+    runs = dict.fromkeys(range(n), 0)
+    keys: dict[tuple[int, int], str] = {}  # (member, incarnation) -> fingerprint
+
+    def join(i: int, m: Member, now: float) -> None:
+        disk = {} if forget_state else disks[i]
+        plan = plan_join(disk.get(key), gid.record, None, random.Random(f"draw/{run.result.seed}/{i}/{runs[i]}"))
+        if plan.save_first is not None:
+            disks[i][key] = plan.save_first  # durable before the first message
+        m.smc_init(tag, now, **plan.restore)
+
+    def on_output(i: int, now: float, ev: Any) -> None:
+        if isinstance(ev, KeyEstablished):
+            keys[(i, runs[i])] = ev.fingerprint
+            smc = sim.nodes[i].member.smc(tag)
+            disks[i][key] = established_state(0, gid.record, smc)
+            run.finished_at = max(run.finished_at, now)  # (not run.finish: its crashes are not ours)
+
+    def first_start(i: int) -> None:
+        if sim.nodes[i].member is None and sim.nodes[i].crashed_at is None:  # not restarted already
+            sim.start(i, functools.partial(join, i))
+
+    def restart(i: int) -> None:
+        runs[i] += 1
+        sim.restart(i, functools.partial(join, i), incarnation=runs[i])
+
+    quiet_after = 4.0  # the last start; then the last restart or heal, below
+
+    early = sorted(rng.sample(range(n), t))
+    late = [i for i in range(n) if i not in early]
+    victims = rng.sample(range(n), sc.n - len(sc.correct)) if len(sc.correct) < n else []
+    if victims and late and rng.random() < 0.7 and not set(victims) & set(early):
+        victims[0] = rng.choice(early)  # the schedule of issue 14: one of the first majority
+    for i in range(n):
+        sim.nodes[i].on_output = functools.partial(on_output, i)
+        when = rng.uniform(0.0, 0.05) if i in early else rng.uniform(0.2, 4.0)
+        sim.at(when, functools.partial(first_start, i))
+
+
+    for k, v in enumerate(victims):
+        down = rng.uniform(0.02, 2.0)
+        sim.at(down, lambda v=v: sim.crash(v))
+        up = down + rng.uniform(0.01, 1.0)
+        sim.at(up, functools.partial(restart, v))
+        quiet_after = max(quiet_after, up)
+        if k == 0 and late and rng.random() < 0.7:  # the rest of the first majority, cut off
+            heal = up + rng.uniform(1.0, 8.0)
+            sim.partition(set(early) - {v}, down, heal)
+            quiet_after = max(quiet_after, heal)
+        if rng.random() < 0.3:
+            again = up + rng.uniform(0.05, 2.0)
+            back = again + rng.uniform(0.01, 0.5)
+            sim.at(again, lambda v=v: sim.crash(v))
+            sim.at(back, functools.partial(restart, v))
+            quiet_after = max(quiet_after, back)
+    def everyone_keyed() -> bool:
+        return all(sim.nodes[i].up and (i, runs[i]) in keys for i in range(n))
+
+    sim.run(TIME_LIMIT, stop=lambda: sim.now > quiet_after and everyone_keyed())
+    fingerprints = set(keys.values())
+    if len(fingerprints) > 1:
+        holders = {fp: sorted(k for k, f in keys.items() if f == fp) for fp in fingerprints}
+        run.violation(f"agreement: {len(fingerprints)} keys for one epoch: {holders}")
+    missing = [i for i in range(n) if (i, runs[i]) not in keys]
+    if missing:
+        run.violation(f"termination: members {missing} never got the key (in their last run)")
+
+
 def run_one(
     protocol: str,
     n: int,
@@ -465,6 +547,7 @@ def run_one(
     factory: Callable[..., Member] = Member,
     measure_cpu: bool = False,
     signed: bool = True,
+    forget_state: bool = False,
 ) -> RunResult:
     """One schedule of ``protocol``; returns its violations and costs."""
     run = _Run(protocol, n, crash, seed, factory, measure_cpu)
@@ -477,6 +560,8 @@ def run_one(
             _check_smc(run, signed=signed)
         elif protocol == "records":
             _check_records(run)
+        elif protocol == "restarts":
+            _check_restarts(run, forget_state=forget_state)
         else:
             raise ValueError(f"unknown protocol {protocol!r}")
     except Exception as exc:  # a crash of the protocol code under test is a violation too
@@ -514,8 +599,8 @@ def _p95(values: list[float]) -> float:
 
 
 def _worker(args: tuple) -> RunResult:
-    protocol, n, crash, seed, factory, signed = args
-    return run_one(protocol, n, crash, seed, factory=factory, signed=signed)
+    protocol, n, crash, seed, factory, signed, forget_state = args
+    return run_one(protocol, n, crash, seed, factory=factory, signed=signed, forget_state=forget_state)
 
 
 def run_campaign(
@@ -529,9 +614,11 @@ def run_campaign(
     factory: Callable[..., Member] = Member,
     signed: bool = True,
     progress: Callable[[int], None] | None = None,
+    forget_state: bool = False,
 ) -> CampaignResult:
-    """``runs`` schedules with seeds ``seed .. seed + runs - 1`` over ``jobs`` processes."""
-    work = [(protocol, n, crash, seed + i, factory, signed) for i in range(runs)]
+    """``runs`` schedules with seeds ``seed .. seed + runs - 1`` over ``jobs`` processes.
+    ``forget_state``: restarted members lose their disk too (a broken driver, for ``restarts``)."""
+    work = [(protocol, n, crash, seed + i, factory, signed, forget_state) for i in range(runs)]
     jobs = jobs or os.cpu_count() or 1
     results: list[RunResult] = []
     if jobs == 1 or runs < 4:

@@ -109,6 +109,8 @@ class Simulation:
         self.keep_wire_log = False
         #: share of a crashed member's frames still in flight that die with it (its link queues)
         self.crash_loss = 0.0
+        #: (one side, from, until): frames across it wait in the links until the partition heals
+        self.partitions: list[tuple[frozenset[int], float, float]] = []
 
     # ----------------------------------------------------------------- scheduling
 
@@ -169,6 +171,19 @@ class Simulation:
         node.group, node.roster = group, tuple(roster)
         node.position = {p: k for k, p in enumerate(roster)}
 
+    def restart(self, i: int, action: Callable[[Member, float], Any] | None = None, **kwargs: Any) -> Member | None:
+        """A crashed member's process starts again: a new stack, every volatile state lost
+        (what it keeps on disk is the driver's, given through ``action`` and ``kwargs``)."""
+        node = self.nodes[i]
+        node.member, node.crashed_at = None, None
+        node.waiting.clear()
+        return self.start(i, action, **kwargs)
+
+    def partition(self, side: set[int], start: float, end: float) -> None:
+        """From ``start`` to ``end``, frames between ``side`` and the other members are held
+        (as reliable links hold them while a connection cannot be made) until ``end``."""
+        self.partitions.append((frozenset(side), start, end))
+
     def crash(self, i: int) -> None:
         node = self.nodes[i]
         if node.crashed_at is None:
@@ -207,7 +222,11 @@ class Simulation:
                 if out.data[1:2] not in (b"\x01", b"\x02"):
                     self.protocol_messages += 1
                 self.bytes_sent += len(out.data)
-                self._push(self.now + self.delay(node.index), "deliver", (node.index, to, out.data, True))
+                when = self.now + self.delay(node.index)
+                for side, start, end in self.partitions:
+                    if start <= self.now < end and (node.index in side) != (to in side):
+                        when = max(when, end + self.delay(node.index))
+                self._push(when, "deliver", (node.index, to, out.data, True))
         for ev in member.take_events():
             node.outputs.append((self.now, ev))
             if node.on_output is not None:
