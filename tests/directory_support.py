@@ -138,11 +138,25 @@ def world() -> World:
     return World()
 
 
-def signed(user: User, method: str, path: str, body: bytes, *, timestamp: int | None = None, nonce: str | None = None) -> dict[str, str]:
-    """Authentication headers for a hand-made request."""
+#: The name of the in-process test directory (``http://directory`` over httpx's ASGI transport).
+TEST_DIRECTORY = "http://directory"
+
+
+def signed(
+    user: User,
+    method: str,
+    path: str,
+    body: bytes,
+    *,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+    directory: str = "http://directory:80",
+) -> dict[str, str]:
+    """Authentication headers for a hand-made request (for the directory ``directory``)."""
     return sign_request(
         pki.signer_of(user.key),
         user.name,
+        directory,
         method,
         path,
         body,
@@ -167,8 +181,10 @@ def free_listener() -> socket.socket:
 class ServerProcess:
     """``python -m secchat.directory serve`` on an inherited socket; ``url`` once it answers."""
 
-    def __init__(self, ca_pem: Path, db: str | None, *, env: dict[str, str] | None = None) -> None:
-        self.ca_pem, self.db, self.extra_env = ca_pem, db, env or {}
+    def __init__(
+        self, ca_pem: Path, db: str | None, *, env: dict[str, str] | None = None, names: tuple[str, ...] = ()
+    ) -> None:
+        self.ca_pem, self.db, self.extra_env, self.names = ca_pem, db, env or {}, names
         self.sock = free_listener()
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -180,6 +196,8 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "secchat.directory", "serve", "--ca", str(self.ca_pem), "--fd", str(self.sock.fileno())]
         if self.db is not None:
             cmd += ["--db", self.db]
+        for name in self.names:
+            cmd += ["--name", name]
         self.proc = subprocess.Popen(
             cmd, env=env, pass_fds=(self.sock.fileno(),), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

@@ -24,7 +24,7 @@ from secchat.directory.client import (
 from secchat.directory.server import create_app
 from secchat.directory.storage import make_engine
 from secchat.directory.trust import Acceptance, TrustStore, TrustStoreError
-from tests.directory_support import User, World
+from tests.directory_support import TEST_DIRECTORY, User, World
 
 Tamper = Callable[[str, object], object]
 
@@ -64,7 +64,7 @@ class Setup:
     def __init__(self, tmp_path: Path) -> None:
         self.world = World()
         self.engine = make_engine(f"sqlite:///{tmp_path / 'd.sqlite3'}", pool_size=5)
-        self.app = create_app(self.engine, [self.world.ca_cert])
+        self.app = create_app(self.engine, [self.world.ca_cert], names=[TEST_DIRECTORY])
         self.evil = EvilDirectory(self.app)
         self.users = {n: self.world.user(n) for n in ("alice", "bob", "carol", "mallory")}
         self.stores = {n: TrustStore(None) for n in self.users}
@@ -90,9 +90,9 @@ class Setup:
             transport=httpx.ASGITransport(app=self.evil),
         )
 
-    def get_conference(self, name: str, tamper: Tamper | None, id: str = "c1"):
+    def get_conference(self, name: str, tamper: Tamper | None, id: str = "c1", creator: str = "alice"):
         async def go():
-            return await self.client(name, tamper).get_conference(id)
+            return await self.client(name, tamper).get_conference(id, creator)
 
         return asyncio.run(go())
 
@@ -189,7 +189,22 @@ def test_directory_changes_the_creator(setup):
     def creator(data):
         data["creator"] = "bob"
 
-    setup.refused(_on_conference(creator), "bad_record_signature")
+    # asked for alice's c1: another creator's is another conference
+    setup.refused(_on_conference(creator), "wrong_conference")
+
+    # asked for c1 of whoever: bob's name on alice's record does not verify
+    def in_listing(path, data):
+        if path == "/v1/conferences":
+            for c in data:
+                creator(c)
+        return data
+
+    async def go():
+        return await setup.client("bob", in_listing).get_conference("c1")
+
+    with pytest.raises(UntrustedResponse) as err:
+        asyncio.run(go())
+    assert err.value.code == "bad_record_signature"
 
 
 def test_directory_reorders_members(setup):
@@ -288,7 +303,7 @@ def test_creator_needs_accepted_certificates(setup):
     with pytest.raises(UnacceptedCertificates) as err:
         asyncio.run(create())
     assert [str(m.identity) for m in err.value.members] == ["carol@Test CA"]
-    assert setup.app.state.store.get_conference("c4") is None
+    assert setup.app.state.store.get_conference("bob", "c4") is None
 
 
 def test_server_errors_are_directory_errors(setup):
@@ -303,9 +318,9 @@ def test_server_errors_are_directory_errors(setup):
 def test_unreachable_directory(tmp_path):
     world = World()
     u = world.user("alice")
-    client = DirectoryClient("http://127.0.0.1:9", [world.ca_cert], u.key, u.cert, TrustStore(None), timeout=2)
+    client = DirectoryClient("http://127.0.0.1:9", [world.ca_cert], u.key, u.cert, TrustStore(None), deadline=2)
     with client, pytest.raises(DirectoryUnavailable) as err:
-        client.get_conference("x")
+        client.get_conference("x", "alice")
     assert err.value.code == "unreachable"
 
 
@@ -349,7 +364,7 @@ def test_names_that_need_percent_encoding(tmp_path):
     # the signed path is the raw, percent-encoded one on both sides
     world = World()
     engine = make_engine(f"sqlite:///{tmp_path / 'd.sqlite3'}")
-    app = create_app(engine, [world.ca_cert])
+    app = create_app(engine, [world.ca_cert], names=[TEST_DIRECTORY])
     u = world.user("Zoë Smith+1 ?&")
 
     async def go():

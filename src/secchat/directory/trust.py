@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,21 @@ class TrustStore:
             str(identity), fingerprint, int(time.time()) if now is None else now
         )
         self._save()
+
+    def accept_all(self, accepted: Iterable[tuple[pki.Identity | str, str]], *, now: int | None = None) -> None:
+        """Accept several certificates at once: one write, so either all are kept or none."""
+        stamp = int(time.time()) if now is None else now
+        entries = dict(self._entries)
+        for identity, fingerprint in accepted:
+            entries[str(identity)] = TrustEntry(str(identity), fingerprint, stamp)
+        if entries == self._entries:
+            return
+        previous, self._entries = self._entries, entries
+        try:
+            self._save()
+        except BaseException:
+            self._entries = previous
+            raise
 
     def revoke(self, identity: pki.Identity | str) -> bool:
         removed = self._entries.pop(str(identity), None) is not None
