@@ -13,7 +13,9 @@ import pytest
 
 from secchat import pki
 from secchat.directory.client import (
+    AmbiguousConference,
     AsyncDirectoryClient,
+    ConferenceDeleted,
     CertificateChanged,
     DirectoryClient,
     DirectoryError,
@@ -24,6 +26,7 @@ from secchat.directory.client import (
 from secchat.directory.server import create_app
 from secchat.directory.storage import make_engine
 from secchat.directory.trust import Acceptance, TrustStore, TrustStoreError
+from secchat.directory.versions import Seen, VersionMemory, VersionMemoryError
 from tests.directory_support import TEST_DIRECTORY, User, World
 
 Tamper = Callable[[str, object], object]
@@ -34,8 +37,16 @@ class EvilDirectory:
 
     def __init__(self, app, tamper: Tamper | None = None) -> None:
         self.app, self.tamper = app, tamper
+        #: path -> a JSON body served with 200 instead of the honest answer (a replayed record)
+        self.serve: dict[str, bytes] = {}
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.serve:
+            body = self.serve[scope["path"]]
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
         if scope["type"] != "http" or scope["method"] != "GET" or self.tamper is None:
             await self.app(scope, receive, send)
             return
@@ -68,6 +79,7 @@ class Setup:
         self.evil = EvilDirectory(self.app)
         self.users = {n: self.world.user(n) for n in ("alice", "bob", "carol", "mallory")}
         self.stores = {n: TrustStore(None) for n in self.users}
+        self.versions = {n: VersionMemory(None) for n in self.users}
 
         async def setup() -> None:
             clients = {n: self.client(n) for n in self.users}
@@ -87,7 +99,7 @@ class Setup:
         u = self.users[name]
         return AsyncDirectoryClient(
             "http://directory", [self.world.ca_cert], u.key, u.cert, self.stores[name],
-            transport=httpx.ASGITransport(app=self.evil),
+            versions=self.versions[name], transport=httpx.ASGITransport(app=self.evil),
         )
 
     def get_conference(self, name: str, tamper: Tamper | None, id: str = "c1", creator: str = "alice"):
@@ -408,3 +420,177 @@ def test_listing_out_of_order_is_refused(setup):
     with pytest.raises(UntrustedResponse) as err:
         asyncio.run(go())
     assert err.value.code == "malformed_response"
+
+
+# --------------------------------------------------------------------------- versions, deletion, creators
+
+
+def _raw(setup, path: str) -> bytes:
+    async def go():
+        transport = httpx.ASGITransport(app=setup.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://directory") as http:
+            return (await http.get(path)).content
+
+    return asyncio.run(go())
+
+
+def test_record_digest_is_the_signed_bytes_hash(setup):
+    import hashlib
+
+    conference = setup.get_conference("bob", None)
+    assert conference.digest == hashlib.sha256(conference.record.signed_bytes()).digest()
+    assert len(conference.digest) == 32 and conference.key == "alice/c1"
+    assert (conference.version, conference.record.version) == (1, 1) and conference.created_at > 0
+    import dataclasses
+
+    assert dataclasses.replace(conference.record, version=2).digest() != conference.digest
+
+
+def test_rollback_to_an_older_version_is_refused(setup):
+    old = _raw(setup, "/v1/conferences/alice/c1")
+
+    async def recreate():
+        alice = setup.client("alice")
+        await alice.delete_conference("c1")
+        return await alice.create_conference("c1", 1000, 3000, ["alice", "bob", "carol"])
+
+    assert asyncio.run(recreate()).version == 2
+    bob = setup.client("bob")
+    newer = asyncio.run(bob.get_conference("c1", "alice"))
+    assert newer.version == 2
+    bob.remember(newer)
+    setup.evil.serve["/v1/conferences/alice/c1"] = old
+    with pytest.raises(UntrustedResponse) as err:
+        setup.get_conference("bob", None)
+    assert err.value.code == "rollback" and "version 1" in str(err.value) and "version 2" in str(err.value)
+
+
+def test_a_deleted_record_served_again_is_refused(setup):
+    old = _raw(setup, "/v1/conferences/alice/c1")
+    asyncio.run(setup.client("alice").delete_conference("c1"))
+    with pytest.raises(ConferenceDeleted) as err:  # the directory says so, with alice's tombstone
+        setup.get_conference("bob", None)
+    assert err.value.code == "deleted"
+    assert setup.versions["bob"].get("alice", "c1").deleted
+    setup.evil.serve["/v1/conferences/alice/c1"] = old  # now it serves the old record again
+    with pytest.raises(ConferenceDeleted) as err:
+        setup.get_conference("bob", None)
+    assert err.value.code == "deleted" and "served its record anyway" in str(err.value)
+
+
+def test_a_forged_tombstone_is_not_believed(setup):
+    body = json.loads(_raw(setup, "/v1/conferences/alice/c1"))
+
+    def forge(path, data):
+        return data
+
+    gone = {"error": {"code": "conference_deleted", "message": "x"},
+            "tombstone": {"creator": "alice", "id": "c1", "version": 5, "deleted_at": 1,
+                          "signature": "00" * 64, "cert_pem": body["certs"][0]}}
+
+    class Gone:
+        async def __call__(self, scope, receive, send):
+            raw = json.dumps(gone).encode()
+            await send({"type": "http.response.start", "status": 410,
+                        "headers": [(b"content-length", str(len(raw)).encode())]})
+            await send({"type": "http.response.body", "body": raw})
+
+    u = setup.users["bob"]
+    client = AsyncDirectoryClient("http://directory", [setup.world.ca_cert], u.key, u.cert, setup.stores["bob"],
+                                  versions=setup.versions["bob"], transport=httpx.ASGITransport(app=Gone()))
+    with pytest.raises(UntrustedResponse) as err:
+        asyncio.run(client.get_conference("c1", "alice"))
+    assert err.value.code == "bad_tombstone_signature"
+    assert setup.versions["bob"].get("alice", "c1") is None
+
+
+def test_two_creators_one_id_must_be_told_apart(setup):
+    async def mallory_too():
+        mallory = setup.client("mallory")
+        return await mallory.create_conference("c1", 1000, 2000, ["mallory", "bob"], accept_new=True)
+
+    theirs = asyncio.run(mallory_too())
+    assert theirs.key == "mallory/c1" and [m.name for m in theirs.unaccepted] == ["bob"]
+    assert setup.stores["mallory"].get(setup.users["bob"].name) is None  # accept_new accepted nothing itself
+
+    async def resolve(creator=None):
+        return await setup.client("bob").get_conference("c1", creator)
+
+    with pytest.raises(AmbiguousConference) as err:
+        asyncio.run(resolve())
+    assert err.value.code == "ambiguous_conference" and err.value.creators == ("alice", "mallory")
+    assert "--creator alice" in str(err.value)
+    assert [m.name for m in asyncio.run(resolve("alice")).members] == ["alice", "bob"]
+    assert asyncio.run(resolve("mallory")).creator == "mallory"
+    listed = asyncio.run(setup.client("bob").conferences_of())
+    assert [c.key for c in listed] == ["alice/c1", "mallory/c1"]
+
+
+def test_a_page_larger_than_the_servers_is_refused(setup, monkeypatch):
+    from secchat.directory import client as client_mod
+
+    monkeypatch.setattr(client_mod, "PAGE_SIZE", 2)
+
+    async def go():
+        return await setup.client("alice").list_participants()
+
+    with pytest.raises(UntrustedResponse) as err:
+        asyncio.run(go())
+    assert err.value.code == "oversized_page"
+
+
+def test_a_listing_flood_is_bounded_and_reported_once(setup, monkeypatch, caplog):
+    from secchat.directory import client as client_mod
+
+    monkeypatch.setattr(client_mod, "MAX_CERT_CHECKS", 50)
+
+    def flood(path, data):
+        if path == "/v1/participants" and data:
+            pem = setup.users["carol"].pem
+            return data + [
+                {"name": f"zz{i:05d}", "issuer": "Test CA", "fingerprint": "00", "registered_at": 1,
+                 "cert_pem": pem.replace("-----END", f"{i}-----END") if i % 2 else pem}
+                for i in range(900)
+            ]
+        return data
+
+    async def go():
+        return await setup.client("alice", flood).list_participants()
+
+    with caplog.at_level("WARNING", logger="secchat.directory.client"):
+        found = asyncio.run(go())
+    assert sorted(p.name for p in found) == ["alice", "bob", "carol", "mallory"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "cut after 50 certificate checks" in lines[0]
+    assert lines[1].startswith("skipped ") and "participants" in lines[1]
+
+
+def test_version_memory_persists_and_refuses(tmp_path):
+    path = tmp_path / "versions.json"
+    memory = VersionMemory(path)
+    assert memory.check("alice", "room", 1) is Seen.CURRENT
+    assert memory.remember([("alice", "room", 2, False)], now=5)
+    assert not memory.remember([("alice", "room", 1, False)])  # older: no change, no write
+    again = VersionMemory(path)
+    assert again.check("alice", "room", 1) is Seen.ROLLED_BACK
+    assert again.check("alice", "room", 2) is Seen.CURRENT and again.check("alice", "room", 3) is Seen.CURRENT
+    assert again.check("bob", "room", 1) is Seen.CURRENT  # another creator's room
+    again.remember([("alice", "room", 2, True)])
+    assert VersionMemory(path).check("alice", "room", 2) is Seen.DELETED
+    assert VersionMemory(path).check("alice", "room", 3) is Seen.CURRENT  # re-created after deletion
+    assert (path.stat().st_mode & 0o777) == 0o600
+    path.write_text('{"version": 1, "conferences": {"x": {"version": 0}}}')
+    with pytest.raises(VersionMemoryError):
+        VersionMemory(path)
+
+
+def test_version_memory_is_bounded(monkeypatch):
+    from secchat.directory import versions as versions_mod
+
+    monkeypatch.setattr(versions_mod, "MAX_ENTRIES", 3)
+    memory = VersionMemory(None)
+    memory.remember([("a", "gone", 1, True)], now=0)
+    for i in range(5):
+        memory.remember([("a", f"c{i}", 1, False)], now=i + 1)
+    assert len(memory) == 3 and memory.get("a", "gone") is not None and memory.get("a", "c4") is not None

@@ -1,4 +1,4 @@
-"""The user's commands: ``secchat init | register | participants | create | conferences | join | trust``.
+"""The user's commands: ``secchat init | register | participants | create | delete | conferences | join | trust``.
 
 Each opens the profile (``--home``, default: the platform's user data directory) through
 :class:`secchat.app.session.ChatApp`, or delegates to the directory's own commands where those
@@ -215,6 +215,23 @@ def create(
         typer.echo(f"accepted {safe(c.identity)} {safe(c.fingerprint)}")
     typer.echo(f"created {safe(view.id)} by {safe(view.creator)}: {safe(', '.join(view.members))}, "
                f"from {_when(view.t0)} to {_when(view.t1)}")
+
+
+def delete(
+    conference_id: Annotated[str, typer.Argument(help="The id of a conference you created.")],
+    home: Annotated[Path | None, _HOME] = None,
+    passphrase_file: Annotated[Path | None, _PASSFILE] = None,
+) -> None:
+    """Delete a conference you created (the directory keeps your signed tombstone; members who
+    see it refuse the conference's record from then on; you may create the id again)."""
+
+    async def go():
+        async with await _open(home, passphrase_file) as app:
+            await app.delete(conference_id)
+            return app.name
+
+    me = _run(go)
+    typer.echo(f"deleted {safe(conference_id)} by {safe(me)}")
 
 
 def _when(t: datetime) -> str:
@@ -464,6 +481,7 @@ def register_commands(app: typer.Typer) -> None:
     app.command("register")(register)
     app.command("participants")(participants)
     app.command("create")(create)
+    app.command("delete")(delete)
     app.command("conferences")(conferences)
     app.command("join")(join)
     app.add_typer(trust_app, name="trust")

@@ -397,6 +397,11 @@ class ChatApp:
             self.trust.accept_all((m.identity, m.fingerprint) for m in c.unaccepted)
         return _view(c, time.time())
 
+    async def delete(self, conference_id: str) -> None:
+        """Delete our conference ``conference_id``: the directory keeps our signed tombstone, and
+        members who see it refuse the record from then on."""
+        await self._dir(self.client.delete_conference(conference_id), conference=conference_id)
+
     async def unaccepted(self, conference_id: str, *, creator: str | None = None) -> list[UnacceptedCertificate]:
         """Members' certificates of ``conference_id`` the user has not accepted yet."""
         return list(_unaccepted((await self._record(conference_id, creator)).unaccepted))

@@ -802,7 +802,8 @@ class AsyncDirectoryClient:
             raise ValueError("the directory deadline must be positive")
         authority = authority_of(directory_name or base_url)
         self._core = _Core(
-            trusted_cas, signer_key, cert, trust_store, versions or VersionMemory(None), authority, clock
+            trusted_cas, signer_key, cert, trust_store, versions if versions is not None else VersionMemory(None),
+            authority, clock,
         )
         self.deadline = deadline
         self._http = httpx.AsyncClient(base_url=base_url, timeout=deadline, transport=transport)
@@ -821,10 +822,11 @@ class AsyncDirectoryClient:
         return self._core.versions
 
     def _build(self, request: _Request) -> httpx.Request:
-        """The HTTP request for one step of an operation, signed when it must be."""
+        """The HTTP request for one step of an operation, signed.  Every request is: the server
+        checks the signature where it must (``request.signed``); on a read it only says who
+        asks, which a directory learns from the connection anyway."""
         http_request = self._http.build_request(request.method, request.path, content=request.body)
-        if request.signed:
-            http_request.headers.update(self._core.headers(http_request, request.body))
+        http_request.headers.update(self._core.headers(http_request, request.body))
         return http_request
 
     async def _exchange(self, request: _Request) -> _Reply:
