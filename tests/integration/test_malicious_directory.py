@@ -263,6 +263,23 @@ def test_create_accept_new_against_a_forged_participant(world, tmp_path):
     assert honest["fingerprint"] in (world.homes["alice"] / TRUST_FILE).read_text()
 
 
+def test_a_failed_join_accepts_nothing(world):
+    world.run("alice", "create", "later", "-m", "carol", "--from", "+1h", "--to", "+2h", "--accept-new")
+    world.run("alice", "create", "now", "-m", "carol", "--accept-new")
+    assert not (world.homes["carol"] / TRUST_FILE).exists()  # carol never accepted anyone
+    err = world.refused("carol", "join", "later", "--creator", "alice", "--accept-new")
+    assert "conference 'later' is only open from" in err
+    # the record verifies and is accepted, then publishing carol's address fails: nothing is kept
+    world.proxy.rules({"action": "replace", "caller": "carol", "method": "PUT", "prefix": "/v1/participants/",
+                       "status": 503, "json": {"error": {"code": "unavailable", "message": "try again"}}})
+    err = world.refused("carol", "join", "now", "--creator", "alice", "--accept-new")
+    assert "is unreachable or failing" in err
+    world.proxy.rules()
+    world.run("carol", "join", "now", "--creator", "alice", "--accept-new")
+    assert "alice@App Test CA" in (world.homes["carol"] / TRUST_FILE).read_text()
+    assert "alice/now" in (world.homes["carol"] / VERSIONS_FILE).read_text()
+
+
 def test_a_mistyped_fingerprint_is_not_answered_with_the_real_one(world):
     honest = httpx.get(f"{world.server.url}/v1/participants/carol", timeout=10).json()["fingerprint"]
     err = world.refused("dave", "trust", "accept", "carol", honest[:31])
