@@ -178,6 +178,40 @@ def free_listener() -> socket.socket:
     return sock
 
 
+def spawn_serving(cmd: list[str], env: dict[str, str], sock: socket.socket, ready_url: str, *,
+                  timeout: float = 20.0, cwd: str | None = None) -> subprocess.Popen:
+    """Start ``cmd`` (handed the listening ``sock``) and wait, bounded, until ``ready_url`` answers 200."""
+    proc = subprocess.Popen(
+        cmd, env=env, pass_fds=(sock.fileno(),), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[2:4]} exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(ready_url, timeout=1.0).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(10)
+    raise RuntimeError(f"{cmd[2:4]} did not become ready")
+
+
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL after 10 s; close its stderr pipe."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    if proc is not None and proc.stderr:
+        proc.stderr.close()
+
+
 class ServerProcess:
     """``python -m secchat.directory serve`` on an inherited socket; ``url`` once it answers."""
 
@@ -198,20 +232,8 @@ class ServerProcess:
             cmd += ["--db", self.db]
         for name in self.names:
             cmd += ["--name", name]
-        self.proc = subprocess.Popen(
-            cmd, env=env, pass_fds=(self.sock.fileno(),), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the directory server exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/v1/health", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("the directory server did not become ready")
+        self.proc = spawn_serving(cmd, env, self.sock, self.url + "/v1/health", timeout=timeout)
+        return self
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -219,15 +241,7 @@ class ServerProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self.proc is not None and self.proc.stderr:
-            self.proc.stderr.close()
+        stop_process(self.proc)
 
     def close(self) -> None:
         self.stop()

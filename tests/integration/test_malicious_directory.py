@@ -15,18 +15,18 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
 import tomli_w
-import tomllib
 
 from secchat import pki
 from secchat.app.profile import CONFIG_FILE, HISTORY_FILE, TRUST_FILE
 from secchat.directory.versions import VERSIONS_FILE
 from tests.app_support import CA_PASSPHRASE, PASSPHRASE, make_ca, make_profile
-from tests.directory_support import SRC, ServerProcess, free_listener
+from tests.directory_support import SRC, ServerProcess, free_listener, spawn_serving, stop_process
 
 #: bob's profile is set to this directory deadline (config.toml ``directory_timeout``).
 DEADLINE = 3.0
@@ -57,19 +57,8 @@ class Proxy:
                "--fd", str(self.sock.fileno())]
         root = str(Path(__file__).resolve().parents[2])
         env = {**_env(), "PYTHONPATH": os.pathsep.join([root, SRC])}
-        self.proc = subprocess.Popen(cmd, env=env, pass_fds=(self.sock.fileno(),), cwd=root,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the proxy exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/__evil/log", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("the proxy did not become ready")
+        self.proc = spawn_serving(cmd, env, self.sock, self.url + "/__evil/log", timeout=timeout, cwd=root)
+        return self
 
     def rules(self, *rules: dict) -> None:
         assert httpx.put(self.url + "/__evil/rules", json=list(rules), timeout=10).status_code == 204
@@ -78,15 +67,7 @@ class Proxy:
         return httpx.get(self.url + "/__evil/log", timeout=10).json()
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self.proc is not None and self.proc.stderr:
-            self.proc.stderr.close()
+        stop_process(self.proc)
         self.sock.close()
 
 

@@ -15,8 +15,8 @@ from secchat import pki
 from secchat.directory.client import (
     AmbiguousConference,
     AsyncDirectoryClient,
-    ConferenceDeleted,
     CertificateChanged,
+    ConferenceDeleted,
     DirectoryClient,
     DirectoryError,
     DirectoryUnavailable,

@@ -15,15 +15,13 @@ entries seen longest ago go first, deletions last.
 from __future__ import annotations
 
 import enum
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-
-from secchat import pki
+from typing import Any
 
 from .models import conference_key
+from .trust import JsonStateFile
 
 __all__ = ["MAX_ENTRIES", "VERSIONS_FILE", "Seen", "SeenVersion", "VersionMemory", "VersionMemoryError"]
 
@@ -48,42 +46,21 @@ class SeenVersion:
     seen_at: int
 
 
-class VersionMemory:
+class VersionMemory(JsonStateFile[SeenVersion]):
     """``creator/id`` -> the newest version seen and whether its creator deleted it."""
 
-    VERSION = 1
+    FIELD = "conferences"
+    WHAT = "conference version memory"
+    error = VersionMemoryError
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = Path(path) if path is not None else None
-        self._entries: dict[str, SeenVersion] = {}
-        if self.path is not None and self.path.exists():
-            self._load()
+    def _decode(self, key: str, value: Any) -> SeenVersion:
+        entry = SeenVersion(int(value["version"]), bool(value["deleted"]), int(value["seen_at"]))
+        if "/" not in key or entry.version < 1:
+            raise ValueError(f"bad entry {key!r}")
+        return entry
 
-    def _load(self) -> None:
-        assert self.path is not None
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            if data.get("version") != self.VERSION:
-                raise ValueError("unknown version")
-            for key, v in data["conferences"].items():
-                entry = SeenVersion(int(v["version"]), bool(v["deleted"]), int(v["seen_at"]))
-                if not isinstance(key, str) or "/" not in key or entry.version < 1:
-                    raise ValueError(f"bad entry {key!r}")
-                self._entries[key] = entry
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise VersionMemoryError(f"the conference version memory {self.path} is unreadable: {exc}") from None
-
-    def _save(self) -> None:
-        if self.path is None:
-            return
-        data = {
-            "version": self.VERSION,
-            "conferences": {
-                k: {"version": e.version, "deleted": e.deleted, "seen_at": e.seen_at}
-                for k, e in sorted(self._entries.items())
-            },
-        }
-        pki.write_file_atomically(self.path, json.dumps(data, indent=1).encode("utf-8"), 0o600)
+    def _encode(self, entry: SeenVersion) -> Any:
+        return {"version": entry.version, "deleted": entry.deleted, "seen_at": entry.seen_at}
 
     def get(self, creator: str, id: str) -> SeenVersion | None:
         return self._entries.get(conference_key(creator, id))
@@ -104,25 +81,17 @@ class VersionMemory:
         version, deleted)``, in one write; only what is newer than the memory changes it.
         Returns whether anything changed."""
         stamp = int(time.time()) if now is None else now
-        changed = False
+        entries = dict(self._entries)
         for creator, id, version, deleted in items:
             key = conference_key(creator, id)
-            seen = self._entries.get(key)
-            newer = seen is None or version > seen.version or (deleted and not seen.deleted and version == seen.version)
-            if newer:
-                self._entries[key] = SeenVersion(version, deleted, stamp)
-                changed = True
-        if changed:
-            self._evict()
-            self._save()
-        return changed
-
-    def _evict(self) -> None:
-        excess = len(self._entries) - MAX_ENTRIES
-        if excess > 0:
-            oldest = sorted(self._entries.items(), key=lambda kv: (kv[1].deleted, kv[1].seen_at))
-            for key, _ in oldest[:excess]:
-                del self._entries[key]
-
-    def __len__(self) -> int:
-        return len(self._entries)
+            seen = entries.get(key)
+            if seen is None or version > seen.version or (deleted and not seen.deleted and version == seen.version):
+                entries[key] = SeenVersion(version, deleted, stamp)
+        if entries == self._entries:
+            return False
+        excess = len(entries) - MAX_ENTRIES
+        if excess > 0:  # bounded: the entries seen longest ago go first, deletions last
+            for key, _ in sorted(entries.items(), key=lambda kv: (kv[1].deleted, kv[1].seen_at))[:excess]:
+                del entries[key]
+        self._replace(entries)
+        return True
