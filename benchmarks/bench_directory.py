@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from secchat import pki  # noqa: E402
-from secchat.directory.auth import sign_request  # noqa: E402
+from secchat.directory.auth import authority_of, sign_request  # noqa: E402
 from secchat.directory.models import ConferenceRecord  # noqa: E402
 
 N_USERS = 50
@@ -75,6 +75,7 @@ class Users:
     def __init__(self) -> None:
         self.ca_key, self.ca_cert = pki.create_ca("Bench CA")
         self.keys, self.certs, self.signers, self.fps, self.pems = [], [], [], [], []
+        self.directory = ""  # the URL of the directory the requests are for (set once it runs)
         for i in range(N_USERS):
             key = pki.generate_key()
             cert = pki.issue_certificate(self.ca_key, self.ca_cert, f"u{i:02d}", key.public_key())
@@ -85,16 +86,16 @@ class Users:
             self.pems.append(pki.cert_to_pem(cert).decode())
 
     def headers(self, i: int, method: str, path: str, body: bytes) -> dict[str, str]:
-        return sign_request(self.signers[i], f"u{i:02d}", method, path, body,
+        return sign_request(self.signers[i], f"u{i:02d}", authority_of(self.directory), method, path, body,
                             timestamp=int(time.time()), nonce=os.urandom(16).hex())
 
     def conference(self, i: int, conf_id: str) -> bytes:
         idx = [(i + k) % N_USERS for k in range(MEMBERS)]
         names = tuple(f"u{j:02d}" for j in idx)
-        record = ConferenceRecord(conf_id, 100, 200, names, tuple(self.fps[j] for j in idx), names[0])
+        record = ConferenceRecord(conf_id, 100, 200, names, tuple(self.fps[j] for j in idx), names[0], 1, 50)
         return json.dumps({
             "id": conf_id, "t0": 100, "t1": 200, "members": list(names),
-            "certs": [self.pems[j] for j in idx], "creator": names[0],
+            "certs": [self.pems[j] for j in idx], "creator": names[0], "version": 1, "created_at": 50,
             "signature": self.signers[i].sign(record.signed_bytes()).hex(),
         }).encode()
 
@@ -113,7 +114,7 @@ async def setup(url: str, users: Users, n_confs: int) -> list[str]:
             r = await http.post("/v1/conferences", content=body,
                                 headers=users.headers(k % N_USERS, "POST", "/v1/conferences", body))
             assert r.status_code == 201, r.text
-            ids.append(cid)
+            ids.append(f"u{k % N_USERS:02d}/{cid}")  # conferences are (creator, id)
     return ids
 
 
@@ -205,6 +206,7 @@ def main() -> None:
         for backend, url, schema in backends:
             server = Server(ca_pem, url)
             try:
+                users.directory = server.url  # what the requests are signed for
                 ids = asyncio.run(setup(server.url, users, 200))
                 rows += asyncio.run(measure(server.url, users, ids, backend, args))
             finally:

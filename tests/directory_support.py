@@ -138,11 +138,25 @@ def world() -> World:
     return World()
 
 
-def signed(user: User, method: str, path: str, body: bytes, *, timestamp: int | None = None, nonce: str | None = None) -> dict[str, str]:
-    """Authentication headers for a hand-made request."""
+#: The name of the in-process test directory (``http://directory`` over httpx's ASGI transport).
+TEST_DIRECTORY = "http://directory"
+
+
+def signed(
+    user: User,
+    method: str,
+    path: str,
+    body: bytes,
+    *,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+    directory: str = "http://directory:80",
+) -> dict[str, str]:
+    """Authentication headers for a hand-made request (for the directory ``directory``)."""
     return sign_request(
         pki.signer_of(user.key),
         user.name,
+        directory,
         method,
         path,
         body,
@@ -164,11 +178,47 @@ def free_listener() -> socket.socket:
     return sock
 
 
+def spawn_serving(cmd: list[str], env: dict[str, str], sock: socket.socket, ready_url: str, *,
+                  timeout: float = 20.0, cwd: str | None = None) -> subprocess.Popen:
+    """Start ``cmd`` (handed the listening ``sock``) and wait, bounded, until ``ready_url`` answers 200."""
+    proc = subprocess.Popen(
+        cmd, env=env, pass_fds=(sock.fileno(),), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[2:4]} exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(ready_url, timeout=1.0).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(10)
+    raise RuntimeError(f"{cmd[2:4]} did not become ready")
+
+
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL after 10 s; close its stderr pipe."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    if proc is not None and proc.stderr:
+        proc.stderr.close()
+
+
 class ServerProcess:
     """``python -m secchat.directory serve`` on an inherited socket; ``url`` once it answers."""
 
-    def __init__(self, ca_pem: Path, db: str | None, *, env: dict[str, str] | None = None) -> None:
-        self.ca_pem, self.db, self.extra_env = ca_pem, db, env or {}
+    def __init__(
+        self, ca_pem: Path, db: str | None, *, env: dict[str, str] | None = None, names: tuple[str, ...] = ()
+    ) -> None:
+        self.ca_pem, self.db, self.extra_env, self.names = ca_pem, db, env or {}, names
         self.sock = free_listener()
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -180,20 +230,10 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "secchat.directory", "serve", "--ca", str(self.ca_pem), "--fd", str(self.sock.fileno())]
         if self.db is not None:
             cmd += ["--db", self.db]
-        self.proc = subprocess.Popen(
-            cmd, env=env, pass_fds=(self.sock.fileno(),), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the directory server exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/v1/health", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("the directory server did not become ready")
+        for name in self.names:
+            cmd += ["--name", name]
+        self.proc = spawn_serving(cmd, env, self.sock, self.url + "/v1/health", timeout=timeout)
+        return self
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -201,15 +241,7 @@ class ServerProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self.proc is not None and self.proc.stderr:
-            self.proc.stderr.close()
+        stop_process(self.proc)
 
     def close(self) -> None:
         self.stop()

@@ -136,7 +136,7 @@ def test_three_member_processes_chat_rejoin_and_rekey(world):
     assert all(name in out for name in ("alice", "bob", "carol"))
     out = secchat("create", "room", "-m", "bob", "-m", "carol", "--from", "now", "--to", "+1h", "--accept-new",
                   "--home", str(homes["alice"])).stdout
-    assert "created room: alice, bob, carol" in out
+    assert "created room by alice: alice, bob, carol" in out
     assert "room" in secchat("conferences", "--home", str(homes["carol"])).stdout
 
     members: list[Member] = []
@@ -228,7 +228,8 @@ def test_error_paths_say_one_clear_sentence(world):
 
     # accepting with a wrong fingerprint is refused; the right one works
     err = _error(secchat("trust", "accept", "alice", "00" * 32, "--home", bob, check=False))
-    assert "has fingerprint" in err
+    assert "does not have the fingerprint you gave" in err
+    assert fingerprint not in err  # the directory's own fingerprint is not offered to copy
     assert "accepted alice" in secchat("trust", "accept", "alice", fingerprint, "--home", bob).stdout
     assert "alice@SecChat CA" in secchat("trust", "list", "--home", bob).stdout
 

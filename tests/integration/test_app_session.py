@@ -176,7 +176,7 @@ def test_join_errors_carry_codes_and_sentences(world, tmp_path):
                 await app.register()
             for p in await alice.participant_details():
                 if p.name != "alice":
-                    await alice.accept(p.name, p.fingerprint[:16])
+                    await alice.accept(p.name, p.fingerprint[:32])
             now = datetime.now(UTC)
             await alice.create("pair", ["bob"], now - timedelta(minutes=1), now + timedelta(hours=1))
             await alice.create("soon", ["bob"], now + timedelta(hours=1), now + timedelta(hours=2))
@@ -185,8 +185,9 @@ def test_join_errors_carry_codes_and_sentences(world, tmp_path):
                 (alice.join("soon"), "outside_time_frame", "conference 'soon' is only open from"),
                 (carol.join("pair"), "not_a_member", "you (carol) are not a member of conference 'pair'"),
                 (bob.join("pair"), "untrusted", "certificates you have not accepted yet: alice@App Test CA"),
-                (bob.accept("alice", "00" * 8), "fingerprint_mismatch", "has fingerprint"),
-                (bob.accept("zed", "00" * 8), "unknown_participant", "zed is not registered with the directory"),
+                (bob.accept("alice", "00" * 16), "fingerprint_mismatch", "does not have the fingerprint you gave"),
+                (bob.accept("alice", "00" * 15), "bad_fingerprint", "at least 32 hex digits"),
+                (bob.accept("zed", "00" * 16), "unknown_participant", "zed is not registered with the directory"),
                 (alice.create("x", ["bob", "zed"], now, now + timedelta(hours=1)), "unknown_participant",
                  "not registered with the directory: zed"),
             ]

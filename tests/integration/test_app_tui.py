@@ -50,8 +50,8 @@ def app_error(code: str, message: str, **details: object) -> AppError:
 
 
 class FakeConference:
-    def __init__(self, id: str, me: str, members: tuple[str, ...]) -> None:
-        self.id, self.me, self.members, self.epoch = id, me, members, 0
+    def __init__(self, id: str, me: str, members: tuple[str, ...], creator: str = "ben") -> None:
+        self.id, self.me, self.members, self.epoch, self.creator = id, me, members, 0, creator
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.sent: list[str] = []
         self.rekeys = 0
@@ -121,17 +121,18 @@ class FakeChatApp:
         self.accepted.append((name, fingerprint))
 
     async def join(self, conference_id: str) -> FakeConference:
-        view = next((v for v in self.views if v.id == conference_id), None)
+        # the UI joins by creator/id
+        view = next((v for v in self.views if v.key == conference_id), None)
         if view is None:
             raise app_error("unknown", f"There is no conference {conference_id!r}.")
         if not view.joinable_now:
-            raise app_error("time_frame", f"Conference {conference_id!r} is not open now.")
+            raise app_error("time_frame", f"Conference {view.id!r} is not open now.")
         unseen = [UnacceptedCertificate(n, f"{n}@Test CA", self.fingerprints[n]) for n in view.members
                   if n != self.name and (n, self.fingerprints[n]) not in self.accepted]
         if unseen:
             raise app_error("untrusted", "Some member certificates were not accepted yet.", certificates=unseen)
-        conference = FakeConference(conference_id, self.name, view.members)
-        self.joined[conference_id] = conference
+        conference = FakeConference(view.id, self.name, view.members, view.creator)
+        self.joined[view.id] = conference
         return conference
 
     async def aclose(self) -> None:
@@ -166,11 +167,18 @@ def pane(app: SecChatApp, conference_id: str) -> ConferencePane:
     return next(p for p in app.panes() if p.conference.id == conference_id)
 
 
+def ref(app: SecChatApp, conference_id: str) -> str:
+    """The list's key of the one listed conference with this id: ``creator/id``."""
+    (key,) = [k for k, view in app.views.items() if view.id == conference_id]
+    assert key == f"{app.views[key].creator}/{conference_id}"
+    return key
+
+
 async def select_row(pilot, app: SecChatApp, conference_id: str) -> None:
     table = app.query_one("#conferences")
     await until(pilot, lambda: table.row_count > 0, what="the conference list loads")
     table.focus()
-    table.move_cursor(row=table.get_row_index(conference_id))
+    table.move_cursor(row=table.get_row_index(ref(app, conference_id)))
     await pilot.press("enter")
 
 
@@ -198,7 +206,7 @@ def test_list_shows_time_frames_members_and_refuses_outside_the_time_frame():
         async with app.run_test(size=SIZE) as pilot:
             table = app.query_one("#conferences")
             await until(pilot, lambda: table.row_count == 3)
-            rows = {str(table.get_row(key)[0]): [str(c) for c in table.get_row(key)] for key in ("room", "side", "later")}
+            rows = {str(table.get_row(key)[0]): [str(c) for c in table.get_row(key)] for key in ("ben/room", "ann/side", "cy/later")}
             assert rows["room"][2] == "ann, ben, cy" and rows["room"][3] == "ben"
             assert rows["room"][4] == "joinable" and rows["later"][4] == "not yet open"
             assert rows["room"][1].endswith("UTC") and "–" in rows["room"][1]
@@ -251,14 +259,14 @@ def test_joining_asks_to_accept_unseen_certificates_with_their_fingerprints():
             table = dialog.query_one("#trust-certificates")
             assert [str(v) for v in table.get_row_at(1)] == ["cy@Test CA", "cd" * 32]
             assert app.focused.id == "refuse"  # the safe default
-            assert str(app.query_one("#conferences").get_row("room")[4]) == "joining…"
+            assert str(app.query_one("#conferences").get_row("ben/room")[4]) == "joining…"
             await pilot.click("#accept")
             await until(pilot, lambda: app.panes())
             assert fake.accepted == [("ben", "ab" * 32), ("cy", "cd" * 32)]
             room = pane(app, "room")
             assert app.query_one("#tabs").active == room.id
             assert "not established" in text_of(room.query_one(".key")) and "2 of 3" in text_of(room.query_one(".key"))
-            assert str(app.query_one("#conferences").get_row("room")[4]) == "joined"
+            assert str(app.query_one("#conferences").get_row("ben/room")[4]) == "joined"
 
     asyncio.run(main())
 
@@ -274,8 +282,8 @@ def test_refusing_a_certificate_does_not_join():
             await pilot.press("enter")  # on "Refuse", which has the focus
             await until(pilot, lambda: app.notes)
             assert fake.accepted == [] and fake.joined == {} and app.panes() == []
-            assert str(app.query_one("#conferences").get_row("side")[4]) == "joinable"
-            assert app.notes == [("warning", "Not joining side: you refused a member certificate.")]
+            assert str(app.query_one("#conferences").get_row("ann/side")[4]) == "joinable"
+            assert app.notes == [("warning", "Not joining side by ann: you refused a member certificate.")]
 
     asyncio.run(main())
 
@@ -332,7 +340,7 @@ def test_live_members_key_and_message_states():
             await type_line(pilot, "/leave")
             await until(pilot, lambda: not app.panes())
             assert conf.left and app.query_one("#tabs").active == "list-pane"
-            assert str(app.query_one("#conferences").get_row("room")[4]) == "joinable"
+            assert str(app.query_one("#conferences").get_row("ben/room")[4]) == "joinable"
 
     asyncio.run(main())
 
@@ -348,13 +356,13 @@ def test_leaving_and_joining_again_at_once():
             for _ in range(3):
                 before, old = current, fake.joined["room"]
                 await type_line(pilot, "/leave")
-                app.open_conference("room")  # before the old pane is gone
+                app.open_conference(ref(app, "room"))  # before the old pane is gone
                 await until(pilot, lambda b=before, o=old: fake.joined["room"] is not o
                             and app.panes() and app.panes()[0] is not b)
                 [current] = app.panes()
                 assert current.conference is fake.joined["room"] and old.left
                 await until(pilot, lambda c=current: app.focused is c.query_one(".say"))
-            assert len(app.query("#conf-room")) == 1
+            assert len(app.query(f"#{pane_id('ben/room')}")) == 1
 
     asyncio.run(main())
 
@@ -384,7 +392,7 @@ def test_several_conferences_at_once_history_and_unread_counts():
 
     async def join_with_history(conference_id):
         conference = await fake_join(conference_id)
-        if conference_id == "room":  # kept locally from an earlier run; it also arrives again live
+        if conference_id == "ben/room":  # kept locally from an earlier run; it also arrives again live
             conference.past = [ChatMessage("ben", earlier, "from yesterday", "delivered", 0)]
             conference.emit(conference.past[0])
         return conference
@@ -409,14 +417,14 @@ def test_several_conferences_at_once_history_and_unread_counts():
             await until(pilot, lambda: len(room.query(MessageLine)) == 3 and side.query(MessageLine))
             assert [m.message.text for m in room.query(MessageLine)] == ["from yesterday", "in room", "also in room"]
             assert [m.message.text for m in side.query(MessageLine)] == ["in side"]
-            assert str(tabs.get_tab(room.id).label) == "room (2)" and str(tabs.get_tab(side.id).label) == "side"
+            assert str(tabs.get_tab(room.id).label) == "room by ben (2)" and str(tabs.get_tab(side.id).label) == "side by ann"
             await type_line(pilot, "to side only")
             await until(pilot, lambda: fake.joined["side"].sent)
             assert fake.joined["room"].sent == []
             await pilot.press("ctrl+n")  # side -> the list -> room
             await pilot.press("ctrl+n")
             await until(pilot, lambda: tabs.active == room.id)
-            assert str(tabs.get_tab(room.id).label) == "room" and room.unread == 0
+            assert str(tabs.get_tab(room.id).label) == "room by ben" and room.unread == 0
             assert app.focused is room.query_one(".say")
             # choosing an open conference in the list switches to its tab, it does not join again
             await pilot.press("ctrl+o")
@@ -486,7 +494,8 @@ def test_peer_text_cannot_drive_the_terminal():
     local = evil.sent_at.astimezone()
     plain = message_text(evil, "ann", today=local.date()).plain
     assert "\x1b" not in plain and "\x07" not in plain and "\u202e" not in plain
-    assert plain == local.strftime("%H:%M:%S") + " ben: hi\ufffd[2J\ufffd]0;pwned\ufffd\ufffdevil x  ✓✓ delivered"
+    # shown, not obeyed: each as a visible escape
+    assert plain == local.strftime("%H:%M:%S") + " ben: hi\\x1b[2J\\x1b]0;pwned\\x07\\u202eevil\\tx  ✓✓ delivered"
     # a message from another day shows its date
     later = message_text(evil, "ann", today=local.date() + timedelta(days=1)).plain
     assert later.startswith(local.strftime("%Y-%m-%d %H:%M:%S") + " ben: ")
@@ -580,7 +589,7 @@ def test_a_message_typed_in_one_members_ui_appears_in_anothers(tmp_path):
                 await alice.create("side", ["bob"], now - timedelta(minutes=1), now + timedelta(hours=1))
                 for ui, pilot in ((ui_a, pa), (ui_b, pb)):
                     ui.action_refresh()
-                    await until(pilot, lambda ui=ui: "side" in ui.views, timeout=15, what="side listed")
+                    await until(pilot, lambda ui=ui: any(v.id == "side" for v in ui.views.values()), timeout=15, what="side listed")
                     ui.action_show_list()
                     await select_row(pilot, ui, "side")
                     await until(pilot, lambda ui=ui: len(ui.panes()) == 2, timeout=30, what="side joined")
@@ -595,7 +604,7 @@ def test_a_message_typed_in_one_members_ui_appears_in_anothers(tmp_path):
                 await until(pa, lambda: _line(side_a, "psst, side only", "delivered"), timeout=20,
                             what="bob's message in alice's side tab")
                 assert not _line(room_a, "psst, side only", "delivered")
-                assert str(ui_a.query_one("#tabs").get_tab(side_a.id).label) == "side (1)"
+                assert str(ui_a.query_one("#tabs").get_tab(side_a.id).label) == "side by alice (1)"
                 await pa.pause(0.3)
                 svg = ui_a.export_screenshot(title="SecChat -- alice in conference room")
                 assert "hello&#160;from&#160;bob" in svg and ">established<" in svg and "not&#160;established" not in svg
@@ -616,7 +625,7 @@ def test_a_message_typed_in_one_members_ui_appears_in_anothers(tmp_path):
                 await type_line(pb, "/leave")
                 await until(pb, lambda: [p.conference.id for p in ui_b.panes()] == ["side"], timeout=15,
                             what="bob left room")
-                assert str(ui_b.query_one("#conferences").get_row("room")[4]) == "joinable"
+                assert str(ui_b.query_one("#conferences").get_row("alice/room")[4]) == "joinable"
                 await select_row(pb, ui_b, "room")
                 await until(pb, lambda: len(ui_b.panes()) == 2, timeout=30, what="bob back")
                 room_b = pane(ui_b, "room")

@@ -108,8 +108,8 @@ def make_conference() -> tuple[Conference, FakeNode]:
     node = FakeNode()
     app = SimpleNamespace(_node=node, name="ann", client=FakeClient(), history_store=FakeHistory(), _conferences={})
     app.history = lambda conf_id: session_mod.ChatApp.history(app, conf_id)
-    record = SimpleNamespace(id="room", t0=0, t1=4_000_000_000, members=[SimpleNamespace(name=n) for n in MEMBERS],
-                             creator="ann", record=SimpleNamespace(signed_bytes=lambda: b"record"))
+    record = SimpleNamespace(id="room", creator="ann", t0=0, t1=4_000_000_000,
+                             members=[SimpleNamespace(name=n) for n in MEMBERS], digest=b"d" * 32)
     conf = Conference(app, record)  # type: ignore[arg-type]
     app._conferences["room"] = conf
     return conf, node

@@ -13,8 +13,10 @@ import pytest
 
 from secchat import pki
 from secchat.directory.client import (
+    AmbiguousConference,
     AsyncDirectoryClient,
     CertificateChanged,
+    ConferenceDeleted,
     DirectoryClient,
     DirectoryError,
     DirectoryUnavailable,
@@ -24,7 +26,8 @@ from secchat.directory.client import (
 from secchat.directory.server import create_app
 from secchat.directory.storage import make_engine
 from secchat.directory.trust import Acceptance, TrustStore, TrustStoreError
-from tests.directory_support import User, World
+from secchat.directory.versions import Seen, VersionMemory, VersionMemoryError
+from tests.directory_support import TEST_DIRECTORY, User, World
 
 Tamper = Callable[[str, object], object]
 
@@ -34,8 +37,16 @@ class EvilDirectory:
 
     def __init__(self, app, tamper: Tamper | None = None) -> None:
         self.app, self.tamper = app, tamper
+        #: path -> a JSON body served with 200 instead of the honest answer (a replayed record)
+        self.serve: dict[str, bytes] = {}
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.serve:
+            body = self.serve[scope["path"]]
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
         if scope["type"] != "http" or scope["method"] != "GET" or self.tamper is None:
             await self.app(scope, receive, send)
             return
@@ -64,10 +75,11 @@ class Setup:
     def __init__(self, tmp_path: Path) -> None:
         self.world = World()
         self.engine = make_engine(f"sqlite:///{tmp_path / 'd.sqlite3'}", pool_size=5)
-        self.app = create_app(self.engine, [self.world.ca_cert])
+        self.app = create_app(self.engine, [self.world.ca_cert], names=[TEST_DIRECTORY])
         self.evil = EvilDirectory(self.app)
         self.users = {n: self.world.user(n) for n in ("alice", "bob", "carol", "mallory")}
         self.stores = {n: TrustStore(None) for n in self.users}
+        self.versions = {n: VersionMemory(None) for n in self.users}
 
         async def setup() -> None:
             clients = {n: self.client(n) for n in self.users}
@@ -87,12 +99,12 @@ class Setup:
         u = self.users[name]
         return AsyncDirectoryClient(
             "http://directory", [self.world.ca_cert], u.key, u.cert, self.stores[name],
-            transport=httpx.ASGITransport(app=self.evil),
+            versions=self.versions[name], transport=httpx.ASGITransport(app=self.evil),
         )
 
-    def get_conference(self, name: str, tamper: Tamper | None, id: str = "c1"):
+    def get_conference(self, name: str, tamper: Tamper | None, id: str = "c1", creator: str = "alice"):
         async def go():
-            return await self.client(name, tamper).get_conference(id)
+            return await self.client(name, tamper).get_conference(id, creator)
 
         return asyncio.run(go())
 
@@ -189,7 +201,22 @@ def test_directory_changes_the_creator(setup):
     def creator(data):
         data["creator"] = "bob"
 
-    setup.refused(_on_conference(creator), "bad_record_signature")
+    # asked for alice's c1: another creator's is another conference
+    setup.refused(_on_conference(creator), "wrong_conference")
+
+    # asked for c1 of whoever: bob's name on alice's record does not verify
+    def in_listing(path, data):
+        if path == "/v1/conferences":
+            for c in data:
+                creator(c)
+        return data
+
+    async def go():
+        return await setup.client("bob", in_listing).get_conference("c1")
+
+    with pytest.raises(UntrustedResponse) as err:
+        asyncio.run(go())
+    assert err.value.code == "bad_record_signature"
 
 
 def test_directory_reorders_members(setup):
@@ -288,7 +315,7 @@ def test_creator_needs_accepted_certificates(setup):
     with pytest.raises(UnacceptedCertificates) as err:
         asyncio.run(create())
     assert [str(m.identity) for m in err.value.members] == ["carol@Test CA"]
-    assert setup.app.state.store.get_conference("c4") is None
+    assert setup.app.state.store.get_conference("bob", "c4") is None
 
 
 def test_server_errors_are_directory_errors(setup):
@@ -303,9 +330,9 @@ def test_server_errors_are_directory_errors(setup):
 def test_unreachable_directory(tmp_path):
     world = World()
     u = world.user("alice")
-    client = DirectoryClient("http://127.0.0.1:9", [world.ca_cert], u.key, u.cert, TrustStore(None), timeout=2)
+    client = DirectoryClient("http://127.0.0.1:9", [world.ca_cert], u.key, u.cert, TrustStore(None), deadline=2)
     with client, pytest.raises(DirectoryUnavailable) as err:
-        client.get_conference("x")
+        client.get_conference("x", "alice")
     assert err.value.code == "unreachable"
 
 
@@ -349,7 +376,7 @@ def test_names_that_need_percent_encoding(tmp_path):
     # the signed path is the raw, percent-encoded one on both sides
     world = World()
     engine = make_engine(f"sqlite:///{tmp_path / 'd.sqlite3'}")
-    app = create_app(engine, [world.ca_cert])
+    app = create_app(engine, [world.ca_cert], names=[TEST_DIRECTORY])
     u = world.user("Zoë Smith+1 ?&")
 
     async def go():
@@ -393,3 +420,177 @@ def test_listing_out_of_order_is_refused(setup):
     with pytest.raises(UntrustedResponse) as err:
         asyncio.run(go())
     assert err.value.code == "malformed_response"
+
+
+# --------------------------------------------------------------------------- versions, deletion, creators
+
+
+def _raw(setup, path: str) -> bytes:
+    async def go():
+        transport = httpx.ASGITransport(app=setup.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://directory") as http:
+            return (await http.get(path)).content
+
+    return asyncio.run(go())
+
+
+def test_record_digest_is_the_signed_bytes_hash(setup):
+    import hashlib
+
+    conference = setup.get_conference("bob", None)
+    assert conference.digest == hashlib.sha256(conference.record.signed_bytes()).digest()
+    assert len(conference.digest) == 32 and conference.key == "alice/c1"
+    assert (conference.version, conference.record.version) == (1, 1) and conference.created_at > 0
+    import dataclasses
+
+    assert dataclasses.replace(conference.record, version=2).digest() != conference.digest
+
+
+def test_rollback_to_an_older_version_is_refused(setup):
+    old = _raw(setup, "/v1/conferences/alice/c1")
+
+    async def recreate():
+        alice = setup.client("alice")
+        await alice.delete_conference("c1")
+        return await alice.create_conference("c1", 1000, 3000, ["alice", "bob", "carol"])
+
+    assert asyncio.run(recreate()).version == 2
+    bob = setup.client("bob")
+    newer = asyncio.run(bob.get_conference("c1", "alice"))
+    assert newer.version == 2
+    bob.remember(newer)
+    setup.evil.serve["/v1/conferences/alice/c1"] = old
+    with pytest.raises(UntrustedResponse) as err:
+        setup.get_conference("bob", None)
+    assert err.value.code == "rollback" and "version 1" in str(err.value) and "version 2" in str(err.value)
+
+
+def test_a_deleted_record_served_again_is_refused(setup):
+    old = _raw(setup, "/v1/conferences/alice/c1")
+    asyncio.run(setup.client("alice").delete_conference("c1"))
+    with pytest.raises(ConferenceDeleted) as err:  # the directory says so, with alice's tombstone
+        setup.get_conference("bob", None)
+    assert err.value.code == "deleted"
+    assert setup.versions["bob"].get("alice", "c1").deleted
+    setup.evil.serve["/v1/conferences/alice/c1"] = old  # now it serves the old record again
+    with pytest.raises(ConferenceDeleted) as err:
+        setup.get_conference("bob", None)
+    assert err.value.code == "deleted" and "served its record anyway" in str(err.value)
+
+
+def test_a_forged_tombstone_is_not_believed(setup):
+    body = json.loads(_raw(setup, "/v1/conferences/alice/c1"))
+
+    def forge(path, data):
+        return data
+
+    gone = {"error": {"code": "conference_deleted", "message": "x"},
+            "tombstone": {"creator": "alice", "id": "c1", "version": 5, "deleted_at": 1,
+                          "signature": "00" * 64, "cert_pem": body["certs"][0]}}
+
+    class Gone:
+        async def __call__(self, scope, receive, send):
+            raw = json.dumps(gone).encode()
+            await send({"type": "http.response.start", "status": 410,
+                        "headers": [(b"content-length", str(len(raw)).encode())]})
+            await send({"type": "http.response.body", "body": raw})
+
+    u = setup.users["bob"]
+    client = AsyncDirectoryClient("http://directory", [setup.world.ca_cert], u.key, u.cert, setup.stores["bob"],
+                                  versions=setup.versions["bob"], transport=httpx.ASGITransport(app=Gone()))
+    with pytest.raises(UntrustedResponse) as err:
+        asyncio.run(client.get_conference("c1", "alice"))
+    assert err.value.code == "bad_tombstone_signature"
+    assert setup.versions["bob"].get("alice", "c1") is None
+
+
+def test_two_creators_one_id_must_be_told_apart(setup):
+    async def mallory_too():
+        mallory = setup.client("mallory")
+        return await mallory.create_conference("c1", 1000, 2000, ["mallory", "bob"], accept_new=True)
+
+    theirs = asyncio.run(mallory_too())
+    assert theirs.key == "mallory/c1" and [m.name for m in theirs.unaccepted] == ["bob"]
+    assert setup.stores["mallory"].get(setup.users["bob"].name) is None  # accept_new accepted nothing itself
+
+    async def resolve(creator=None):
+        return await setup.client("bob").get_conference("c1", creator)
+
+    with pytest.raises(AmbiguousConference) as err:
+        asyncio.run(resolve())
+    assert err.value.code == "ambiguous_conference" and err.value.creators == ("alice", "mallory")
+    assert "--creator alice" in str(err.value)
+    assert [m.name for m in asyncio.run(resolve("alice")).members] == ["alice", "bob"]
+    assert asyncio.run(resolve("mallory")).creator == "mallory"
+    listed = asyncio.run(setup.client("bob").conferences_of())
+    assert [c.key for c in listed] == ["alice/c1", "mallory/c1"]
+
+
+def test_a_page_larger_than_the_servers_is_refused(setup, monkeypatch):
+    from secchat.directory import client as client_mod
+
+    monkeypatch.setattr(client_mod, "PAGE_SIZE", 2)
+
+    async def go():
+        return await setup.client("alice").list_participants()
+
+    with pytest.raises(UntrustedResponse) as err:
+        asyncio.run(go())
+    assert err.value.code == "oversized_page"
+
+
+def test_a_listing_flood_is_bounded_and_reported_once(setup, monkeypatch, caplog):
+    from secchat.directory import client as client_mod
+
+    monkeypatch.setattr(client_mod, "MAX_CERT_CHECKS", 50)
+
+    def flood(path, data):
+        if path == "/v1/participants" and data:
+            pem = setup.users["carol"].pem
+            return data + [
+                {"name": f"zz{i:05d}", "issuer": "Test CA", "fingerprint": "00", "registered_at": 1,
+                 "cert_pem": pem.replace("-----END", f"{i}-----END") if i % 2 else pem}
+                for i in range(900)
+            ]
+        return data
+
+    async def go():
+        return await setup.client("alice", flood).list_participants()
+
+    with caplog.at_level("WARNING", logger="secchat.directory.client"):
+        found = asyncio.run(go())
+    assert sorted(p.name for p in found) == ["alice", "bob", "carol", "mallory"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "cut after 50 certificate checks" in lines[0]
+    assert lines[1].startswith("skipped ") and "participants" in lines[1]
+
+
+def test_version_memory_persists_and_refuses(tmp_path):
+    path = tmp_path / "versions.json"
+    memory = VersionMemory(path)
+    assert memory.check("alice", "room", 1) is Seen.CURRENT
+    assert memory.remember([("alice", "room", 2, False)], now=5)
+    assert not memory.remember([("alice", "room", 1, False)])  # older: no change, no write
+    again = VersionMemory(path)
+    assert again.check("alice", "room", 1) is Seen.ROLLED_BACK
+    assert again.check("alice", "room", 2) is Seen.CURRENT and again.check("alice", "room", 3) is Seen.CURRENT
+    assert again.check("bob", "room", 1) is Seen.CURRENT  # another creator's room
+    again.remember([("alice", "room", 2, True)])
+    assert VersionMemory(path).check("alice", "room", 2) is Seen.DELETED
+    assert VersionMemory(path).check("alice", "room", 3) is Seen.CURRENT  # re-created after deletion
+    assert (path.stat().st_mode & 0o777) == 0o600
+    path.write_text('{"version": 1, "conferences": {"x": {"version": 0}}}')
+    with pytest.raises(VersionMemoryError):
+        VersionMemory(path)
+
+
+def test_version_memory_is_bounded(monkeypatch):
+    from secchat.directory import versions as versions_mod
+
+    monkeypatch.setattr(versions_mod, "MAX_ENTRIES", 3)
+    memory = VersionMemory(None)
+    memory.remember([("a", "gone", 1, True)], now=0)
+    for i in range(5):
+        memory.remember([("a", f"c{i}", 1, False)], now=i + 1)
+    assert len(memory) == 3 and memory.get("a", "gone") is not None and memory.get("a", "c4") is not None

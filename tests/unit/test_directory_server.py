@@ -15,11 +15,11 @@ import msgspec
 import pytest
 
 from secchat import pki
-from secchat.directory.models import ConferenceRecord
+from secchat.directory.models import ConferenceRecord, ConferenceTombstone
 from secchat.directory.server import create_app
 from secchat.directory.storage import make_engine
 from tests import directory_support
-from tests.directory_support import User, World, signed
+from tests.directory_support import TEST_DIRECTORY, User, World, signed
 
 db_url = directory_support.db_url
 world = directory_support.world
@@ -46,12 +46,23 @@ class Api:
     def register(self, user: User) -> httpx.Response:
         return self.signed(user, "POST", "/v1/participants", json.dumps({"cert_pem": user.pem}).encode())
 
+    def delete(self, user: User, id: str, creator: User | None = None, *, version: int = 1, **kw) -> httpx.Response:
+        """DELETE ``(creator, id)`` (default: ``user``'s) with the creator's signed tombstone."""
+        owner = creator or user
+        return self.signed(user, "DELETE", f"/v1/conferences/{owner.name}/{id}", tombstone_body(owner, id, version), **kw)
+
+
+def tombstone_body(creator: User, id: str, version: int = 1, deleted_at: int = 3000, *, sign_as: User | None = None) -> bytes:
+    tombstone = ConferenceTombstone(creator.name, id, version, deleted_at)
+    signature = pki.signer_of((sign_as or creator).key).sign(tombstone.signed_bytes())
+    return json.dumps({"version": version, "deleted_at": deleted_at, "signature": signature.hex()}).encode()
+
 
 @pytest.fixture
 def api(db_url, world) -> Api:
     engine = make_engine(db_url, pool_size=5)
     try:
-        yield Api(create_app(engine, [world.ca_cert]))
+        yield Api(create_app(engine, [world.ca_cert], names=[TEST_DIRECTORY]))
     finally:
         engine.dispose()
 
@@ -65,10 +76,12 @@ def members(api, world) -> tuple[User, User, User]:
 
 
 def conference_body(
-    creator: User, members: list[User], id: str = "conf-1", t0: int = 1000, t1: int = 2000, *, sign_as: User | None = None
+    creator: User, members: list[User], id: str = "conf-1", t0: int = 1000, t1: int = 2000, *,
+    sign_as: User | None = None, version: int = 1, created_at: int = 900,
 ) -> bytes:
     record = ConferenceRecord(
-        id, t0, t1, tuple(m.name for m in members), tuple(pki.fingerprint(m.cert) for m in members), creator.name
+        id, t0, t1, tuple(m.name for m in members), tuple(pki.fingerprint(m.cert) for m in members), creator.name,
+        version, created_at,
     )
     signature = pki.signer_of((sign_as or creator).key).sign(record.signed_bytes())
     return json.dumps(
@@ -79,6 +92,8 @@ def conference_body(
             "members": [m.name for m in members],
             "certs": [m.pem for m in members],
             "creator": creator.name,
+            "version": version,
+            "created_at": created_at,
             "signature": signature.hex(),
         }
     ).encode()
@@ -109,20 +124,71 @@ def test_conference_lifecycle(api, members):
     alice, bob, _ = members
     r = api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice, bob]))
     assert r.status_code == 201, r.text
-    got = api.request("GET", "/v1/conferences/conf-1").json()
+    got = api.request("GET", "/v1/conferences/alice/conf-1").json()
     assert got["members"] == ["alice", "bob"] and got["t1"] == 2000
+    assert (got["version"], got["created_at"]) == (1, 900)
     assert [c["id"] for c in api.request("GET", "/v1/participants/bob/conferences").json()] == ["conf-1"]
+    assert [c["creator"] for c in api.request("GET", "/v1/conferences?id=conf-1").json()] == ["alice"]
     assert api.request("GET", "/v1/participants/carol/conferences").json() == []
-    assert api.signed(alice, "DELETE", "/v1/conferences/conf-1").status_code == 204
-    assert api.request("GET", "/v1/conferences/conf-1").status_code == 404
+    assert api.delete(alice, "conf-1").status_code == 204
+    # deleted: the creator's signed tombstone is served in its place, the listings forget it
+    gone = api.request("GET", "/v1/conferences/alice/conf-1")
+    assert gone.status_code == 410 and gone.json()["error"]["code"] == "conference_deleted"
+    tombstone = gone.json()["tombstone"]
+    assert (tombstone["creator"], tombstone["id"], tombstone["version"]) == ("alice", "conf-1", 1)
+    assert tombstone["cert_pem"] == alice.pem
+    assert api.request("GET", "/v1/participants/bob/conferences").json() == []
+    assert api.request("GET", "/v1/conferences?id=conf-1").json() == []
+    # the creator may create the id again, with a higher version only
+    before = api.store.dump()
+    r = api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice, bob]))
+    refused(api, r, 409, "stale_version", before)
+    r = api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice], version=2))
+    assert r.status_code == 201, r.text
+    assert api.request("GET", "/v1/conferences/alice/conf-1").json()["version"] == 2
+
+
+def test_two_creators_may_use_one_id(api, members):
+    alice, bob, carol = members
+    assert api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice, bob])).status_code == 201
+    assert api.signed(bob, "POST", "/v1/conferences", conference_body(bob, [bob, carol])).status_code == 201
+    both = api.request("GET", "/v1/conferences?id=conf-1").json()
+    assert [(c["creator"], c["members"]) for c in both] == [("alice", ["alice", "bob"]), ("bob", ["bob", "carol"])]
+    assert api.request("GET", "/v1/conferences/bob/conf-1").json()["members"] == ["bob", "carol"]
+    assert [(c["creator"], c["id"]) for c in api.request("GET", "/v1/participants/bob/conferences").json()] == [
+        ("alice", "conf-1"), ("bob", "conf-1")
+    ]
+    # deleting one leaves the other
+    assert api.delete(bob, "conf-1").status_code == 204
+    assert api.request("GET", "/v1/conferences/alice/conf-1").status_code == 200
+
+
+def test_tombstone_must_be_the_creators(api, members):
+    alice, bob, _ = members
+    assert api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice, bob], version=3)).status_code == 201
+    before = api.store.dump()
+    forged = tombstone_body(alice, "conf-1", 3, sign_as=bob)
+    r = api.signed(alice, "DELETE", "/v1/conferences/alice/conf-1", forged)
+    refused(api, r, 422, "bad_tombstone_signature", before)
+    refused(api, api.delete(alice, "conf-1", version=2), 409, "stale_version", before)
+    r = api.signed(alice, "DELETE", "/v1/conferences/alice/conf-1", b'{"version": 3}')
+    refused(api, r, 422, "invalid_request", before)
+
+
+def test_a_request_for_another_directory_is_refused(api, members):
+    alice, bob, _ = members
+    body = conference_body(alice, [alice, bob])
+    before = api.store.dump()
+    r = api.signed(alice, "POST", "/v1/conferences", body, directory="http://other-directory:80")
+    refused(api, r, 421, "wrong_directory", before)
 
 
 def test_openapi_and_unknown_routes_are_json(api):
     spec = api.request("GET", "/v1/openapi.json").json()
-    assert spec["openapi"].startswith("3.") and "/v1/conferences/{id}" in spec["paths"]
+    assert spec["openapi"].startswith("3.") and "/v1/conferences/{creator}/{id}" in spec["paths"]
     r = api.request("GET", "/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
-    r = api.request("PATCH", "/v1/conferences/x")
+    r = api.request("PATCH", "/v1/conferences/alice/x")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
 
 
@@ -225,7 +291,7 @@ def test_replay(api, members):
     body = conference_body(alice, [alice, bob])
     headers = signed(alice, "POST", "/v1/conferences", body)
     assert api.request("POST", "/v1/conferences", body, headers).status_code == 201
-    assert api.signed(alice, "DELETE", "/v1/conferences/conf-1").status_code == 204
+    assert api.delete(alice, "conf-1").status_code == 204
     before = api.store.dump()
     refused(api, api.request("POST", "/v1/conferences", body, headers), 401, "replayed_request", before)
 
@@ -237,7 +303,7 @@ def test_replay_of_a_refused_request(api, members):
     headers = signed(alice, "POST", "/v1/conferences", body)  # duplicate id: refused, nonce kept
     before = api.store.dump()
     refused(api, api.request("POST", "/v1/conferences", body, headers), 409, "duplicate_conference", before)
-    assert api.signed(alice, "DELETE", "/v1/conferences/conf-1").status_code == 204
+    assert api.delete(alice, "conf-1").status_code == 204
     before = api.store.dump()
     refused(api, api.request("POST", "/v1/conferences", body, headers), 401, "replayed_request", before)
 
@@ -271,15 +337,15 @@ def test_oversized_body_without_content_length(api, world):
 def test_unknown_conference(api, members):
     alice = members[0]
     before = api.store.dump()
-    refused(api, api.request("GET", "/v1/conferences/nope"), 404, "unknown_conference", before)
-    refused(api, api.signed(alice, "DELETE", "/v1/conferences/nope"), 404, "unknown_conference", before)
+    refused(api, api.request("GET", "/v1/conferences/alice/nope"), 404, "unknown_conference", before)
+    refused(api, api.delete(alice, "nope"), 404, "unknown_conference", before)
 
 
 def test_duplicate_conference_id(api, members):
-    alice, bob, carol = members
+    alice, bob, _ = members
     assert api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice, bob])).status_code == 201
     before = api.store.dump()
-    r = api.signed(bob, "POST", "/v1/conferences", conference_body(bob, [bob, carol]))
+    r = api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice], t1=5000))
     refused(api, r, 409, "duplicate_conference", before)
 
 
@@ -341,13 +407,13 @@ def test_only_the_creator_deletes(api, members):
     alice, bob, _ = members
     assert api.signed(alice, "POST", "/v1/conferences", conference_body(alice, [alice, bob])).status_code == 201
     before = api.store.dump()
-    refused(api, api.signed(bob, "DELETE", "/v1/conferences/conf-1"), 403, "not_creator", before)
+    refused(api, api.delete(bob, "conf-1", creator=alice), 403, "not_creator", before)
 
 
 def test_unknown_signer(api, world):
     ghost = world.user("ghost")
     before = api.store.dump()
-    refused(api, api.signed(ghost, "DELETE", "/v1/conferences/x"), 401, "unknown_signer", before)
+    refused(api, api.delete(ghost, "x"), 401, "unknown_signer", before)
 
 
 def test_contact_must_be_signed_by_its_owner(api, members):
@@ -363,7 +429,7 @@ def test_internal_errors_do_not_leak(api, members, monkeypatch):
         raise RuntimeError("secret-internal-detail")
 
     monkeypatch.setattr(api.store, "get_conference", boom)
-    r = api.request("GET", "/v1/conferences/conf-1")
+    r = api.request("GET", "/v1/conferences/alice/conf-1")
     assert r.status_code == 500
     assert r.json() == {"error": {"code": "internal", "message": "internal server error"}}
     assert "secret" not in r.text
@@ -376,7 +442,7 @@ def test_many_members_fit_the_body_limit(api, world):
     body = conference_body(users[0], users, id="big")
     r = api.signed(users[0], "POST", "/v1/conferences", body)
     assert r.status_code == 201, r.text
-    assert len(msgspec.json.decode(api.request("GET", "/v1/conferences/big").content)["members"]) == 300
+    assert len(msgspec.json.decode(api.request("GET", "/v1/conferences/m000/big").content)["members"]) == 300
 
 
 def test_nonce_uniqueness_is_global(api, members):
@@ -422,6 +488,6 @@ def test_database_outage_is_503(api, monkeypatch):
         raise OperationalError("SELECT 1", {}, Exception("connection refused to db-host:5432"))
 
     monkeypatch.setattr(api.store, "get_conference", down)
-    r = api.request("GET", "/v1/conferences/x")
+    r = api.request("GET", "/v1/conferences/alice/x")
     assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
     assert "db-host" not in r.text

@@ -108,8 +108,8 @@ def test_racing_conference_ids(store, world):
     def attempt(k):
         try:
             store.create_conference(
-                id="same", t0=1, t1=2 + k, members=["alice"], fingerprints=[fp], creator="alice",
-                signature="00" * 64, nonce=_nonce(), now=1,
+                creator="alice", id="same", version=1, created_at=1, t0=1, t1=2 + k, members=["alice"],
+                fingerprints=[fp], signature="00" * 64, nonce=_nonce(), now=1,
             )
             return "ok"
         except Rejected as exc:
@@ -154,7 +154,37 @@ def test_refused_write_keeps_its_nonce(store, world):
     _register(store, world, "alice")
     nonce = _nonce()
     with pytest.raises(Rejected):
-        store.delete_conference(id="missing", requester="alice", nonce=nonce, now=1)
+        store.delete_conference(
+            creator="alice", id="missing", requester="alice", version=1, deleted_at=1, signature="00" * 64,
+            nonce=nonce, now=1,
+        )
     with pytest.raises(Rejected) as err:
-        store.delete_conference(id="missing", requester="alice", nonce=nonce, now=1)
+        store.delete_conference(
+            creator="alice", id="missing", requester="alice", version=1, deleted_at=1, signature="00" * 64,
+            nonce=nonce, now=1,
+        )
     assert err.value.code == "replayed_request"
+
+
+def test_an_older_schema_loses_its_conferences_only(tmp_path, world):
+    # a database written before conferences were (creator, id) and versioned
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    engine = make_engine(url, pool_size=1)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE participants (name VARCHAR(64) PRIMARY KEY, issuer VARCHAR(64) NOT NULL, "
+                             "fingerprint VARCHAR(64) NOT NULL UNIQUE, cert_pem TEXT NOT NULL, "
+                             "registered_at BIGINT NOT NULL)")
+        conn.exec_driver_sql("CREATE TABLE conferences (id VARCHAR(128) PRIMARY KEY, t0 BIGINT, t1 BIGINT, "
+                             "creator VARCHAR(64), signature VARCHAR(128), created_at BIGINT)")
+        conn.exec_driver_sql("CREATE TABLE conference_members (conference_id VARCHAR(128), position INTEGER, "
+                             "name VARCHAR(64), fingerprint VARCHAR(64))")
+        u = world.user("olduser")
+        conn.exec_driver_sql("INSERT INTO participants VALUES (?, ?, ?, ?, ?)",
+                             ("olduser", "Test CA", pki.fingerprint(u.cert), u.pem, 1))
+        conn.exec_driver_sql("INSERT INTO conferences VALUES ('old', 1, 2, 'olduser', '00', 1)")
+    store = Store(engine)
+    store.create_schema()
+    assert store.get_participant("olduser") is not None
+    assert store.get_conference("olduser", "old") is None
+    assert store.counts()["conferences"] == 0
+    engine.dispose()

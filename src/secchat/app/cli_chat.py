@@ -1,4 +1,4 @@
-"""The user's commands: ``secchat init | register | participants | create | conferences | join | trust``.
+"""The user's commands: ``secchat init | register | participants | create | delete | conferences | join | trust``.
 
 Each opens the profile (``--home``, default: the platform's user data directory) through
 :class:`secchat.app.session.ChatApp`, or delegates to the directory's own commands where those
@@ -23,6 +23,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from ..text import safe
 from .cli_pki import CA_ENVS, PASSPHRASE_ENV, fail, read_passphrase
 
 T = TypeVar("T")
@@ -53,7 +54,7 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(fn())
     except AppError as exc:
-        if exc.code == "untrusted":
+        if exc.code == "untrusted" and exc.certificates:  # ours: a directory's codes never are
             raise _untrusted_hint(exc) from None
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
@@ -138,7 +139,8 @@ def register(
 
     settings = _settings(home)
     h = _home(home)
-    directory_cli.register(settings.directory, h / IDENTITY_DIR, passphrase_file, h / TRUST_FILE)
+    directory_cli.register(settings.directory, h / IDENTITY_DIR, passphrase_file, h / TRUST_FILE,
+                           settings.directory_timeout)
 
 
 def participants(
@@ -152,7 +154,8 @@ def participants(
 
     settings = _settings(home)
     h = _home(home)
-    directory_cli.participants(settings.directory, h / IDENTITY_DIR, passphrase_file, h / TRUST_FILE)
+    directory_cli.participants(settings.directory, h / IDENTITY_DIR, passphrase_file, h / TRUST_FILE,
+                               settings.directory_timeout)
 
 
 _RELATIVE = re.compile(r"^\+(\d+)([smhd])$")
@@ -176,7 +179,7 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
 
 
 def _untrusted_hint(exc: Any) -> typer.Exit:
-    lines = [f"  {c.identity}  {c.fingerprint}" for c in exc.certificates]
+    lines = [f"  {safe(c.identity)}  {safe(c.fingerprint)}" for c in exc.certificates]
     typer.echo("certificates not accepted yet (check the fingerprints with their owners):", err=True)
     for line in lines:
         typer.echo(line, err=True)
@@ -203,14 +206,32 @@ def create(
 
     async def go():
         async with await _open(home, passphrase_file) as app:
-            if accept_new:
-                for c in await app.unaccepted_participants(member):
-                    await app.accept(c.name, c.fingerprint)
-                    typer.echo(f"accepted {c.identity} {c.fingerprint}")
-            return await app.create(conference_id, member, t0, t1)
+            new = await app.unaccepted_participants(member) if accept_new else []
+            # accepted by create itself, and only if the conference is created
+            return new, await app.create(conference_id, member, t0, t1, accept_new=accept_new)
 
-    view = _run(go)
-    typer.echo(f"created {view.id}: {', '.join(view.members)}, from {_when(view.t0)} to {_when(view.t1)}")
+    new, view = _run(go)
+    for c in new:
+        typer.echo(f"accepted {safe(c.identity)} {safe(c.fingerprint)}")
+    typer.echo(f"created {safe(view.id)} by {safe(view.creator)}: {safe(', '.join(view.members))}, "
+               f"from {_when(view.t0)} to {_when(view.t1)}")
+
+
+def delete(
+    conference_id: Annotated[str, typer.Argument(help="The id of a conference you created.")],
+    home: Annotated[Path | None, _HOME] = None,
+    passphrase_file: Annotated[Path | None, _PASSFILE] = None,
+) -> None:
+    """Delete a conference you created (the directory keeps your signed tombstone; members who
+    see it refuse the conference's record from then on; you may create the id again)."""
+
+    async def go():
+        async with await _open(home, passphrase_file) as app:
+            await app.delete(conference_id)
+            return app.name
+
+    me = _run(go)
+    typer.echo(f"deleted {safe(conference_id)} by {safe(me)}")
 
 
 def _when(t: datetime) -> str:
@@ -221,7 +242,7 @@ def conferences(
     home: Annotated[Path | None, _HOME] = None,
     passphrase_file: Annotated[Path | None, _PASSFILE] = None,
 ) -> None:
-    """List your conferences (verified records): id, time frame, members, creator, open now."""
+    """List your conferences (verified records): id and creator, time frame, open now, members."""
 
     async def go():
         async with await _open(home, passphrase_file) as app:
@@ -232,7 +253,8 @@ def conferences(
         typer.echo("no conferences")
     for v in views:
         state = "open now" if v.joinable_now else "closed now"
-        typer.echo(f"{v.id}  {_when(v.t0)} .. {_when(v.t1)}  {state}  by {v.creator}  members: {', '.join(v.members)}")
+        typer.echo(f"{safe(v.id)} by {safe(v.creator)}  {_when(v.t0)} .. {_when(v.t1)}  {state}  "
+                   f"members: {safe(', '.join(v.members))}")
 
 
 # --------------------------------------------------------------------------- trust
@@ -259,7 +281,7 @@ def trust_list(home: Annotated[Path | None, _HOME] = None) -> None:
 @trust_app.command("accept")
 def trust_accept(
     name: Annotated[str, typer.Argument(help="The participant's name.")],
-    fingerprint: Annotated[str, typer.Argument(help="Its certificate's SHA-256 fingerprint (>= 16 hex digits).")],
+    fingerprint: Annotated[str, typer.Argument(help="Its certificate's SHA-256 fingerprint (>= 32 hex digits).")],
     home: Annotated[Path | None, _HOME] = None,
     passphrase_file: Annotated[Path | None, _PASSFILE] = None,
 ) -> None:
@@ -270,7 +292,7 @@ def trust_accept(
             await app.accept(name, fingerprint)
 
     _run(go)
-    typer.echo(f"accepted {name} {fingerprint}")
+    typer.echo(f"accepted {safe(name)} {safe(fingerprint)}")
 
 
 @trust_app.command("revoke")
@@ -290,7 +312,7 @@ def trust_revoke(
 
 
 def _line(event: Any, as_json: bool) -> str:
-    from .session import ChatMessage, KeyStatus, MemberStatus, Notice
+    from .session import MAX_TEXT, ChatMessage, KeyStatus, MemberStatus, Notice
 
     if as_json:
         if isinstance(event, ChatMessage):
@@ -303,20 +325,21 @@ def _line(event: Any, as_json: bool) -> str:
         if isinstance(event, MemberStatus):
             return json.dumps({"event": "member", "name": event.name, "up": event.up})
         return json.dumps({"event": "notice", "text": event.text})
+    # Names, texts and notices quote peers and the directory: terminal-safe, one line each.
     if isinstance(event, ChatMessage):
         when = event.sent_at.astimezone().strftime("%H:%M:%S")
-        seen = f", seen by {', '.join(event.seen_by)}" if event.seen_by else ""
-        return f"[{when}] {event.sender}: {event.text}  ({event.state}{seen})"
+        seen = f", seen by {safe(', '.join(event.seen_by))}" if event.seen_by else ""
+        return f"[{when}] {safe(event.sender)}: {safe(event.text, max_len=MAX_TEXT)}  ({event.state}{seen})"
     if isinstance(event, KeyStatus):
         if event.established:
-            return (f"* key established (epoch {event.epoch}, fingerprint {event.fingerprint}, "
-                    f"contributors {', '.join(event.contributors)})")
+            return (f"* key established (epoch {event.epoch}, fingerprint {safe(event.fingerprint)}, "
+                    f"contributors {safe(', '.join(event.contributors))})")
         return f"* waiting for the key of epoch {event.epoch} (a majority must join)"
     if isinstance(event, MemberStatus):
-        return f"* {event.name} is {'live' if event.up else 'suspected'}"
+        return f"* {safe(event.name)} is {'live' if event.up else 'suspected'}"
     if isinstance(event, Notice):
-        return f"* {event.text}"
-    return f"* {event!r}"
+        return f"* {safe(event.text)}"
+    return f"* {safe(repr(event))}"
 
 
 async def _stdin_lines(queue: asyncio.Queue[str | None]) -> None:
@@ -350,7 +373,11 @@ async def _stdin_lines(queue: asyncio.Queue[str | None]) -> None:
 
 
 def join(
-    conference_id: Annotated[str, typer.Argument(help="The conference to join.")],
+    conference_id: Annotated[str, typer.Argument(help="The conference to join: its id, or creator/id.")],
+    creator: Annotated[
+        str | None,
+        typer.Option("--creator", help="Whose conference of that id (needed when several creators use it)."),
+    ] = None,
     send: Annotated[bool, typer.Option("--send", help="Multicast each line read from stdin.")] = False,
     accept_new: Annotated[
         bool, typer.Option("--accept-new", help="Accept members' certificates not seen before (prints them).")
@@ -373,14 +400,16 @@ def join(
 
     async def go() -> None:
         async with await _open(home, passphrase_file) as app:
-            conf = await app.join(conference_id, accept_new=accept_new)
+            conf = await app.join(conference_id, creator=creator, accept_new=accept_new)
             if show_history:
                 for msg in conf.history():
                     out(_line(msg, as_json))
             if as_json:
-                out(json.dumps({"event": "joined", "conference": conf.id, "me": conf.me, "members": list(conf.members)}))
+                out(json.dumps({"event": "joined", "conference": conf.id, "creator": conf.creator, "me": conf.me,
+                                "members": list(conf.members)}))
             else:
-                out(f"* joined {conf.id} as {conf.me}; members {', '.join(conf.members)}; "
+                out(f"* joined {safe(conf.id)} by {safe(conf.creator)} as {safe(conf.me)}; "
+                    f"members {safe(', '.join(conf.members))}; "
                     f"the key needs {len(conf.members) // 2 + 1} of {len(conf.members)}")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -452,6 +481,7 @@ def register_commands(app: typer.Typer) -> None:
     app.command("register")(register)
     app.command("participants")(participants)
     app.command("create")(create)
+    app.command("delete")(delete)
     app.command("conferences")(conferences)
     app.command("join")(join)
     app.add_typer(trust_app, name="trust")

@@ -47,8 +47,11 @@ def default_identity_dir() -> Path:
 
 
 def fail(message: str) -> typer.Exit:
-    """Print one sentence on stderr and return the exit to raise."""
-    typer.echo(f"error: {message}", err=True)
+    """Print one sentence on stderr (terminal-safe: it may quote a peer or the directory) and
+    return the exit to raise."""
+    from secchat.text import safe
+
+    typer.echo(f"error: {safe(message)}", err=True)
     return typer.Exit(1)
 
 

@@ -16,6 +16,7 @@ Layout of ``home`` (default: the platform's user data directory, ``platformdirs`
     listen_host = "127.0.0.1"      # where peers connect to us
     listen_port = 0                # 0: any free port, published in the directory on join
     advertise_host = "127.0.0.1"   # the host published (default: listen_host)
+    directory_timeout = 5.0        # seconds each directory operation may take in all
 """
 
 from __future__ import annotations
@@ -65,8 +66,11 @@ class Settings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 0
     advertise_host: str = ""
+    directory_timeout: float = 5.0
 
     def __post_init__(self) -> None:
+        if not 0.1 <= self.directory_timeout <= 600:
+            raise ValueError("directory_timeout must be in 0.1..600 seconds")
         if not self.directory.startswith(("http://", "https://")):
             raise ValueError(f"the directory URL must start with http:// or https://, not {self.directory!r}")
         if not 0 <= self.listen_port <= 65535:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import time
@@ -45,14 +44,19 @@ import msgspec
 
 from .. import pki
 from ..directory.client import (
+    AmbiguousConference,
     AsyncDirectoryClient,
+    ConferenceDeleted,
     DirectoryError,
     DirectoryUnavailable,
+    RolledBack,
     UnacceptedCertificates,
     UntrustedResponse,
 )
 from ..directory.client import Conference as DirConference
+from ..directory.models import conference_key, split_reference
 from ..directory.trust import Acceptance, TrustStore, TrustStoreError
+from ..directory.versions import VERSIONS_FILE, VersionMemory, VersionMemoryError
 from ..net.journal import StateError
 from ..net.links import LinkConfig
 from ..net.node import Node
@@ -65,6 +69,7 @@ from ..protocols.events import (
     RecordMismatch,
 )
 from ..protocols.stack import GroupId, StackConfig, epoch_of, smc_tag
+from ..text import safe
 from .history import HistoryError, HistoryStore, StoredMessage
 from .profile import (
     HISTORY_FILE,
@@ -102,6 +107,8 @@ CONTACT_MAX_PERIOD = 15.0
 #: Up to this many missing members are looked up one by one; beyond, the listing is read.
 CONTACT_LOOKUPS = 4
 MAX_TEXT = 64 * 1024
+#: Accepting a certificate by fingerprint takes at least this many hex digits (128 bits).
+MIN_FINGERPRINT_HEX = 32
 #: Receipts (our messages' ``seen_by``, state ``delivered``) are sent in conferences up to this
 #: size, at most once per period per member: each costs a multicast to n - 1 members.
 RECEIPT_MAX_MEMBERS = 32
@@ -135,6 +142,11 @@ class ConferenceView:
     members: tuple[str, ...]
     creator: str
     joinable_now: bool
+
+    @property
+    def key(self) -> str:
+        """``creator/id``: names the conference (two creators may use one id)."""
+        return conference_key(self.creator, self.id)
 
 
 @dataclass(frozen=True)
@@ -240,7 +252,7 @@ def _view(c: DirConference, now: float) -> ConferenceView:
 
 
 def _record_digest(record: DirConference) -> bytes:
-    return hashlib.sha256(record.record.signed_bytes()).digest()
+    return record.digest
 
 
 def _unaccepted(members: Sequence[Any]) -> tuple[UnacceptedCertificate, ...]:
@@ -268,6 +280,7 @@ class ChatApp:
         trust: TrustStore,
         history: HistoryStore,
         *,
+        versions: VersionMemory | None = None,
         stack_config: StackConfig | None = None,
         link_config: LinkConfig | None = None,
     ) -> None:
@@ -277,7 +290,10 @@ class ChatApp:
         self.name = local.identity.name
         self.trust = trust
         self.history_store = history
-        self.client = AsyncDirectoryClient.for_identity(settings.directory, local, trust, timeout=5.0)
+        self.versions = versions if versions is not None else VersionMemory(None)
+        self.client = AsyncDirectoryClient.for_identity(
+            settings.directory, local, trust, versions=self.versions, deadline=settings.directory_timeout
+        )
         self._stack_config = stack_config
         self._link_config = link_config
         self._node: Node | None = None
@@ -316,10 +332,15 @@ class ChatApp:
         except TrustStoreError as exc:
             raise AppError(str(exc), "bad_trust_store") from None
         try:
+            versions = VersionMemory(home / VERSIONS_FILE)
+        except VersionMemoryError as exc:
+            raise AppError(str(exc), "bad_version_memory") from None
+        try:
             history = await asyncio.to_thread(HistoryStore, home / HISTORY_FILE, passphrase)
         except HistoryError as exc:
             raise AppError(str(exc), exc.code) from None
-        return cls(home, settings, local, trust, history, stack_config=stack_config, link_config=link_config)
+        return cls(home, settings, local, trust, history, versions=versions, stack_config=stack_config,
+                   link_config=link_config)
 
     # ------------------------------------------------------------------ directory operations
 
@@ -327,20 +348,30 @@ class ChatApp:
         """Run a directory call, translating its errors into :class:`AppError`."""
         try:
             return await coro
-        except DirectoryUnavailable as exc:
+        except DirectoryUnavailable as exc:  # unreachable, failing, or not answering in time
             raise AppError(
                 f"the directory at {self.settings.directory} is unreachable or failing ({exc})", "directory_down"
             ) from None
         except UnacceptedCertificates as exc:
             raise _untrusted_error(_unaccepted(exc.members), "the conference") from None
+        except RolledBack as exc:
+            raise AppError(str(exc), "rollback") from None
         except UntrustedResponse as exc:
             raise AppError(f"the directory's answer failed verification: {exc}", "untrusted_directory") from None
+        except ConferenceDeleted as exc:
+            raise AppError(str(exc), "deleted") from None
+        except AmbiguousConference as exc:
+            raise AppError(str(exc), "ambiguous_conference", creators=exc.creators) from None
         except DirectoryError as exc:
             if exc.status == 404 and conference is not None:
                 raise AppError(f"there is no conference {conference!r} in the directory", "unknown_conference") from None
             if exc.status == 404 and participant is not None:
                 raise AppError(f"{participant} is not registered with the directory", "unknown_participant") from None
-            raise AppError(f"the directory refused: {exc}", exc.code) from None
+            # The directory's own code is kept aside, never as ours: a directory answering with
+            # a code of ours (say "untrusted") must not make an interface act on it.
+            raise AppError(
+                f"the directory refused: {exc} ({exc.code})", "directory_refused", directory_code=exc.code
+            ) from None
 
     async def register(self) -> str:
         """Register our certificate with the directory; returns its fingerprint."""
@@ -359,9 +390,11 @@ class ChatApp:
         return [_view(c, now) for c in await self._dir(self.client.conferences_of())]
 
     async def create(
-        self, conference_id: str, members: Sequence[str], t0: datetime, t1: datetime
+        self, conference_id: str, members: Sequence[str], t0: datetime, t1: datetime, *, accept_new: bool = False
     ) -> ConferenceView:
-        """Create and sign a conference among ``members`` (we are added if missing)."""
+        """Create and sign a conference among ``members`` (we are added if missing); with
+        ``accept_new``, members' certificates not seen before are accepted -- only once the
+        conference exists, so a failed create leaves the trust store as it was."""
         names = list(dict.fromkeys(members))
         if self.name not in names:
             names.insert(0, self.name)
@@ -369,20 +402,40 @@ class ChatApp:
             raise AppError("the conference must end after it starts", "bad_time_frame")
         try:
             c = await self._dir(
-                self.client.create_conference(conference_id, int(t0.timestamp()), int(t1.timestamp()), names)
+                self.client.create_conference(
+                    conference_id, int(t0.timestamp()), int(t1.timestamp()), names, accept_new=accept_new
+                )
             )
         except AppError as exc:
-            if exc.code not in ("not_found", "unknown_participant"):
+            if exc.details.get("directory_code") not in ("not_found", "unknown_participant"):
                 raise
             known = set(await self.participants())
             unknown = ", ".join(n for n in names if n not in known)
             raise AppError(f"not registered with the directory: {unknown or '?'}", "unknown_participant") from None
+        if c.unaccepted:
+            self.trust.accept_all((m.identity, m.fingerprint) for m in c.unaccepted)
         return _view(c, time.time())
 
-    async def unaccepted(self, conference_id: str) -> list[UnacceptedCertificate]:
+    async def delete(self, conference_id: str) -> None:
+        """Delete our conference ``conference_id``: the directory keeps our signed tombstone, and
+        members who see it refuse the record from then on."""
+        await self._dir(self.client.delete_conference(conference_id), conference=conference_id)
+
+    async def unaccepted(self, conference_id: str, *, creator: str | None = None) -> list[UnacceptedCertificate]:
         """Members' certificates of ``conference_id`` the user has not accepted yet."""
-        c = await self._dir(self.client.get_conference(conference_id), conference=conference_id)
-        return list(_unaccepted(c.unaccepted))
+        return list(_unaccepted((await self._record(conference_id, creator)).unaccepted))
+
+    async def _record(self, reference: str, creator: str | None) -> DirConference:
+        """The verified record that ``reference`` (``id`` or ``creator/id``) and ``creator`` name."""
+        try:
+            named, conference_id = split_reference(reference)
+        except ValueError as exc:
+            raise AppError(str(exc), "bad_conference_id") from None
+        if named is not None and creator is not None and named != creator:
+            raise AppError(f"{reference!r} names the creator {named}, not {creator}", "bad_conference_id")
+        return await self._dir(
+            self.client.get_conference(conference_id, named or creator), conference=conference_id
+        )
 
     async def unaccepted_participants(self, names: Sequence[str]) -> list[UnacceptedCertificate]:
         out = []
@@ -396,14 +449,19 @@ class ChatApp:
 
     async def accept(self, name: str, fingerprint: str) -> None:
         """The user accepted ``name``'s certificate, which must have this fingerprint (or a
-        prefix of at least 16 hex digits)."""
+        prefix of at least :data:`MIN_FINGERPRINT_HEX` hex digits: 128 bits)."""
         fp = fingerprint.lower().replace(":", "")
-        if len(fp) < 16:
-            raise AppError("give at least 16 hex digits of the fingerprint", "bad_fingerprint")
+        if len(fp) < MIN_FINGERPRINT_HEX or any(c not in "0123456789abcdef" for c in fp):
+            raise AppError(
+                f"give at least {MIN_FINGERPRINT_HEX} hex digits of the fingerprint", "bad_fingerprint"
+            )
         p = await self._dir(self.client.get_participant(name), participant=name)
         if not p.fingerprint.startswith(fp):
+            # Not the directory's fingerprint in reply: a user who mistyped must check it with
+            # its owner, not copy whatever the directory says.
             raise AppError(
-                f"the certificate of {p.identity} has fingerprint {p.fingerprint}, not {fingerprint}",
+                f"the certificate of {p.identity} the directory gave does not have the fingerprint "
+                "you gave: check it with its owner",
                 "fingerprint_mismatch",
             )
         self.trust.accept(p.identity, p.fingerprint)
@@ -443,20 +501,39 @@ class ChatApp:
         if conf is not None:
             conf._on_stack_event(event)
 
-    async def join(self, conference_id: str, *, accept_new: bool = False) -> Conference:
-        """Join a conference (see the module docstring); ``accept_new`` accepts certificates not
-        seen before instead of raising ``AppError(code="untrusted")``."""
+    async def join(
+        self, conference_id: str, *, creator: str | None = None, accept_new: bool = False
+    ) -> Conference:
+        """Join a conference (see the module docstring): ``conference_id`` is an id or
+        ``creator/id``; when several creators have a conference of that id, ``creator`` (or the
+        ``creator/`` prefix) says whose.  ``accept_new`` accepts certificates not seen before
+        instead of raising ``AppError(code="untrusted")`` -- only once the join succeeded: a
+        failed join leaves the trust store and the version memory as they were."""
         if self._closed:
             raise AppError("this SecChat session is closed", "closed")
+        deadline = self.settings.directory_timeout
         async with self._join_lock:  # one join of a conference at a time (a double click in a UI)
-            if conference_id in self._conferences:
-                return self._conferences[conference_id]
-            return await self._join(conference_id, accept_new)
+            try:
+                # the lock is held for one directory deadline at most, whatever the directory does
+                async with asyncio.timeout(deadline):
+                    record = await self._record(conference_id, creator)
+                    joined = self._conferences.get(record.id)
+                    if joined is not None:
+                        if joined.creator != record.creator:
+                            raise AppError(
+                                f"you are in {record.id!r} by {joined.creator} already: leave it first",
+                                "already_joined",
+                            )
+                        return joined
+                    return await self._join(record, accept_new)
+            except TimeoutError:
+                raise AppError(
+                    f"the directory at {self.settings.directory} is unreachable or failing "
+                    f"(it did not answer within {deadline:g} s)", "directory_down",
+                ) from None
 
-    async def _join(self, conference_id: str, accept_new: bool) -> Conference:
-        record: DirConference = await self._dir(
-            self.client.get_conference(conference_id), conference=conference_id
-        )
+    async def _join(self, record: DirConference, accept_new: bool) -> Conference:
+        conference_id = record.id
         names = tuple(m.name for m in record.members)
         if self.name not in names:
             raise AppError(f"you ({self.name}) are not a member of conference {conference_id!r}", "not_a_member")
@@ -466,11 +543,8 @@ class ChatApp:
                 f"conference {conference_id!r} is only open from {_fmt(_ts(record.t0))} to {_fmt(_ts(record.t1))}",
                 "outside_time_frame",
             )
-        if record.unaccepted:
-            if not accept_new:
-                raise _untrusted_error(_unaccepted(record.unaccepted), f"conference {conference_id!r}")
-            for m in record.unaccepted:
-                self.trust.accept(m.identity, m.fingerprint)
+        if record.unaccepted and not accept_new:
+            raise _untrusted_error(_unaccepted(record.unaccepted), f"conference {conference_id!r}")
         node = await self._ensure_node()
         assert self._address is not None
         await self._dir(self.client.publish_contact(*self._address))
@@ -484,6 +558,13 @@ class ChatApp:
             )
         except (ValueError, pki.PkiError) as exc:
             raise AppError(f"cannot run conference {conference_id!r}: {exc}", "bad_conference") from None
+        try:  # the join succeeded: now (and only now) the acceptances and the version are kept
+            self.trust.accept_all((m.identity, m.fingerprint) for m in record.unaccepted)
+            self.client.remember(record)
+        except OSError as exc:
+            with contextlib.suppress(ValueError):
+                node.remove_conference(conference_id)
+            raise AppError(f"cannot save the profile's state: {exc}", "profile_write_failed") from None
         self._migrate_state(conference_id, _record_digest(record))
         conf = Conference(self, record)
         self._conferences[conference_id] = conf
@@ -527,6 +608,7 @@ class Conference:
         self._app = app
         self._node: Node = app._node  # type: ignore[assignment]
         self.id = record.id
+        self.creator = record.creator
         self.me = app.name
         self.members = tuple(m.name for m in record.members)
         self.t0 = _ts(record.t0)
@@ -787,8 +869,8 @@ class Conference:
     def _on_other_record(self, ev: RecordMismatch) -> None:
         name = self.members[ev.peer]
         members = f"{ev.members} member{'s' if ev.members != 1 else ''}"
-        text = (f"{name} holds another record of {self.id!r} (created by {ev.creator or '?'}, {members}): "
-                f"not joining with {name}")
+        creator = safe(ev.creator, max_len=64) or "?"  # the peer's word: made terminal-safe here
+        text = f"{name} holds another record of {self.id!r} (created by {creator}, {members}): not joining with {name}"
         self._emit(OtherRecord(text, name, ev.creator, ev.members))
 
     def _on_delivered(self, ev: Delivered) -> None:

@@ -12,8 +12,11 @@ in :mod:`secchat.app.session` (:class:`~secchat.app.session.ChatApp` and its
   the order typed); each conference's event stream is consumed by a worker that posts
   :class:`ConferencePane.Update` messages back to its pane.  Widgets hold no protocol logic.
 * Every failure becomes a notification with one sentence (``str(AppError)``), never a traceback.
-* Whatever comes from the network (names, ids, texts) is shown as plain text with control
-  characters replaced (:func:`clean`): a peer cannot style or drive the user's terminal.
+* Whatever comes from the network (names, ids, texts) is shown as plain text made terminal-safe
+  by :func:`secchat.text.safe` (escape sequences, bidi overrides, newlines shown as escapes): a
+  peer cannot style or drive the user's terminal.
+* A conference is named by its creator and id (``creator/id``: two creators may use one id); the
+  list, the tab and the trust dialog show both.
 
 Layout: one tab "Conferences" (a table: id, time frame, members, creator, status) and one tab
 per joined conference (members up/down, key status and contributors, messages with sender, time
@@ -54,6 +57,7 @@ from textual.widgets import (
 )
 
 from secchat.app.session import (
+    MAX_TEXT,
     AppError,
     ChatApp,
     ChatMessage,
@@ -64,6 +68,7 @@ from secchat.app.session import (
     Notice,
     UnacceptedCertificate,
 )
+from secchat.text import safe
 
 __all__ = [
     "Change",
@@ -76,6 +81,22 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def conference_label(conference: Conference | ConferenceView) -> str:
+    """``room by alice``: how a conference is shown (terminal-safe)."""
+    return f"{safe(conference.id)} by {safe(conference.creator)}"
+
+
+def conference_ref(conference: Conference | ConferenceView) -> str:
+    """``alice/room``: what names a conference when joining (and its pane)."""
+    return f"{conference.creator}/{conference.id}"
+
+
+def ref_label(ref: str) -> str:
+    """``alice/room`` shown as ``room by alice`` (terminal-safe)."""
+    creator, _, id_ = ref.rpartition("/")
+    return f"{safe(id_)} by {safe(creator)}" if creator else safe(id_)
 
 #: How often the conference list is fetched again (``joinable_now`` changes with the clock).
 LIST_REFRESH_SECONDS = 30.0
@@ -161,19 +182,6 @@ HELP_TEXT = "Enter sends the line to the conference. Commands: /rekey (new key e
 # --------------------------------------------------------------------------- models (no widgets)
 
 
-#: Control characters (terminal escapes!) and bidi overrides from peers are shown, not obeyed.
-_UNSAFE = {
-    **{c: "\N{REPLACEMENT CHARACTER}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x0A},
-    **{c: "\N{REPLACEMENT CHARACTER}" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))},
-    0x09: " ",
-}
-
-
-def clean(text: str) -> str:
-    """``text`` safe to put on a terminal: no escape sequences, no direction overrides."""
-    return text.translate(_UNSAFE)
-
-
 def message_key(message: ChatMessage) -> tuple[Any, ...]:
     """What identifies one message across its state updates (sending -> sent).
 
@@ -246,7 +254,7 @@ class ConferenceModel:
                 text.append("● ", style="green")
             else:
                 text.append("○ ", style="red")
-            text.append(clean(name) + (" (you)" if name == self.me else ""), style="bold" if name == self.me else "")
+            text.append(safe(name) + (" (you)" if name == self.me else ""), style="bold" if name == self.me else "")
         live = sum(1 for name in self.members if self.up.get(name))
         text.append(f"   {live} of {len(self.members)} up", style="dim")
         return text
@@ -266,9 +274,9 @@ class ConferenceModel:
         return Text.assemble(
             ("Key: ", "bold"),
             ("established", "bold green"),
-            f" (epoch {key.epoch}, fingerprint {clean(fp)})",
+            f" (epoch {key.epoch}, fingerprint {safe(fp)})",
             f" by {len(contributors)} of {n}: " if contributors else "",
-            clean(", ".join(contributors)),
+            safe(", ".join(contributors)),
         )
 
 
@@ -280,12 +288,12 @@ def message_text(message: ChatMessage, me: str, today: date | None = None) -> Te
     when = local.strftime("%H:%M:%S" if local.date() == today else "%Y-%m-%d %H:%M:%S")
     text = Text()
     text.append(f"{when} ", style="dim")
-    text.append(clean(message.sender), style="bold cyan" if message.sender == me else "bold magenta")
+    text.append(safe(message.sender), style="bold cyan" if message.sender == me else "bold magenta")
     text.append(": ")
-    text.append(clean(message.text))
+    text.append(safe(message.text, max_len=MAX_TEXT))
     text.append(f"  {mark} {message.state}", style=colour)
     if message.sender == me and message.seen_by:
-        text.append(f" (seen by {clean(', '.join(message.seen_by))})", style="dim")
+        text.append(f" (seen by {safe(', '.join(message.seen_by))})", style="dim")
     return text
 
 
@@ -336,7 +344,7 @@ class TrustScreen(ModalScreen[bool]):
         with Vertical(id="trust-dialog"):
             yield Label(
                 Text.assemble(
-                    "Joining ", (clean(self.conference_id), "bold"),
+                    "Joining ", (ref_label(self.conference_id), "bold"),
                     " needs member certificates you have not accepted before.\n"
                     "Your CA signed them; compare each fingerprint with its owner before you accept.\n"
                     "Once accepted, another certificate for the same identity will be refused.",
@@ -346,7 +354,7 @@ class TrustScreen(ModalScreen[bool]):
             table: DataTable[str] = DataTable(id="trust-certificates", cursor_type="none")
             table.add_columns("Identity (name@issuer)", "Certificate fingerprint (SHA-256)")
             for cert in self.certificates:
-                table.add_row(Text(clean(cert.identity)), Text(clean(cert.fingerprint)))
+                table.add_row(Text(safe(cert.identity)), Text(safe(cert.fingerprint)))
             yield table
             with Horizontal(id="trust-buttons"):
                 yield Button("Accept", id="accept", variant="success")
@@ -401,7 +409,7 @@ class ConferencePane(TabPane):
             self.error = error
 
     def __init__(self, conference: Conference) -> None:
-        super().__init__(Content(clean(conference.id)), id=pane_id(conference.id))
+        super().__init__(Content(conference_label(conference)), id=pane_id(conference_ref(conference)))
         self.conference = conference
         #: messages that arrived while another tab was shown (in the tab's label)
         self.unread = 0
@@ -419,7 +427,8 @@ class ConferencePane(TabPane):
         yield Static(self.model.members_text(), classes="members")
         yield Static(self.model.key_text(), classes="key")
         yield VerticalScroll(classes="messages")
-        yield Input(placeholder=f"Message to {clean(self.conference.id)} -- /help for commands", classes="say")
+        yield Input(placeholder=f"Message to {conference_label(self.conference)} -- /help for commands",
+                    classes="say")
 
     def on_mount(self) -> None:
         try:
@@ -474,7 +483,7 @@ class ConferencePane(TabPane):
                 self._log.scroll_end(animate=False)
                 self._count_unread()
         elif change.what is Changed.NOTICE and change.text is not None:
-            self._log.mount(Static(Text(clean(change.text), style="italic dim"), classes="notice"))
+            self._log.mount(Static(Text(safe(change.text), style="italic dim"), classes="notice"))
             self._log.scroll_end(animate=False)
         self._trim()
 
@@ -496,14 +505,14 @@ class ConferencePane(TabPane):
         tabs = next(iter(self.app.query("#tabs").results(TabbedContent)), None)
         if tabs is not None and tabs.active != self.id and self.id is not None:
             self.unread += 1
-            tabs.get_tab(self.id).label = Content(f"{clean(self.conference.id)} ({self.unread})")
+            tabs.get_tab(self.id).label = Content(f"{conference_label(self.conference)} ({self.unread})")
 
     def mark_read(self) -> None:
         """The user is looking at this conference now."""
         if self.unread and self.id is not None:
             self.unread = 0
             for tabs in self.app.query("#tabs").results(TabbedContent):
-                tabs.get_tab(self.id).label = Content(clean(self.conference.id))
+                tabs.get_tab(self.id).label = Content(conference_label(self.conference))
 
     @property
     def _log(self) -> VerticalScroll:
@@ -612,7 +621,7 @@ class SecChatApp(App[None]):
         markup: bool = False,
     ) -> None:
         """Notifications quote names and ids from the network: no markup, no control characters."""
-        super().notify(clean(message), title=clean(title), severity=severity, timeout=timeout, markup=markup)
+        super().notify(safe(message), title=safe(title), severity=severity, timeout=timeout, markup=markup)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -689,7 +698,7 @@ class SecChatApp(App[None]):
             self._list_error = error
             return
         self._list_error = None
-        self.views = {view.id: view for view in views}
+        self.views = {conference_ref(view): view for view in views}
         self._render_list()
 
     def _render_list(self) -> None:
@@ -700,18 +709,19 @@ class SecChatApp(App[None]):
         table.clear()
         for view in sorted(self.views.values(), key=lambda v: (v.t0, v.id)):
             table.add_row(
-                Text(clean(view.id), style="bold"),
+                Text(safe(view.id), style="bold"),
                 time_frame_text(view.t0, view.t1),
-                Text(clean(", ".join(view.members))),
-                Text(clean(view.creator)),
-                conference_status(view, self.is_open(view.id), joining=view.id in self._joining),
-                key=view.id,
+                Text(safe(", ".join(view.members))),
+                Text(safe(view.creator)),
+                conference_status(view, self.is_open(conference_ref(view)),
+                                  joining=conference_ref(view) in self._joining),
+                key=conference_ref(view),
             )
         if table.row_count:
             table.move_cursor(row=min(cursor, table.row_count - 1))
 
     def is_open(self, conference_id: str) -> bool:
-        """Has the conference a pane (not one being closed)?"""
+        """Has the conference (``creator/id``) a pane (not one being closed)?"""
         return conference_id not in self._closing and bool(self.query(f"#{pane_id(conference_id)}"))
 
     @on(DataTable.RowSelected, "#conferences")
@@ -722,7 +732,7 @@ class SecChatApp(App[None]):
     # ---- joining
 
     def open_conference(self, conference_id: str) -> None:
-        """Switch to the conference's tab, joining it first if needed."""
+        """Switch to the conference's tab (``creator/id``), joining it first if needed."""
         if self.is_open(conference_id):
             self._activate(conference_id)
             return
@@ -764,18 +774,18 @@ class SecChatApp(App[None]):
                     self.notify(str(exc), severity="error", markup=False)
                     return None
             except Exception as exc:
-                log.exception("joining %s", conference_id)
-                self.notify(f"Could not join {conference_id}: {exc}", severity="error", markup=False)
+                log.exception("joining %s", safe(conference_id))
+                self.notify(f"Could not join {ref_label(conference_id)}: {exc}", severity="error", markup=False)
                 return None
             if not await self.push_screen_wait(TrustScreen(conference_id, certificates)):
-                self.notify(f"Not joining {conference_id}: you refused a member certificate.",
+                self.notify(f"Not joining {ref_label(conference_id)}: you refused a member certificate.",
                             severity="warning", markup=False)
                 return None
             for cert in certificates:
                 if not await guarded(self, lambda c=cert: self.chat.accept(c.name, c.fingerprint),
                                      f"Accepting {cert.name}'s certificate"):
                     return None
-        self.notify(f"Could not join {conference_id}: its certificates keep changing.",
+        self.notify(f"Could not join {ref_label(conference_id)}: its certificates keep changing.",
                     severity="error", markup=False)
         return None
 
@@ -791,7 +801,7 @@ class SecChatApp(App[None]):
         pane = message.pane
         if message.error:
             self.notify(message.error, severity="error", markup=False)
-        cid = pane.conference.id
+        cid = conference_ref(pane.conference)
         tabs = self._tabs()
         if pane.is_attached and pane.id is not None and tabs is not None and cid not in self._closing:
             pane.ready = False

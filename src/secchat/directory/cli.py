@@ -18,8 +18,9 @@ def _directory() -> None:
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
+    from secchat.app.cli_pki import fail
+
+    return fail(message)
 
 
 @directory_app.command("serve")
@@ -32,6 +33,15 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8700,
     fd: Annotated[int | None, typer.Option("--fd", hidden=True, help="Serve on this inherited listening socket.")] = None,
+    name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--name",
+            help="A name this directory answers to: its URL as clients use it (http://host:port), "
+            "or a directory name configured in the clients; repeat for several. Signed requests made "
+            "for another directory are refused. Default: http://HOST:PORT of the listening socket.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
 ) -> None:
     """Serve the directory API (JSON under /v1, description at /v1/openapi.json)."""
@@ -40,6 +50,7 @@ def serve(
 
     from secchat import pki
 
+    from .auth import authority_of
     from .server import create_app
     from .storage import default_database_path, make_engine
 
@@ -49,23 +60,34 @@ def serve(
         raise _fail(f"there is no CA bundle at {ca}") from None
     except pki.PkiError as exc:
         raise _fail(f"{ca}: {exc}") from None
+    sockets = [socket.socket(fileno=fd)] if fd is not None else None
+    if name:
+        try:
+            names = [authority_of(n) for n in name]
+        except ValueError as exc:
+            raise _fail(f"--name: {exc}") from None
+    else:
+        bound_host, bound_port = sockets[0].getsockname()[:2] if sockets else (host, port)
+        if bound_host in ("0.0.0.0", "::", "") or bound_port == 0:
+            raise _fail("listening on every interface or on port 0: say with --name which URL clients use")
+        names = [f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"]
     try:
         engine = make_engine(db)
-        app = create_app(engine, trusted)
+        app = create_app(engine, trusted, names=names)
     except (ValueError, SQLAlchemyError, OSError) as exc:
         raise _fail(f"cannot open the database: {str(exc).splitlines()[0]}") from None
     where = db or str(default_database_path())
     logging.basicConfig(level=logging.WARNING)
     database = engine.url.render_as_string(hide_password=True) if db else where
     listening = "an inherited socket" if fd is not None else f"http://{host}:{port}"
-    typer.echo(f"directory on {database}, serving {listening}", err=True)
+    typer.echo(f"directory on {database}, serving {listening} as {', '.join(names)}", err=True)
     # Bounded: beyond 512 open requests uvicorn answers 503 instead of queueing without limit.
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False, limit_concurrency=512
     )
-    # An inherited socket is wrapped here, not by uvicorn's ``fd=``: that one assumes AF_UNIX, so
-    # asyncio would not set TCP_NODELAY and every response would wait for a delayed ACK (~40 ms).
-    sockets = [socket.socket(fileno=fd)] if fd is not None else None
+    # An inherited socket is wrapped (above), not handed to uvicorn's ``fd=``: that one assumes
+    # AF_UNIX, so asyncio would not set TCP_NODELAY and every response would wait for a delayed
+    # ACK (~40 ms).
     uvicorn.Server(config).run(sockets=sockets)
 
 
@@ -75,9 +97,19 @@ _URL = typer.Option("--url", envvar="SECCHAT_DIRECTORY", help="Directory base UR
 _DIR = typer.Option("--dir", help="Identity directory (default: <user data dir>/identity).")
 _PASSFILE = typer.Option("--passphrase-file", help="Read the key's passphrase from this file.")
 _TRUST = typer.Option("--trust-file", help="Accepted certificates (default: <user data dir>/accepted-certificates.json).")
+_DEADLINE = typer.Option(
+    "--directory-timeout", min=0.1, max=600.0,
+    help="Seconds each directory operation may take in all (default 5).",
+)
 
 
-def _client(url: str, directory: Path | None, passphrase_file: Path | None, trust_file: Path | None):
+def _client(
+    url: str,
+    directory: Path | None,
+    passphrase_file: Path | None,
+    trust_file: Path | None,
+    deadline: float | None = None,
+):
     from secchat import pki
     from secchat.app.cli_pki import PASSPHRASE_ENV, default_identity_dir, read_passphrase
 
@@ -91,7 +123,12 @@ def _client(url: str, directory: Path | None, passphrase_file: Path | None, trus
         store = TrustStore(trust_file or default_trust_path())
     except (pki.PkiError, TrustStoreError) as exc:
         raise _fail(str(exc)) from None
-    return DirectoryClient.for_identity(url, local, store)
+    from .client import DEFAULT_DEADLINE
+
+    try:
+        return DirectoryClient.for_identity(url, local, store, deadline=deadline or DEFAULT_DEADLINE)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _run(fn):
@@ -109,11 +146,14 @@ def register(
     directory: Annotated[Path | None, _DIR] = None,
     passphrase_file: Annotated[Path | None, _PASSFILE] = None,
     trust_file: Annotated[Path | None, _TRUST] = None,
+    deadline: Annotated[float | None, _DEADLINE] = None,
 ) -> None:
     """Register this identity's certificate with a directory (the thesis's Add Participant)."""
-    with _client(url, directory, passphrase_file, trust_file) as client:
+    from secchat.text import safe
+
+    with _client(url, directory, passphrase_file, trust_file, deadline) as client:
         me = _run(client.register)
-    typer.echo(f"registered {me.identity} ({me.fingerprint})")
+    typer.echo(f"registered {safe(me.identity)} ({me.fingerprint})")
 
 
 @directory_app.command("participants")
@@ -122,13 +162,16 @@ def participants(
     directory: Annotated[Path | None, _DIR] = None,
     passphrase_file: Annotated[Path | None, _PASSFILE] = None,
     trust_file: Annotated[Path | None, _TRUST] = None,
+    deadline: Annotated[float | None, _DEADLINE] = None,
 ) -> None:
     """List the participants whose certificates verify, and whether you accepted them."""
-    with _client(url, directory, passphrase_file, trust_file) as client:
+    from secchat.text import safe
+
+    with _client(url, directory, passphrase_file, trust_file, deadline) as client:
         found = _run(client.list_participants)
     for p in found:
-        contact = f"{p.contact.host}:{p.contact.port}" if p.contact else "-"
-        typer.echo(f"{p.identity!s:40} {p.acceptance.value:9} {p.fingerprint[:16]}  {contact}")
+        contact = safe(f"{p.contact.host}:{p.contact.port}") if p.contact else "-"
+        typer.echo(f"{safe(p.identity):40} {p.acceptance.value:9} {p.fingerprint[:16]}  {contact}")
 
 
 trust_app = typer.Typer(help="The certificates you accepted.", no_args_is_help=True)
@@ -152,8 +195,10 @@ def _store(trust_file: Path | None):
 @trust_app.command("list")
 def trust_list(trust_file: Annotated[Path | None, _TRUST] = None) -> None:
     """Show accepted identities and their certificate fingerprints."""
+    from secchat.text import safe
+
     for entry in _store(trust_file).list():
-        typer.echo(f"{entry.identity:40} {entry.fingerprint}")
+        typer.echo(f"{safe(entry.identity):40} {safe(entry.fingerprint)}")
 
 
 @trust_app.command("revoke")
@@ -162,6 +207,8 @@ def trust_revoke(
     trust_file: Annotated[Path | None, _TRUST] = None,
 ) -> None:
     """Forget an accepted certificate (you will be asked again next time)."""
+    from secchat.text import safe
+
     if not _store(trust_file).revoke(identity):
         raise _fail(f"{identity} is not among the accepted certificates")
-    typer.echo(f"revoked {identity}")
+    typer.echo(f"revoked {safe(identity)}")

@@ -8,19 +8,34 @@ certificate must be the one the user accepted before.  A certificate not seen be
 as *unaccepted* (the user decides, as the thesis's GUI asks); a different certificate for an
 accepted identity is refused (:class:`CertificateChanged`).
 
+A conference is ``(creator, id)``: asked for an id alone, the client resolves it among every
+creator's records of that id and refuses to guess when there are several
+(:class:`AmbiguousConference`).  Records are versioned: the :class:`~.versions.VersionMemory`
+refuses a record older than one seen (:class:`RolledBack`) or one a verified tombstone deleted
+(:class:`ConferenceDeleted`).
+
+Bounds (a hostile directory must not be able to make us wait or work without end): every
+operation has one total deadline (:data:`DEFAULT_DEADLINE`, not a per-read timeout), an answer
+is read up to :data:`MAX_RESPONSE` bytes, a listing page may not exceed the server's page size,
+a listing reads at most :data:`MAX_PAGES` pages and verifies at most :data:`MAX_CERT_CHECKS`
+distinct certificates, and what it skipped is reported in one summary, not per entry.
+
 Structure (STYLE.md): each operation is a small generator that yields one HTTP request and
-receives its response -- no I/O -- driven by :class:`DirectoryClient` (blocking) or
-:class:`AsyncDirectoryClient` (asyncio).  Verification is in plain functions
-(:func:`verify_conference`, :func:`verify_participant`) that tests call directly.
+receives its response -- no I/O -- driven by :class:`AsyncDirectoryClient` (asyncio);
+:class:`DirectoryClient` is the blocking face of it (a private event loop, so the deadline is
+the same real one).  Verification is in plain functions (:func:`verify_conference`,
+:func:`verify_participant`) that tests call directly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
+import re
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
@@ -32,26 +47,36 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from secchat import pki
 from secchat.crypto import CryptoError
+from secchat.text import safe
 
-from .auth import sign_request
+from .auth import authority_of, sign_request
 from .models import (
+    PAGE_SIZE,
     ConferenceOut,
     ConferenceRecord,
+    ConferenceTombstone,
     ParticipantOut,
+    TombstoneOut,
+    conference_key,
     contact_message,
 )
 from .trust import Acceptance, TrustStore, default_trust_path
+from .versions import Seen, VersionMemory
 
 __all__ = [
+    "DEFAULT_DEADLINE",
+    "AmbiguousConference",
     "AsyncDirectoryClient",
     "CertificateChanged",
     "Conference",
+    "ConferenceDeleted",
     "Contact",
     "DirectoryClient",
     "DirectoryError",
     "DirectoryUnavailable",
     "Member",
     "Participant",
+    "RolledBack",
     "UnacceptedCertificates",
     "UntrustedResponse",
     "verify_conference",
@@ -62,8 +87,17 @@ log = logging.getLogger("secchat.directory.client")
 
 T = TypeVar("T")
 MAX_RESPONSE = 16 << 20
-#: Listings are read page by page (the server's page is 1000 entries), at most this many pages.
+#: Listings are read page by page (at most :data:`~.models.PAGE_SIZE` entries), at most this
+#: many pages.
 MAX_PAGES = 100
+#: Distinct certificates one listing verifies at most (each is verified once, however often
+#: it is listed); beyond, the listing stops there and says so.
+MAX_CERT_CHECKS = 5000
+#: Seconds one directory operation may take in all (every request and answer it needs).
+DEFAULT_DEADLINE = 5.0
+#: A directory's error code is shown and compared only if it looks like one; its message is cut.
+_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MAX_ERROR_MESSAGE = 500
 
 
 # --------------------------------------------------------------------------- errors
@@ -79,11 +113,48 @@ class DirectoryError(Exception):
 
 
 class DirectoryUnavailable(DirectoryError):
-    """The directory could not be reached or answered with a server error."""
+    """The directory could not be reached, answered with a server error or not within the
+    deadline (``code`` ``"deadline"``)."""
 
 
 class UntrustedResponse(DirectoryError):
     """The directory returned data that fails verification: it is faulty or malicious."""
+
+
+class RolledBack(UntrustedResponse):
+    """The directory served an older version of a conference than one seen before."""
+
+    def __init__(self, creator: str, id: str, version: int, seen: int) -> None:
+        super().__init__(
+            "rollback",
+            f"the directory served version {version} of {id!r} by {creator}, older than version "
+            f"{seen} seen before: refused (a rollback)",
+        )
+
+
+class ConferenceDeleted(DirectoryError):
+    """The conference was deleted by its creator (a verified tombstone, now or before)."""
+
+    def __init__(self, creator: str, id: str, *, served: bool) -> None:
+        super().__init__(
+            "deleted",
+            f"{creator} deleted the conference {id!r}"
+            + ("; the directory served its record anyway: refused" if served else ""),
+        )
+
+
+class AmbiguousConference(DirectoryError):
+    """Several creators have a conference of this id: the user must say whose."""
+
+    def __init__(self, id: str, creators: Sequence[str]) -> None:
+        shown = ", ".join(creators)
+        super().__init__(
+            "ambiguous_conference",
+            f"{len(creators)} creators have a conference {id!r} ({shown}): say whose, "
+            f"e.g. --creator {creators[0]} or {conference_key(creators[0], id)}",
+        )
+        self.id = id
+        self.creators = tuple(creators)
 
 
 class CertificateChanged(UntrustedResponse):
@@ -150,6 +221,18 @@ class Conference:
     members: tuple[Member, ...]
     creator: str
     signature: bytes
+    version: int
+    created_at: int
+
+    @property
+    def key(self) -> str:
+        """``creator/id``: what names this conference (an id alone may be ambiguous)."""
+        return conference_key(self.creator, self.id)
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of the signed record: the conference's identity in the protocols."""
+        return self.record.digest()
 
     @property
     def unaccepted(self) -> tuple[Member, ...]:
@@ -170,6 +253,8 @@ class Conference:
             tuple(m.name for m in self.members),
             tuple(m.fingerprint for m in self.members),
             self.creator,
+            self.version,
+            self.created_at,
         )
 
 
@@ -200,23 +285,87 @@ class _Trust:
             raise CertificateChanged(identity, fingerprint, accepted)
         return status
 
-    def check_cert(self, pem: str, name: str, *, now: Any = None) -> tuple[x509.Certificate, pki.Identity, str]:
+    def parse_cert(self, pem: str, name: str) -> tuple[x509.Certificate, pki.Identity, str]:
+        """A certificate from the directory, verified against the CAs (its name not checked)."""
         try:
             cert = pki.cert_from_pem(pem.encode("utf-8", "replace"))
-            identity = pki.verify_certificate(cert, self.cas, now=now)
+            identity = pki.verify_certificate(cert, self.cas)
         except pki.PkiError as exc:
             raise UntrustedResponse(
                 "invalid_certificate", f"the directory's certificate for {name!r} is invalid: {exc}"
             ) from None
+        return cert, identity, pki.fingerprint(cert)
+
+    def check_cert(self, pem: str, name: str) -> tuple[x509.Certificate, pki.Identity, str]:
+        """:meth:`parse_cert`, and the certificate must name ``name``."""
+        cert, identity, fp = self.parse_cert(pem, name)
         if identity.name != name:
             raise UntrustedResponse(
                 "name_mismatch", f"the directory listed a certificate of {identity.name!r} as {name!r}"
             )
-        return cert, identity, pki.fingerprint(cert)
+        return cert, identity, fp
 
 
-def verify_participant(out: ParticipantOut, trust: _Trust, *, name: str | None = None) -> Participant:
-    cert, identity, fp = trust.check_cert(out.cert_pem, name or out.name)
+class ListingLimit(Exception):
+    """A listing reached :data:`MAX_CERT_CHECKS` (internal: ends the listing, reported once)."""
+
+
+class _Checks:
+    """The certificate checks of one listing: each distinct certificate verified once, at most
+    ``limit`` of them; a check beyond raises :class:`ListingLimit`."""
+
+    def __init__(self, trust: _Trust, limit: int) -> None:
+        self.trust, self.limit = trust, limit
+        self._done: dict[str, tuple[x509.Certificate, pki.Identity, str] | UntrustedResponse] = {}
+
+    def check_cert(self, pem: str, name: str) -> tuple[x509.Certificate, pki.Identity, str]:
+        done = self._done.get(pem)
+        if done is None:
+            if len(self._done) >= self.limit:
+                raise ListingLimit
+            try:
+                done = self.trust.parse_cert(pem, name)
+            except UntrustedResponse as exc:
+                done = exc
+            self._done[pem] = done
+        if isinstance(done, UntrustedResponse):
+            raise done
+        identity = done[1]
+        if identity.name != name:
+            raise UntrustedResponse(
+                "name_mismatch", f"the directory listed a certificate of {identity.name!r} as {name!r}"
+            )
+        return done
+
+
+class _Skipped:
+    """What a listing left out, reported in one line at the end (not one line per entry)."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self.count, self.first, self.limit = what, 0, "", False
+
+    def add(self, label: str, exc: Exception) -> None:
+        self.count += 1
+        if not self.first:
+            self.first = f"{label}: {exc}"
+
+    def report(self) -> None:
+        if self.limit:
+            log.warning(
+                "the directory's listing of %s was cut after %d certificate checks (a flood?)",
+                self.what, MAX_CERT_CHECKS,
+            )
+        if self.count:
+            log.warning(
+                "skipped %d %s that failed verification (first: %s)",
+                self.count, self.what, safe(self.first, max_len=300),
+            )
+
+
+def verify_participant(
+    out: ParticipantOut, trust: _Trust, *, name: str | None = None, checks: _Checks | None = None
+) -> Participant:
+    cert, identity, fp = (checks or trust).check_cert(out.cert_pem, name or out.name)
     contact = None
     if out.contact is not None:
         c = out.contact
@@ -226,14 +375,24 @@ def verify_participant(out: ParticipantOut, trust: _Trust, *, name: str | None =
             )
             contact = Contact(c.host, c.port, c.issued_at)
         except (CryptoError, ValueError, pki.PkiError):
-            log.warning("ignoring a contact address of %s that it did not sign", identity)
+            log.warning("ignoring a contact address of %s that it did not sign", safe(identity))
     return Participant(identity, cert, fp, trust.acceptance(identity, fp), contact)
 
 
-def verify_conference(out: ConferenceOut, trust: _Trust, *, expected_id: str | None = None) -> Conference:
-    """Check a conference record from the directory; raise :class:`UntrustedResponse` if it fails."""
-    if expected_id is not None and out.id != expected_id:
-        raise UntrustedResponse("wrong_conference", f"asked for conference {expected_id!r}, got {out.id!r}")
+def verify_conference(
+    out: ConferenceOut,
+    trust: _Trust,
+    *,
+    expected: tuple[str, str] | None = None,
+    checks: _Checks | None = None,
+) -> Conference:
+    """Check a conference record from the directory; raise :class:`UntrustedResponse` if it
+    fails.  ``expected`` is the ``(creator, id)`` asked for."""
+    if expected is not None and (out.creator, out.id) != expected:
+        raise UntrustedResponse(
+            "wrong_conference",
+            f"asked for conference {expected[1]!r} by {expected[0]}, got {out.id!r} by {out.creator}",
+        )
     if not out.signature:
         raise UntrustedResponse("unsigned_record", f"conference {out.id!r} carries no creator signature")
     try:
@@ -246,11 +405,15 @@ def verify_conference(out: ConferenceOut, trust: _Trust, *, expected_id: str | N
         or len(set(out.members)) != len(out.members)
         or out.creator not in out.members
         or out.t1 <= out.t0
+        or not 1 <= out.version < 1 << 62
+        or not 0 <= out.created_at < 1 << 62
     ):
         raise UntrustedResponse("malformed_record", f"conference {out.id!r} is not a well-formed record")
-    checked = [trust.check_cert(pem, name) for name, pem in zip(out.members, out.certs, strict=True)]
+    checker = checks or trust
+    checked = [checker.check_cert(pem, name) for name, pem in zip(out.members, out.certs, strict=True)]
     record = ConferenceRecord(
-        out.id, out.t0, out.t1, tuple(out.members), tuple(fp for _, _, fp in checked), out.creator
+        out.id, out.t0, out.t1, tuple(out.members), tuple(fp for _, _, fp in checked), out.creator,
+        out.version, out.created_at,
     )
     creator_cert = checked[out.members.index(out.creator)][0]
     try:
@@ -264,7 +427,26 @@ def verify_conference(out: ConferenceOut, trust: _Trust, *, expected_id: str | N
         Member(name, identity, cert, fp, trust.acceptance(identity, fp))
         for name, (cert, identity, fp) in zip(out.members, checked, strict=True)
     )
-    return Conference(out.id, out.t0, out.t1, members, out.creator, signature)
+    return Conference(
+        out.id, out.t0, out.t1, members, out.creator, signature, out.version, out.created_at
+    )
+
+
+def verify_tombstone(out: TombstoneOut, trust: _Trust, expected: tuple[str, str]) -> ConferenceTombstone:
+    """A tombstone signed by the conference's creator (a CA-valid certificate of that name that
+    is not a *changed* one), or :class:`UntrustedResponse`."""
+    if (out.creator, out.id) != expected or not 1 <= out.version < 1 << 62:
+        raise UntrustedResponse("wrong_conference", "the directory answered with another conference's tombstone")
+    cert, identity, fp = trust.check_cert(out.cert_pem, out.creator)
+    trust.acceptance(identity, fp)  # a certificate other than the accepted one: CertificateChanged
+    tombstone = ConferenceTombstone(out.creator, out.id, out.version, out.deleted_at)
+    try:
+        pki.verifier_of(cert).verify(tombstone.signed_bytes(), bytes.fromhex(out.signature))
+    except (CryptoError, ValueError, pki.PkiError):
+        raise UntrustedResponse(
+            "bad_tombstone_signature", f"the tombstone of {out.id!r} is not signed by {out.creator}"
+        ) from None
+    return tombstone
 
 
 # --------------------------------------------------------------------------- the operations (no I/O)
@@ -293,14 +475,6 @@ def _check_size(size: int) -> None:
         )
 
 
-def _bounded(chunks) -> bytes:
-    data = bytearray()
-    for chunk in chunks:
-        data += chunk
-        _check_size(len(data))
-    return bytes(data)
-
-
 _Op = Generator[_Request, _Reply, T]
 
 
@@ -308,11 +482,15 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
-def _advance(after: str, keys: list[str]) -> str:
+def _advance(after: Any, keys: list[Any]) -> Any:
     """The next page's cursor; a directory whose pages do not move forward is refused."""
     if any(k <= after for k in keys) or keys != sorted(keys):
         raise UntrustedResponse("malformed_response", "the directory's listing is not in order")
     return keys[-1]
+
+
+class _TombstoneReply(msgspec.Struct):
+    tombstone: TombstoneOut
 
 
 class _Core:
@@ -324,10 +502,14 @@ class _Core:
         signer_key: Ed25519PrivateKey,
         cert: x509.Certificate,
         trust_store: TrustStore,
+        versions: VersionMemory,
+        authority: str,
         clock: Callable[[], float],
     ) -> None:
         self.trust = _Trust(trusted_cas, trust_store, cert)
         self.trust_store = trust_store
+        self.versions = versions
+        self.authority = authority
         self.cert = cert
         self.identity = pki.identity_of(cert)
         self.signer = pki.signer_of(signer_key)
@@ -340,6 +522,7 @@ class _Core:
         return sign_request(
             self.signer,
             self.identity.name,
+            self.authority,
             request.method,
             path,
             body,
@@ -356,18 +539,42 @@ class _Core:
         code, message = "bad_response", f"the directory answered HTTP {response.status_code}"
         try:
             err = msgspec.json.decode(response.content)["error"]
-            code, message = str(err["code"]), str(err["message"])
+            if isinstance(err["code"], str) and _CODE_RE.match(err["code"]) and isinstance(err["message"], str):
+                code, message = err["code"], err["message"][:MAX_ERROR_MESSAGE]
         except Exception:
             pass
         cls = DirectoryUnavailable if response.status_code >= 500 else DirectoryError
         raise cls(code, message, status=response.status_code)
 
     @staticmethod
-    def parse(content: bytes, type_: type[T]) -> T:
+    def parse(content: bytes, type_: Any) -> Any:
         try:
             return msgspec.json.decode(content, type=type_)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise UntrustedResponse("malformed_response", f"the directory's answer is malformed: {exc}") from None
+
+    def page(self, response: _Reply, type_: Any) -> list[Any]:
+        page = self.parse(self.check(response, 200), list[type_])
+        if len(page) > PAGE_SIZE:
+            raise UntrustedResponse(
+                "oversized_page", f"the directory's listing page has {len(page)} entries, more than {PAGE_SIZE}"
+            )
+        return page
+
+    def seen(self, conference: Conference) -> Conference:
+        """Refuse a record older than one seen before, or one its creator deleted."""
+        status = self.versions.check(conference.creator, conference.id, conference.version)
+        if status is Seen.DELETED:
+            raise ConferenceDeleted(conference.creator, conference.id, served=True)
+        if status is Seen.ROLLED_BACK:
+            entry = self.versions.get(conference.creator, conference.id)
+            assert entry is not None
+            raise RolledBack(conference.creator, conference.id, conference.version, entry.version)
+        return conference
+
+    def remember(self, conferences: Sequence[Conference]) -> None:
+        """Note these (verified) records' versions in the version memory (one write)."""
+        self.versions.remember((c.creator, c.id, c.version, False) for c in conferences)
 
     # -- operations
 
@@ -392,26 +599,34 @@ class _Core:
         return verify_participant(self.parse(self.check(response, 200), ParticipantOut), self.trust, name=name)
 
     def list_participants(self) -> _Op[list[Participant]]:
-        """Participants whose certificates verify; others are skipped (and logged)."""
+        """Participants whose certificates verify; the others are skipped (reported once)."""
         result = []
         after = ""
-        for _ in range(MAX_PAGES):
-            response = yield _Request("GET", f"/v1/participants?after={_seg(after)}")
-            page = self.parse(self.check(response, 200), list[ParticipantOut])
-            if not page:
-                break
-            for out in page:
-                try:
-                    result.append(verify_participant(out, self.trust))
-                except UntrustedResponse as exc:
-                    log.warning("skipping participant %r: %s", out.name, exc)
-            after = _advance(after, [p.name for p in page])
+        skipped = _Skipped("participants")
+        checks = _Checks(self.trust, MAX_CERT_CHECKS)
+        try:
+            for _ in range(MAX_PAGES):
+                response = yield _Request("GET", f"/v1/participants?after={_seg(after)}")
+                page = self.page(response, ParticipantOut)
+                if not page:
+                    break
+                after = _advance(after, [p.name for p in page])
+                for out in page:
+                    try:
+                        result.append(verify_participant(out, self.trust, checks=checks))
+                    except UntrustedResponse as exc:
+                        skipped.add(out.name, exc)
+        except ListingLimit:
+            skipped.limit = True
+        skipped.report()
         return result
 
     def create_conference(
-        self, id: str, t0: int, t1: int, members: Sequence[str | Participant]
+        self, id: str, t0: int, t1: int, members: Sequence[str | Participant], *, accept_new: bool = False
     ) -> _Op[Conference]:
-        """Sign and store a conference among ``members`` (whose certificates must be accepted)."""
+        """Sign and store a conference among ``members``, whose certificates must be accepted --
+        or, with ``accept_new``, may be new: the caller accepts them (``Conference.unaccepted``)
+        once the conference exists, so that a failed create accepts nothing."""
         resolved: list[Participant] = []
         for m in members:
             if isinstance(m, Participant):
@@ -424,59 +639,135 @@ class _Core:
             else:
                 resolved.append((yield from self.get_participant(m)))
         unaccepted = [p for p in resolved if p.acceptance is Acceptance.NEW]
-        if unaccepted:
+        if unaccepted and not accept_new:
             raise UnacceptedCertificates(unaccepted)
-        record = ConferenceRecord(
-            id, t0, t1, tuple(p.name for p in resolved), tuple(p.fingerprint for p in resolved), self.identity.name
-        )
-        signature = self.signer.sign(record.signed_bytes())
-        body = msgspec.json.encode(
-            {
-                "id": id,
-                "t0": t0,
-                "t1": t1,
-                "members": list(record.members),
-                "certs": [pki.cert_to_pem(p.cert).decode("ascii") for p in resolved],
-                "creator": record.creator,
-                "signature": signature.hex(),
-            }
-        )
-        response = yield _Request("POST", "/v1/conferences", body, signed=True)
-        conference = verify_conference(self.parse(self.check(response, 201), ConferenceOut), self.trust, expected_id=id)
+        seen = self.versions.get(self.identity.name, id)
+        version = seen.version + 1 if seen is not None and seen.deleted else 1
+        for attempt in range(2):
+            record = ConferenceRecord(
+                id, t0, t1, tuple(p.name for p in resolved), tuple(p.fingerprint for p in resolved),
+                self.identity.name, version, int(self.clock()),
+            )
+            body = msgspec.json.encode(
+                {
+                    "id": id,
+                    "t0": t0,
+                    "t1": t1,
+                    "members": list(record.members),
+                    "certs": [pki.cert_to_pem(p.cert).decode("ascii") for p in resolved],
+                    "creator": record.creator,
+                    "version": record.version,
+                    "created_at": record.created_at,
+                    "signature": self.signer.sign(record.signed_bytes()).hex(),
+                }
+            )
+            response = yield _Request("POST", "/v1/conferences", body, signed=True)
+            if response.status_code == 409 and attempt == 0 and b"stale_version" in response.content:
+                # we deleted this id before (elsewhere): our own tombstone says which version
+                tombstone = yield from self._tombstone(self.identity.name, id)
+                if tombstone is not None:
+                    version = tombstone.version + 1
+                    continue
+            break
+        out = self.parse(self.check(response, 201), ConferenceOut)
+        conference = verify_conference(out, self.trust, expected=(self.identity.name, id))
         if conference.record != record:
             raise UntrustedResponse("wrong_conference", "the directory stored another record than ours")
+        self.remember([conference])
         return conference
 
-    def get_conference(self, id: str) -> _Op[Conference]:
-        response = yield _Request("GET", f"/v1/conferences/{_seg(id)}")
-        return verify_conference(self.parse(self.check(response, 200), ConferenceOut), self.trust, expected_id=id)
+    def _tombstone(self, creator: str, id: str) -> _Op[ConferenceTombstone | None]:
+        response = yield _Request("GET", f"/v1/conferences/{_seg(creator)}/{_seg(id)}")
+        if response.status_code != 410:
+            return None
+        out = self.parse(response.content, _TombstoneReply).tombstone
+        return verify_tombstone(out, self.trust, (creator, id))
+
+    def get_conference(self, id: str, creator: str | None = None) -> _Op[Conference]:
+        """The verified record of ``id`` by ``creator`` -- or, without a creator, the one
+        conference of that id (:class:`AmbiguousConference` if several creators have one).
+        Refused if older than a version seen or deleted (the version memory is not changed,
+        except to note a verified tombstone: see :meth:`remember`)."""
+        if creator is not None:
+            response = yield _Request("GET", f"/v1/conferences/{_seg(creator)}/{_seg(id)}")
+            if response.status_code == 410:
+                out = self.parse(response.content, _TombstoneReply).tombstone
+                tombstone = verify_tombstone(out, self.trust, (creator, id))
+                # a verified deletion is a fact to keep: it only ever makes us refuse more
+                self.versions.remember([(creator, id, tombstone.version, True)])
+                raise ConferenceDeleted(creator, id, served=False)
+            out = self.parse(self.check(response, 200), ConferenceOut)
+            return self.seen(verify_conference(out, self.trust, expected=(creator, id)))
+        response = yield _Request("GET", f"/v1/conferences?id={_seg(id)}")
+        found: list[Conference] = []
+        first_error: DirectoryError | None = None
+        checks = _Checks(self.trust, MAX_CERT_CHECKS)
+        try:
+            for out in self.page(response, ConferenceOut):
+                try:
+                    if out.id != id:
+                        raise UntrustedResponse("wrong_conference", f"asked for {id!r}, got {out.id!r}")
+                    found.append(self.seen(verify_conference(out, self.trust, checks=checks)))
+                except (UntrustedResponse, ConferenceDeleted) as exc:
+                    first_error = first_error or exc
+        except ListingLimit:
+            raise UntrustedResponse("oversized_page", "the directory listed too many records of one id") from None
+        creators = sorted({c.creator for c in found})
+        if len(found) > len(creators):
+            raise UntrustedResponse("malformed_response", f"the directory listed one creator's {id!r} twice")
+        if len(creators) > 1:
+            raise AmbiguousConference(id, creators)
+        if found:
+            return found[0]
+        if first_error is not None:
+            raise first_error
+        raise DirectoryError("unknown_conference", f"there is no conference {id!r}", status=404)
 
     def conferences_of(self, name: str | None) -> _Op[list[Conference]]:
-        """Verified conferences of ``name`` (default: ours); records that fail are skipped and logged."""
+        """Verified conferences of ``name`` (default: ours); records that fail verification, and
+        older or deleted versions, are skipped (reported once).  Versions seen are remembered."""
         name = name or self.identity.name
-        result = []
-        after = ""
-        for _ in range(MAX_PAGES):
-            response = yield _Request(
-                "GET", f"/v1/participants/{_seg(name)}/conferences?after={_seg(after)}"
-            )
-            page = self.parse(self.check(response, 200), list[ConferenceOut])
-            if not page:
-                break
-            for out in page:
-                try:
-                    conference = verify_conference(out, self.trust)
-                except UntrustedResponse as exc:
-                    log.warning("skipping conference %r: %s", out.id, exc)
-                    continue
-                if name in out.members:
-                    result.append(conference)
-            after = _advance(after, [c.id for c in page])
+        result: list[Conference] = []
+        after = ("", "")
+        skipped = _Skipped("conference records")
+        checks = _Checks(self.trust, MAX_CERT_CHECKS)
+        try:
+            for _ in range(MAX_PAGES):
+                cursor = _seg(conference_key(*after)) if after != ("", "") else ""
+                response = yield _Request("GET", f"/v1/participants/{_seg(name)}/conferences?after={cursor}")
+                page = self.page(response, ConferenceOut)
+                if not page:
+                    break
+                after = _advance(after, [(c.creator, c.id) for c in page])
+                for out in page:
+                    try:
+                        conference = self.seen(verify_conference(out, self.trust, checks=checks))
+                    except (UntrustedResponse, ConferenceDeleted) as exc:
+                        skipped.add(f"{out.id!r} by {out.creator}", exc)
+                        continue
+                    if name in out.members:
+                        result.append(conference)
+        except ListingLimit:
+            skipped.limit = True
+        skipped.report()
+        self.remember(result)
         return result
 
     def delete_conference(self, id: str) -> _Op[None]:
-        response = yield _Request("DELETE", f"/v1/conferences/{_seg(id)}", signed=True)
+        """Delete our conference ``id``: a tombstone we sign over its current version."""
+        me = self.identity.name
+        conference = yield from self.get_conference(id, me)
+        tombstone = ConferenceTombstone(me, id, conference.version, int(self.clock()))
+        body = msgspec.json.encode(
+            {
+                "version": tombstone.version,
+                "deleted_at": tombstone.deleted_at,
+                "signature": self.signer.sign(tombstone.signed_bytes()).hex(),
+            }
+        )
+        response = yield _Request("DELETE", f"/v1/conferences/{_seg(me)}/{_seg(id)}", body, signed=True)
         self.check(response, 204)
+        self.versions.remember([(me, id, tombstone.version, True)])
 
     def accept(self, who: Member | Participant) -> None:
         """Record the user's acceptance of this member's certificate."""
@@ -486,10 +777,12 @@ class _Core:
 # --------------------------------------------------------------------------- drivers
 
 
-class _Driver:
-    """What both drivers share: the I/O-free operations (``_Core``) and an httpx client."""
+class AsyncDirectoryClient:
+    """The directory client (asyncio, httpx): every operation within one total ``deadline``.
 
-    _http_class: Any = None
+    ``directory_name`` is what requests are signed for (see :mod:`.auth`): by default the
+    authority of ``base_url``; ``versions`` is the version memory (default: in memory only).
+    """
 
     def __init__(
         self,
@@ -499,19 +792,21 @@ class _Driver:
         cert: x509.Certificate,
         trust_store: TrustStore,
         *,
-        timeout: float = 10.0,
+        versions: VersionMemory | None = None,
+        deadline: float = DEFAULT_DEADLINE,
+        directory_name: str | None = None,
         clock: Callable[[], float] = time.time,
-        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._core = _Core(trusted_cas, signer_key, cert, trust_store, clock)
-        self._http = self._http_class(base_url=base_url, timeout=timeout, transport=transport)
-
-    def _build(self, request) -> httpx.Request:
-        """The HTTP request for one step of an operation, signed when it must be."""
-        http_request = self._http.build_request(request.method, request.path, content=request.body)
-        if request.signed:
-            http_request.headers.update(self._core.headers(http_request, request.body))
-        return http_request
+        if not deadline > 0:
+            raise ValueError("the directory deadline must be positive")
+        authority = authority_of(directory_name or base_url)
+        self._core = _Core(
+            trusted_cas, signer_key, cert, trust_store, versions if versions is not None else VersionMemory(None),
+            authority, clock,
+        )
+        self.deadline = deadline
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=deadline, transport=transport)
 
     @classmethod
     def for_identity(
@@ -522,91 +817,47 @@ class _Driver:
         store = trust_store if trust_store is not None else TrustStore(default_trust_path())
         return cls(base_url, local.trusted, local.key, local.cert, store, **options)
 
+    @property
+    def versions(self) -> VersionMemory:
+        return self._core.versions
 
-class DirectoryClient(_Driver):
-    """Blocking client (httpx)."""
+    def _build(self, request: _Request) -> httpx.Request:
+        """The HTTP request for one step of an operation, signed.  Every request is: the server
+        checks the signature where it must (``request.signed``); on a read it only says who
+        asks, which a directory learns from the connection anyway."""
+        http_request = self._http.build_request(request.method, request.path, content=request.body)
+        http_request.headers.update(self._core.headers(http_request, request.body))
+        return http_request
 
-    _http_class = httpx.Client
-
-    def _run(self, op: _Op[T]) -> T:
+    async def _exchange(self, request: _Request) -> _Reply:
         try:
-            request = next(op)
-            while True:
-                http_request = self._build(request)
-                try:
-                    response = self._http.send(http_request, stream=True)
-                    try:
-                        reply = _Reply(response.status_code, _bounded(response.iter_bytes()))
-                    finally:
-                        response.close()
-                except httpx.TransportError as exc:
-                    raise DirectoryUnavailable("unreachable", f"the directory is unreachable: {exc}") from None
-                request = op.send(reply)
-        except StopIteration as done:
-            return done.value
-
-    def register(self) -> Participant:
-        return self._run(self._core.register())
-
-    def publish_contact(self, host: str, port: int) -> None:
-        return self._run(self._core.publish_contact(host, port))
-
-    def get_participant(self, name: str) -> Participant:
-        return self._run(self._core.get_participant(name))
-
-    def list_participants(self) -> list[Participant]:
-        return self._run(self._core.list_participants())
-
-    def create_conference(self, id: str, t0: int, t1: int, members: Sequence[str | Participant]) -> Conference:
-        return self._run(self._core.create_conference(id, t0, t1, members))
-
-    def get_conference(self, id: str) -> Conference:
-        return self._run(self._core.get_conference(id))
-
-    def conferences_of(self, name: str | None = None) -> list[Conference]:
-        return self._run(self._core.conferences_of(name))
-
-    def delete_conference(self, id: str) -> None:
-        return self._run(self._core.delete_conference(id))
-
-    def accept(self, who: Member | Participant) -> None:
-        self._core.accept(who)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> DirectoryClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncDirectoryClient(_Driver):
-    """Asyncio client (httpx); the same operations as :class:`DirectoryClient`."""
-
-    _http_class = httpx.AsyncClient
+            response = await self._http.send(self._build(request), stream=True)
+            try:
+                chunks = bytearray()
+                async for chunk in response.aiter_bytes():
+                    chunks += chunk
+                    _check_size(len(chunks))
+                return _Reply(response.status_code, bytes(chunks))
+            finally:
+                await response.aclose()
+        except httpx.TransportError as exc:
+            raise DirectoryUnavailable("unreachable", f"the directory is unreachable: {exc}") from None
 
     async def _run(self, op: _Op[T]) -> T:
+        """Drive one operation to its end, all of it within :attr:`deadline` seconds."""
         try:
-            request = next(op)
-            while True:
-                http_request = self._build(request)
-                try:
-                    response = await self._http.send(http_request, stream=True)
-                    try:
-                        chunks = bytearray()
-                        async for chunk in response.aiter_bytes():
-                            chunks += chunk
-                            _check_size(len(chunks))
-                        reply = _Reply(response.status_code, bytes(chunks))
-                    finally:
-                        await response.aclose()
-                except httpx.TransportError as exc:
-                    raise DirectoryUnavailable("unreachable", f"the directory is unreachable: {exc}") from None
-                request = op.send(reply)
+            async with asyncio.timeout(self.deadline):
+                request = next(op)
+                while True:
+                    request = op.send(await self._exchange(request))
         except StopIteration as done:
             return done.value
+        except TimeoutError:
+            raise DirectoryUnavailable(
+                "deadline", f"the directory did not answer within {self.deadline:g} s"
+            ) from None
+        finally:
+            op.close()
 
     async def register(self) -> Participant:
         return await self._run(self._core.register())
@@ -621,12 +872,12 @@ class AsyncDirectoryClient(_Driver):
         return await self._run(self._core.list_participants())
 
     async def create_conference(
-        self, id: str, t0: int, t1: int, members: Sequence[str | Participant]
+        self, id: str, t0: int, t1: int, members: Sequence[str | Participant], *, accept_new: bool = False
     ) -> Conference:
-        return await self._run(self._core.create_conference(id, t0, t1, members))
+        return await self._run(self._core.create_conference(id, t0, t1, members, accept_new=accept_new))
 
-    async def get_conference(self, id: str) -> Conference:
-        return await self._run(self._core.get_conference(id))
+    async def get_conference(self, id: str, creator: str | None = None) -> Conference:
+        return await self._run(self._core.get_conference(id, creator))
 
     async def conferences_of(self, name: str | None = None) -> list[Conference]:
         return await self._run(self._core.conferences_of(name))
@@ -637,6 +888,10 @@ class AsyncDirectoryClient(_Driver):
     def accept(self, who: Member | Participant) -> None:
         self._core.accept(who)
 
+    def remember(self, conference: Conference) -> None:
+        """Note a record's version as seen (after a join that succeeded: a failed one notes nothing)."""
+        self._core.remember([conference])
+
     async def aclose(self) -> None:
         await self._http.aclose()
 
@@ -645,3 +900,63 @@ class AsyncDirectoryClient(_Driver):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class DirectoryClient:
+    """The blocking face of :class:`AsyncDirectoryClient` (same arguments, same operations):
+    each call runs on a private event loop, so its deadline is as real as the async one's.
+    Not for use inside a running event loop."""
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        self._async = AsyncDirectoryClient(*args, **options)
+        self._loop = asyncio.new_event_loop()
+
+    @classmethod
+    def for_identity(
+        cls, base_url: str, local: pki.LocalIdentity, trust_store: TrustStore | None = None, **options: Any
+    ) -> Self:
+        store = trust_store if trust_store is not None else TrustStore(default_trust_path())
+        return cls(base_url, local.trusted, local.key, local.cert, store, **options)
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(coro)
+
+    def register(self) -> Participant:
+        return self._call(self._async.register())
+
+    def publish_contact(self, host: str, port: int) -> None:
+        return self._call(self._async.publish_contact(host, port))
+
+    def get_participant(self, name: str) -> Participant:
+        return self._call(self._async.get_participant(name))
+
+    def list_participants(self) -> list[Participant]:
+        return self._call(self._async.list_participants())
+
+    def create_conference(
+        self, id: str, t0: int, t1: int, members: Sequence[str | Participant], *, accept_new: bool = False
+    ) -> Conference:
+        return self._call(self._async.create_conference(id, t0, t1, members, accept_new=accept_new))
+
+    def get_conference(self, id: str, creator: str | None = None) -> Conference:
+        return self._call(self._async.get_conference(id, creator))
+
+    def conferences_of(self, name: str | None = None) -> list[Conference]:
+        return self._call(self._async.conferences_of(name))
+
+    def delete_conference(self, id: str) -> None:
+        return self._call(self._async.delete_conference(id))
+
+    def accept(self, who: Member | Participant) -> None:
+        self._async.accept(who)
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._call(self._async.aclose())
+            self._loop.close()
+
+    def __enter__(self) -> DirectoryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -9,6 +9,8 @@ refuses junk before it touches the database.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -21,14 +23,20 @@ __all__ = [
     "MAX_CERT_PEM",
     "MAX_MEMBERS",
     "NAME_PATTERN",
+    "PAGE_SIZE",
     "ConferenceIn",
     "ConferenceOut",
     "ConferenceRecord",
+    "ConferenceTombstone",
     "ContactIn",
     "ContactOut",
     "ParticipantIn",
     "ParticipantOut",
+    "TombstoneIn",
+    "TombstoneOut",
+    "conference_key",
     "contact_message",
+    "split_reference",
 ]
 
 #: Conference ids are URL-safe, and short enough to be a part of a protocol tag.
@@ -36,6 +44,8 @@ CONFERENCE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$"
 #: Participant names are certificate common names: 1..64 printable characters, no slash.
 NAME_PATTERN = r"^[^\x00-\x1f\x7f/]{1,64}$"
 MAX_MEMBERS = 500
+#: Entries per page of a listing (``?after=<last key>`` gives the next page); clients refuse more.
+PAGE_SIZE = 1000
 MAX_CERT_PEM = 8192
 _SIG_HEX = r"^[0-9a-f]{128}$"
 
@@ -46,6 +56,10 @@ SignatureHex = Annotated[str, msgspec.Meta(pattern=_SIG_HEX)]
 UnixTime = Annotated[int, msgspec.Meta(ge=0, lt=1 << 62)]
 Host = Annotated[str, msgspec.Meta(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]_-]+$")]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+#: Record versions start at 1; a creator re-creating a deleted id signs a higher one.
+Version = Annotated[int, msgspec.Meta(ge=1, lt=1 << 62)]
+_CONFERENCE_ID_RE = re.compile(CONFERENCE_ID_PATTERN)
+_NAME_RE = re.compile(NAME_PATTERN)
 
 
 # --------------------------------------------------------------------------- signed records
@@ -53,7 +67,11 @@ Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 
 @dataclass(frozen=True, slots=True)
 class ConferenceRecord:
-    """The conference as its creator signs it: certificates enter by SHA-256 fingerprint."""
+    """The conference as its creator signs it: certificates enter by SHA-256 fingerprint.
+
+    A conference is identified by ``(creator, id)``: two creators may use one id.  ``version``
+    and ``created_at`` (the creator's clock) let a client refuse an older record than one it
+    saw (a rollback); a deletion is a :class:`ConferenceTombstone` of the same creator."""
 
     id: str
     t0: int
@@ -61,17 +79,52 @@ class ConferenceRecord:
     members: tuple[str, ...]
     fingerprints: tuple[str, ...]
     creator: str
+    version: int
+    created_at: int
 
     def signed_bytes(self) -> bytes:
         return canonical(
-            "conference-record/v1",
+            "conference-record/v2",
+            self.creator,
             self.id,
+            self.version,
+            self.created_at,
             self.t0,
             self.t1,
             tuple(self.members),
             tuple(self.fingerprints),
-            self.creator,
         )
+
+    def digest(self) -> bytes:
+        """SHA-256 of :meth:`signed_bytes` (32 bytes): the conference's identity in the protocols."""
+        return hashlib.sha256(self.signed_bytes()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class ConferenceTombstone:
+    """The creator's signed statement that ``(creator, id)`` is deleted, up to ``version``."""
+
+    creator: str
+    id: str
+    version: int
+    deleted_at: int
+
+    def signed_bytes(self) -> bytes:
+        return canonical("conference-tombstone/v1", self.creator, self.id, self.version, self.deleted_at)
+
+
+def conference_key(creator: str, id: str) -> str:
+    """``creator/id``: one string naming a conference (neither a name nor an id has a slash)."""
+    return f"{creator}/{id}"
+
+
+def split_reference(text: str) -> tuple[str | None, str]:
+    """``"alice/room"`` -> ``("alice", "room")``; ``"room"`` -> ``(None, "room")``.  Raises
+    ``ValueError`` when either part is not a valid participant name or conference id."""
+    creator, slash, id = text.rpartition("/")
+    if not _CONFERENCE_ID_RE.match(id) or (slash and not _NAME_RE.match(creator)):
+        raise ValueError(f"not a conference id or creator/id: {text!r}")
+    return (creator if slash else None), id
 
 
 def contact_message(name: str, host: str, port: int, issued_at: int) -> bytes:
@@ -100,6 +153,16 @@ class ConferenceIn(msgspec.Struct, forbid_unknown_fields=True):
     members: Annotated[list[Name], msgspec.Meta(min_length=1, max_length=MAX_MEMBERS)]
     certs: Annotated[list[CertPem], msgspec.Meta(min_length=1, max_length=MAX_MEMBERS)]
     creator: Name
+    version: Version
+    created_at: UnixTime
+    signature: SignatureHex
+
+
+class TombstoneIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of a DELETE: the creator's signed tombstone of the conference."""
+
+    version: Version
+    deleted_at: UnixTime
     signature: SignatureHex
 
 
@@ -132,4 +195,17 @@ class ConferenceOut(msgspec.Struct, frozen=True):
     certs: list[str]
     creator: str
     signature: str
-    created_at: int = 0
+    version: int
+    created_at: int
+
+
+class TombstoneOut(msgspec.Struct, frozen=True):
+    """A deleted conference as the directory returns it (with the creator's certificate, to check
+    the signature by); served with HTTP 410 under ``"tombstone"``."""
+
+    creator: str
+    id: str
+    version: int
+    deleted_at: int
+    signature: str
+    cert_pem: str

@@ -7,10 +7,13 @@ from typing import Any
 __all__ = ["OPENAPI"]
 
 _SIGNED = {
-    "description": "Signed request: headers x-secchat-name (percent-encoded), x-secchat-timestamp "
-    "(unix seconds, within 120 s of the server), x-secchat-nonce (32 hex digits, never reused) and "
-    "x-secchat-signature (hex Ed25519 signature over secchat.directory.auth.request_message: "
-    "canonical('secchat-directory-request/v1', METHOD, path?query, timestamp, nonce, sha256(body))).",
+    "description": "Signed request: headers x-secchat-name (percent-encoded), x-secchat-directory "
+    "(percent-encoded: the directory the request is for, scheme://host:port of the URL the client uses "
+    "or a configured directory name; refused with 421 wrong_directory unless it is one of this "
+    "directory's names), x-secchat-timestamp (unix seconds, within 120 s of the server), "
+    "x-secchat-nonce (32 hex digits, never reused) and x-secchat-signature (hex Ed25519 signature "
+    "over secchat.directory.auth.request_message: canonical('secchat-directory-request/v2', "
+    "directory, METHOD, path?query, timestamp, nonce, sha256(body))).",
 }
 
 
@@ -46,12 +49,16 @@ def _op(summary: str, responses: dict[str, Any], *, body: str | None = None, sig
 
 
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$"}}
+_ID_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$"}
+_ID = {"name": "id", "in": "path", "required": True, "schema": _ID_SCHEMA}
+_CREATOR = {"name": "creator", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
+_ID_QUERY = {"name": "id", "in": "query", "required": True, "schema": _ID_SCHEMA}
 
 _AFTER = {
     "name": "after",
     "in": "query",
-    "description": "Return the next page (1000 entries, by code point) after this key.",
+    "description": "Return the next page (at most 1000 entries, by code point) after this key "
+    "(a name; for conferences of a participant creator/id, for conferences of an id a creator).",
     "schema": {"type": "string"},
 }
 
@@ -93,21 +100,41 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/participants/{name}/conferences": {
             "parameters": [_NAME],
-            "get": _op("Conferences a participant is a member of", {"200": _ok("Conference", "conferences", array=True)})
+            "get": _op(
+                "Conferences a participant is a member of, by (creator, id)",
+                {"200": _ok("Conference", "conferences", array=True)},
+            )
             | {"parameters": [_AFTER]},
         },
         "/v1/conferences": {
             "post": _op(
-                "Create a conference (request signed by the creator; record signed by the creator)",
+                "Create a conference (request signed by the creator; record signed by the creator); "
+                "a deleted (creator, id) again needs a version above its tombstone's (409 stale_version)",
                 {"201": _ok("Conference", "created")},
                 body="ConferenceIn",
                 signed=True,
             ),
+            "get": _op(
+                "Every creator's conference of one id, by creator",
+                {"200": _ok("Conference", "conferences", array=True)},
+            )
+            | {"parameters": [_ID_QUERY, _AFTER]},
         },
-        "/v1/conferences/{id}": {
-            "parameters": [_ID],
-            "get": _op("Get a conference", {"200": _ok("Conference", "the conference record")}),
-            "delete": _op("Delete a conference (creator only)", {"204": _ok(None, "deleted")}, signed=True),
+        "/v1/conferences/{creator}/{id}": {
+            "parameters": [_CREATOR, _ID],
+            "get": _op(
+                "Get a conference",
+                {
+                    "200": _ok("Conference", "the conference record"),
+                    "410": _ok("Deleted", "deleted by its creator: {error, tombstone}"),
+                },
+            ),
+            "delete": _op(
+                "Delete a conference (creator only): the body is the creator's signed tombstone",
+                {"204": _ok(None, "deleted")},
+                body="TombstoneIn",
+                signed=True,
+            ),
         },
     },
     "components": {
@@ -127,7 +154,9 @@ OPENAPI: dict[str, Any] = {
                                 "type": "string",
                                 "enum": [
                                     "malformed_json", "bad_pem", "missing_signature", "bad_request_signature",
-                                    "stale_request", "replayed_request", "unknown_signer", "signer_mismatch",
+                                    "stale_request", "replayed_request", "unknown_signer", "wrong_directory",
+                                    "signer_mismatch", "stale_version", "conference_deleted",
+                                    "bad_tombstone_signature",
                                     "not_creator", "not_owner", "not_found", "unknown_participant",
                                     "unknown_conference", "method_not_allowed", "identity_taken",
                                     "duplicate_conference", "body_too_large", "invalid_request",
@@ -186,7 +215,7 @@ OPENAPI: dict[str, Any] = {
             },
             "ConferenceIn": {
                 "type": "object",
-                "required": ["id", "t0", "t1", "members", "certs", "creator", "signature"],
+                "required": ["id", "t0", "t1", "members", "certs", "creator", "version", "created_at", "signature"],
                 "additionalProperties": False,
                 "properties": {
                     "id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$"},
@@ -195,11 +224,13 @@ OPENAPI: dict[str, Any] = {
                     "members": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 500},
                     "certs": {"type": "array", "items": {"type": "string"}, "description": "PEM, in member order"},
                     "creator": {"type": "string"},
+                    "version": {"type": "integer", "minimum": 1, "description": "higher than any earlier record"},
+                    "created_at": {"type": "integer", "minimum": 0, "description": "unix seconds, creator's clock"},
                     "signature": {
                         "type": "string",
                         "pattern": "^[0-9a-f]{128}$",
-                        "description": "creator's Ed25519 signature over canonical('conference-record/v1', id, "
-                        "t0, t1, members, SHA-256 fingerprints of certs, creator)",
+                        "description": "creator's Ed25519 signature over canonical('conference-record/v2', "
+                        "creator, id, version, created_at, t0, t1, members, SHA-256 fingerprints of certs)",
                     },
                 },
             },
@@ -213,7 +244,40 @@ OPENAPI: dict[str, Any] = {
                     "certs": {"type": "array", "items": {"type": "string"}},
                     "creator": {"type": "string"},
                     "signature": {"type": "string"},
+                    "version": {"type": "integer"},
                     "created_at": {"type": "integer"},
+                },
+            },
+            "TombstoneIn": {
+                "type": "object",
+                "required": ["version", "deleted_at", "signature"],
+                "additionalProperties": False,
+                "properties": {
+                    "version": {"type": "integer", "minimum": 1, "description": "the deleted record's version"},
+                    "deleted_at": {"type": "integer", "minimum": 0},
+                    "signature": {
+                        "type": "string",
+                        "pattern": "^[0-9a-f]{128}$",
+                        "description": "creator's Ed25519 signature over canonical('conference-tombstone/v1', "
+                        "creator, id, version, deleted_at)",
+                    },
+                },
+            },
+            "Deleted": {
+                "type": "object",
+                "properties": {
+                    "error": {"type": "object"},
+                    "tombstone": {
+                        "type": "object",
+                        "properties": {
+                            "creator": {"type": "string"},
+                            "id": {"type": "string"},
+                            "version": {"type": "integer"},
+                            "deleted_at": {"type": "integer"},
+                            "signature": {"type": "string"},
+                            "cert_pem": {"type": "string", "description": "the creator's certificate"},
+                        },
+                    },
                 },
             },
         },

@@ -31,13 +31,24 @@ from starlette.routing import Route
 from secchat import pki
 from secchat.crypto import CryptoError
 
-from .auth import MAX_SKEW, AuthError, SignedRequest, check_request, parse_auth_headers
+from .auth import (
+    MAX_SKEW,
+    AuthError,
+    SignedRequest,
+    authority_of,
+    check_request,
+    parse_auth_headers,
+)
 from .models import (
     NAME_PATTERN,
+    PAGE_SIZE,
     ConferenceIn,
     ConferenceRecord,
+    ConferenceTombstone,
     ContactIn,
     ParticipantIn,
+    TombstoneIn,
+    TombstoneOut,
     contact_message,
 )
 from .openapi import OPENAPI
@@ -51,7 +62,7 @@ T = TypeVar("T")
 
 DEFAULT_MAX_BODY = 512 * 1024
 #: Entries per page of a listing (``?after=<last key>`` gives the next page).
-PAGE = 1000
+PAGE = PAGE_SIZE
 _NAME_RE = re.compile(NAME_PATTERN)
 
 #: HTTP status of each machine-readable error code.
@@ -63,6 +74,7 @@ STATUS: dict[str, int] = {
     "stale_request": 401,
     "replayed_request": 401,
     "unknown_signer": 401,
+    "wrong_directory": 421,
     "signer_mismatch": 403,
     "not_creator": 403,
     "not_owner": 403,
@@ -72,6 +84,8 @@ STATUS: dict[str, int] = {
     "method_not_allowed": 405,
     "identity_taken": 409,
     "duplicate_conference": 409,
+    "stale_version": 409,
+    "conference_deleted": 410,
     "body_too_large": 413,
     "invalid_request": 422,
     "invalid_time_frame": 422,
@@ -82,6 +96,7 @@ STATUS: dict[str, int] = {
     "name_mismatch": 422,
     "bad_record_signature": 422,
     "bad_contact_signature": 422,
+    "bad_tombstone_signature": 422,
     # certificate verification (secchat.pki codes)
     "unknown_ca": 422,
     "expired": 422,
@@ -134,13 +149,19 @@ def create_app(
     engine: Engine,
     trusted_cas: Sequence[x509.Certificate],
     *,
+    names: Sequence[str],
     max_body: int = DEFAULT_MAX_BODY,
     clock: Callable[[], float] = time.time,
     db_threads: int = 8,
 ) -> Starlette:
-    """The directory app on ``engine`` (schema created now), admitting certificates of ``trusted_cas``."""
+    """The directory app on ``engine`` (schema created now), admitting certificates of
+    ``trusted_cas``, answering signed requests made for one of ``names`` (its URLs as clients
+    use them, or configured directory names; see :mod:`.auth`)."""
     if not trusted_cas:
         raise ValueError("the directory needs at least one trusted CA certificate")
+    authorities = tuple(dict.fromkeys(authority_of(n) for n in names))
+    if not authorities:
+        raise ValueError("the directory needs at least one name (its URL or a configured name)")
     store = Store(engine)
     store.create_schema()
     cas = list(trusted_cas)
@@ -193,7 +214,9 @@ def create_app(
         verify_cert(cert)
         try:
             verifier = pki.verifier_of(cert)
-            check_request(verifier, auth, request.method, _signed_path(request), body, now=clock())
+            check_request(
+                verifier, auth, authorities, request.method, _signed_path(request), body, now=clock()
+            )
         except (AuthError, pki.PkiError) as exc:
             raise ApiError(exc.code, str(exc)) from None
         return auth, cert, (auth.nonce, auth.timestamp + MAX_SKEW + 1)
@@ -271,8 +294,17 @@ def create_app(
 
     async def conferences_of(request: Request) -> Response:
         name = request.path_params["name"]
+        creator, _, id_ = request.query_params.get("after", "").partition("/")
+        return _json(
+            await run_in_threadpool(store.conferences_of, name, after=(creator, id_), limit=PAGE)
+        )
+
+    async def conferences_with_id(request: Request) -> Response:
+        id_ = request.query_params.get("id")
+        if not id_:
+            raise ApiError("invalid_request", "give the conference id: /v1/conferences?id=...")
         after = request.query_params.get("after", "")
-        return _json(await run_in_threadpool(store.conferences_of, name, after=after, limit=PAGE))
+        return _json(await run_in_threadpool(store.conferences_with_id, id_, after=after, limit=PAGE))
 
     async def create_conference(request: Request) -> Response:
         body = await read_body(request)
@@ -296,7 +328,8 @@ def create_app(
                 raise ApiError("name_mismatch", f"the certificate given for {name!r} names {identity.name!r}")
             fingerprints.append(pki.fingerprint(cert))
         record = ConferenceRecord(
-            data.id, data.t0, data.t1, tuple(data.members), tuple(fingerprints), data.creator
+            data.id, data.t0, data.t1, tuple(data.members), tuple(fingerprints), data.creator,
+            data.version, data.created_at,
         )
         try:
             pki.verifier_of(creator_cert).verify(record.signed_bytes(), bytes.fromhex(data.signature))
@@ -304,12 +337,14 @@ def create_app(
             raise ApiError("bad_record_signature", "the conference record is not signed by its creator") from None
         conference = await write(
             store.create_conference,
+            creator=data.creator,
             id=data.id,
+            version=data.version,
+            created_at=data.created_at,
             t0=data.t0,
             t1=data.t1,
             members=data.members,
             fingerprints=fingerprints,
-            creator=data.creator,
             signature=data.signature,
             nonce=nonce,
             now=int(clock()),
@@ -317,17 +352,39 @@ def create_app(
         return _json(conference, 201)
 
     async def get_conference(request: Request) -> Response:
-        id_ = request.path_params["id"]
-        found = await run_in_threadpool(store.get_conference, id_)
+        creator, id_ = request.path_params["creator"], request.path_params["id"]
+        found = await run_in_threadpool(store.get_conference, creator, id_)
         if found is None:
-            raise ApiError("unknown_conference", f"there is no conference with id {id_!r}")
+            raise ApiError("unknown_conference", f"{creator} has no conference with id {id_!r}")
+        if isinstance(found, TombstoneOut):
+            message = f"{creator}'s conference {id_!r} was deleted by its creator"
+            error = {"code": "conference_deleted", "message": message}
+            return _json({"error": error, "tombstone": found}, STATUS["conference_deleted"])
         return _json(found)
 
     async def delete_conference(request: Request) -> Response:
-        id_ = request.path_params["id"]
+        creator, id_ = request.path_params["creator"], request.path_params["id"]
         body = await read_body(request)
-        auth, _, nonce = await authenticate(request, body)
-        await write(store.delete_conference, id=id_, requester=auth.name, nonce=nonce, now=int(clock()))
+        auth, cert, nonce = await authenticate(request, body)
+        if auth.name != creator:
+            raise ApiError("not_creator", "only the creator of a conference may delete it")
+        data = _decode(body, TombstoneIn)
+        tombstone = ConferenceTombstone(creator, id_, data.version, data.deleted_at)
+        try:
+            pki.verifier_of(cert).verify(tombstone.signed_bytes(), bytes.fromhex(data.signature))
+        except CryptoError:
+            raise ApiError("bad_tombstone_signature", "the tombstone is not signed by the creator") from None
+        await write(
+            store.delete_conference,
+            creator=creator,
+            id=id_,
+            requester=auth.name,
+            version=data.version,
+            deleted_at=data.deleted_at,
+            signature=data.signature,
+            nonce=nonce,
+            now=int(clock()),
+        )
         return Response(status_code=204)
 
     # ------------------------------------------------------------ errors
@@ -363,8 +420,9 @@ def create_app(
         Route("/v1/participants/{name}/contact", publish_contact, methods=["PUT"]),
         Route("/v1/participants/{name}/conferences", conferences_of, methods=["GET"]),
         Route("/v1/conferences", create_conference, methods=["POST"]),
-        Route("/v1/conferences/{id}", get_conference, methods=["GET"]),
-        Route("/v1/conferences/{id}", delete_conference, methods=["DELETE"]),
+        Route("/v1/conferences", conferences_with_id, methods=["GET"]),
+        Route("/v1/conferences/{creator}/{id}", get_conference, methods=["GET"]),
+        Route("/v1/conferences/{creator}/{id}", delete_conference, methods=["DELETE"]),
     ]
     app = Starlette(
         routes=routes,

@@ -13,6 +13,7 @@ busy timeout instead of failing on a lock upgrade; reads use plain deferred tran
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -33,18 +35,22 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     create_engine,
     delete,
     event,
     func,
     insert,
+    inspect,
+    or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .models import ConferenceOut, ContactOut, ParticipantOut
+from .models import ConferenceOut, ContactOut, ParticipantOut, TombstoneOut
 
 __all__ = [
     "Rejected",
@@ -54,6 +60,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger("secchat.directory")
 
 metadata = MetaData()
 
@@ -84,27 +92,47 @@ contacts = Table(
     Column("signature", String(128), nullable=False),
 )
 
+# A conference is (creator, id): two creators may use one id.
 conferences = Table(
     "conferences",
     metadata,
-    Column("id", _key(128), primary_key=True),
+    Column("creator", _key(64), ForeignKey("participants.name"), nullable=False),
+    Column("id", _key(128), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),  # the creator's signed time
     Column("t0", BigInteger, nullable=False),
     Column("t1", BigInteger, nullable=False),
-    Column("creator", _key(64), ForeignKey("participants.name"), nullable=False),
     Column("signature", String(128), nullable=False),
-    Column("created_at", BigInteger, nullable=False),
+    Column("stored_at", BigInteger, nullable=False),  # the directory's time
+    PrimaryKeyConstraint("creator", "id"),
+    Index("conferences_by_id", "id", "creator"),
 )
 
 conference_members = Table(
     "conference_members",
     metadata,
-    Column("conference_id", _key(128), ForeignKey("conferences.id"), nullable=False),
+    Column("creator", _key(64), nullable=False),
+    Column("conference_id", _key(128), nullable=False),
     Column("position", Integer, nullable=False),
     Column("name", _key(64), ForeignKey("participants.name"), nullable=False),
     Column("fingerprint", String(64), nullable=False),
-    PrimaryKeyConstraint("conference_id", "position"),
-    UniqueConstraint("conference_id", "name", name="conference_members_once"),
-    Index("conference_members_by_name", "name"),
+    PrimaryKeyConstraint("creator", "conference_id", "position"),
+    ForeignKeyConstraint(["creator", "conference_id"], ["conferences.creator", "conferences.id"]),
+    UniqueConstraint("creator", "conference_id", "name", name="conference_members_once"),
+    Index("conference_members_by_name", "name", "creator", "conference_id"),
+)
+
+#: Deleted conferences: the creator's signed tombstone, served instead of the record.
+tombstones = Table(
+    "conference_tombstones",
+    metadata,
+    Column("creator", _key(64), ForeignKey("participants.name"), nullable=False),
+    Column("id", _key(128), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("deleted_at", BigInteger, nullable=False),
+    Column("signature", String(128), nullable=False),
+    Column("stored_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("creator", "id"),
 )
 
 nonces = Table(
@@ -115,7 +143,7 @@ nonces = Table(
 )
 
 #: The tables that hold the directory's data (``nonces`` is bookkeeping).
-DOMAIN_TABLES = (participants, contacts, conferences, conference_members)
+DOMAIN_TABLES = (participants, contacts, conferences, conference_members, tombstones)
 
 
 class Rejected(Exception):
@@ -193,6 +221,16 @@ class Store:
 
     def create_schema(self) -> None:
         with self._write_conn() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns("conferences")} if inspect(
+                conn
+            ).has_table("conferences") else set()
+            if columns and "version" not in columns:
+                # A database of the directory before conferences were (creator, id), versioned
+                # records: those records are signed under the old scheme, which no client
+                # accepts any more, so they go; participants and contacts stay.
+                log.warning("dropping the conference records of an older directory schema")
+                conn.exec_driver_sql("DROP TABLE conference_members")
+                conn.exec_driver_sql("DROP TABLE conferences")
             metadata.create_all(conn)
 
     # ---------------------------------------------------------------- transactions
@@ -327,21 +365,34 @@ class Store:
     def create_conference(
         self,
         *,
+        creator: str,
         id: str,
+        version: int,
+        created_at: int,
         t0: int,
         t1: int,
         members: list[str],
         fingerprints: list[str],
-        creator: str,
         signature: str,
         nonce: tuple[str, int],
         now: int,
     ) -> ConferenceOut:
-        """Store a conference whose members are registered with exactly these certificates."""
+        """Store a conference whose members are registered with exactly these certificates; a
+        deleted ``(creator, id)`` may be created again with a higher version than its tombstone."""
 
         def run(conn: Connection) -> ConferenceOut:
-            if conn.execute(select(conferences.c.id).where(conferences.c.id == id)).first():
-                raise Rejected("duplicate_conference", f"a conference with id {id!r} already exists")
+            key = and_(conferences.c.creator == creator, conferences.c.id == id)
+            if conn.execute(select(conferences.c.id).where(key)).first():
+                raise Rejected("duplicate_conference", f"{creator} already has a conference with id {id!r}")
+            tomb = conn.execute(
+                select(tombstones.c.version).where(tombstones.c.creator == creator, tombstones.c.id == id)
+            ).first()
+            if tomb is not None and version <= tomb.version:
+                raise Rejected(
+                    "stale_version",
+                    f"{creator}'s conference {id!r} was deleted at version {tomb.version}; "
+                    "a new record needs a higher version",
+                )
             rows = conn.execute(
                 select(participants.c.name, participants.c.fingerprint, participants.c.cert_pem).where(
                     participants.c.name.in_(members)
@@ -355,28 +406,33 @@ class Store:
                     raise Rejected(
                         "certificate_mismatch", f"the certificate given for {name!r} is not the registered one"
                     )
+            if tomb is not None:
+                conn.execute(delete(tombstones).where(tombstones.c.creator == creator, tombstones.c.id == id))
             conn.execute(
                 insert(conferences).values(
-                    id=id, t0=t0, t1=t1, creator=creator, signature=signature, created_at=now
+                    creator=creator, id=id, version=version, created_at=created_at, t0=t0, t1=t1,
+                    signature=signature, stored_at=now,
                 )
             )
             conn.execute(
                 insert(conference_members),
                 [
-                    {"conference_id": id, "position": i, "name": name, "fingerprint": fp}
+                    {"creator": creator, "conference_id": id, "position": i, "name": name, "fingerprint": fp}
                     for i, (name, fp) in enumerate(zip(members, fingerprints, strict=True))
                 ],
             )
             return ConferenceOut(
-                id, t0, t1, list(members), [registered[m].cert_pem for m in members], creator, signature, now
+                id, t0, t1, list(members), [registered[m].cert_pem for m in members], creator, signature,
+                version, created_at,
             )
 
         return self._write(nonce, now, run)
 
-    def _load_conferences(self, conn: Connection, ids: Iterable[str]) -> list[ConferenceOut]:
-        """Whole records, each read by one statement (never torn, whatever the isolation)."""
-        ids = list(ids)
-        if not ids:
+    def _load_conferences(self, conn: Connection, keys: Iterable[tuple[str, str]]) -> list[ConferenceOut]:
+        """Whole records by (creator, id), each read by one statement (never torn, whatever the
+        isolation), in (creator, id) order."""
+        keys = list(keys)
+        if not keys:
             return []
         rows = conn.execute(
             select(
@@ -384,14 +440,20 @@ class Store:
                 conference_members.c.name.label("member"),
                 participants.c.cert_pem,
             )
-            .join(conference_members, conference_members.c.conference_id == conferences.c.id)
+            .join(
+                conference_members,
+                and_(
+                    conference_members.c.creator == conferences.c.creator,
+                    conference_members.c.conference_id == conferences.c.id,
+                ),
+            )
             .join(participants, participants.c.name == conference_members.c.name)
-            .where(conferences.c.id.in_(ids))
-            .order_by(conferences.c.id, conference_members.c.position)
+            .where(tuple_(conferences.c.creator, conferences.c.id).in_(keys))
+            .order_by(conferences.c.creator, conferences.c.id, conference_members.c.position)
         ).all()
         result: list[ConferenceOut] = []
-        for _, group in itertools.groupby(rows, key=lambda r: r.id):
-            group = list(group)
+        for _, grouped in itertools.groupby(rows, key=lambda r: (r.creator, r.id)):
+            group = list(grouped)
             h = group[0]
             result.append(
                 ConferenceOut(
@@ -402,36 +464,94 @@ class Store:
                     [r.cert_pem for r in group],
                     h.creator,
                     h.signature,
+                    h.version,
                     h.created_at,
                 )
             )
         return result
 
-    def get_conference(self, id: str) -> ConferenceOut | None:
-        with self._read_conn() as conn:
-            found = self._load_conferences(conn, [id])
-        return found[0] if found else None
+    def get_conference(self, creator: str, id: str) -> ConferenceOut | TombstoneOut | None:
+        """The record of ``(creator, id)``, its tombstone if it was deleted, or None."""
+        with self._read_conn(snapshot=True) as conn:
+            found = self._load_conferences(conn, [(creator, id)])
+            if found:
+                return found[0]
+            row = conn.execute(
+                select(tombstones, participants.c.cert_pem)
+                .join(participants, participants.c.name == tombstones.c.creator)
+                .where(tombstones.c.creator == creator, tombstones.c.id == id)
+            ).first()
+        if row is None:
+            return None
+        return TombstoneOut(row.creator, row.id, row.version, row.deleted_at, row.signature, row.cert_pem)
 
-    def conferences_of(self, name: str, *, after: str = "", limit: int = 1000) -> list[ConferenceOut]:
-        """The conferences ``name`` belongs to, by id, the first ``limit`` after ``after``."""
+    def conferences_with_id(self, id: str, *, after: str = "", limit: int = 1000) -> list[ConferenceOut]:
+        """The conferences of every creator that use ``id``, by creator, those after ``after``."""
         with self._read_conn() as conn:
-            ids = conn.execute(
-                select(conference_members.c.conference_id)
-                .where(conference_members.c.name == name, conference_members.c.conference_id > after)
-                .order_by(conference_members.c.conference_id)
+            creators = conn.execute(
+                select(conferences.c.creator)
+                .where(conferences.c.id == id, conferences.c.creator > after)
+                .order_by(conferences.c.creator)
                 .limit(limit)
             ).scalars()
-            return self._load_conferences(conn, list(ids))
+            return self._load_conferences(conn, [(c, id) for c in creators])
 
-    def delete_conference(self, *, id: str, requester: str, nonce: tuple[str, int], now: int) -> None:
+    def conferences_of(
+        self, name: str, *, after: tuple[str, str] = ("", ""), limit: int = 1000
+    ) -> list[ConferenceOut]:
+        """The conferences ``name`` belongs to, by (creator, id), the first ``limit`` after ``after``."""
+        m = conference_members.c
+        with self._read_conn() as conn:
+            keys = conn.execute(
+                select(m.creator, m.conference_id)
+                .where(
+                    m.name == name,
+                    or_(m.creator > after[0], and_(m.creator == after[0], m.conference_id > after[1])),
+                )
+                .order_by(m.creator, m.conference_id)
+                .limit(limit)
+            ).all()
+            return self._load_conferences(conn, [(k.creator, k.conference_id) for k in keys])
+
+    def delete_conference(
+        self,
+        *,
+        creator: str,
+        id: str,
+        requester: str,
+        version: int,
+        deleted_at: int,
+        signature: str,
+        nonce: tuple[str, int],
+        now: int,
+    ) -> None:
+        """Replace the record of ``(creator, id)`` by the creator's tombstone (checked by the
+        caller), which must cover the record's version."""
+
         def run(conn: Connection) -> None:
-            row = conn.execute(select(conferences.c.creator).where(conferences.c.id == id)).first()
+            row = conn.execute(
+                select(conferences.c.version).where(conferences.c.creator == creator, conferences.c.id == id)
+            ).first()
             if row is None:
-                raise Rejected("unknown_conference", f"there is no conference with id {id!r}")
-            if row.creator != requester:
+                raise Rejected("unknown_conference", f"{creator} has no conference with id {id!r}")
+            if requester != creator:
                 raise Rejected("not_creator", "only the creator of a conference may delete it")
-            conn.execute(delete(conference_members).where(conference_members.c.conference_id == id))
-            conn.execute(delete(conferences).where(conferences.c.id == id))
+            if version < row.version:
+                raise Rejected(
+                    "stale_version", f"the tombstone is for version {version}, the record is version {row.version}"
+                )
+            conn.execute(
+                delete(conference_members).where(
+                    conference_members.c.creator == creator, conference_members.c.conference_id == id
+                )
+            )
+            conn.execute(delete(conferences).where(conferences.c.creator == creator, conferences.c.id == id))
+            conn.execute(
+                insert(tombstones).values(
+                    creator=creator, id=id, version=version, deleted_at=deleted_at, signature=signature,
+                    stored_at=now,
+                )
+            )
 
         self._write(nonce, now, run)
 

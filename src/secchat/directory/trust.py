@@ -12,14 +12,16 @@ from __future__ import annotations
 import enum
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import platformdirs
 
 from secchat import pki
 
-__all__ = ["Acceptance", "TrustEntry", "TrustStore", "TrustStoreError", "default_trust_path"]
+__all__ = ["Acceptance", "JsonStateFile", "TrustEntry", "TrustStore", "TrustStoreError", "default_trust_path"]
 
 
 def default_trust_path() -> Path:
@@ -29,6 +31,53 @@ def default_trust_path() -> Path:
 
 class TrustStoreError(Exception):
     """The trust store file is unreadable or corrupt."""
+
+
+E = TypeVar("E")
+
+
+class JsonStateFile(Generic[E]):
+    """A small JSON state file of ours, ``{"version": N, FIELD: {key: entry}}``: read whole when
+    opened, rewritten atomically (owner-only) on each change, in memory only when ``path`` is
+    None.  Subclasses say how an entry is decoded and encoded."""
+
+    VERSION = 1
+    FIELD = "entries"
+    WHAT = "state file"
+    error: type[Exception] = ValueError
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._entries: dict[str, E] = {}
+        if self.path is not None and self.path.exists():
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                if not isinstance(data, dict) or data.get("version") != self.VERSION:
+                    raise ValueError("unknown version")
+                self._entries = {k: self._decode(k, v) for k, v in data[self.FIELD].items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise self.error(f"the {self.WHAT} {self.path} is unreadable: {exc}") from None
+
+    def _decode(self, key: str, value: Any) -> E:
+        raise NotImplementedError
+
+    def _encode(self, entry: E) -> Any:
+        raise NotImplementedError
+
+    def _replace(self, entries: dict[str, E]) -> None:
+        """Make ``entries`` the contents, on disk too: one write; a failed one changes nothing."""
+        previous, self._entries = self._entries, entries
+        if self.path is None:
+            return
+        data = {"version": self.VERSION, self.FIELD: {k: self._encode(e) for k, e in sorted(entries.items())}}
+        try:
+            pki.write_file_atomically(self.path, json.dumps(data, indent=1).encode("utf-8"), 0o600)
+        except BaseException:
+            self._entries = previous
+            raise
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class Acceptance(enum.Enum):
@@ -44,41 +93,18 @@ class TrustEntry:
     accepted_at: int
 
 
-class TrustStore:
+class TrustStore(JsonStateFile[TrustEntry]):
     """Identity (``name@issuer``) -> accepted certificate fingerprint."""
 
-    VERSION = 1
+    FIELD = "accepted"
+    WHAT = "trust store"
+    error = TrustStoreError
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = Path(path) if path is not None else None
-        self._entries: dict[str, TrustEntry] = {}
-        if self.path is not None and self.path.exists():
-            self._load()
+    def _decode(self, key: str, value: Any) -> TrustEntry:
+        return TrustEntry(key, str(value["fingerprint"]), int(value["accepted_at"]))
 
-    def _load(self) -> None:
-        assert self.path is not None
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            if data.get("version") != self.VERSION:
-                raise ValueError("unknown version")
-            self._entries = {
-                key: TrustEntry(key, str(v["fingerprint"]), int(v["accepted_at"]))
-                for key, v in data["accepted"].items()
-            }
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise TrustStoreError(f"the trust store {self.path} is unreadable: {exc}") from None
-
-    def _save(self) -> None:
-        if self.path is None:
-            return
-        data = {
-            "version": self.VERSION,
-            "accepted": {
-                k: {"fingerprint": e.fingerprint, "accepted_at": e.accepted_at}
-                for k, e in sorted(self._entries.items())
-            },
-        }
-        pki.write_file_atomically(self.path, json.dumps(data, indent=2).encode("utf-8"), 0o600)
+    def _encode(self, entry: TrustEntry) -> Any:
+        return {"fingerprint": entry.fingerprint, "accepted_at": entry.accepted_at}
 
     def status(self, identity: pki.Identity | str, fingerprint: str) -> Acceptance:
         entry = self._entries.get(str(identity))
@@ -91,19 +117,22 @@ class TrustStore:
 
     def accept(self, identity: pki.Identity | str, fingerprint: str, *, now: int | None = None) -> None:
         """Accept this certificate for this identity (replacing an older one is an explicit choice)."""
-        self._entries[str(identity)] = TrustEntry(
-            str(identity), fingerprint, int(time.time()) if now is None else now
-        )
-        self._save()
+        self.accept_all([(identity, fingerprint)], now=now)
+
+    def accept_all(self, accepted: Iterable[tuple[pki.Identity | str, str]], *, now: int | None = None) -> None:
+        """Accept several certificates at once: one write, so either all are kept or none."""
+        stamp = int(time.time()) if now is None else now
+        entries = dict(self._entries)
+        for identity, fingerprint in accepted:
+            entries[str(identity)] = TrustEntry(str(identity), fingerprint, stamp)
+        if entries != self._entries:
+            self._replace(entries)
 
     def revoke(self, identity: pki.Identity | str) -> bool:
-        removed = self._entries.pop(str(identity), None) is not None
-        if removed:
-            self._save()
-        return removed
+        if str(identity) not in self._entries:
+            return False
+        self._replace({k: e for k, e in self._entries.items() if k != str(identity)})
+        return True
 
     def list(self) -> list[TrustEntry]:
         return sorted(self._entries.values(), key=lambda e: e.identity)
-
-    def __len__(self) -> int:
-        return len(self._entries)
