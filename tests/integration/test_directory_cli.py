@@ -51,12 +51,12 @@ def test_register_and_list_from_the_command_line(tmp_path, monkeypatch):
 
 def test_unreachable_directory_is_one_sentence(tmp_path, monkeypatch):
     runner = CliRunner()
-    monkeypatch.setenv("SECCHAT_PASSPHRASE", "pw")
+    monkeypatch.setenv("SECCHAT_PASSPHRASE", "carol passphrase")
     ca_key, ca_cert = pki.create_ca("X CA")
     key = pki.generate_key()
     cert = pki.issue_certificate(ca_key, ca_cert, "carol", key.public_key())
     d = tmp_path / "carol"
-    pki.save_private_key(d / "identity.key", key, "pw")
+    pki.save_private_key(d / "identity.key", key, "carol passphrase")
     (d / "identity.pem").write_bytes(pki.cert_to_pem(cert))
     (d / "ca.pem").write_bytes(pki.cert_to_pem(ca_cert))
     r = runner.invoke(directory_app, ["register", "--url", "http://127.0.0.1:9", "--dir", str(d), "--trust-file", str(tmp_path / "t.json")])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,24 +14,36 @@ from secchat.app.cli_chat import parse_time
 from secchat.app.profile import ProfileError, Settings, init_profile, load_settings, save_settings
 from tests.app_support import CA_PASSPHRASE, make_ca
 
+PW = "alice's passphrase"
+
 
 def test_init_writes_identity_and_config(tmp_path):
     ca = tmp_path / "ca"
     ca.mkdir()
     make_ca(ca)
     home = tmp_path / "alice"
-    fp = init_profile(home, "alice", "pw", "http://127.0.0.1:9", ca, CA_PASSPHRASE)
-    local = pki.load_identity(home / "identity", "pw")
+    fp = init_profile(home, "alice", PW, "http://127.0.0.1:9", ca, CA_PASSPHRASE)
+    local = pki.load_identity(home / "identity", PW)
     assert local.identity.name == "alice" and pki.fingerprint(local.cert) == fp
     assert load_settings(home) == Settings("alice", "http://127.0.0.1:9")
+    for folder in (home, home / "identity"):
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+        for f in folder.iterdir():
+            assert f.is_dir() or stat.S_IMODE(os.stat(f).st_mode) == 0o600, f
+    os.chmod(home, 0o755)  # a profile made by an older SecChat is tightened when opened
+    load_settings(home)
+    assert stat.S_IMODE(os.stat(home).st_mode) == 0o700
+    with pytest.raises(ProfileError, match="at least 8 characters") as err:
+        init_profile(tmp_path / "e", "eve", "short", "http://127.0.0.1:9", ca, CA_PASSPHRASE)
+    assert err.value.code == "weak_passphrase" and not (tmp_path / "e").exists()
     with pytest.raises(ProfileError, match="already exists"):
-        init_profile(home, "alice", "pw", "http://127.0.0.1:9", ca, CA_PASSPHRASE)
+        init_profile(home, "alice", PW, "http://127.0.0.1:9", ca, CA_PASSPHRASE)
     with pytest.raises(ProfileError, match="wrong passphrase for the CA"):
-        init_profile(tmp_path / "b", "bob", "pw", "http://127.0.0.1:9", ca, "nope")
+        init_profile(tmp_path / "b", "bob", PW, "http://127.0.0.1:9", ca, "nope")
     with pytest.raises(ProfileError, match="there is no CA"):
-        init_profile(tmp_path / "c", "cy", "pw", "http://127.0.0.1:9", tmp_path / "none", CA_PASSPHRASE)
+        init_profile(tmp_path / "c", "cy", PW, "http://127.0.0.1:9", tmp_path / "none", CA_PASSPHRASE)
     with pytest.raises(ProfileError, match="must start with http"):
-        init_profile(tmp_path / "d", "dee", "pw", "ftp://x", ca, CA_PASSPHRASE)
+        init_profile(tmp_path / "d", "dee", PW, "ftp://x", ca, CA_PASSPHRASE)
 
 
 def test_settings_errors_are_sentences(tmp_path):

@@ -112,7 +112,7 @@ def init(
     home = _home(home)
     ca_dir = ca_dir or default_ca_dir()
     ca_pass = read_passphrase(ca_passphrase_file, CA_ENVS, "CA passphrase")
-    passphrase = read_passphrase(passphrase_file, (PASSPHRASE_ENV,), f"new passphrase for {name}", confirm=True)
+    passphrase = read_passphrase(passphrase_file, (PASSPHRASE_ENV,), f"new passphrase for {name}", new=True)
     try:
         fp = init_profile(home, name, passphrase, directory, ca_dir, ca_pass,
                           listen_host=listen_host, listen_port=listen_port, advertise_host=advertise_host,

@@ -18,6 +18,7 @@ import platformdirs
 import typer
 
 from secchat import pki
+from secchat.passphrase import WeakPassphrase, check_new_passphrase
 
 ca_app = typer.Typer(help="Run a conference certificate authority.", no_args_is_help=True)
 identity_app = typer.Typer(help="Inspect this peer's identity.", no_args_is_help=True)
@@ -53,9 +54,13 @@ def fail(message: str) -> typer.Exit:
 
 
 def read_passphrase(
-    file: Path | None, envs: tuple[str, ...], prompt: str, *, confirm: bool = False
+    file: Path | None, envs: tuple[str, ...], prompt: str, *, new: bool = False
 ) -> str:
-    """A passphrase from a file (first line), the first set variable of ``envs``, or a prompt."""
+    """A passphrase from a file (first line), the first set variable of ``envs``, or a prompt.
+
+    ``new``: the passphrase is being chosen, so the prompt asks twice and one shorter than
+    :data:`secchat.passphrase.MIN_PASSPHRASE_LENGTH` is refused before any work is done.
+    """
     if file is not None:
         try:
             text = Path(file).read_text(encoding="utf-8")
@@ -66,11 +71,16 @@ def read_passphrase(
         passphrase = next(os.environ[env] for env in envs if os.environ.get(env))
     else:
         try:
-            passphrase = typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
+            passphrase = typer.prompt(prompt, hide_input=True, confirmation_prompt=new)
         except (typer.Abort, EOFError):
             raise fail("no passphrase given") from None
     if not passphrase:
         raise fail("the passphrase is empty")
+    if new:
+        try:
+            check_new_passphrase(passphrase)
+        except WeakPassphrase as exc:
+            raise fail(str(exc)) from None
     return passphrase
 
 
@@ -109,7 +119,7 @@ def ca_init(
     key_path, cert_path = directory / pki.CA_KEY_FILE, directory / pki.CA_CERT_FILE
     if not force and (key_path.exists() or cert_path.exists()):
         raise fail(f"a CA already exists in {directory} (use --force to replace it)")
-    passphrase = read_passphrase(passphrase_file, CA_ENVS, "CA passphrase", confirm=True)
+    passphrase = read_passphrase(passphrase_file, CA_ENVS, "CA passphrase", new=True)
     try:
         key, cert = pki.create_ca(name, valid_days=valid_days)
         pki.save_private_key(key_path, key, passphrase)
@@ -150,7 +160,7 @@ def ca_issue(
     except pki.PkiError as exc:
         raise fail(str(exc)) from None
     passphrase = read_passphrase(
-        passphrase_file, (PASSPHRASE_ENV,), f"passphrase for {name}", confirm=True
+        passphrase_file, (PASSPHRASE_ENV,), f"passphrase for {name}", new=True
     )
     try:
         key = pki.generate_key()

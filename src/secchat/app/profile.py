@@ -3,11 +3,14 @@
 Layout of ``home`` (default: the platform's user data directory, ``platformdirs``)::
 
     config.toml                  name, directory URL, listen / advertised address (below)
-    identity/identity.key        Ed25519 key, PKCS#8 encrypted under the passphrase
+    identity/identity.key        Ed25519 key, encrypted under the passphrase (scrypt, see pki)
     identity/identity.pem        certificate from the conference CA
     identity/ca.pem              the CA(s) this peer trusts
     accepted-certificates.json   the certificates the user accepted (directory.trust)
     history.sqlite3              delivered messages and saved key-exchange state, encrypted
+
+The profile and its identity folder are 0700 and every file in them 0600 (an existing profile
+that is looser is tightened when it is opened).
 
 ``config.toml``::
 
@@ -28,6 +31,7 @@ import platformdirs
 import tomli_w
 
 from .. import pki
+from ..passphrase import WeakPassphrase, check_new_passphrase
 
 __all__ = [
     "CONFIG_FILE",
@@ -85,6 +89,7 @@ def default_home() -> Path:
 
 def load_settings(home: Path) -> Settings:
     path = Path(home) / CONFIG_FILE
+    pki.tighten_private(Path(home))
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -99,6 +104,7 @@ def load_settings(home: Path) -> Settings:
 
 def save_settings(home: Path, settings: Settings) -> None:
     data = {k: v for k, v in asdict(settings).items() if v != ""}
+    pki.make_private_dir(Path(home))
     pki.write_file_atomically(Path(home) / CONFIG_FILE, tomli_w.dumps(data).encode("utf-8"), 0o600)
 
 
@@ -118,6 +124,10 @@ def init_profile(
     """Create an identity issued by the CA in ``ca_dir`` and the profile's config; return the
     certificate's fingerprint."""
     home = Path(home)
+    try:
+        check_new_passphrase(passphrase)
+    except WeakPassphrase as exc:
+        raise ProfileError("weak_passphrase", str(exc)) from None
     if (home / CONFIG_FILE).exists() and not force:
         raise ProfileError("exists", f"a profile already exists in {home} (use --force to replace it)")
     try:
@@ -135,6 +145,7 @@ def init_profile(
         key = pki.generate_key()
         cert = pki.issue_certificate(ca_key, ca_cert, name, key.public_key())
         ident = home / IDENTITY_DIR
+        pki.make_private_dir(home)
         pki.save_private_key(ident / pki.IDENTITY_KEY_FILE, key, passphrase)
     except pki.PkiError as exc:
         if exc.code == "wrong_passphrase":
@@ -142,8 +153,8 @@ def init_profile(
         raise ProfileError(exc.code, str(exc)) from None
     except ValueError as exc:
         raise ProfileError("bad_name", str(exc)) from None
-    pki.write_file_atomically(ident / pki.IDENTITY_CERT_FILE, pki.cert_to_pem(cert), 0o644)
-    pki.write_file_atomically(ident / pki.CA_CERT_FILE, pki.cert_to_pem(ca_cert), 0o644)
+    pki.write_file_atomically(ident / pki.IDENTITY_CERT_FILE, pki.cert_to_pem(cert), 0o600)
+    pki.write_file_atomically(ident / pki.CA_CERT_FILE, pki.cert_to_pem(ca_cert), 0o600)
     history = home / HISTORY_FILE
     if history.exists():  # a history under another passphrase would be unreadable
         history.unlink()
