@@ -16,7 +16,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -43,7 +43,7 @@ def _passphrase(passphrase_file: Path | None) -> str:
     return read_passphrase(passphrase_file, (PASSPHRASE_ENV,), "passphrase")
 
 
-def _run(fn: Callable[[], Awaitable[T]]) -> T:
+def _run(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine; an :class:`AppError` becomes one sentence and exit code 1.
 
     Anything else is a bug: one sentence too, unless ``SECCHAT_DEBUG=1`` asks for the traceback.

@@ -367,7 +367,7 @@ class ChatApp:
         return list(_unaccepted(c.unaccepted))
 
     async def unaccepted_participants(self, names: Sequence[str]) -> list[UnacceptedCertificate]:
-        out = []
+        out: list[UnacceptedCertificate] = []
         for name in names:
             if name == self.name:
                 continue
@@ -780,6 +780,7 @@ class Conference:
 
     def _on_delivered(self, ev: Delivered) -> None:
         epoch = ev.tag[2]
+        assert isinstance(epoch, int)  # smc_tag(id, epoch)
         sender = self.members[ev.sender]
         if sender == self.me:  # the runtime drops frames claiming to be ours: this is our own send
             queue = self._pending.get(epoch)

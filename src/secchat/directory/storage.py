@@ -390,8 +390,8 @@ class Store:
             .order_by(conferences.c.id, conference_members.c.position)
         ).all()
         result: list[ConferenceOut] = []
-        for _, group in itertools.groupby(rows, key=lambda r: r.id):
-            group = list(group)
+        for _, grouped in itertools.groupby(rows, key=lambda r: r.id):
+            group = list(grouped)
             h = group[0]
             result.append(
                 ConferenceOut(

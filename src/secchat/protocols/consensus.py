@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections import Counter
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..codec import Tag
 from .events import Broadcast, Decided, Event, Send
@@ -90,6 +90,7 @@ class Consensus:
         self._relay_source: int | None = None
         self._pending_proposal: Proposal | None = None
         self._abstained: set[int] = set()  # members that said they will never vote
+        self.parent: Any = None  # the GKE instance that consumes our events (set by the stack)
 
     def coordinator(self, round_: int) -> int:
         return round_ % self.n
@@ -143,6 +144,7 @@ class Consensus:
         if isinstance(msg, Decision):
             return self._on_decision(sender, msg)
         if self.state is State.DECIDED:
+            assert self.decision is not None
             # one answer per message (no amplification): a late or restarted member learns it
             return [Send(sender, Decision(self.tag, self.decision))]
         if isinstance(msg, Abstain):
@@ -165,9 +167,11 @@ class Consensus:
                 return self._drop("stale_round")
             box = self._box(msg.round)
             if box is None:
-                far = self._far_estimates if isinstance(msg, Estimate) else self._far_replies
-                if sender not in far or far[sender].round < msg.round:
-                    far[sender] = msg
+                if isinstance(msg, Estimate):
+                    if sender not in self._far_estimates or self._far_estimates[sender].round < msg.round:
+                        self._far_estimates[sender] = msg
+                elif sender not in self._far_replies or self._far_replies[sender].round < msg.round:
+                    self._far_replies[sender] = msg
                 return self._drop("round_beyond_window")
             if isinstance(msg, Estimate):
                 box.estimates.setdefault(sender, (msg.ts, msg.value))
@@ -207,6 +211,7 @@ class Consensus:
         coord = self.coordinator(round_)
         if coord == self.me:
             box = self._box(round_)
+            assert box is not None  # the current round is always inside the window
             for sender, est in list(self._far_estimates.items()):
                 if est.round == round_:
                     box.estimates.setdefault(sender, (est.ts, est.value))
@@ -296,6 +301,8 @@ class Consensus:
 
     def _maybe_relay(self) -> list[Event]:
         source = self._relay_source
+        if self.decision is None:  # nothing decided yet, nothing to relay
+            return []
         if source is not None and source != -1 and not self._detector.suspects(source):
             return []
         self._relay_source = -1  # relayed (or broadcast as the coordinator): never again

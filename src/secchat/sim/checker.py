@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import random
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,9 +135,9 @@ class _Run:
 
     def schedule(self, action: Callable[[Member, float], Any]) -> None:
         for i, when in self.scenario.start_at.items():
-            self.sim.at(when, lambda i=i: self.sim.start(i, action))
+            self.sim.at(when, functools.partial(self.sim.start, i, action))
         for i, when in self.scenario.crash_at.items():
-            self.sim.at(when, lambda i=i: self.sim.crash(i))
+            self.sim.at(when, functools.partial(self.sim.crash, i))
 
     def violation(self, text: str) -> None:
         self.result.violations.append(text)
@@ -325,7 +325,7 @@ def _check_smc(run: _Run, messages: int = 3, signed: bool = True) -> None:
 
     def complete() -> bool:
         return (
-            state["adversary_done"]
+            bool(state["adversary_done"])
             and all(i in fingerprints for i in correct)
             and all(pending_sends[i] == 0 for i in correct)
             and state["complete"] >= expected_total
@@ -407,7 +407,7 @@ class CampaignResult:
         )
 
 
-def _p95(values: list[float]) -> float:
+def _p95(values: Sequence[float]) -> float:
     return values[min(len(values) - 1, int(0.95 * len(values)))]
 
 
