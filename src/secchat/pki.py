@@ -48,6 +48,7 @@ __all__ = [
     "CLOCK_SKEW",
     "IDENTITY_CERT_FILE",
     "IDENTITY_KEY_FILE",
+    "IDENTITY_REQUEST_FILE",
     "KEY_STORE_FORMAT",
     "Identity",
     "LocalIdentity",
@@ -56,6 +57,7 @@ __all__ = [
     "cert_to_pem",
     "certs_from_pem",
     "certs_to_pem",
+    "check_identity_files",
     "create_ca",
     "fingerprint",
     "generate_key",
@@ -65,7 +67,11 @@ __all__ = [
     "load_identity",
     "load_private_key",
     "make_private_dir",
+    "make_request",
+    "request_from_pem",
+    "request_to_pem",
     "save_private_key",
+    "sign_request",
     "signer_of",
     "tighten_private",
     "verifier_of",
@@ -76,6 +82,8 @@ __all__ = [
 #: File names of an identity directory (``secchat ca issue --out D`` writes them, the rest reads).
 IDENTITY_CERT_FILE = "identity.pem"
 IDENTITY_KEY_FILE = "identity.key"
+#: A certificate signing request waiting for the CA (``secchat init`` writes it).
+IDENTITY_REQUEST_FILE = "request.pem"
 #: The trusted CA bundle of an identity directory, and a CA directory's own files.
 CA_CERT_FILE = "ca.pem"
 CA_KEY_FILE = "ca.key"
@@ -221,6 +229,62 @@ def issue_certificate(
         )
         .sign(ca_key, None)
     )
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def make_request(key: Ed25519PrivateKey, name: str) -> x509.CertificateSigningRequest:
+    """A certificate signing request ``CN=name`` for ``key``, signed by it (proof of possession).
+
+    The user's machine makes it; the CA signs it (:func:`sign_request`) without ever seeing the
+    private key.
+    """
+    return x509.CertificateSigningRequestBuilder().subject_name(_name(name)).sign(key, None)
+
+
+def request_to_pem(request: x509.CertificateSigningRequest) -> bytes:
+    return request.public_bytes(serialization.Encoding.PEM)
+
+
+def request_from_pem(data: bytes) -> x509.CertificateSigningRequest:
+    """A request from PEM; ``PkiError("bad_pem")`` on anything else."""
+    try:
+        return x509.load_pem_x509_csr(bytes(data))
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise PkiError("bad_pem", "the data is not a PEM-encoded certificate signing request") from None
+
+
+def sign_request(
+    ca_key: Ed25519PrivateKey,
+    ca_cert: x509.Certificate,
+    request: x509.CertificateSigningRequest,
+    *,
+    valid_days: int = 365,
+    now: datetime | None = None,
+) -> x509.Certificate:
+    """Issue the certificate a request asks for, after checking it.
+
+    Only the subject's common name and the public key are taken from the request (no extension
+    it asks for is copied).  ``PkiError``: ``bad_signature`` (the request is not signed by its own
+    key), ``unsupported_key`` (not Ed25519), ``no_name`` (not exactly one common name).
+    """
+    try:
+        valid = request.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        valid = False
+    if not valid:
+        raise PkiError("bad_signature", "the request is not signed by the key it asks a certificate for")
+    key = request.public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        raise PkiError("unsupported_key", "the request's key is not an Ed25519 key")
+    name = _common_name(request.subject, "request")
+    if len(request.subject) != 1:
+        raise PkiError("no_name", "the request's subject must be exactly one common name")
+    try:
+        return issue_certificate(ca_key, ca_cert, name, key, valid_days=valid_days, now=now)
+    except ValueError as exc:
+        raise PkiError("no_name", str(exc)) from None
 
 
 # --------------------------------------------------------------------------- verification
@@ -550,9 +614,26 @@ class LocalIdentity:
         return identity_of(self.cert)
 
 
+def check_identity_files(directory: Path) -> None:
+    """``PkiError("no_identity")`` unless ``directory`` holds a certificate, its CA and a key
+    store (cheap: for saying so before a passphrase is asked)."""
+    directory = Path(directory)
+    for name in (IDENTITY_CERT_FILE, CA_CERT_FILE, IDENTITY_KEY_FILE):
+        if (directory / name).exists():
+            continue
+        if (directory / IDENTITY_REQUEST_FILE).exists() and (directory / IDENTITY_KEY_FILE).exists():
+            raise PkiError(
+                "no_identity",
+                f"the certificate for {directory} is not installed yet: have the CA sign"
+                f" {directory / IDENTITY_REQUEST_FILE}, then run `secchat identity install CERT`",
+            )
+        raise PkiError("no_identity", f"{directory / name} is missing: not an identity directory")
+
+
 def load_identity(directory: Path, passphrase: str) -> LocalIdentity:
     """Load and check an identity directory: the key must match the certificate, which must verify."""
     directory = Path(directory)
+    check_identity_files(directory)
     try:
         cert = cert_from_pem((directory / IDENTITY_CERT_FILE).read_bytes())
         trusted = tuple(certs_from_pem((directory / CA_CERT_FILE).read_bytes()))

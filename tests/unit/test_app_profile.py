@@ -11,7 +11,15 @@ import typer
 
 from secchat import pki
 from secchat.app.cli_chat import parse_time
-from secchat.app.profile import ProfileError, Settings, init_profile, load_settings, save_settings
+from secchat.app.profile import (
+    ProfileError,
+    Settings,
+    create_profile,
+    init_profile,
+    install_certificate,
+    load_settings,
+    save_settings,
+)
 from tests.app_support import CA_PASSPHRASE, make_ca
 
 PW = "alice's passphrase"
@@ -67,3 +75,46 @@ def test_parse_time():
     assert parse_time("2026-02-01T10:00+01:00", now).utcoffset() == timedelta(hours=1)
     with pytest.raises(typer.Exit):
         parse_time("tomorrow-ish", now)
+
+
+def test_request_then_install_and_what_install_refuses(tmp_path):
+    ca_key, ca_cert = pki.create_ca("Other CA")
+    home = tmp_path / "bea"
+    request = create_profile(home, "bea", PW, "http://127.0.0.1:9")
+    assert (home / "identity" / "request.pem").read_bytes() == pki.request_to_pem(request)
+    key_store = (home / "identity" / "identity.key").read_bytes()
+    with pytest.raises(pki.PkiError, match="not installed yet"):
+        pki.load_identity(home / "identity", PW)
+    with pytest.raises(ProfileError, match="already exists"):
+        create_profile(home, "bea", PW, "http://127.0.0.1:9")
+
+    other = pki.generate_key()  # a certificate for another key, or another name, is refused
+    for cert, what in (
+        (pki.issue_certificate(ca_key, ca_cert, "bea", other.public_key()), "not for the key"),
+        (pki.sign_request(ca_key, ca_cert, pki.make_request(other, "bob")), "not for the key"),
+    ):
+        with pytest.raises(ProfileError, match=what):
+            install_certificate(home, [cert, ca_cert])
+    stranger_key, stranger_ca = pki.create_ca("Stranger CA")
+    with pytest.raises(ProfileError) as err:  # signed by a CA other than the one given
+        install_certificate(home, [pki.sign_request(stranger_key, stranger_ca, request)], [ca_cert])
+    assert err.value.code in ("unknown_ca", "bad_signature")
+    assert not (home / "identity" / "identity.pem").exists()
+
+    cert = install_certificate(home, [pki.sign_request(ca_key, ca_cert, request), ca_cert])
+    local = pki.load_identity(home / "identity", PW)
+    assert local.cert == cert and local.trusted == (ca_cert,)
+    assert (home / "identity" / "identity.key").read_bytes() == key_store  # the key never moved
+
+
+def test_replace_sets_the_old_profile_aside(tmp_path):
+    home = tmp_path / "cid"
+    create_profile(home, "cid", PW, "http://127.0.0.1:9")
+    (home / "history.sqlite3").write_bytes(b"old history")
+    old_key = (home / "identity" / "identity.key").read_bytes()
+    create_profile(home, "cid", PW, "http://127.0.0.1:9", replace=True)
+    (aside,) = home.glob("replaced-*")
+    assert (aside / "identity" / "identity.key").read_bytes() == old_key
+    assert (aside / "history.sqlite3").read_bytes() == b"old history"
+    assert (home / "identity" / "identity.key").read_bytes() != old_key
+    assert stat.S_IMODE(os.stat(aside).st_mode) == 0o700

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from secchat import pki
 from secchat.app.cli_pki import ca_app, identity_app
+from secchat.app.exit_codes import ExitCode
 from secchat.crypto import CryptoError
 from secchat.passphrase import PASSPHRASE_KDF
 
@@ -308,13 +309,13 @@ def test_cli_errors_are_one_sentence(tmp_path, monkeypatch):
     assert runner.invoke(ca_app, ["init", "--dir", str(ca_dir)]).exit_code == 0
     monkeypatch.setenv("SECCHAT_CA_PASSPHRASE", "wrong passphrase")
     result = runner.invoke(ca_app, ["issue", "bob", "--dir", str(ca_dir), "--out", str(tmp_path / "bob")])
-    assert result.exit_code == 1
-    assert "wrong passphrase for key store" in result.output
+    assert result.exit_code == ExitCode.PASSPHRASE
+    assert "wrong passphrase for the CA key in" in result.output
     assert "Traceback" not in result.output
     result = runner.invoke(identity_app, ["show", "--dir", str(tmp_path / "nobody")])
-    assert result.exit_code == 1 and "no certificate" in result.output
+    assert result.exit_code == ExitCode.SETUP and "no certificate" in result.output
     result = runner.invoke(ca_app, ["init", "--dir", str(ca_dir)])
-    assert result.exit_code == 1 and "already exists" in result.output
+    assert result.exit_code == ExitCode.EXISTS and "already exists" in result.output
 
 
 def test_load_identity(tmp_path, ca):

@@ -1,16 +1,104 @@
-"""The ``secchat`` command line: one Typer app, each command group defined next to its subject."""
+"""The ``secchat`` command line: one Typer app, each command group defined next to its subject.
+
+Conventions every command follows: ``-h``/``--help``; ``--version``; ``-v``/``-q``/``--log-file``
+(before the command: ``secchat -v join room``) configure logging for the whole process; errors
+are one sentence on stderr and an exit code per class of error (:mod:`secchat.app.exit_codes`,
+listed by ``secchat --help``); shell completion (``--install-completion``).
+"""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from .exit_codes import epilog
+
+#: Inherited by every sub-command and group.
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 app = typer.Typer(
     name="secchat",
     help="SecChat: secure multicast conferences that get their key as soon as a majority joins.",
+    epilog=epilog(),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    context_settings=CONTEXT_SETTINGS,
 )
+
+
+def package_version() -> str:
+    """The installed distribution's version (the package's own when run from a source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("secchat")
+    except PackageNotFoundError:
+        from secchat import __version__
+
+        return __version__
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"secchat {package_version()}")
+        raise typer.Exit()
+
+
+def configure_logging(verbose: int, quiet: bool, log_file: Path | None, *, to_stderr: bool = True) -> None:
+    """Warnings on stderr by default; ``-v`` adds progress (INFO), ``-vv`` debug, ``-q`` only
+    errors.  ``--log-file`` receives the same records, with times, and at least INFO.
+    ``to_stderr=False`` (the chat UI owns the terminal): the file only."""
+    level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    if to_stderr:
+        stderr = logging.StreamHandler()
+        stderr.setLevel(level)
+        stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(stderr)
+    else:
+        root.addHandler(logging.NullHandler())
+    file_level = level
+    if log_file is not None:
+        file_level = min(level, logging.INFO)
+        try:
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            from .exit_codes import ExitCode, fail
+
+            raise fail(f"cannot open log file {log_file}: {exc.strerror}", ExitCode.USAGE) from None
+        handler.setLevel(file_level)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(min(level, file_level))
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose", "-v", count=True,
+            help="More log output on stderr: -v progress (e.g. 'cannot reach bob ...; retrying'), -vv debug.",
+        ),
+    ] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log errors only.")] = False,
+    log_file: Annotated[
+        Path | None, typer.Option("--log-file", metavar="FILE", help="Also append the log to FILE.")
+    ] = None,
+) -> None:
+    """SecChat: secure multicast conferences that get their key as soon as a majority joins."""
+    configure_logging(verbose, quiet, log_file, to_stderr=ctx.invoked_subcommand != "chat")
 
 
 def sim_demo(
@@ -25,7 +113,7 @@ def sim_demo(
 
 def _register() -> None:
     from secchat.app.cli_chat import register_commands
-    from secchat.app.cli_pki import ca_app, identity_app
+    from secchat.app.cli_pki import ca_app, identity_app, init
     from secchat.directory.cli import directory_app
     from secchat.net.cluster import cluster
     from secchat.sim.cli import sim_app
@@ -36,6 +124,7 @@ def _register() -> None:
     app.add_typer(identity_app, name="identity")
     app.add_typer(directory_app, name="directory")
     app.command(name="cluster")(cluster)
+    app.command("init")(init)
     register_commands(app)
 
     def chat(
