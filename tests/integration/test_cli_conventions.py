@@ -273,16 +273,13 @@ def test_ca_sign_refuses_a_forged_request(tmp_path, ca):
 def test_verbose_and_log_file_configure_logging(tmp_path):
     from typer.testing import CliRunner
 
-    from secchat.app.cli import app
+    from secchat.app.cli import app, configure_logging
 
     log = tmp_path / "secchat.log"
     runner = CliRunner()
     try:
         result = runner.invoke(app, ["-v", "--log-file", str(log), "identity", "show", "--home", str(tmp_path)])
         assert result.exit_code == ExitCode.SETUP
-        for handler in list(logging.getLogger().handlers):  # the runner's stderr is gone now
-            if not isinstance(handler, logging.FileHandler):
-                logging.getLogger().removeHandler(handler)
         links = logging.getLogger("secchat.net.links")
         assert links.isEnabledFor(logging.INFO) and not links.isEnabledFor(logging.DEBUG)
         links.info("cannot reach %s at %s:%d (%s); retrying in %.2fs", "bob", "127.0.0.1", 9, "refused", 0.2)
@@ -292,7 +289,4 @@ def test_verbose_and_log_file_configure_logging(tmp_path):
         runner.invoke(app, ["-q", "identity", "show", "--home", str(tmp_path)])
         assert not logging.getLogger("secchat").isEnabledFor(logging.WARNING)
     finally:
-        for handler in list(logging.getLogger().handlers):
-            logging.getLogger().removeHandler(handler)
-            handler.close()
-        logging.getLogger().setLevel(logging.WARNING)
+        configure_logging(0, False, None)  # back to the default: warnings on stderr

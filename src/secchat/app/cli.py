@@ -9,6 +9,7 @@ listed by ``secchat --help``); shell completion (``--install-completion``).
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -48,33 +49,55 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (as logging's last resort does)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+#: The handlers :func:`configure_logging` added, so that a second call replaces only those.
+_installed: list[logging.Handler] = []
+
+
 def configure_logging(verbose: int, quiet: bool, log_file: Path | None, *, to_stderr: bool = True) -> None:
     """Warnings on stderr by default; ``-v`` adds progress (INFO), ``-vv`` debug, ``-q`` only
     errors.  ``--log-file`` receives the same records, with times, and at least INFO.
     ``to_stderr=False`` (the chat UI owns the terminal): the file only."""
     level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    while _installed:  # ours from an earlier call (tests run many commands in one process)
+        old = _installed.pop()
+        root.removeHandler(old)
+        old.close()
+    handlers: list[logging.Handler] = []
     if to_stderr:
-        stderr = logging.StreamHandler()
+        stderr = _Stderr()
         stderr.setLevel(level)
         stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        root.addHandler(stderr)
+        handlers.append(stderr)
     else:
-        root.addHandler(logging.NullHandler())
+        handlers.append(logging.NullHandler())
     file_level = level
     if log_file is not None:
         file_level = min(level, logging.INFO)
         try:
-            handler = logging.FileHandler(log_file, encoding="utf-8")
+            to_file = logging.FileHandler(log_file, encoding="utf-8")
         except OSError as exc:
             from .exit_codes import ExitCode, fail
 
             raise fail(f"cannot open log file {log_file}: {exc.strerror}", ExitCode.USAGE) from None
-        handler.setLevel(file_level)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        to_file.setLevel(file_level)
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handlers.append(to_file)
+    for handler in handlers:
         root.addHandler(handler)
+    _installed.extend(handlers)
     root.setLevel(min(level, file_level))
 
 

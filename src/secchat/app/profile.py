@@ -183,8 +183,7 @@ def create_profile(
     except ValueError as exc:
         raise ProfileError("bad_name", str(exc)) from None
     pki.make_private_dir(home)
-    if replace:
-        set_aside(home)
+    set_aside(home)  # the replaced profile's, or a stray history no passphrase here would open
     ident = pki.make_private_dir(home / IDENTITY_DIR)
     pki.save_private_key(ident / pki.IDENTITY_KEY_FILE, key, passphrase)
     pki.write_file_atomically(ident / pki.IDENTITY_REQUEST_FILE, pki.request_to_pem(request), 0o600)
