@@ -1,10 +1,11 @@
-"""The user's commands: ``secchat init | register | participants | create | conferences | join | trust``.
+"""The user's commands: ``secchat register | participants | create | conferences | join | trust``.
 
 Each opens the profile (``--home``, default: the platform's user data directory) through
 :class:`secchat.app.session.ChatApp`, or delegates to the directory's own commands where those
 already do the job (``register``, ``participants``, ``trust list|revoke``).  Passphrases come
 from ``--passphrase-file``, ``SECCHAT_PASSPHRASE`` or a hidden prompt.  Errors are one sentence
-on stderr and exit code 1; never a traceback.
+on stderr and an exit code of :mod:`secchat.app.exit_codes`; never a traceback.  (``init`` is in
+:mod:`secchat.app.cli_pki`, with the rest of the identity's lifecycle.)
 """
 
 from __future__ import annotations
