@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from secchat.protocols.consensus import majority
 from secchat.protocols.events import Decided, SessionKey
-from secchat.protocols.stack import consensus_tag, gke_tag, smc_tag
+from secchat.protocols.stack import consensus_tag, gke_tag, group_id, smc_tag
 from secchat.sim.simulator import NetworkModel, Simulation
 
 UNIT = NetworkModel(min_delay=0.01, max_delay=0.01)
@@ -20,7 +20,7 @@ UNIT = NetworkModel(min_delay=0.01, max_delay=0.01)
 
 def consensus(n: int, crash_first: bool) -> tuple[int, float, int]:
     sim = Simulation(n, 1, network=UNIT)
-    tag = consensus_tag(("count",))
+    tag = consensus_tag(group_id("sim").prefix)
     members = range(1, n) if crash_first else range(n)
     for i in members:
         sim.start(i, lambda m, now: m.propose(tag, b"v%d" % m.me, now))
@@ -32,7 +32,7 @@ def consensus(n: int, crash_first: bool) -> tuple[int, float, int]:
 
 def gke(n: int, only_majority: bool) -> tuple[int, float, int, int]:
     sim = Simulation(n, 1, network=UNIT)
-    tag = gke_tag(smc_tag("count"))
+    tag = gke_tag(smc_tag("sim"))
     members = range(majority(n)) if only_majority else range(n)
     for i in members:
         sim.start(i, lambda m, now: m.gke_init(tag, now))

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives import serialization
 from secchat import pki
 from secchat.crypto import derive_group_keys
 from secchat.net.cluster import ClusterSpec, run_cluster
-from secchat.protocols.stack import smc_tag
+from secchat.net.node import members_digest
+from secchat.protocols.stack import GroupId, smc_tag
 
 
 def play(spec: ClusterSpec):
@@ -96,7 +97,9 @@ def test_no_secret_reaches_the_logs_or_stdout(tmp_path):
     decided = result.members[0].members or []
     index = {m.name: i for i, m in enumerate(result.members)}
     members = tuple(index[n] for n in decided)
-    tag = smc_tag(spec.group)
+    ders = [(m.name, pki.cert_from_pem((tmp_path / "pki" / f"{m.name}.pem").read_bytes()).public_bytes(serialization.Encoding.DER))
+            for m in result.members]
+    tag = smc_tag(GroupId(spec.group, members_digest(spec.group, ders)))
     found = None
     candidates = [[d for d in draws[n] if len(d) == 32] for n in decided]
     for combo in itertools.product(*candidates):

@@ -9,12 +9,12 @@ import pytest
 from secchat.protocols.consensus import Consensus, majority
 from secchat.protocols.events import PeerSuspected, SessionKey
 from secchat.protocols.gke import MODULUS, GkeState, GroupKeyExchange
-from secchat.protocols.stack import Member, consensus_tag
+from secchat.protocols.stack import GroupId, Member, consensus_tag, gke_tag, group_id, smc_tag
 from secchat.sim.checker import run_campaign, run_one
 from secchat.sim.simulator import NetworkModel, Simulation
 
 
-@pytest.mark.parametrize("protocol", ["consensus", "gke", "smc"])
+@pytest.mark.parametrize("protocol", ["consensus", "gke", "smc", "records"])
 @pytest.mark.parametrize("n", [3, 4, 7])
 def test_campaign_has_no_violations(protocol: str, n: int) -> None:
     crash = n - majority(n)
@@ -72,6 +72,22 @@ class OwnSetGke(GroupKeyExchange):
         return [u for u, _, _ in self.decided]
 
 
+def _ignores_the_record(group, *args, **kwargs):
+    """A stack whose tags name the conference id only, not the record that defines it."""
+    return Member(GroupId.unbound(group.name) if isinstance(group, GroupId) else group, *args, **kwargs)
+
+
+def test_checker_catches_a_stack_that_does_not_bind_the_record() -> None:
+    """Without the record digest in the tags, a malicious directory's mixed view joins members
+    of different records into one key (the accomplice at a member's index) and delivers their
+    messages across records."""
+    result = run_campaign("records", 5, 30, seed=11, crash=0, jobs=1, factory=_ignores_the_record)
+    found = {v.split(":")[0] for f in result.failures for v in f.violations}
+    assert len(result.failures) >= 20, len(result.failures)
+    assert {"accomplice", "cross-record"} <= found, found
+    assert not run_campaign("records", 5, 30, seed=11, crash=0, jobs=1).failures
+
+
 def test_checker_catches_a_coordinator_that_decides_on_a_minority() -> None:
     factory = functools.partial(Member, consensus_cls=DecideOnMinority)
     result = run_campaign("consensus", 5, 300, seed=7, crash=0, jobs=1, factory=factory)
@@ -101,7 +117,7 @@ def test_checker_catches_a_gke_that_uses_its_own_contribution_set() -> None:
 def _digest(seed: int) -> tuple[str, int]:
     sim = Simulation(5, seed, network=NetworkModel(unstable_max_delay=2.0, stabilisation=3.0))
     for i in range(5):
-        sim.at(0.01 * i, lambda i=i: sim.start(i, lambda m, now: m.smc_init(("sim", "smc", 0), now)))
+        sim.at(0.01 * i, lambda i=i: sim.start(i, lambda m, now: m.smc_init(smc_tag("sim"), now)))
     sim.run(20.0)
     return sim.trace_digest, sim.messages_sent
 
@@ -122,7 +138,7 @@ def test_agreement_while_every_detector_is_wrong() -> None:
     n = 5
     net = NetworkModel(min_delay=1.1, max_delay=1.3)  # always slower than the initial timeout
     sim = Simulation(n, 99, network=net)
-    tag = consensus_tag(("sim",))
+    tag = consensus_tag(group_id("sim").prefix)
     for i in range(n):
         sim.start(i, lambda m, now: m.propose(tag, f"v{m.me}".encode(), now))
     sim.run(120.0)
@@ -134,7 +150,7 @@ def test_agreement_while_every_detector_is_wrong() -> None:
 
 def test_a_member_that_starts_after_everyone_finished_gets_the_same_key() -> None:
     sim = Simulation(7, 5)
-    tag = ("sim", "smc", 0, "gke")
+    tag = gke_tag(smc_tag("sim"))
     for i in range(6):
         sim.start(i, lambda m, now: m.gke_init(tag, now))
     sim.run(10.0)

@@ -28,7 +28,7 @@ from secchat.app.session import (
 )
 from secchat.directory.client import DirectoryError
 from secchat.protocols.events import Delivered, KeyEstablished
-from secchat.protocols.stack import smc_tag
+from secchat.protocols.stack import GroupId, smc_tag
 
 MEMBERS = ("ann", "ben", "cy")
 
@@ -105,7 +105,7 @@ def make_conference() -> tuple[Conference, FakeNode]:
     app = SimpleNamespace(_node=node, name="ann", client=FakeClient(), history_store=FakeHistory(), _conferences={})
     app.history = lambda conf_id: session_mod.ChatApp.history(app, conf_id)
     record = SimpleNamespace(id="room", t0=0, t1=4_000_000_000, members=[SimpleNamespace(name=n) for n in MEMBERS],
-                             record=SimpleNamespace(signed_bytes=lambda: b"record"))
+                             creator="ann", record=SimpleNamespace(signed_bytes=lambda: b"record"))
     conf = Conference(app, record, None)  # type: ignore[arg-type]
     app._conferences["room"] = conf
     return conf, node
@@ -175,7 +175,9 @@ def test_frames_of_a_newer_epoch_make_us_follow():
     async def main():
         conf, node = make_conference()
         conf._start()
-        node.conf.member.demux.tags = [("smc", ("other", "smc", 9)), ("gke", ("room", "smc", 3, "gke"))]
+        other_record = GroupId("room", bytes(32))
+        node.conf.member.demux.tags = [("smc", ("other", "smc", 9)), ("smc", smc_tag(other_record, 7)),
+                                       ("gke", (*smc_tag(conf.gid, 3), "gke"))]
         await asyncio.sleep(session_mod.STATUS_PERIOD * 2)
         assert conf.epoch == 3 and node.joined[-1][0] == 3 and set(node.joined[-1][1]) == {"contribution", "session_seed"}
         await conf.leave()

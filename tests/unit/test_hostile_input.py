@@ -27,13 +27,13 @@ from secchat.protocols.messages import (
     decode_message,
     encode_message,
 )
-from secchat.protocols.stack import Member, smc_tag
+from secchat.protocols.stack import GroupId, Member, smc_tag
 
 N = 4
 SIGNERS = [Signer(bytes([i]) * 32) for i in range(N)]
 VERIFIERS = [s.verifier() for s in SIGNERS]
 TAG = smc_tag("g")
-OTHER_TAGS = [TAG, (*TAG, "gke"), (*TAG, "gke", "consensus"), ("g", "smc", 1), ("other", "smc", 0), ("g",)]
+OTHER_TAGS = [TAG, (*TAG, "gke"), (*TAG, "gke", "consensus"), smc_tag("g", 1), ("other", "smc", 0), ("g",), smc_tag(GroupId("g", bytes(32)))]
 
 
 def _member() -> Member:
@@ -123,18 +123,23 @@ def test_flood_of_unknown_instances_stays_bounded() -> None:
     tracemalloc.start()
     base = tracemalloc.take_snapshot()
     for k in range(20_000):
-        msg = Decision(("g", "smc", k % 5000 + 10, "gke", "consensus"), b"v" * 200)
+        msg = Decision((*smc_tag("g", k % 5000 + 10), "gke", "consensus"), b"v" * 200)
         m.receive(1 + k % 2, encode_message(msg), 1.0)  # members 1 and 2 flood made-up instances
         m.receive(1, encode_message(Decision(("x", k), b"v")), 1.0)  # another group's tag
+        other = (*smc_tag(GroupId("g", k.to_bytes(32, "big")), 0), "gke", "consensus")
+        m.receive(2, encode_message(Decision(other, b"v")), 1.0)  # another record of "g"
     grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(base, "filename"))
     tracemalloc.stop()
     assert m.demux.pending_count <= m.config.max_pending_instances * m.config.max_pending_per_instance
     assert m.stats["demux.dropped.sender_pending_quota"] > 0
-    assert m.stats["demux.dropped.foreign_group"] == 20_000
+    assert m.stats["member.dropped.foreign_group"] == 20_000
+    assert m.stats["member.dropped.other_record"] == 20_000
+    hints = [o for o in m.take_outgoing() if o.data[1:2] == b"\x02"]  # RecordHello
+    assert [o.to for o in hints] == [None, 2]  # our hello at start, one hint to member 2
     assert grown < 8 << 20, grown
     # the flooders used their own quotas only: member 3's frame for a real next epoch is kept
     kept = m.stats["demux.kept_for_later"]
-    m.receive(3, encode_message(PublicKey(("g", "smc", 1, "gke"), bytes(range(32)))), 1.0)
+    m.receive(3, encode_message(PublicKey((*smc_tag("g", 1), "gke"), bytes(range(32)))), 1.0)
     assert m.stats["demux.kept_for_later"] == kept + 1
 
 

@@ -127,7 +127,7 @@ def test_a_lost_frame_does_not_stall_its_sender_forever() -> None:
 
     from .wire import ManualNet
 
-    net = ManualNet(3, config=StackConfig(smc=SmcLimits(max_held=4, gap_timeout=2.0)))
+    net = ManualNet(3, group="sim", config=StackConfig(smc=SmcLimits(max_held=4, gap_timeout=2.0)))
     for i in range(3):
         net.start(i, lambda m, now: m.smc_init(TAG, now))
     # member 1 is slow to get the key; 6 frames reach it before: 2 are dropped (hold_full)

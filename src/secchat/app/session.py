@@ -57,8 +57,14 @@ from ..directory.trust import Acceptance, TrustStore, TrustStoreError
 from ..net.links import LinkConfig
 from ..net.node import Node
 from ..net.tls import TlsCredentials
-from ..protocols.events import Delivered, KeyEstablished, PeerRestored, PeerSuspected
-from ..protocols.stack import StackConfig
+from ..protocols.events import (
+    Delivered,
+    KeyEstablished,
+    PeerRestored,
+    PeerSuspected,
+    RecordMismatch,
+)
+from ..protocols.stack import GroupId, StackConfig, epoch_of, smc_tag
 from .history import HistoryError, HistoryStore, SavedState, StoredMessage
 from .profile import (
     HISTORY_FILE,
@@ -80,6 +86,7 @@ __all__ = [
     "KeyStatus",
     "MemberStatus",
     "Notice",
+    "OtherRecord",
     "UnacceptedCertificate",
 ]
 
@@ -167,6 +174,17 @@ class ChatMessage:
 @dataclass(frozen=True)
 class Notice:
     text: str
+
+
+@dataclass(frozen=True)
+class OtherRecord(Notice):
+    """``member`` holds another record of this conference (same id, another creator, member
+    list or version): the two never share a key, and the member counts as crashed here.
+    ``creator`` and ``members`` are what that member says of its record."""
+
+    member: str = ""
+    creator: str = ""
+    members: int = 0
 
 
 AppEvent = MemberStatus | KeyStatus | ChatMessage | Notice
@@ -457,7 +475,11 @@ class ChatApp:
         await self._dir(self.client.publish_contact(*self._address))
         try:
             node.add_conference(
-                conference_id, [(m.name, m.cert) for m in record.members], incarnation=self.history_store.next_incarnation(time.time_ns() // 1000)
+                conference_id,
+                [(m.name, m.cert) for m in record.members],
+                incarnation=self.history_store.next_incarnation(time.time_ns() // 1000),
+                record=_record_digest(record),
+                creator=record.creator,
             )
         except (ValueError, pki.PkiError) as exc:
             raise AppError(f"cannot run conference {conference_id!r}: {exc}", "bad_conference") from None
@@ -503,6 +525,8 @@ class Conference:
         self.fingerprint: str | None = None
         self._saved = saved
         self._record = _record_digest(record)
+        #: the conference as the protocols know it (its tags carry the record digest)
+        self.gid = GroupId(self.id, self._record, record.creator)
         self._queue: asyncio.Queue[AppEvent | None] = asyncio.Queue(EVENT_QUEUE)
         self._pending: dict[int, deque[ChatMessage | None]] = {}  # epoch -> own sends in order
         self._local_ids = 0
@@ -613,15 +637,11 @@ class Conference:
     def _follow_newer_epoch(self, member: Any) -> None:
         """Frames of a newer epoch of ours are waiting: we missed a re-key, so follow it."""
         newest = self.epoch
+        ours = smc_tag(self.gid, 0)[:3]
         for protocol, tag in member.demux.pending_tags():
-            if (
-                protocol in ("smc", "gke")
-                and len(tag) >= 3
-                and tag[:2] == (self.id, "smc")
-                and type(tag[2]) is int
-                and newest < tag[2] < 1 << 48
-            ):
-                newest = tag[2]
+            epoch = epoch_of(tag)
+            if protocol in ("smc", "gke") and tag[:3] == ours and epoch is not None and newest < epoch < 1 << 48:
+                newest = epoch
         if newest > self.epoch:
             self._switch(newest, f"the others are at epoch {newest} of {self.id}: following")
 
@@ -761,7 +781,7 @@ class Conference:
 
     def _on_stack_event(self, ev: Any) -> None:
         if isinstance(ev, KeyEstablished):
-            epoch = ev.tag[2]
+            epoch = epoch_of(ev.tag)
             if epoch != self.epoch:
                 return
             self.fingerprint = ev.fingerprint
@@ -775,12 +795,21 @@ class Conference:
             self._emit(KeyStatus(True, epoch, ev.fingerprint, tuple(self.members[i] for i in ev.members)))
         elif isinstance(ev, Delivered):
             self._on_delivered(ev)
+        elif isinstance(ev, RecordMismatch):
+            self._on_other_record(ev)
         elif isinstance(ev, PeerSuspected | PeerRestored):
             pass  # sampled by _watch_status together with the link state
 
+    def _on_other_record(self, ev: RecordMismatch) -> None:
+        name = self.members[ev.peer]
+        members = f"{ev.members} member{'s' if ev.members != 1 else ''}"
+        text = (f"{name} holds another record of {self.id!r} (created by {ev.creator or '?'}, {members}): "
+                f"not joining with {name}")
+        self._emit(OtherRecord(text, name, ev.creator, ev.members))
+
     def _on_delivered(self, ev: Delivered) -> None:
-        epoch = ev.tag[2]
-        assert isinstance(epoch, int)  # smc_tag(id, epoch)
+        epoch = epoch_of(ev.tag)
+        assert epoch is not None
         sender = self.members[ev.sender]
         if sender == self.me:  # the runtime drops frames claiming to be ours: this is our own send
             queue = self._pending.get(epoch)

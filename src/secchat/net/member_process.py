@@ -6,10 +6,11 @@ and the integration tests.  The process speaks JSON lines, one object per line:
 stdout (events), always with ``"event"`` and the member ``"name"``::
 
     {"event": "ready", "address": ["127.0.0.1", 40001], ...}
-    {"event": "joined", "group": "conf-1"}
+    {"event": "joined", "group": "conf-1", "record": "5be1.."}   (the record digest in every tag)
     {"event": "established", "group": ..., "fingerprint": "9f..", "elapsed": 0.41, "members": ["m0", ...]}
     {"event": "delivered", "group": ..., "sender": "m3", "incarnation": .., "seq": 0, "text": "hello"}
     {"event": "suspected" | "restored", "group": ..., "peer": "m2"}
+    {"event": "other_record", "group": ..., "peer": "m2", "creator": .., "members": 3}  (never a key with it)
     {"event": "stats", "links": {...}, "runtime": {...}, "stack": {...}, "queues": {...}, "rss_kb": ..}
     {"event": "error", "message": "..."}
 
@@ -223,7 +224,8 @@ class MemberProcess:
             self.node.join(group, resume=True)
         else:
             self.node.join(group)
-        emit({"event": "joined", "name": self.name, "group": group})
+        emit({"event": "joined", "name": self.name, "group": group,
+              "record": self.node.conferences[group].gid.record.hex()})
 
     def send(self, group: str, text: str) -> None:
         assert self.node is not None
@@ -305,7 +307,13 @@ class MemberProcess:
         return self.runtime.conferences[group].names
 
     def _on_event(self, group: str, event: Any) -> None:
-        from ..protocols.events import Delivered, KeyEstablished, PeerRestored, PeerSuspected
+        from ..protocols.events import (
+            Delivered,
+            KeyEstablished,
+            PeerRestored,
+            PeerSuspected,
+            RecordMismatch,
+        )
 
         names = self._names(group)
         if isinstance(event, KeyEstablished):
@@ -327,6 +335,12 @@ class MemberProcess:
             emit({"event": "suspected", "name": self.name, "group": group, "peer": names[event.peer]})
         elif isinstance(event, PeerRestored):
             emit({"event": "restored", "name": self.name, "group": group, "peer": names[event.peer]})
+        elif isinstance(event, RecordMismatch):
+            # the peer's words (creator) go out as JSON strings: escaped, never raw on a terminal
+            emit({"event": "other_record", "name": self.name, "group": group, "peer": names[event.peer],
+                  "record": event.record, "creator": event.creator, "members": event.members})
+            log.warning("%s: %s holds another record of this conference: not joining with it",
+                        group, names[event.peer])
 
     def emit_stats(self) -> None:
         if self.node is None:

@@ -19,13 +19,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .. import pki
-from ..crypto import Rng, SystemRng
+from ..codec import canonical
+from ..crypto import Rng, SystemRng, digest
+from ..protocols.stack import GroupId, Member, smc_tag
 from .errors import AuthenticationError
 from .links import Address, LinkConfig, LinkManager
 from .runtime import Runtime
 from .tls import PinSet, TlsCredentials
 
-__all__ = ["ConferenceInfo", "Node"]
+__all__ = ["ConferenceInfo", "Node", "members_digest"]
 
 #: ``on_event(conference_id, event)`` -- the stack's output events (KeyEstablished, Delivered, ...)
 EventHandler = Callable[[str, Any], None]
@@ -37,6 +39,14 @@ class ConferenceInfo:
     names: tuple[str, ...]
     me: int
     signed: bool
+    #: the conference as the protocols know it: id and record digest (part of every tag)
+    gid: GroupId
+
+
+def members_digest(group: str, members: Sequence[tuple[str, bytes]]) -> bytes:
+    """The record digest of a conference defined by a configuration rather than a signed
+    directory record: its id and its ordered (name, certificate DER) list."""
+    return digest(canonical("secchat/configured-conference/v1", group, tuple(members)))
 
 
 class Node:
@@ -81,16 +91,21 @@ class Node:
         *,
         signed: bool = True,
         incarnation: int | None = None,
+        record: bytes | None = None,
+        creator: str = "",
     ) -> ConferenceInfo:
         """Take part in conference ``group`` among ``members`` (ordered names and certificates).
+
+        ``record`` is the digest of the signed record that defines the conference (the
+        directory's, :meth:`secchat.directory.models.ConferenceRecord.digest`); it binds every
+        key and message of the conference to that record.  Without one, the conference is
+        defined by its id and member list (:func:`members_digest`), as in a configuration file.
 
         Every certificate is verified against our trusted CAs and must carry the name it is
         listed under; ours must be our own.  ``incarnation`` (default: the node's) must grow
         when the same conference is added again after :meth:`remove_conference`.  Raises :class:`secchat.pki.PkiError` or
         ``ValueError`` and changes nothing when a check fails.
         """
-        from ..protocols.stack import Member
-
         if group in self.conferences:
             raise ValueError(f"conference {group!r} is already running here")
         names = tuple(name for name, _ in members)
@@ -114,23 +129,24 @@ class Node:
                 self.links.add_peer(name, der)
         me = names.index(self.name)
         verifiers = [pki.verifier_of(cert) for _, cert in members]
-        member = Member(group, me, len(names), self._signer, verifiers, self.rng, self.runtime.now(),
+        if record is None:
+            record = members_digest(group, [(name, ders[name]) for name in names])
+        gid = GroupId(group, record, creator)
+        member = Member(gid, me, len(names), self._signer, verifiers, self.rng, self.runtime.now(),
                         self.stack_config,
                         incarnation=self.incarnation if incarnation is None else incarnation)
         self.runtime.add_conference(group, names, me, member)
-        info = ConferenceInfo(group, names, me, signed)
+        info = ConferenceInfo(group, names, me, signed, gid)
         self.conferences[group] = info
         return info
 
     def join(self, group: str, *, epoch: int = 0, **restore: Any) -> bool:
         """Start the conference's secure multicast of ``epoch`` (and so its key exchange); False
         if already.  ``restore`` (``contribution``, ``session_seed``) rejoins with a saved GKE state."""
-        from ..protocols.stack import smc_tag
-
         info = self._info(group)
         if (group, epoch) in self._joined:
             return False
-        self.runtime.smc_init(group, smc_tag(group, epoch), signed=info.signed, **restore)
+        self.runtime.smc_init(group, smc_tag(info.gid, epoch), signed=info.signed, **restore)
         self._joined.add((group, epoch))
         return True
 
@@ -139,36 +155,31 @@ class Node:
 
     def send(self, group: str, payload: bytes, *, epoch: int = 0) -> None:
         """Multicast ``payload`` to the conference (held until the key exists)."""
-        from ..protocols.stack import smc_tag
-
-        self._info(group)
+        info = self._info(group)
         if (group, epoch) not in self._joined:
             raise ValueError(f"join {group!r} before sending")
-        self.runtime.multicast(group, smc_tag(group, epoch), payload)
+        self.runtime.multicast(group, smc_tag(info.gid, epoch), payload)
 
     def smc(self, group: str, epoch: int = 0) -> Any:
         """The running :class:`~secchat.protocols.smc.SecureMulticast` of ``epoch``, or None."""
-        from ..protocols.stack import smc_tag
-
         conf = self.runtime.conferences.get(group)
-        return conf.member.smc(smc_tag(group, epoch)) if conf is not None else None  # type: ignore[attr-defined]
+        info = self.conferences.get(group)
+        if conf is None or info is None:
+            return None
+        return conf.member.smc(smc_tag(info.gid, epoch))  # type: ignore[attr-defined]
 
     def close_epoch(self, group: str, epoch: int) -> None:
         """Erase ``epoch``'s keys (after a re-key); its frames are refused from now on."""
-        from ..protocols.stack import smc_tag
-
-        self._info(group)
-        self.runtime.close_instance(group, smc_tag(group, epoch))
+        info = self._info(group)
+        self.runtime.close_instance(group, smc_tag(info.gid, epoch))
         self._joined.discard((group, epoch))
 
     def remove_conference(self, group: str) -> None:
         """Leave ``group``: erase every epoch's keys and stop its stack (pins stay)."""
-        from ..protocols.stack import smc_tag
-
-        self._info(group)
+        info = self._info(group)
         for g, epoch in list(self._joined):
             if g == group:
-                self.runtime.close_instance(group, smc_tag(group, epoch))
+                self.runtime.close_instance(group, smc_tag(info.gid, epoch))
                 self._joined.discard((g, epoch))
         self.runtime.remove_conference(group)
         del self.conferences[group]

@@ -56,14 +56,14 @@ class Demux:
 
     def __init__(
         self,
-        group: str,
+        prefix: Tag,
         stats: Counter,
         *,
         max_pending_instances: int = 16,
         max_pending_per_instance: int = 4096,
         max_pending_bytes: int = 64 << 20,
     ) -> None:
-        self.group = group
+        self.prefix = prefix  # (conference id, record digest): every tag of ours starts so
         self._stats = stats
         self._instances: dict[tuple[str, Tag], Any] = {}
         self._pending: dict[tuple[str, Tag], deque[tuple[int, Message, int]]] = {}
@@ -121,7 +121,7 @@ class Demux:
         inst = self._instances.get(key)
         if inst is not None:
             return inst
-        if msg.tag[0] != self.group:
+        if msg.tag[:2] != self.prefix:
             self._stats["demux.dropped.foreign_group"] += 1
             return None
         if key in self._closed:

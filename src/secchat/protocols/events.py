@@ -24,6 +24,7 @@ __all__ = [
     "Output",
     "PeerRestored",
     "PeerSuspected",
+    "RecordMismatch",
     "Send",
     "SessionKey",
     "SetTimer",
@@ -114,6 +115,18 @@ class PeerRestored:
     peer: int
 
 
+@dataclass(frozen=True, slots=True)
+class RecordMismatch:
+    """Member ``peer`` holds another record of this conference (same id, other digest): the two
+    of us will never share a key, and ``peer`` counts as crashed here.  ``creator`` and
+    ``members`` are what the peer says of its record (hostile text: make it terminal-safe)."""
+
+    peer: int
+    record: str
+    creator: str
+    members: int
+
+
 Action = Send | Broadcast | SetTimer | CancelTimer
-Output = Decided | SessionKey | KeyEstablished | Delivered | PeerSuspected | PeerRestored
+Output = Decided | SessionKey | KeyEstablished | Delivered | PeerSuspected | PeerRestored | RecordMismatch
 Event = Action | Output

@@ -72,6 +72,8 @@ class FailureDetector:
         self._sent = [-math.inf] * n
         self._sent_all = -math.inf
         self._suspected: set[int] = set()
+        #: peers that are up but not in our group (they hold another record): suspected for good
+        self._excluded: set[int] = set()
         self._next_beat = now
         self.started = False
 
@@ -96,10 +98,26 @@ class FailureDetector:
         self._next_beat = now
         return self.handle_timer(now)
 
+    def exclude(self, peer: int) -> list[Event]:
+        """Suspect ``peer`` for good, whatever it sends: it is up, but not one of us (it holds
+        another record of the conference).  Only liveness depends on this, never safety."""
+        self._excluded.add(peer)
+        if peer not in self._suspected:
+            self._suspected.add(peer)
+            return [PeerSuspected(peer)]
+        return []
+
+    def readmit(self, peer: int, now: float) -> list[Event]:
+        """``peer`` holds our record after all (it restarted with it): judge it by heartbeats."""
+        if peer not in self._excluded:
+            return []
+        self._excluded.discard(peer)
+        return self.heard_from(peer, now)
+
     def heard_from(self, peer: int, now: float) -> list[Event]:
         """Any message from ``peer`` arrived."""
         self._heard[peer] = now
-        if peer in self._suspected:
+        if peer in self._suspected and peer not in self._excluded:
             self._suspected.discard(peer)
             self._timeout[peer] = min(self._timeout[peer] * self.config.backoff, self.config.max_timeout)
             return [PeerRestored(peer)]

@@ -26,6 +26,7 @@ __all__ = [
     "Nack",
     "Proposal",
     "PublicKey",
+    "RecordHello",
     "SmcData",
     "decode_message",
     "encode_message",
@@ -53,6 +54,22 @@ class _Msg(msgspec.Struct, frozen=True, array_like=True, tag_field="kind"):
 
 class Alive(_Msg, tag=1, frozen=True):
     """Heartbeat of the failure detector (any message counts as one)."""
+
+
+# --------------------------------------------------------------------------- the group itself
+
+
+class RecordHello(_Msg, tag=2, frozen=True):
+    """Which record of the conference the sender holds: ``tag`` is its group prefix (conference
+    id, record digest).  Sent to every member when the stack starts, and answered once
+    (``reply``) by each receiver, so two members holding different records of one id both learn
+    it at once and say so, instead of stalling in silence.  ``creator`` and ``members`` describe
+    the sender's record for that message; they are the sender's word, shown, never trusted."""
+
+    tag: WireTag
+    creator: Annotated[str, msgspec.Meta(max_length=64)]
+    members: Annotated[int, msgspec.Meta(ge=1, le=1 << 16)]
+    reply: bool = False
 
 
 # --------------------------------------------------------------------------- consensus
@@ -144,7 +161,7 @@ class SmcData(_Msg, tag=30, frozen=True):
     ciphertext: Ciphertext
 
 
-Message = Union[Alive, Estimate, Proposal, Ack, Nack, Decision, Abstain, PublicKey, Contribution, SmcData]  # noqa: UP007
+Message = Union[Alive, RecordHello, Estimate, Proposal, Ack, Nack, Decision, Abstain, PublicKey, Contribution, SmcData]  # noqa: UP007
 
 _decoder: Decoder[Message] = Decoder(Message)
 _encoder = msgspec.msgpack.Encoder()

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..codec import CodecError, Tag, check_tag
-from ..crypto import Rng, Signer, Verifier
+from ..codec import CodecError, Tag, canonical, check_tag
+from ..crypto import Rng, Signer, Verifier, digest
 from .consensus import Consensus
 from .demux import Demux
 from .events import (
@@ -26,19 +26,75 @@ from .events import (
     Output,
     PeerRestored,
     PeerSuspected,
+    RecordMismatch,
     Send,
     SetTimer,
 )
 from .failure_detector import DetectorConfig, FailureDetector
 from .gke import GroupKeyExchange
-from .messages import Alive, Message, decode_message, encode_message
+from .messages import Alive, Message, RecordHello, decode_message, encode_message
 from .smc import SecureMulticast, SmcLimits
 
-__all__ = ["MAX_GROUP", "Member", "Outgoing", "StackConfig", "consensus_tag", "gke_tag", "smc_tag"]
+__all__ = [
+    "MAX_GROUP",
+    "GroupId",
+    "Member",
+    "Outgoing",
+    "StackConfig",
+    "consensus_tag",
+    "epoch_of",
+    "gke_tag",
+    "group_id",
+    "smc_tag",
+]
 
 
-def smc_tag(conference: str, epoch: int = 0) -> Tag:
-    return (conference, "smc", epoch)
+@dataclass(frozen=True, slots=True)
+class GroupId:
+    """A conference as the protocols know it: its id *and* the record that defines it.
+
+    ``record`` is the SHA-256 digest of the creator-signed conference record (id, creator,
+    version, time frame, members, certificates).  It is the second part of every protocol tag,
+    so it enters the GKE sealing, every consensus message, the SMC associated data and the HKDF
+    context of the working keys: two members holding different records of one id can never
+    share a key, whatever a directory served them.  ``creator`` is only for telling a user who
+    made the record a peer holds (:class:`~secchat.protocols.events.RecordMismatch`).
+    """
+
+    name: str
+    record: bytes
+    creator: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.record) != 32:
+            raise ValueError("a record digest is 32 bytes")
+        check_tag((self.name,))
+
+    @classmethod
+    def unbound(cls, name: str) -> GroupId:
+        """A group defined by its name alone: for the simulator and unit tests, where there is
+        no signed record (real drivers always pass the record's digest)."""
+        return cls(name, digest(canonical("secchat/unbound-group/v1", name)))
+
+    @property
+    def prefix(self) -> Tag:
+        return (self.name, self.record.hex())
+
+
+def group_id(group: GroupId | str) -> GroupId:
+    return group if isinstance(group, GroupId) else GroupId.unbound(group)
+
+
+def smc_tag(group: GroupId | str, epoch: int = 0) -> Tag:
+    """The SMC instance of ``epoch``: ``(id, record digest, "smc", epoch)``."""
+    return (*group_id(group).prefix, "smc", epoch)
+
+
+def epoch_of(tag: Tag) -> int | None:
+    """The epoch of an SMC or GKE tag of any group, or None if ``tag`` is not one."""
+    if len(tag) >= 4 and tag[2] == "smc" and type(tag[3]) is int:
+        return tag[3]
+    return None
 
 
 def gke_tag(smc: Tag) -> Tag:
@@ -76,7 +132,7 @@ class Member:
 
     def __init__(
         self,
-        group: str,
+        group: GroupId | str,
         me: int,
         n: int,
         signer: Signer,
@@ -95,7 +151,9 @@ class Member:
             raise ValueError("member index out of range")
         if len(verifiers) != n:
             raise ValueError("one verifier per member")
-        self.group = group
+        self.gid = group_id(group)
+        self.group = self.gid.name
+        self.prefix = self.gid.prefix
         self.me = me
         self.n = n
         self.config = config or StackConfig()
@@ -108,7 +166,7 @@ class Member:
         self._gke_cls = gke_cls
         self.detector = FailureDetector(me, n, self.config.detector.scaled(n), now)
         self.demux = Demux(
-            group,
+            self.prefix,
             self.stats,
             max_pending_instances=self.config.max_pending_instances,
             max_pending_per_instance=self.config.max_pending_per_instance,
@@ -117,6 +175,9 @@ class Member:
         self._outgoing: list[Outgoing] = []
         self._events: list[Output] = []
         self._now = now  # time of the call being handled (for heartbeat suppression)
+        # the record each peer says it holds: None = ours; peers we told about ours unasked
+        self._peer_records: dict[int, str | None] = {}
+        self._hinted: set[int] = set()
 
     # ----------------------------------------------------------------- driver interface
 
@@ -165,6 +226,12 @@ class Member:
                 self._apply_detector(restored, now)
         if isinstance(msg, Alive):
             return
+        if isinstance(msg, RecordHello):
+            self._on_record_hello(sender, msg, now)
+            return
+        if msg.tag[:2] != self.prefix:
+            self._other_record(sender, msg)
+            return
         inst = self.demux.route(sender, msg, size)
         if inst is not None:
             self._deliver(inst, sender, msg, now)
@@ -172,15 +239,16 @@ class Member:
     # ----------------------------------------------------------------- application interface
 
     def start(self, now: float) -> None:
-        """Start the failure detector (heartbeats)."""
+        """Start the failure detector (heartbeats) and tell every member which record we hold."""
         self._now = now
         if not self.detector.started:
+            self._send(None, self._record_hello(reply=False))
             self._apply_detector(self.detector.start(now), now)
 
     def propose(self, tag: Tag, value: bytes, now: float) -> None:
         """Run a bare consensus instance ``tag`` (the simulator checks consensus on its own)."""
         self.start(now)
-        cons = self._new_consensus(check_tag(tag))
+        cons = self._new_consensus(self._own_tag(tag))
         pending = self.demux.register("consensus", tag, cons)
         self._dispatch(cons, cons.propose(value), now)
         self._replay(cons, pending, now)
@@ -188,7 +256,7 @@ class Member:
     def gke_init(self, tag: Tag, now: float, **restore: Any) -> GroupKeyExchange:
         """Run a bare GKE session ``tag`` (its ``SessionKey`` output reaches ``take_events``)."""
         self.start(now)
-        gke, pending = self._new_gke(check_tag(tag), restore)
+        gke, pending = self._new_gke(self._own_tag(tag), restore)
         self._dispatch(gke, gke.init(now), now)
         for inst, msgs in pending:
             self._replay(inst, msgs, now)
@@ -205,7 +273,7 @@ class Member:
         exchange's consensus (it may have voted before; see ``Consensus.propose``).
         """
         self.start(now)
-        check_tag(tag)
+        self._own_tag(tag)
         gke, pending = self._new_gke(gke_tag(tag), {**restore, "voter": not resume})
         smc = SecureMulticast(
             tag,
@@ -247,6 +315,55 @@ class Member:
         self.demux.unregister("consensus", consensus_tag(gke_tag(tag)))
         if smc is not None:
             smc.close()
+
+    # ----------------------------------------------------------------- the record we hold
+
+    def _own_tag(self, tag: Tag) -> Tag:
+        """Instances of this group have tags that start with its prefix (our misuse otherwise)."""
+        check_tag(tag)
+        if tag[:2] != self.prefix:
+            raise ValueError(f"tag {tag!r} is not of group {self.group!r} (its tags start {self.prefix!r})")
+        return tag
+
+    def _record_hello(self, *, reply: bool) -> RecordHello:
+        return RecordHello(self.prefix, self.gid.creator[:64], self.n, reply)
+
+    def _on_record_hello(self, sender: int, msg: RecordHello, now: float) -> None:
+        """Compare records.  The hello each member broadcasts at start takes the place of its
+        first heartbeat, so members holding one record pay nothing for the check; a hello is
+        answered only when it shows another record (so that side learns of ours too) or when
+        it is not the sender's first (it restarted and missed our hello).  A peer holding
+        another record is reported once and excluded: it counts as crashed, so consensus does
+        not wait for it as a coordinator."""
+        same = msg.tag == self.prefix
+        if not msg.reply and (not same or sender in self._peer_records):
+            self._send(sender, self._record_hello(reply=True))
+        if same:
+            if self._peer_records.get(sender) is not None:  # it came back with our record
+                self._apply_detector(self.detector.readmit(sender, now), now)
+            self._peer_records[sender] = None
+            return
+        if len(msg.tag) != 2 or msg.tag[0] != self.group or not isinstance(msg.tag[1], str):
+            self.stats["member.dropped.foreign_group"] += 1
+            return
+        if self._peer_records.get(sender) == msg.tag[1]:
+            return  # reported already
+        self._peer_records[sender] = msg.tag[1]
+        self.stats["member.other_record"] += 1
+        self._events.append(RecordMismatch(sender, msg.tag[1], msg.creator, msg.members))
+        self._apply_detector(self.detector.exclude(sender), now)
+
+    def _other_record(self, sender: int, msg: Message) -> None:
+        """A frame of another group or record: dropped.  If it is of our conference id, the
+        sender holds another record and may not know ours yet: tell it, once."""
+        tag = msg.tag  # type: ignore[union-attr]
+        if tag[0] != self.group:
+            self.stats["member.dropped.foreign_group"] += 1
+            return
+        self.stats["member.dropped.other_record"] += 1
+        if sender not in self._hinted and self._peer_records.get(sender) is None:
+            self._hinted.add(sender)
+            self._send(sender, self._record_hello(reply=False))
 
     # ----------------------------------------------------------------- wiring
 

@@ -17,6 +17,12 @@ Properties:
 * smc -- one key; every message a member that stays up multicasts after establishing is delivered
   exactly once, in per-sender order, to every member that stays up; nothing delivered that its
   alleged sender did not multicast (forged, tampered and replayed frames never are).
+* records -- a malicious directory served two records of one conference id: another creator's,
+  with one member swapped for an accomplice at the same index, or the same members in another
+  order (a split view).  Over n + 1 identities, each member starts the record it was served.
+  No two members holding different records ever share a key or deliver each other's messages;
+  every pair that lists each other but holds different records reports it (both sides); every
+  record with a correct majority of holders still gets its key.
 """
 
 from __future__ import annotations
@@ -30,17 +36,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..codec import CodecError
+from ..codec import CodecError, canonical
+from ..crypto import digest
 from ..protocols.consensus import majority
-from ..protocols.events import Decided, Delivered, KeyEstablished, PeerSuspected, SessionKey
+from ..protocols.events import (
+    Decided,
+    Delivered,
+    KeyEstablished,
+    PeerSuspected,
+    RecordMismatch,
+    SessionKey,
+)
 from ..protocols.gke import MODULUS
 from ..protocols.messages import Ack, Estimate, Proposal, SmcData, decode_message, encode_message
-from ..protocols.stack import Member, consensus_tag, gke_tag, smc_tag
+from ..protocols.stack import GroupId, Member, consensus_tag, gke_tag, group_id, smc_tag
 from .simulator import NetworkModel, Simulation
 
 __all__ = ["PROTOCOLS", "CampaignResult", "RunResult", "run_campaign", "run_one"]
 
-PROTOCOLS = ("consensus", "gke", "smc")
+PROTOCOLS = ("consensus", "gke", "smc", "records")
 TIME_LIMIT = 600.0  # simulated seconds; a correct run finishes long before
 
 
@@ -116,8 +130,9 @@ class _Run:
     def __init__(self, protocol: str, n: int, crash: int, seed: int, factory: Callable[..., Member], measure_cpu: bool) -> None:
         self.protocol = protocol
         self.rng = random.Random(f"scenario/{seed}")
-        self.scenario = draw_scenario(n, crash, self.rng)
-        self.sim = Simulation(n, seed, network=self.scenario.network, member_factory=factory, measure_cpu=measure_cpu)
+        nodes = n + 1 if protocol == "records" else n  # records: one more identity, the accomplice
+        self.scenario = draw_scenario(nodes, crash, self.rng)
+        self.sim = Simulation(nodes, seed, network=self.scenario.network, member_factory=factory, measure_cpu=measure_cpu)
         # a crash loses none, part or all of what the member had not delivered yet
         self.sim.crash_loss = self.rng.choice((0.0, 0.5, 1.0))
         self.result = RunResult(seed)
@@ -158,7 +173,7 @@ class _Run:
 
 def _check_consensus(run: _Run) -> None:
     sim, sc = run.sim, run.scenario
-    tag = consensus_tag(("sim",))
+    tag = consensus_tag(group_id("sim").prefix)
     proposals = {i: f"value-{i}-{run.result.seed}".encode() for i in range(sc.n)}
     decided: dict[int, bytes] = {}
 
@@ -356,6 +371,91 @@ def _check_smc(run: _Run, messages: int = 3, signed: bool = True) -> None:
         run.violation(f"members {unfinished} could not multicast all their messages")
 
 
+def _draw_records(n: int, rng: random.Random) -> tuple[str, list[tuple[int, ...]]]:
+    """Two rosters of one conference id over nodes 0..n (node n is the accomplice)."""
+    honest = tuple(range(n))
+    kind = rng.choice(("accomplice", "order"))
+    if kind == "accomplice":  # the accomplice takes one member's place, at that member's index
+        k = rng.randrange(n)
+        other = (*honest[:k], n, *honest[k + 1 :])
+    else:  # the same members, two of them swapped
+        a, b = rng.sample(range(n), 2)
+        swapped = list(honest)
+        swapped[a], swapped[b] = swapped[b], swapped[a]
+        other = tuple(swapped)
+    return kind, [honest, other]
+
+
+def _check_records(run: _Run, messages: int = 2) -> None:
+    sim, sc, rng = run.sim, run.scenario, run.rng
+    n = sc.n - 1
+    t = majority(n)
+    kind, rosters = _draw_records(n, rng)
+    groups = [GroupId("sim", digest(canonical("sim-record", r, roster)), f"creator-{r}") for r, roster in enumerate(rosters)]
+    holds: dict[int, int] = {}  # node -> the record it was served
+    for p in range(sc.n):
+        listed = [r for r, roster in enumerate(rosters) if p in roster]
+        if listed:
+            holds[p] = rng.choice(listed)
+            sim.place(p, groups[holds[p]], rosters[holds[p]])
+    correct = [p for p in sc.correct if p in holds]
+    fingerprints: dict[int, str] = {}
+    reported: set[tuple[int, int]] = set()  # (node, node it reported)
+    sent: set[bytes] = set()
+
+    def multicast(p: int, k: int) -> None:
+        payload = f"{p} {holds[p]} {k}".encode()
+        sent.add(payload)
+        sim.call(p, lambda m, now: m.multicast(smc_tag(m.gid), payload, now))
+
+    def on_output(p: int, now: float, ev: Any) -> None:
+        roster = rosters[holds[p]]
+        if isinstance(ev, KeyEstablished):
+            fingerprints[p] = ev.fingerprint
+            for k in range(messages):
+                sim.at(now + rng.uniform(0.0, 0.5), functools.partial(multicast, p, k))
+            run.finish(p)
+        elif isinstance(ev, RecordMismatch):
+            reported.add((p, roster[ev.peer]))
+        elif isinstance(ev, Delivered) and roster[ev.sender] != p:
+            origin, record, _k = ev.payload.decode().split()
+            if int(record) != holds[p] or int(origin) != roster[ev.sender] or ev.payload not in sent:
+                run.violation(f"cross-record: node {p} (record {holds[p]}) delivered {ev.payload!r} from member {ev.sender}")
+
+    for p in holds:
+        sim.nodes[p].on_output = functools.partial(on_output, p)
+    for p, when in sc.start_at.items():
+        if p in holds:
+            sim.at(when, functools.partial(sim.start, p, _start_own_record))
+    for p, when in sc.crash_at.items():
+        sim.at(when, functools.partial(sim.crash, p))
+    # who must report whom: correct pairs that list each other but hold different records
+    must_report = {
+        (p, q) for p in correct for q in correct
+        if holds[p] != holds[q] and q in rosters[holds[p]] and p in rosters[holds[q]]
+    }
+    quorate = {r for r in range(2) if sum(holds[p] == r for p in correct) >= t}
+    must_key = [p for p in correct if holds[p] in quorate]
+    sim.run(TIME_LIMIT, stop=lambda: must_report <= reported and all(p in fingerprints for p in must_key))
+    sim.run(sim.now + 2.0)
+    by_key: dict[str, set[int]] = {}
+    for p, fp in fingerprints.items():
+        by_key.setdefault(fp, set()).add(holds[p])
+    for fp, records in by_key.items():
+        if len(records) > 1:
+            run.violation(f"{kind}: members holding records {sorted(records)} share key {fp}")
+    for r in range(2):
+        keys = {fp for p, fp in fingerprints.items() if holds[p] == r}
+        if len(keys) > 1:
+            run.violation(f"agreement: holders of record {r} established {len(keys)} keys")
+    missing = sorted(must_report - reported)
+    if missing:
+        run.violation(f"{kind}: other records never reported (node, peer): {missing}")
+    silent = [p for p in must_key if p not in fingerprints]
+    if silent:
+        run.violation(f"termination: correct holders {silent} of a record held by a majority got no key")
+
+
 def run_one(
     protocol: str,
     n: int,
@@ -375,6 +475,8 @@ def run_one(
             _check_gke(run)
         elif protocol == "smc":
             _check_smc(run, signed=signed)
+        elif protocol == "records":
+            _check_records(run)
         else:
             raise ValueError(f"unknown protocol {protocol!r}")
     except Exception as exc:  # a crash of the protocol code under test is a violation too
@@ -410,6 +512,10 @@ class CampaignResult:
 def _p95(values: Sequence[float]) -> float:
     return values[min(len(values) - 1, int(0.95 * len(values)))]
 
+
+
+def _start_own_record(member: Member, now: float) -> None:
+    member.smc_init(smc_tag(member.gid), now)
 
 def _worker(args: tuple) -> RunResult:
     protocol, n, crash, seed, factory, signed = args

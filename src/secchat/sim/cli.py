@@ -11,7 +11,9 @@ sim_app = typer.Typer(help="Deterministic simulation of the protocol stack.", no
 
 @sim_app.command()
 def check(
-    protocol: str = typer.Option(..., help="consensus, gke or smc."),
+    protocol: str = typer.Option(
+        ..., help="consensus, gke, smc, or records (two records of one conference id, n + 1 identities)."
+    ),
     n: int = typer.Option(7, "--n", min=1, max=1000, help="Group size."),
     runs: int = typer.Option(100, min=1, help="Number of random schedules."),
     seed: int = typer.Option(1, help="Run i uses seed SEED + i."),

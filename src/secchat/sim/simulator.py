@@ -25,7 +25,7 @@ from typing import Any
 
 from ..crypto import Signer
 from ..protocols.events import Output
-from ..protocols.stack import Member, StackConfig
+from ..protocols.stack import GroupId, Member, StackConfig
 
 __all__ = ["NetworkModel", "SimNode", "Simulation"]
 
@@ -52,6 +52,11 @@ class NetworkModel:
 class SimNode:
     index: int
     member: Member | None = None
+    #: for members of *different* groups in one network (:meth:`Simulation.place`): the group
+    #: this node runs and its roster, the node index of each member index of that group
+    group: GroupId | None = None
+    roster: tuple[int, ...] | None = None
+    position: dict[int, int] = field(default_factory=dict)
     started_at: float | None = None
     crashed_at: float | None = None
     waiting: list[tuple[int, bytes]] = field(default_factory=list)
@@ -76,7 +81,7 @@ class Simulation:
         *,
         network: NetworkModel | None = None,
         config: StackConfig | None = None,
-        group: str = "sim",
+        group: GroupId | str = "sim",
         member_factory: Callable[..., Member] = Member,
         measure_cpu: bool = False,
     ) -> None:
@@ -133,12 +138,13 @@ class Simulation:
         if node.crashed_at is not None:
             return None
         if node.member is None:
+            roster = node.roster or range(self.n)
             node.member = self.member_factory(
-                self.group,
-                i,
-                self.n,
+                node.group or self.group,
+                node.position[i] if node.roster else i,
+                len(roster),
                 self.signers[i],
-                self.verifiers,
+                [self.verifiers[p] for p in roster],
                 random.Random(f"member/{self.seed}/{i}"),
                 self.now,
                 self.config,
@@ -153,6 +159,16 @@ class Simulation:
         for sender, data in waiting:
             self._push(self.now, "deliver", (sender, i, data, True))
         return node.member
+
+    def place(self, i: int, group: GroupId, roster: tuple[int, ...]) -> None:
+        """Before it starts, make node ``i`` a member of ``group`` whose member list is the
+        nodes ``roster`` (in index order): as with authenticated links, its frames go to those
+        nodes only, and it accepts frames only from them, renumbered to its group's indices."""
+        if i not in roster or len(set(roster)) != len(roster):
+            raise ValueError("a roster lists distinct nodes, the placed node among them")
+        node = self.nodes[i]
+        node.group, node.roster = group, tuple(roster)
+        node.position = {p: k for k, p in enumerate(roster)}
 
     def crash(self, i: int) -> None:
         node = self.nodes[i]
@@ -177,15 +193,20 @@ class Simulation:
     def _flush(self, node: SimNode) -> None:
         member = node.member
         assert member is not None
+        roster = node.roster
         for out in member.take_outgoing():
-            targets = range(self.n) if out.to is None else (out.to,)
+            if roster is None:
+                targets: Any = range(self.n) if out.to is None else (out.to,)
+            else:
+                targets = roster if out.to is None else (roster[out.to],)
             if self.keep_wire_log:
                 self.wire_log.append((self.now, node.index, out.data))
             for to in targets:
                 if to == node.index:
                     continue
                 self.messages_sent += 1
-                if out.data[1:2] != b"\x01":  # not a heartbeat (Alive's type tag)
+                # neither a heartbeat nor the record hello that takes the first one's place
+                if out.data[1:2] not in (b"\x01", b"\x02"):
                     self.protocol_messages += 1
                 self.bytes_sent += len(out.data)
                 self._push(self.now + self.delay(node.index), "deliver", (node.index, to, out.data, True))
@@ -229,6 +250,11 @@ class Simulation:
                 if node.member is None:
                     node.waiting.append((sender, data))
                     continue
+                if node.roster is not None:  # the receiver's links know its group's members only
+                    index = node.position.get(sender)
+                    if index is None:
+                        continue
+                    sender = index
                 self._trace.update(b"%d %d %r " % (sender, to, when))
                 self._trace.update(data)
                 self._run(node, operator.methodcaller("receive", sender, data, when))
