@@ -252,7 +252,7 @@ def request_from_pem(data: bytes) -> x509.CertificateSigningRequest:
     try:
         return x509.load_pem_x509_csr(bytes(data))
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise PkiError("bad_pem", "the data is not a PEM-encoded certificate signing request") from None
+        raise PkiError("bad_pem", "the data is not a PEM certificate signing request") from None
 
 
 def sign_request(
@@ -274,7 +274,9 @@ def sign_request(
     except (ValueError, UnsupportedAlgorithm):
         valid = False
     if not valid:
-        raise PkiError("bad_signature", "the request is not signed by the key it asks a certificate for")
+        raise PkiError(
+            "bad_signature", "the request is not signed by the key it asks a certificate for"
+        )
     key = request.public_key()
     if not isinstance(key, Ed25519PublicKey):
         raise PkiError("unsupported_key", "the request's key is not an Ed25519 key")
@@ -480,7 +482,7 @@ def tighten_private(path: Path) -> None:
 
 
 def make_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) as a folder only its owner can enter; tighten it if it exists."""
+    """Create ``path`` (and parents) as a folder only its owner may enter; tighten an existing one."""
     path = Path(path)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     tighten_private(path)
@@ -524,9 +526,13 @@ def _open_key_store(path: Path, data: bytes, passphrase: str) -> tuple[bytes, bo
         except (ValueError, TypeError):
             raise PkiError("wrong_passphrase", f"wrong passphrase for key store {path}") from None
         except UnsupportedAlgorithm:
-            raise PkiError("unsupported_key", f"key store {path} uses an unsupported algorithm") from None
+            raise PkiError(
+                "unsupported_key", f"key store {path} uses an unsupported algorithm"
+            ) from None
         der = key.private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
         return der, True
     try:
@@ -621,7 +627,8 @@ def check_identity_files(directory: Path) -> None:
     for name in (IDENTITY_CERT_FILE, CA_CERT_FILE, IDENTITY_KEY_FILE):
         if (directory / name).exists():
             continue
-        if (directory / IDENTITY_REQUEST_FILE).exists() and (directory / IDENTITY_KEY_FILE).exists():
+        pending = (directory / IDENTITY_REQUEST_FILE).exists()
+        if pending and (directory / IDENTITY_KEY_FILE).exists():
             raise PkiError(
                 "no_identity",
                 f"the certificate for {directory} is not installed yet: have the CA sign"

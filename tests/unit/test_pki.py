@@ -335,3 +335,17 @@ def test_load_identity(tmp_path, ca):
     with pytest.raises(pki.PkiError) as err:
         pki.load_identity(tmp_path / "nobody", "pw")
     assert err.value.code == "no_identity"
+
+
+def test_cli_ca_init_force_moves_the_old_ca_aside(tmp_path, monkeypatch):
+    monkeypatch.setenv("SECCHAT_CA_PASSPHRASE", "the CA's passphrase")
+    runner = CliRunner()
+    ca_dir = tmp_path / "ca"
+    assert runner.invoke(ca_app, ["init", "--dir", str(ca_dir)]).exit_code == 0
+    old = {p.name: p.read_bytes() for p in ca_dir.iterdir()}
+    result = runner.invoke(ca_app, ["init", "--dir", str(ca_dir), "--force"])
+    assert result.exit_code == 0, result.output
+    (aside,) = ca_dir.glob("replaced-*")
+    assert {p.name: p.read_bytes() for p in aside.iterdir()} == old  # nothing deleted
+    assert (ca_dir / pki.CA_KEY_FILE).read_bytes() != old[pki.CA_KEY_FILE]
+    assert stat.S_IMODE(os.stat(ca_dir).st_mode) == 0o700

@@ -65,11 +65,14 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
 _installed: list[logging.Handler] = []
 
 
-def configure_logging(verbose: int, quiet: bool, log_file: Path | None, *, to_stderr: bool = True) -> None:
+def configure_logging(
+    verbose: int, quiet: bool, log_file: Path | None, *, to_stderr: bool = True
+) -> None:
     """Warnings on stderr by default; ``-v`` adds progress (INFO), ``-vv`` debug, ``-q`` only
     errors.  ``--log-file`` receives the same records, with times, and at least INFO.
     ``to_stderr=False`` (the chat UI owns the terminal): the file only."""
-    level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    levels = {0: logging.WARNING, 1: logging.INFO}
+    level = logging.ERROR if quiet else levels.get(verbose, logging.DEBUG)
     root = logging.getLogger()
     while _installed:  # ours from an earlier call (tests run many commands in one process)
         old = _installed.pop()
@@ -106,13 +109,16 @@ def _root(
     ctx: typer.Context,
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
     verbose: Annotated[
         int,
         typer.Option(
             "--verbose", "-v", count=True,
-            help="More log output on stderr: -v progress (e.g. 'cannot reach bob ...; retrying'), -vv debug.",
+            help="More log output on stderr: -v progress (e.g. 'cannot reach bob ...;"
+            " retrying'), -vv debug.",
         ),
     ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log errors only.")] = False,

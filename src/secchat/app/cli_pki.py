@@ -48,7 +48,9 @@ __all__ = [
 ]
 
 ca_app = typer.Typer(help="Run a conference certificate authority.", no_args_is_help=True)
-identity_app = typer.Typer(help="This peer's identity: show it, install its certificate.", no_args_is_help=True)
+identity_app = typer.Typer(
+    help="This peer's identity: show it, install its certificate.", no_args_is_help=True
+)
 
 
 @ca_app.callback()
@@ -67,7 +69,8 @@ CA_PASSPHRASE_ENV = "SECCHAT_CA_PASSPHRASE"
 CA_ENVS = (CA_PASSPHRASE_ENV, PASSPHRASE_ENV)
 
 HOME_OPTION = typer.Option(
-    "--home", envvar="SECCHAT_HOME",
+    "--home",
+    envvar="SECCHAT_HOME",
     help="Profile directory (env SECCHAT_HOME; default: the user data directory).",
 )
 PASSFILE_OPTION = typer.Option(
@@ -109,7 +112,9 @@ def read_passphrase(
         try:
             text = Path(file).read_text(encoding="utf-8")
         except OSError as exc:
-            raise fail(f"cannot read passphrase file {file}: {exc.strerror}", ExitCode.SETUP) from None
+            raise fail(
+                f"cannot read passphrase file {file}: {exc.strerror}", ExitCode.SETUP
+            ) from None
         passphrase = text.splitlines()[0] if text else ""
     elif any(os.environ.get(env) for env in envs):
         passphrase = next(os.environ[env] for env in envs if os.environ.get(env))
@@ -150,11 +155,15 @@ def _read_bundle(path: Path) -> list[x509.Certificate]:
         raise fail(f"{path}: {exc}", ExitCode.SETUP) from None
 
 
-def _load_ca(directory: Path, passphrase_file: Path | None) -> tuple[Ed25519PrivateKey, x509.Certificate]:
+def _load_ca(
+    directory: Path, passphrase_file: Path | None
+) -> tuple[Ed25519PrivateKey, x509.Certificate]:
     from .profile import ProfileError, read_ca
 
     if not (directory / pki.CA_CERT_FILE).exists():
-        raise fail(f"there is no CA in {directory} (create one with `secchat ca init`)", ExitCode.SETUP)
+        raise fail(
+            f"there is no CA in {directory} (create one with `secchat ca init`)", ExitCode.SETUP
+        )
     ca_pass = read_passphrase(passphrase_file, CA_ENVS, f"passphrase of the CA in {directory}")
     try:
         return read_ca(directory, ca_pass)
@@ -190,7 +199,9 @@ def _confirm_replace(home: Path, yes: bool) -> None:
         " replaced-<time> folder, not deleted).  The directory keeps your name for the old key.",
         err=True,
     )
-    answer = typer.prompt(f"Type the profile's name ({name}) to confirm", default="", show_default=False)
+    answer = typer.prompt(
+        f"Type the profile's name ({name}) to confirm", default="", show_default=False
+    )
     if answer.strip() != name:
         raise fail("not confirmed: the profile is unchanged", ExitCode.EXISTS)
 
@@ -206,15 +217,27 @@ def init(
         ),
     ] = None,
     directory: Annotated[
-        str, typer.Option("--directory", envvar="SECCHAT_DIRECTORY", help="Directory URL (env SECCHAT_DIRECTORY).")
+        str,
+        typer.Option(
+            "--directory", envvar="SECCHAT_DIRECTORY", help="Directory URL (env SECCHAT_DIRECTORY)."
+        ),
     ] = "http://127.0.0.1:8700",
     home: Annotated[Path | None, HOME_OPTION] = None,
     passphrase_file: Annotated[Path | None, PASSFILE_OPTION] = None,
-    ca_passphrase_file: Annotated[Path | None, typer.Option("--ca-passphrase-file", help=_CA_PASS_HELP)] = None,
-    listen_host: Annotated[str, typer.Option("--listen-host", help="Address peers connect to.")] = "127.0.0.1",
-    listen_port: Annotated[int, typer.Option("--listen-port", min=0, max=65535, help="0: any free port.")] = 0,
+    ca_passphrase_file: Annotated[
+        Path | None, typer.Option("--ca-passphrase-file", help=_CA_PASS_HELP)
+    ] = None,
+    listen_host: Annotated[
+        str, typer.Option("--listen-host", help="Address peers connect to.")
+    ] = "127.0.0.1",
+    listen_port: Annotated[
+        int, typer.Option("--listen-port", min=0, max=65535, help="0: any free port.")
+    ] = 0,
     advertise_host: Annotated[
-        str, typer.Option("--advertise-host", help="Host published for peers (default: the listen host).")
+        str,
+        typer.Option(
+            "--advertise-host", help="Host published for peers (default: the listen host)."
+        ),
     ] = "",
     replace: Annotated[
         bool,
@@ -226,7 +249,7 @@ def init(
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Confirm --replace without asking.")] = False,
 ) -> None:
-    """Create your profile: your own key (encrypted), a certificate request for the CA, config.toml."""
+    """Create your profile: your own key (encrypted), a certificate request for the CA, config."""
     from .profile import ProfileError, create_profile, init_profile, profile_exists
 
     given_home = home
@@ -240,19 +263,45 @@ def init(
             )
         _confirm_replace(home, yes)
     passphrase = read_passphrase(
-        passphrase_file, (PASSPHRASE_ENV,), f"new passphrase for {name}'s profile in {home}", new=True
+        passphrase_file,
+        (PASSPHRASE_ENV,),
+        f"new passphrase for {name}'s profile in {home}",
+        new=True,
     )
     hint = home_hint(given_home)
     try:
         if ca_dir is not None:
             if not (ca_dir / pki.CA_CERT_FILE).exists():
-                raise fail(f"there is no CA in {ca_dir} (create one with `secchat ca init`)", ExitCode.SETUP)
-            ca_pass = read_passphrase(ca_passphrase_file, CA_ENVS, f"passphrase of the CA in {ca_dir}")
-            fp = init_profile(home, name, passphrase, directory, ca_dir, ca_pass, listen_host=listen_host,
-                              listen_port=listen_port, advertise_host=advertise_host, replace=replace)
+                raise fail(
+                    f"there is no CA in {ca_dir} (create one with `secchat ca init`)",
+                    ExitCode.SETUP,
+                )
+            ca_pass = read_passphrase(
+                ca_passphrase_file, CA_ENVS, f"passphrase of the CA in {ca_dir}"
+            )
+            fp = init_profile(
+                home,
+                name,
+                passphrase,
+                directory,
+                ca_dir,
+                ca_pass,
+                listen_host=listen_host,
+                listen_port=listen_port,
+                advertise_host=advertise_host,
+                replace=replace,
+            )
         else:
-            create_profile(home, name, passphrase, directory, listen_host=listen_host,
-                           listen_port=listen_port, advertise_host=advertise_host, replace=replace)
+            create_profile(
+                home,
+                name,
+                passphrase,
+                directory,
+                listen_host=listen_host,
+                listen_port=listen_port,
+                advertise_host=advertise_host,
+                replace=replace,
+            )
     except ProfileError as exc:
         raise fail_for(exc) from None
     typer.echo(f"created profile {name!r} in {home}")
@@ -262,7 +311,10 @@ def init(
         return
     request = home / "identity" / pki.IDENTITY_REQUEST_FILE
     typer.echo(f"certificate request {request} (it holds no secret)")
-    typer.echo(f"next: the CA operator runs `secchat ca sign {shlex.quote(str(request))} --out {name}.pem`;")
+    typer.echo(
+        f"next: the CA operator runs"
+        f" `secchat ca sign {shlex.quote(str(request))} --out {name}.pem`;"
+    )
     typer.echo(f"then: secchat identity install {name}.pem{hint}; secchat register{hint}")
 
 
@@ -277,16 +329,30 @@ def ca_init(
     passphrase_file: Annotated[
         Path | None, typer.Option("--passphrase-file", help=_PASS_HELP)
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing CA.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace an existing CA (its files are moved aside, not deleted)."
+        ),
+    ] = False,
 ) -> None:
     """Create a self-signed CA (its key is stored encrypted, in a 0700 folder)."""
+    from .profile import set_aside
+
     directory = directory or default_ca_dir()
     key_path, cert_path = directory / pki.CA_KEY_FILE, directory / pki.CA_CERT_FILE
     if not force and (key_path.exists() or cert_path.exists()):
-        raise fail(f"a CA already exists in {directory} (use --force to replace it)", ExitCode.EXISTS)
-    passphrase = read_passphrase(passphrase_file, CA_ENVS, f"new passphrase for the CA in {directory}", new=True)
+        raise fail(
+            f"a CA already exists in {directory} (use --force to replace it)", ExitCode.EXISTS
+        )
+    passphrase = read_passphrase(
+        passphrase_file, CA_ENVS, f"new passphrase for the CA in {directory}", new=True
+    )
     try:
         key, cert = pki.create_ca(name, valid_days=valid_days)
+        aside = set_aside(directory, (pki.CA_KEY_FILE, pki.CA_CERT_FILE))
+        if aside is not None:
+            typer.echo(f"moved the old CA to {aside}", err=True)
         pki.save_private_key(key_path, key, passphrase)
     except pki.PkiError as exc:
         raise fail_for(exc) from None
@@ -299,14 +365,20 @@ def ca_init(
 
 @ca_app.command("sign")
 def ca_sign(
-    request: Annotated[Path, typer.Argument(help="The request `secchat init` made (identity/request.pem).")],
+    request: Annotated[
+        Path, typer.Argument(help="The request `secchat init` made (identity/request.pem).")
+    ],
     directory: Annotated[Path | None, typer.Option("--dir", help=_DIR_HELP)] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Write the certificate and the CA's to this file (default: stdout)."),
+        typer.Option(
+            "--out", help="Write the certificate and the CA's to this file (default: stdout)."
+        ),
     ] = None,
     valid_days: Annotated[int, typer.Option("--days", min=1, help="Validity in days.")] = 365,
-    ca_passphrase_file: Annotated[Path | None, typer.Option("--ca-passphrase-file", help=_CA_PASS_HELP)] = None,
+    ca_passphrase_file: Annotated[
+        Path | None, typer.Option("--ca-passphrase-file", help=_CA_PASS_HELP)
+    ] = None,
 ) -> None:
     """Sign a certificate request: the certificate for its name and key (the CA never sees the
     private key).  The output also carries the CA's certificate, for `secchat identity install`."""
@@ -328,8 +400,11 @@ def ca_sign(
         sys.stdout.flush()
     else:
         _write_public(out, bundle)
-    typer.echo(f"signed {pki.identity_of(cert)}, fingerprint {pki.fingerprint(cert)}"
-               + (f", in {out}" if out is not None else ""), err=True)
+    typer.echo(
+        f"signed {pki.identity_of(cert)}, fingerprint {pki.fingerprint(cert)}"
+        + (f", in {out}" if out is not None else ""),
+        err=True,
+    )
 
 
 @ca_app.command("issue")
@@ -340,21 +415,28 @@ def ca_issue(
         Path | None, typer.Option("--out", help="Identity directory to write (default: ./NAME).")
     ] = None,
     valid_days: Annotated[int, typer.Option("--days", min=1, help="Validity in days.")] = 365,
-    ca_passphrase_file: Annotated[Path | None, typer.Option("--ca-passphrase-file", help=_CA_PASS_HELP)] = None,
+    ca_passphrase_file: Annotated[
+        Path | None, typer.Option("--ca-passphrase-file", help=_CA_PASS_HELP)
+    ] = None,
     passphrase_file: Annotated[
         Path | None,
         typer.Option("--passphrase-file", help="Read the new key's passphrase from this file."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing identity.")] = False,
 ) -> None:
-    """Make NAME a key and certificate here, in an identity directory (prefer `init` + `ca sign`)."""
+    """Make NAME a key and certificate here, in an identity directory (prefer init + ca sign)."""
     directory = directory or default_ca_dir()
     out = out or Path(name)
     if not force and (out / pki.IDENTITY_KEY_FILE).exists():
-        raise fail(f"an identity already exists in {out} (use --force to replace it)", ExitCode.EXISTS)
+        raise fail(
+            f"an identity already exists in {out} (use --force to replace it)", ExitCode.EXISTS
+        )
     ca_key, ca_cert = _load_ca(directory, ca_passphrase_file)
     passphrase = read_passphrase(
-        passphrase_file, (PASSPHRASE_ENV,), f"new passphrase for {name}'s identity in {out}", new=True
+        passphrase_file,
+        (PASSPHRASE_ENV,),
+        f"new passphrase for {name}'s identity in {out}",
+        new=True,
     )
     try:
         key = pki.generate_key()
@@ -375,7 +457,9 @@ def ca_issue(
 
 @identity_app.command("install")
 def identity_install(
-    cert: Annotated[Path, typer.Argument(help="What `secchat ca sign` returned (certificate, then the CA's).")],
+    cert: Annotated[
+        Path, typer.Argument(help="What `secchat ca sign` returned (certificate, then the CA's).")
+    ],
     ca: Annotated[
         Path | None, typer.Option("--ca", help="The CA's certificate, if not in CERT.")
     ] = None,
@@ -396,7 +480,10 @@ def identity_install(
     typer.echo(f"installed {pki.identity_of(installed)} in {home}")
     typer.echo(f"fingerprint {pki.fingerprint(installed)}")
     for c in trusted:
-        typer.echo(f"trusting CA {pki.identity_of(c).name!r} {pki.fingerprint(c)} (check it with the CA operator)")
+        typer.echo(
+            f"trusting CA {pki.identity_of(c).name!r} {pki.fingerprint(c)}"
+            " (check it with the CA operator)"
+        )
     typer.echo(f"next: secchat register{home_hint(given_home)}")
 
 
@@ -405,7 +492,9 @@ def identity_show(
     home: Annotated[Path | None, HOME_OPTION] = None,
     directory: Annotated[
         Path | None,
-        typer.Option("--dir", help="An identity directory instead of a profile's (e.g. from `ca issue`)."),
+        typer.Option(
+            "--dir", help="An identity directory instead of a profile's (e.g. from `ca issue`)."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -415,8 +504,11 @@ def identity_show(
     directory = directory or resolve_home(home) / IDENTITY_DIR
     cert_path = directory / pki.IDENTITY_CERT_FILE
     if not cert_path.exists() and (directory / pki.IDENTITY_REQUEST_FILE).exists():
-        raise fail(f"the certificate for {directory} is not installed yet (see `secchat identity install`)",
-                   ExitCode.SETUP)
+        raise fail(
+            f"the certificate for {directory} is not installed yet"
+            " (see `secchat identity install`)",
+            ExitCode.SETUP,
+        )
     cert = _read_cert(cert_path)
     try:
         identity = pki.identity_of(cert)
@@ -427,19 +519,30 @@ def identity_show(
     status = "no ca.pem to check against"
     if ca_path.exists():
         try:
-            pki.verify_certificate(cert, pki.certs_from_pem(ca_path.read_bytes()), now=datetime.now(UTC))
+            pki.verify_certificate(
+                cert, pki.certs_from_pem(ca_path.read_bytes()), now=datetime.now(UTC)
+            )
             valid, status = True, "valid (checked against ca.pem)"
         except pki.PkiError as exc:
             valid, status = False, f"INVALID: {exc}"
     key_store = pki.key_store_kdf(directory / pki.IDENTITY_KEY_FILE)
     if as_json:
-        typer.echo(json.dumps({
-            "identity": str(identity), "name": identity.name, "issuer": identity.issuer,
-            "fingerprint": pki.fingerprint(cert),
-            "valid_from": cert.not_valid_before_utc.isoformat(),
-            "valid_until": cert.not_valid_after_utc.isoformat(),
-            "valid": valid, "status": status, "key_store": key_store, "directory": str(directory),
-        }))
+        typer.echo(
+            json.dumps(
+                {
+                    "identity": str(identity),
+                    "name": identity.name,
+                    "issuer": identity.issuer,
+                    "fingerprint": pki.fingerprint(cert),
+                    "valid_from": cert.not_valid_before_utc.isoformat(),
+                    "valid_until": cert.not_valid_after_utc.isoformat(),
+                    "valid": valid,
+                    "status": status,
+                    "key_store": key_store,
+                    "directory": str(directory),
+                }
+            )
+        )
         return
     typer.echo(f"name        {identity.name}")
     typer.echo(f"issuer      {identity.issuer}")

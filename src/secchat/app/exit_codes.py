@@ -44,27 +44,19 @@ MEANING: dict[ExitCode, str] = {
 }
 
 # The ``code`` attribute of our errors, by class (codes not listed fall to the family's default).
-_BY_CODE: dict[str, ExitCode] = {
-    **dict.fromkeys(
-        ("wrong_passphrase", "wrong_ca_passphrase", "weak_passphrase", "no_passphrase",
-         "empty_passphrase"),
-        ExitCode.PASSPHRASE,
-    ),
-    **dict.fromkeys(
-        ("no_profile", "bad_config", "no_identity", "no_key_store", "no_ca", "bad_pem",
-         "corrupt", "bad_trust_store", "no_request", "listen_failed"),
-        ExitCode.SETUP,
-    ),
-    **dict.fromkeys(
-        ("untrusted", "untrusted_directory", "bad_signature", "unknown_ca", "expired",
-         "not_yet_valid", "not_a_ca", "not_a_leaf", "no_name", "unsupported_key", "key_mismatch",
-         "fingerprint_mismatch", "not_accepted"),
-        ExitCode.UNTRUSTED,
-    ),
-    **dict.fromkeys(("directory_down", "unavailable", "timeout"), ExitCode.UNREACHABLE),
-    **dict.fromkeys(("exists",), ExitCode.EXISTS),
-    **dict.fromkeys(("bad_name", "bad_fingerprint", "bad_time_frame", "too_long"), ExitCode.USAGE),
+_CODES: dict[ExitCode, str] = {
+    ExitCode.PASSPHRASE: "wrong_passphrase wrong_ca_passphrase weak_passphrase no_passphrase"
+    " empty_passphrase",
+    ExitCode.SETUP: "no_profile bad_config no_identity no_key_store no_ca bad_pem corrupt"
+    " bad_trust_store no_request listen_failed",
+    ExitCode.UNTRUSTED: "untrusted untrusted_directory bad_signature unknown_ca expired"
+    " not_yet_valid not_a_ca not_a_leaf no_name unsupported_key key_mismatch"
+    " fingerprint_mismatch not_accepted",
+    ExitCode.UNREACHABLE: "directory_down unavailable timeout",
+    ExitCode.EXISTS: "exists",
+    ExitCode.USAGE: "bad_name bad_fingerprint bad_time_frame too_long",
 }
+_BY_CODE = {code: cls for cls, codes in _CODES.items() for code in codes.split()}
 
 
 def exit_code(exc: BaseException) -> ExitCode:

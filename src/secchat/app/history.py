@@ -137,7 +137,9 @@ class HistoryStore:
             n, r, p = msgspec.msgpack.decode(row[0], type=tuple[int, int, int])
             return PassphraseKdf(n, r, p)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
-            raise HistoryError("corrupt", f"the history file {self.path} has unusable KDF parameters") from None
+            raise HistoryError(
+                "corrupt", f"the history file {self.path} has unusable KDF parameters"
+            ) from None
 
     @property
     def kdf(self) -> PassphraseKdf:

@@ -124,12 +124,18 @@ def profile_exists(home: Path) -> bool:
     return (home / CONFIG_FILE).exists() or (home / IDENTITY_DIR / pki.IDENTITY_KEY_FILE).exists()
 
 
-def set_aside(home: Path, now: datetime | None = None) -> Path | None:
-    """Move the profile's identity and history into ``home/replaced-<UTC time>/``; nothing is
-    deleted.  Returns that folder, or None when there was nothing to move."""
+#: What replacing a profile moves aside: its identity and its history (SQLite's side files too).
+PROFILE_KEYS = (IDENTITY_DIR, HISTORY_FILE, HISTORY_FILE + "-wal", HISTORY_FILE + "-shm")
+
+
+def set_aside(
+    home: Path, names: tuple[str, ...] = PROFILE_KEYS, now: datetime | None = None
+) -> Path | None:
+    """Move ``names`` (default: a profile's identity and history) from ``home`` into
+    ``home/replaced-<UTC time>/``; nothing is deleted.  Returns that folder, or None when there
+    was nothing to move.  Also what ``secchat ca init --force`` does with an old CA."""
     home = Path(home)
-    moving = [home / IDENTITY_DIR, *(home / (HISTORY_FILE + x) for x in ("", "-wal", "-shm"))]
-    moving = [path for path in moving if path.exists()]
+    moving = [home / name for name in names if (home / name).exists()]
     if not moving:
         return None
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
@@ -215,7 +221,7 @@ def install_certificate(
         raise ProfileError("bad_pem", "no certificate to install")
     cert, trusted = certs[0], list(cas) if cas else certs[1:]
     if not trusted:
-        raise ProfileError("no_ca", "the certificate comes without its CA: pass the CA's certificate too")
+        raise ProfileError("no_ca", "the certificate comes without its CA: pass the CA's too")
     try:
         if pki.verifier_of(cert).public_bytes != _public_bytes(request):
             raise ProfileError("key_mismatch", f"this certificate is not for the key in {ident}")
@@ -224,7 +230,8 @@ def install_certificate(
         raise ProfileError(exc.code, str(exc)) from None
     if identity.name != settings.name:
         raise ProfileError(
-            "key_mismatch", f"this certificate names {identity.name!r}, the profile is {settings.name!r}"
+            "key_mismatch",
+            f"this certificate names {identity.name!r}, the profile is {settings.name!r}",
         )
     pki.write_file_atomically(ident / pki.CA_CERT_FILE, pki.certs_to_pem(trusted), 0o600)
     pki.write_file_atomically(ident / pki.IDENTITY_CERT_FILE, pki.cert_to_pem(cert), 0o600)
@@ -244,7 +251,9 @@ def read_ca(ca_dir: Path, ca_passphrase: str) -> tuple[Ed25519PrivateKey, x509.C
         ca_cert = pki.cert_from_pem((Path(ca_dir) / pki.CA_CERT_FILE).read_bytes())
         ca_key = pki.load_private_key(Path(ca_dir) / pki.CA_KEY_FILE, ca_passphrase)
     except FileNotFoundError:
-        raise ProfileError("no_ca", f"there is no CA in {ca_dir} (create one with `secchat ca init`)") from None
+        raise ProfileError(
+            "no_ca", f"there is no CA in {ca_dir} (create one with `secchat ca init`)"
+        ) from None
     except pki.PkiError as exc:
         if exc.code == "wrong_passphrase":
             raise ProfileError("wrong_ca_passphrase", f"wrong passphrase for the CA key in {ca_dir}") from None
