@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from secchat import pki
 from secchat.app.exit_codes import MEANING, ExitCode, epilog, exit_code
@@ -358,13 +359,62 @@ def test_three_users_request_sign_install_register(tmp_path, ca):
             )
         listing = ok("participants", "--home", str(tmp_path / "alice"), env=user_env).stdout
         assert all(f"{n}@SecChat CA" in listing for n in ("alice", "bob", "carol"))
+
+        # a key store as SecChat 0.1 wrote it (PKCS#8 under PBKDF2, 0644) opens and is upgraded
+        store = tmp_path / "alice" / "identity" / "identity.key"
+        key = pki.load_private_key(store, PASSPHRASE)
+        store.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(PASSPHRASE.encode()),
+            )
+        )
+        store.chmod(0o644)
+        shown = json.loads(
+            ok("identity", "show", "--json", "--home", str(tmp_path / "alice")).stdout
+        )
+        assert shown["key_store"].startswith("PKCS#8 with PBKDF2")
+        ok("participants", "--home", str(tmp_path / "alice"), env=user_env)
+        shown = json.loads(
+            ok("identity", "show", "--json", "--home", str(tmp_path / "alice")).stdout
+        )
+        assert (
+            shown["key_store"] == "scrypt N=2^17 r=8 p=1" and store.stat().st_mode & 0o777 == 0o600
+        )
+        assert (
+            pki.load_private_key(store, PASSPHRASE).private_bytes_raw() == key.private_bytes_raw()
+        )
+
+        # renewal: a new request for the same key, signed and installed the same way
+        home = tmp_path / "alice"
+        key_store_before = store.read_bytes()
+        out = ok("identity", "request", "--home", str(home), env=user_env).stdout
+        assert "for alice's current key" in out
+        renewed = tmp_path / "alice-renewed.pem"
+        request = home / "identity" / "request.pem"
+        ok(
+            "ca",
+            "sign",
+            str(request),
+            "--dir",
+            str(ca),
+            "--days",
+            "30",
+            "--out",
+            str(renewed),
+            env=operator_env,
+        )
+        ok("identity", "install", str(renewed), "--home", str(home), env=user_env)
+        after = json.loads(ok("identity", "show", "--json", "--home", str(home)).stdout)
+        assert after["valid"] is True and after["fingerprint"] != shown["fingerprint"]
+        assert store.read_bytes() == key_store_before  # the same key, not even re-encrypted
     finally:
         server.close()
 
 
 def test_ca_sign_refuses_a_forged_request(tmp_path, ca):
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
 
     key, other = pki.generate_key(), pki.generate_key()
     good = pki.make_request(key, "zed")

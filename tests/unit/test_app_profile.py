@@ -118,3 +118,20 @@ def test_replace_sets_the_old_profile_aside(tmp_path):
     assert (aside / "history.sqlite3").read_bytes() == b"old history"
     assert (home / "identity" / "identity.key").read_bytes() != old_key
     assert stat.S_IMODE(os.stat(aside).st_mode) == 0o700
+
+
+def test_renewal_keeps_the_key(tmp_path):
+    from secchat.app.profile import renewal_request
+
+    ca_key, ca_cert = pki.create_ca("Renewing CA")
+    home = tmp_path / "dan"
+    request = create_profile(home, "dan", PW, "http://127.0.0.1:9")
+    first = install_certificate(home, [pki.sign_request(ca_key, ca_cert, request, valid_days=30), ca_cert])
+    again = renewal_request(home, PW)
+    assert again.public_key().public_bytes_raw() == request.public_key().public_bytes_raw()
+    second = install_certificate(home, [pki.sign_request(ca_key, ca_cert, again, valid_days=365), ca_cert])
+    assert second.not_valid_after_utc > first.not_valid_after_utc
+    assert pki.load_identity(home / "identity", PW).cert == second
+    with pytest.raises(ProfileError) as err:
+        renewal_request(home, "not dan's passphrase")
+    assert err.value.code == "wrong_passphrase"

@@ -487,6 +487,35 @@ def identity_install(
     typer.echo(f"next: secchat register{home_hint(given_home)}")
 
 
+@identity_app.command("request")
+def identity_request(
+    home: Annotated[Path | None, HOME_OPTION] = None,
+    passphrase_file: Annotated[Path | None, PASSFILE_OPTION] = None,
+) -> None:
+    """Make a new certificate request for your current key (to renew your certificate)."""
+    from .profile import IDENTITY_DIR, ProfileError, load_settings, renewal_request
+
+    given_home = home
+    home = resolve_home(home)
+    try:
+        name = load_settings(home).name
+    except ProfileError as exc:
+        raise fail_for(exc) from None
+    passphrase = read_passphrase(
+        passphrase_file, (PASSPHRASE_ENV,), f"passphrase for {name}'s profile in {home}"
+    )
+    try:
+        renewal_request(home, passphrase)
+    except ProfileError as exc:
+        raise fail_for(exc) from None
+    request = home / IDENTITY_DIR / pki.IDENTITY_REQUEST_FILE
+    typer.echo(f"certificate request {request} for {name}'s current key")
+    typer.echo(
+        f"next: the CA operator runs `secchat ca sign {shlex.quote(str(request))} --out {name}.pem`;"
+        f" then: secchat identity install {name}.pem{home_hint(given_home)}"
+    )
+
+
 @identity_app.command("show")
 def identity_show(
     home: Annotated[Path | None, HOME_OPTION] = None,

@@ -52,6 +52,7 @@ __all__ = [
     "load_settings",
     "profile_exists",
     "read_ca",
+    "renewal_request",
     "save_settings",
     "set_aside",
 ]
@@ -236,6 +237,21 @@ def install_certificate(
     pki.write_file_atomically(ident / pki.CA_CERT_FILE, pki.certs_to_pem(trusted), 0o600)
     pki.write_file_atomically(ident / pki.IDENTITY_CERT_FILE, pki.cert_to_pem(cert), 0o600)
     return cert
+
+
+def renewal_request(home: Path, passphrase: str) -> x509.CertificateSigningRequest:
+    """A new request for the profile's *current* key and name (to renew its certificate: the CA
+    signs it, :func:`install_certificate` installs the result); written to ``request.pem``."""
+    home = Path(home)
+    settings = load_settings(home)
+    ident = home / IDENTITY_DIR
+    try:
+        key = pki.load_private_key(ident / pki.IDENTITY_KEY_FILE, passphrase)
+    except pki.PkiError as exc:
+        raise ProfileError(exc.code, str(exc)) from None
+    request = pki.make_request(key, settings.name)
+    pki.write_file_atomically(ident / pki.IDENTITY_REQUEST_FILE, pki.request_to_pem(request), 0o600)
+    return request
 
 
 def _public_bytes(request: x509.CertificateSigningRequest) -> bytes:
