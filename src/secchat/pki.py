@@ -10,7 +10,9 @@ place that decides what "a valid SecChat identity" means:
   windows at ``now``, the issuer is a CA (``BasicConstraints(ca=True)``) and the leaf is not;
 * an identity is the pair (subject CN, issuer CN); :class:`Identity` uses the issuer's *common
   name*, not its full RFC 4514 string, because that is what users see and type;
-* keys are Ed25519 only; private keys at rest are PKCS#8 PEM encrypted under a passphrase.
+* keys are Ed25519 only; private keys at rest are encrypted under a passphrase stretched by
+  scrypt (:mod:`secchat.passphrase`), in 0600 files inside 0700 folders; key stores of the old
+  format (PKCS#8 under PBKDF2) still open and are upgraded in place.
 
 Failures raise :class:`PkiError` with a machine-readable ``code`` and a one-sentence message;
 foreign exceptions from ``cryptography`` are translated here and never escape.
@@ -20,20 +22,25 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
+import stat
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .crypto import CryptoError, Signer, Verifier
+from .codec import canonical
+from .crypto import Aead, CryptoError, Signer, Verifier
+from .passphrase import PASSPHRASE_KDF, PassphraseKdf, WeakPassphrase, check_new_passphrase
 
 __all__ = [
     "CA_CERT_FILE",
@@ -41,6 +48,8 @@ __all__ = [
     "CLOCK_SKEW",
     "IDENTITY_CERT_FILE",
     "IDENTITY_KEY_FILE",
+    "IDENTITY_REQUEST_FILE",
+    "KEY_STORE_FORMAT",
     "Identity",
     "LocalIdentity",
     "PkiError",
@@ -48,15 +57,23 @@ __all__ = [
     "cert_to_pem",
     "certs_from_pem",
     "certs_to_pem",
+    "check_identity_files",
     "create_ca",
     "fingerprint",
     "generate_key",
     "identity_of",
     "issue_certificate",
+    "key_store_kdf",
     "load_identity",
     "load_private_key",
+    "make_private_dir",
+    "make_request",
+    "request_from_pem",
+    "request_to_pem",
     "save_private_key",
+    "sign_request",
     "signer_of",
+    "tighten_private",
     "verifier_of",
     "verify_certificate",
     "write_file_atomically",
@@ -65,9 +82,13 @@ __all__ = [
 #: File names of an identity directory (``secchat ca issue --out D`` writes them, the rest reads).
 IDENTITY_CERT_FILE = "identity.pem"
 IDENTITY_KEY_FILE = "identity.key"
+#: A certificate signing request waiting for the CA (``secchat init`` writes it).
+IDENTITY_REQUEST_FILE = "request.pem"
 #: The trusted CA bundle of an identity directory, and a CA directory's own files.
 CA_CERT_FILE = "ca.pem"
 CA_KEY_FILE = "ca.key"
+
+_log = logging.getLogger(__name__)
 
 #: New certificates start this much before ``now`` so that peers with slightly slow clocks accept them.
 CLOCK_SKEW = timedelta(minutes=5)
@@ -78,7 +99,7 @@ class PkiError(Exception):
 
     ``code`` is machine-readable: ``bad_pem``, ``unknown_ca``, ``expired``, ``not_yet_valid``,
     ``wrong_passphrase``, ``bad_signature``, ``not_a_ca``, ``not_a_leaf``, ``no_name``,
-    ``unsupported_key``, ``no_key_store``, ``empty_passphrase``, ``no_identity``,
+    ``unsupported_key``, ``no_key_store``, ``weak_passphrase``, ``no_identity``,
     ``key_mismatch``.  ``str(e)`` is one sentence.
     """
 
@@ -208,6 +229,64 @@ def issue_certificate(
         )
         .sign(ca_key, None)
     )
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def make_request(key: Ed25519PrivateKey, name: str) -> x509.CertificateSigningRequest:
+    """A certificate signing request ``CN=name`` for ``key``, signed by it (proof of possession).
+
+    The user's machine makes it; the CA signs it (:func:`sign_request`) without ever seeing the
+    private key.
+    """
+    return x509.CertificateSigningRequestBuilder().subject_name(_name(name)).sign(key, None)
+
+
+def request_to_pem(request: x509.CertificateSigningRequest) -> bytes:
+    return request.public_bytes(serialization.Encoding.PEM)
+
+
+def request_from_pem(data: bytes) -> x509.CertificateSigningRequest:
+    """A request from PEM; ``PkiError("bad_pem")`` on anything else."""
+    try:
+        return x509.load_pem_x509_csr(bytes(data))
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise PkiError("bad_pem", "the data is not a PEM certificate signing request") from None
+
+
+def sign_request(
+    ca_key: Ed25519PrivateKey,
+    ca_cert: x509.Certificate,
+    request: x509.CertificateSigningRequest,
+    *,
+    valid_days: int = 365,
+    now: datetime | None = None,
+) -> x509.Certificate:
+    """Issue the certificate a request asks for, after checking it.
+
+    Only the subject's common name and the public key are taken from the request (no extension
+    it asks for is copied).  ``PkiError``: ``bad_signature`` (the request is not signed by its own
+    key), ``unsupported_key`` (not Ed25519), ``no_name`` (not exactly one common name).
+    """
+    try:
+        valid = request.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm):
+        valid = False
+    if not valid:
+        raise PkiError(
+            "bad_signature", "the request is not signed by the key it asks a certificate for"
+        )
+    key = request.public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        raise PkiError("unsupported_key", "the request's key is not an Ed25519 key")
+    name = _common_name(request.subject, "request")
+    if len(request.subject) != 1:
+        raise PkiError("no_name", "the request's subject must be exactly one common name")
+    try:
+        return issue_certificate(ca_key, ca_cert, name, key, valid_days=valid_days, now=now)
+    except ValueError as exc:
+        raise PkiError("no_name", str(exc)) from None
 
 
 # --------------------------------------------------------------------------- verification
@@ -368,38 +447,161 @@ def write_file_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.close(dfd)
 
 
-def save_private_key(path: Path, key: Ed25519PrivateKey, passphrase: str) -> None:
-    """Store ``key`` as passphrase-encrypted PKCS#8 PEM, mode 0o600, written atomically."""
-    if not passphrase:
-        raise PkiError("empty_passphrase", "a key store needs a non-empty passphrase")
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase.encode("utf-8")),
+#: The key store format: a JSON object (below), the key encrypted with AES-256-GCM under a key
+#: that :data:`secchat.passphrase.PASSPHRASE_KDF` derives from the passphrase and a random salt.
+KEY_STORE_FORMAT = "secchat-key-store/2"
+#: A key store is a few hundred bytes; anything much larger is not one of ours.
+_MAX_KEY_STORE = 64 * 1024
+_LEGACY_PEM = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
+
+
+class _KeyStoreFile(msgspec.Struct, forbid_unknown_fields=True):
+    """``identity.key`` / ``ca.key``: every field the decryption needs, authenticated as AAD."""
+
+    format: str
+    kdf: str
+    n: int
+    r: int
+    p: int
+    salt: bytes
+    nonce: bytes
+    ciphertext: bytes
+
+
+def _key_store_aad(store: _KeyStoreFile) -> bytes:
+    return canonical(store.format, store.kdf, store.n, store.r, store.p, store.salt)
+
+
+def tighten_private(path: Path) -> None:
+    """Make a folder 0700 or a file 0600 if it is ours and looser; never fails."""
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        private = 0o700 if stat.S_ISDIR(st.st_mode) else 0o600
+        if st.st_mode & 0o077 and st.st_uid == os.getuid():
+            os.chmod(path, st.st_mode & private & 0o777)
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) as a folder only its owner may enter; tighten an existing one."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tighten_private(path)
+    return path
+
+
+def _write_key_store(path: Path, key: Ed25519PrivateKey, passphrase: str) -> None:
+    kdf = PASSPHRASE_KDF
+    salt = os.urandom(16)
+    store = _KeyStoreFile(KEY_STORE_FORMAT, "scrypt", kdf.n, kdf.r, kdf.p, salt, b"", b"")
+    nonce = os.urandom(12)
+    der = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    write_file_atomically(Path(path), pem, 0o600)
+    aead = Aead(kdf.derive(passphrase, salt))
+    sealed = msgspec.structs.replace(
+        store, nonce=nonce, ciphertext=aead.seal(nonce, der, _key_store_aad(store))
+    )
+    make_private_dir(Path(path).parent)
+    write_file_atomically(Path(path), msgspec.json.encode(sealed) + b"\n", 0o600)
+
+
+def save_private_key(path: Path, key: Ed25519PrivateKey, passphrase: str) -> None:
+    """Store ``key`` encrypted under a new ``passphrase``: mode 0600 in a 0700 folder, atomically.
+
+    A passphrase shorter than :data:`secchat.passphrase.MIN_PASSPHRASE_LENGTH` is refused
+    (``weak_passphrase``).
+    """
+    try:
+        check_new_passphrase(passphrase)
+    except WeakPassphrase as exc:
+        raise PkiError("weak_passphrase", str(exc)) from None
+    _write_key_store(path, key, passphrase)
+
+
+def _open_key_store(path: Path, data: bytes, passphrase: str) -> tuple[bytes, bool]:
+    """The PKCS#8 DER inside a key store, and whether the store should be rewritten."""
+    if _LEGACY_PEM in data:  # PKCS#8 under PBKDF2 (SecChat 0.1): cheap to attack, upgrade it
+        try:
+            key = serialization.load_pem_private_key(data, password=passphrase.encode("utf-8"))
+        except (ValueError, TypeError):
+            raise PkiError("wrong_passphrase", f"wrong passphrase for key store {path}") from None
+        except UnsupportedAlgorithm:
+            raise PkiError(
+                "unsupported_key", f"key store {path} uses an unsupported algorithm"
+            ) from None
+        der = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return der, True
+    try:
+        store = msgspec.json.decode(data, type=_KeyStoreFile)
+        if store.format != KEY_STORE_FORMAT or store.kdf != "scrypt":
+            raise ValueError(f"unknown format {store.format!r} / {store.kdf!r}")
+        kdf = PassphraseKdf(store.n, store.r, store.p)
+        if not 16 <= len(store.salt) <= 64:
+            raise ValueError("bad salt length")
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+        raise PkiError("bad_pem", f"{path} is not a SecChat key store") from None
+    try:
+        der = Aead(kdf.derive(passphrase, store.salt)).open(
+            store.nonce, store.ciphertext, _key_store_aad(store)
+        )
+    except CryptoError:
+        raise PkiError("wrong_passphrase", f"wrong passphrase for key store {path}") from None
+    return der, kdf.weaker_than(PASSPHRASE_KDF)
 
 
 def load_private_key(path: Path, passphrase: str) -> Ed25519PrivateKey:
-    """Load an encrypted key store written by :func:`save_private_key`."""
+    """Load a key store written by :func:`save_private_key`.
+
+    A key store in an older format (PKCS#8 under PBKDF2) or under weaker KDF parameters is
+    rewritten in the current format with the same passphrase, atomically (the old file stays
+    whole until the new one replaces it).  A key store readable by others is made 0600.
+    """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            data = handle.read(_MAX_KEY_STORE + 1)
     except FileNotFoundError:
         raise PkiError("no_key_store", f"there is no key store at {path}") from None
     except OSError as exc:
         raise PkiError("no_key_store", f"cannot read key store {path}: {exc.strerror}") from None
-    if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" not in data:
-        raise PkiError("bad_pem", f"{path} is not a passphrase-encrypted PKCS#8 key store")
+    if len(data) > _MAX_KEY_STORE:
+        raise PkiError("bad_pem", f"{path} is too large to be a SecChat key store")
+    der, upgrade = _open_key_store(path, data, passphrase)
     try:
-        key = serialization.load_pem_private_key(data, password=passphrase.encode("utf-8"))
-    except (ValueError, TypeError):
-        raise PkiError("wrong_passphrase", f"wrong passphrase for key store {path}") from None
-    except UnsupportedAlgorithm:
-        raise PkiError("unsupported_key", f"key store {path} uses an unsupported algorithm") from None
+        key = serialization.load_der_private_key(der, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise PkiError("unsupported_key", f"key store {path} holds no usable key") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise PkiError("unsupported_key", f"key store {path} does not hold an Ed25519 key")
+    tighten_private(path)
+    tighten_private(path.parent)
+    if upgrade:
+        try:
+            _write_key_store(path, key, passphrase)
+        except OSError as exc:  # still usable; try again next time
+            _log.warning("could not upgrade key store %s: %s", path, exc.strerror)
+        else:
+            _log.info("upgraded key store %s to %s", path, PASSPHRASE_KDF.describe())
     return key
+
+
+def key_store_kdf(path: Path) -> str:
+    """How a key store's passphrase is stretched, for ``secchat identity show``."""
+    try:
+        data = Path(path).read_bytes()[: _MAX_KEY_STORE + 1]
+    except OSError:
+        return "unreadable"
+    if _LEGACY_PEM in data:
+        return "PKCS#8 with PBKDF2 (old format; upgraded when next unlocked)"
+    try:
+        store = msgspec.json.decode(data, type=_KeyStoreFile)
+        return PassphraseKdf(store.n, store.r, store.p).describe()
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+        return "unknown format"
 
 
 # --------------------------------------------------------------------------- identity directories
@@ -418,9 +620,27 @@ class LocalIdentity:
         return identity_of(self.cert)
 
 
+def check_identity_files(directory: Path) -> None:
+    """``PkiError("no_identity")`` unless ``directory`` holds a certificate, its CA and a key
+    store (cheap: for saying so before a passphrase is asked)."""
+    directory = Path(directory)
+    for name in (IDENTITY_CERT_FILE, CA_CERT_FILE, IDENTITY_KEY_FILE):
+        if (directory / name).exists():
+            continue
+        pending = (directory / IDENTITY_REQUEST_FILE).exists()
+        if pending and (directory / IDENTITY_KEY_FILE).exists():
+            raise PkiError(
+                "no_identity",
+                f"the certificate for {directory} is not installed yet: have the CA sign"
+                f" {directory / IDENTITY_REQUEST_FILE}, then run `secchat identity install CERT`",
+            )
+        raise PkiError("no_identity", f"{directory / name} is missing: not an identity directory")
+
+
 def load_identity(directory: Path, passphrase: str) -> LocalIdentity:
     """Load and check an identity directory: the key must match the certificate, which must verify."""
     directory = Path(directory)
+    check_identity_files(directory)
     try:
         cert = cert_from_pem((directory / IDENTITY_CERT_FILE).read_bytes())
         trusted = tuple(certs_from_pem((directory / CA_CERT_FILE).read_bytes()))

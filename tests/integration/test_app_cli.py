@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from secchat.app.exit_codes import ExitCode
 from tests.directory_support import SRC, ServerProcess
 
 PASSPHRASE = "member passphrase"
@@ -195,8 +196,9 @@ def test_three_member_processes_chat_rejoin_and_rekey(world):
 # --------------------------------------------------------------------------- error paths
 
 
-def _error(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+def _error(proc: subprocess.CompletedProcess, code: ExitCode) -> str:
+    """The one sentence of a failed command, which must exit with its class's documented code."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
     return proc.stderr
 
@@ -206,35 +208,35 @@ def test_error_paths_say_one_clear_sentence(world):
     alice, bob, carol = (str(homes[n]) for n in ("alice", "bob", "carol"))
 
     # wrong passphrase
-    err = _error(secchat("conferences", "--home", alice, env=_env(SECCHAT_PASSPHRASE="not it"), check=False))
+    err = _error(secchat("conferences", "--home", alice, env=_env(SECCHAT_PASSPHRASE="not it"), check=False), ExitCode.PASSPHRASE)
     assert "wrong passphrase" in err
 
     # unknown conference
-    err = _error(secchat("join", "no-such-room", "--home", alice, check=False))
+    err = _error(secchat("join", "no-such-room", "--home", alice, check=False), ExitCode.REFUSED)
     assert "there is no conference 'no-such-room'" in err
 
     # outside the time frame, not a member, certificate not trusted
     secchat("create", "later", "-m", "bob", "--from", "+1h", "--to", "+2h", "--accept-new", "--home", alice)
-    err = _error(secchat("join", "later", "--home", alice, check=False))
+    err = _error(secchat("join", "later", "--home", alice, check=False), ExitCode.REFUSED)
     assert "conference 'later' is only open from" in err
     secchat("create", "pair", "-m", "bob", "--accept-new", "--home", alice)
-    err = _error(secchat("join", "pair", "--home", carol, check=False))
+    err = _error(secchat("join", "pair", "--home", carol, check=False), ExitCode.REFUSED)
     assert "you (carol) are not a member of conference 'pair'" in err
     secchat("trust", "revoke", "alice@SecChat CA", "--home", bob, check=False)
-    err = _error(secchat("join", "pair", "--home", bob, check=False))
+    err = _error(secchat("join", "pair", "--home", bob, check=False), ExitCode.UNTRUSTED)
     assert "certificates you have not accepted yet" in err and "alice@SecChat CA" in err
     fingerprint = err.split("alice@SecChat CA ")[1].split()[0].strip(";")
     assert len(fingerprint) == 64
 
     # accepting with a wrong fingerprint is refused; the right one works
-    err = _error(secchat("trust", "accept", "alice", "00" * 32, "--home", bob, check=False))
+    err = _error(secchat("trust", "accept", "alice", "00" * 32, "--home", bob, check=False), ExitCode.UNTRUSTED)
     assert "does not have the fingerprint you gave" in err
     assert fingerprint not in err  # the directory's own fingerprint is not offered to copy
     assert "accepted alice" in secchat("trust", "accept", "alice", fingerprint, "--home", bob).stdout
     assert "alice@SecChat CA" in secchat("trust", "list", "--home", bob).stdout
 
     # no profile
-    err = _error(secchat("conferences", "--home", str(root / "nobody"), check=False))
+    err = _error(secchat("conferences", "--home", str(root / "nobody"), check=False), ExitCode.SETUP)
     assert "run `secchat init` first" in err
 
     # directory down: a profile pointing at a port nobody listens on
@@ -243,7 +245,7 @@ def test_error_paths_say_one_clear_sentence(world):
         port = s.getsockname()[1]
     down = root / "down"
     secchat("init", "dave", "--ca-dir", str(root / "ca"), "--directory", f"http://127.0.0.1:{port}", "--home", str(down))
-    err = _error(secchat("conferences", "--home", str(down), check=False))
+    err = _error(secchat("conferences", "--home", str(down), check=False), ExitCode.UNREACHABLE)
     assert "is unreachable" in err
-    err = _error(secchat("register", "--home", str(down), check=False))
+    err = _error(secchat("register", "--home", str(down), check=False), ExitCode.UNREACHABLE)
     assert "unreachable" in err

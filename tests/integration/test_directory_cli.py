@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from secchat import pki
 from secchat.app.cli_pki import ca_app
+from secchat.app.exit_codes import ExitCode
 from secchat.directory.cli import directory_app
 from secchat.directory.trust import TrustStore
 from tests.directory_support import ServerProcess
@@ -36,7 +37,8 @@ def test_register_and_list_from_the_command_line(tmp_path, monkeypatch):
         # wrong passphrase: one sentence, exit 1
         monkeypatch.setenv("SECCHAT_PASSPHRASE", "wrong")
         r = runner.invoke(directory_app, ["register", "--url", server.url, "--dir", str(tmp_path / "alice")])
-        assert r.exit_code == 1 and "wrong passphrase" in r.output and "Traceback" not in r.output
+        assert r.exit_code == ExitCode.PASSPHRASE and "wrong passphrase" in r.output
+        assert "Traceback" not in r.output
     finally:
         server.close()
     bob_cert = pki.cert_from_pem((tmp_path / "bob" / "identity.pem").read_bytes())
@@ -51,13 +53,13 @@ def test_register_and_list_from_the_command_line(tmp_path, monkeypatch):
 
 def test_unreachable_directory_is_one_sentence(tmp_path, monkeypatch):
     runner = CliRunner()
-    monkeypatch.setenv("SECCHAT_PASSPHRASE", "pw")
+    monkeypatch.setenv("SECCHAT_PASSPHRASE", "carol passphrase")
     ca_key, ca_cert = pki.create_ca("X CA")
     key = pki.generate_key()
     cert = pki.issue_certificate(ca_key, ca_cert, "carol", key.public_key())
     d = tmp_path / "carol"
-    pki.save_private_key(d / "identity.key", key, "pw")
+    pki.save_private_key(d / "identity.key", key, "carol passphrase")
     (d / "identity.pem").write_bytes(pki.cert_to_pem(cert))
     (d / "ca.pem").write_bytes(pki.cert_to_pem(ca_cert))
     r = runner.invoke(directory_app, ["register", "--url", "http://127.0.0.1:9", "--dir", str(d), "--trust-file", str(tmp_path / "t.json")])
-    assert r.exit_code == 1 and "unreachable" in r.output and "Traceback" not in r.output
+    assert r.exit_code == ExitCode.UNREACHABLE and "unreachable" in r.output and "Traceback" not in r.output

@@ -59,3 +59,28 @@ def test_incarnations_grow_even_when_the_clock_goes_back(tmp_path) -> None:
     first = store.next_incarnation(1_000_000)
     assert store.next_incarnation(500_000) == first + 1  # clock stepped back: still larger
     assert store.next_incarnation(2_000_000) == 2_000_000
+
+
+def test_new_files_use_the_key_store_kdf_and_old_files_still_open(tmp_path, monkeypatch):
+    from secchat.app import history
+    from secchat.passphrase import PASSPHRASE_KDF
+
+    store = HistoryStore(tmp_path / "new.sqlite3", "a passphrase")
+    assert store.kdf == PASSPHRASE_KDF  # the history is no cheaper to attack than the key store
+    store.close()
+    old = tmp_path / "old.sqlite3"
+    monkeypatch.setattr(history, "PASSPHRASE_KDF", history.LEGACY_KDF)
+    store = HistoryStore(old, "a passphrase")
+    store.add_message("room", StoredMessage("bob", 1.0, "kept", "delivered", 0))
+    store.close()
+    monkeypatch.undo()
+    db = sqlite3.connect(old)
+    db.execute("DELETE FROM meta WHERE k = 'kdf'")  # as files written before it was stored
+    db.commit()
+    db.close()
+    again = HistoryStore(old, "a passphrase")
+    assert again.kdf == history.LEGACY_KDF
+    assert [m.text for m in again.messages("room")] == ["kept"]
+    again.close()
+    with pytest.raises(HistoryError):
+        HistoryStore(old, "another passphrase")

@@ -1,10 +1,11 @@
-"""The user's commands: ``secchat init | register | participants | create | delete | conferences | join | trust``.
+"""The user's commands: ``secchat register | participants | create | delete | conferences | join | trust``.
 
 Each opens the profile (``--home``, default: the platform's user data directory) through
 :class:`secchat.app.session.ChatApp`, or delegates to the directory's own commands where those
 already do the job (``register``, ``participants``, ``trust list|revoke``).  Passphrases come
 from ``--passphrase-file``, ``SECCHAT_PASSPHRASE`` or a hidden prompt.  Errors are one sentence
-on stderr and exit code 1; never a traceback.
+on stderr and an exit code of :mod:`secchat.app.exit_codes`; never a traceback.  (``init`` is in
+:mod:`secchat.app.cli_pki`, with the rest of the identity's lifecycle.)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -24,28 +25,18 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from ..text import safe
-from .cli_pki import CA_ENVS, PASSPHRASE_ENV, fail, read_passphrase
+from .cli_pki import HOME_OPTION as _HOME
+from .cli_pki import PASSFILE_OPTION as _PASSFILE
+from .cli_pki import PASSPHRASE_ENV, fail, read_passphrase, resolve_home
+from .exit_codes import ExitCode, fail_for
 
 T = TypeVar("T")
 
-_HOME = typer.Option(
-    "--home", envvar="SECCHAT_HOME", help="Profile directory (env SECCHAT_HOME; default: the user data directory)."
-)
-_PASSFILE = typer.Option("--passphrase-file", help="Read the profile's passphrase from the first line of this file.")
+_home = resolve_home
 
 
-def _home(home: Path | None) -> Path:
-    from .profile import default_home
-
-    return home or default_home()
-
-
-def _passphrase(passphrase_file: Path | None) -> str:
-    return read_passphrase(passphrase_file, (PASSPHRASE_ENV,), "passphrase")
-
-
-def _run(fn: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine; an :class:`AppError` becomes one sentence and exit code 1.
+def _run(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine; an :class:`AppError` becomes one sentence and its class's exit code.
 
     Anything else is a bug: one sentence too, unless ``SECCHAT_DEBUG=1`` asks for the traceback.
     """
@@ -56,9 +47,9 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
     except AppError as exc:
         if exc.code == "untrusted" and exc.certificates:  # ours: a directory's codes never are
             raise _untrusted_hint(exc) from None
-        raise fail(str(exc)) from None
+        raise fail_for(exc) from None
     except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        raise typer.Exit(ExitCode.INTERRUPTED) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:
@@ -70,7 +61,9 @@ def _run(fn: Callable[[], Awaitable[T]]) -> T:
 async def _open(home: Path | None, passphrase_file: Path | None):
     from .session import ChatApp
 
-    return await ChatApp.open(_home(home), _passphrase(passphrase_file))
+    settings = _settings(home)  # "there is no profile here" comes before any passphrase prompt
+    prompt = f"passphrase for {settings.name}'s profile in {_home(home)}"
+    return await ChatApp.open(_home(home), read_passphrase(passphrase_file, (PASSPHRASE_ENV,), prompt))
 
 
 def _settings(home: Path | None):
@@ -79,50 +72,7 @@ def _settings(home: Path | None):
     try:
         return load_settings(_home(home))
     except ProfileError as exc:
-        raise fail(str(exc)) from None
-
-
-# --------------------------------------------------------------------------- init
-
-
-def init(
-    name: Annotated[str, typer.Argument(help="Your name (the certificate's common name).")],
-    ca_dir: Annotated[
-        Path | None,
-        typer.Option("--ca-dir", help="The CA that issues your certificate (default: <user data dir>/ca, see `secchat ca init`)."),
-    ] = None,
-    directory: Annotated[
-        str, typer.Option("--directory", envvar="SECCHAT_DIRECTORY", help="Directory URL (env SECCHAT_DIRECTORY).")
-    ] = "http://127.0.0.1:8700",
-    home: Annotated[Path | None, _HOME] = None,
-    passphrase_file: Annotated[Path | None, _PASSFILE] = None,
-    ca_passphrase_file: Annotated[
-        Path | None, typer.Option("--ca-passphrase-file", help="Read the CA key's passphrase from this file.")
-    ] = None,
-    listen_host: Annotated[str, typer.Option("--listen-host", help="Address peers connect to.")] = "127.0.0.1",
-    listen_port: Annotated[int, typer.Option("--listen-port", min=0, max=65535, help="0: any free port.")] = 0,
-    advertise_host: Annotated[
-        str, typer.Option("--advertise-host", help="Host published for peers (default: the listen host).")
-    ] = "",
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing profile.")] = False,
-) -> None:
-    """Create your identity (key pair, certificate from a local CA, encrypted key store) and profile (config.toml)."""
-    from .cli_pki import default_ca_dir
-    from .profile import ProfileError, init_profile
-
-    home = _home(home)
-    ca_dir = ca_dir or default_ca_dir()
-    ca_pass = read_passphrase(ca_passphrase_file, CA_ENVS, "CA passphrase")
-    passphrase = read_passphrase(passphrase_file, (PASSPHRASE_ENV,), f"new passphrase for {name}", confirm=True)
-    try:
-        fp = init_profile(home, name, passphrase, directory, ca_dir, ca_pass,
-                          listen_host=listen_host, listen_port=listen_port, advertise_host=advertise_host,
-                          force=force)
-    except ProfileError as exc:
-        raise fail(str(exc)) from None
-    typer.echo(f"created profile {name!r} in {home}")
-    typer.echo(f"fingerprint {fp}")
-    typer.echo(f"directory {directory}; next: secchat register")
+        raise fail_for(exc) from None
 
 
 # --------------------------------------------------------------------------- directory
@@ -184,7 +134,7 @@ def _untrusted_hint(exc: Any) -> typer.Exit:
     for line in lines:
         typer.echo(line, err=True)
     typer.echo("accept with `secchat trust accept NAME FINGERPRINT`, or pass --accept-new", err=True)
-    return fail(str(exc))
+    return fail_for(exc)
 
 
 def create(
@@ -477,7 +427,6 @@ def _line_notice(text: str, as_json: bool) -> str:
 
 def register_commands(app: typer.Typer) -> None:
     """Add these commands to the root ``secchat`` app."""
-    app.command("init")(init)
     app.command("register")(register)
     app.command("participants")(participants)
     app.command("create")(create)

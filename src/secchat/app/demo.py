@@ -100,9 +100,11 @@ class _Demo:
             sock.close()  # the server holds its own copy
 
         async def healthy() -> bool:
+            directory = self.directory
+            assert directory is not None
             async with httpx.AsyncClient(timeout=1.0) as client:
                 while True:
-                    if self.directory.returncode is not None:
+                    if directory.returncode is not None:
                         return False
                     with contextlib.suppress(httpx.TransportError):
                         if (await client.get(url + "/v1/health")).status_code == 200:

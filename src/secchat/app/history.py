@@ -3,7 +3,11 @@
 Why: the chat UI shows a conference's delivered messages again after a restart, and a member
 that leaves and rejoins must restore its GKE contribution and session seed to get the same key.
 Both live in one SQLite file under the profile.  Nothing in it is readable without the
-passphrase: a random salt (stored in the file) and scrypt turn the passphrase into a master key;
+passphrase: a random salt (stored in the file) and scrypt turn the passphrase into a master key
+(with the same cost as the identity key store, :mod:`secchat.passphrase`, so neither file is the
+cheaper one to attack; the parameters are stored in the file, and files from before they were
+stored use the old N = 2^14: their rows are bound to conference ids the file does not hold, so
+they cannot be re-encrypted in place);
 HKDF splits it into an AES-256-GCM key for the rows and an HMAC key that names conferences
 (so the file does not even list the conference ids).  Each row's associated data binds it to its
 kind and conference, so rows cannot be moved between conferences unnoticed.
@@ -17,16 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from ..codec import canonical
 from ..crypto import Aead, CryptoError, hkdf, hmac_sha256
 from ..net.journal import KeyExchangeState
+from ..passphrase import PASSPHRASE_KDF, PassphraseKdf
 
 __all__ = ["HistoryError", "HistoryStore", "SavedState", "StoredMessage"]
 
-#: scrypt cost: about 50 ms on a laptop, once per process.
-SCRYPT_N = 1 << 14
+#: The KDF of history files written before the parameters were stored in them.
+LEGACY_KDF = PassphraseKdf(n=1 << 14, r=8, p=1)
 _CHECK = b"secchat history v1"
 
 
@@ -50,14 +54,18 @@ class StoredMessage(msgspec.Struct, frozen=True):
 SavedState = KeyExchangeState
 
 
+def _encode_kdf(kdf: PassphraseKdf) -> bytes:
+    return msgspec.msgpack.encode((kdf.n, kdf.r, kdf.p))
+
+
 @dataclass(frozen=True)
 class _Keys:
     aead: Aead
     index: bytes
 
 
-def _derive(passphrase: str, salt: bytes) -> _Keys:
-    master = Scrypt(salt=salt, length=32, n=SCRYPT_N, r=8, p=1).derive(passphrase.encode("utf-8"))
+def _derive(passphrase: str, salt: bytes, kdf: PassphraseKdf) -> _Keys:
+    master = kdf.derive(passphrase, salt)
     return _Keys(
         Aead(hkdf(master, salt=b"secchat/history", info=b"aead", length=32)),
         hkdf(master, salt=b"secchat/history", info=b"index", length=32),
@@ -86,17 +94,21 @@ class HistoryStore:
             row = self._db.execute("SELECT v FROM meta WHERE k = 'salt'").fetchone()
             if row is None:
                 salt = os.urandom(16)
-                self._keys = _derive(passphrase, salt)
+                self._keys = _derive(passphrase, salt, PASSPHRASE_KDF)
                 nonce = os.urandom(12)
                 check = nonce + self._keys.aead.seal(nonce, _CHECK, b"check")
+                params = _encode_kdf(PASSPHRASE_KDF)
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('salt', ?), ('check', ?)", (salt, check))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('salt', ?), ('check', ?), ('kdf', ?)",
+                    (salt, check, params),
+                )
                 self._db.execute("COMMIT")
                 row = self._db.execute("SELECT v FROM meta WHERE k = 'salt'").fetchone()
                 if row[0] != salt:  # another process created it first
-                    self._keys = _derive(passphrase, row[0])
+                    self._keys = _derive(passphrase, row[0], self._stored_kdf())
             else:
-                self._keys = _derive(passphrase, row[0])
+                self._keys = _derive(passphrase, row[0], self._stored_kdf())
             check = self._db.execute("SELECT v FROM meta WHERE k = 'check'").fetchone()
         except sqlite3.Error as exc:
             raise HistoryError("corrupt", f"the history file {self.path} is unusable: {exc}") from None
@@ -108,6 +120,23 @@ class HistoryStore:
             raise HistoryError("wrong_passphrase", "wrong passphrase for this profile's history") from None
 
     # ------------------------------------------------------------------ helpers
+
+    def _stored_kdf(self) -> PassphraseKdf:
+        row = self._db.execute("SELECT v FROM meta WHERE k = 'kdf'").fetchone()
+        if row is None:
+            return LEGACY_KDF
+        try:
+            n, r, p = msgspec.msgpack.decode(row[0], type=tuple[int, int, int])
+            return PassphraseKdf(n, r, p)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+            raise HistoryError(
+                "corrupt", f"the history file {self.path} has unusable KDF parameters"
+            ) from None
+
+    @property
+    def kdf(self) -> PassphraseKdf:
+        """The passphrase KDF this file's keys come from."""
+        return self._stored_kdf()
 
     def _conf(self, conference: str) -> bytes:
         return hmac_sha256(self._keys.index, conference.encode("utf-8"))

@@ -3,11 +3,15 @@
 Layout of ``home`` (default: the platform's user data directory, ``platformdirs``)::
 
     config.toml                  name, directory URL, listen / advertised address (below)
-    identity/identity.key        Ed25519 key, PKCS#8 encrypted under the passphrase
+    identity/identity.key        Ed25519 key, encrypted under the passphrase (scrypt, see pki)
+    identity/request.pem         the certificate signing request ``secchat init`` made for the CA
     identity/identity.pem        certificate from the conference CA
     identity/ca.pem              the CA(s) this peer trusts
     accepted-certificates.json   the certificates the user accepted (directory.trust)
     history.sqlite3              delivered messages and saved key-exchange state, encrypted
+
+The profile and its identity folder are 0700 and every file in them 0600 (an existing profile
+that is looser is tightened when it is opened).
 
 ``config.toml``::
 
@@ -21,14 +25,19 @@ Layout of ``home`` (default: the platform's user data directory, ``platformdirs`
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import platformdirs
 import tomli_w
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .. import pki
+from ..passphrase import WeakPassphrase, check_new_passphrase
 
 __all__ = [
     "CONFIG_FILE",
@@ -37,10 +46,16 @@ __all__ = [
     "TRUST_FILE",
     "ProfileError",
     "Settings",
+    "create_profile",
     "default_home",
     "init_profile",
+    "install_certificate",
     "load_settings",
+    "profile_exists",
+    "read_ca",
+    "renewal_request",
     "save_settings",
+    "set_aside",
 ]
 
 CONFIG_FILE = "config.toml"
@@ -89,6 +104,7 @@ def default_home() -> Path:
 
 def load_settings(home: Path) -> Settings:
     path = Path(home) / CONFIG_FILE
+    pki.tighten_private(Path(home))
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -103,7 +119,166 @@ def load_settings(home: Path) -> Settings:
 
 def save_settings(home: Path, settings: Settings) -> None:
     data = {k: v for k, v in asdict(settings).items() if v != ""}
+    pki.make_private_dir(Path(home))
     pki.write_file_atomically(Path(home) / CONFIG_FILE, tomli_w.dumps(data).encode("utf-8"), 0o600)
+
+
+def profile_exists(home: Path) -> bool:
+    """Whether ``home`` holds a profile (its config or its key), complete or not."""
+    home = Path(home)
+    return (home / CONFIG_FILE).exists() or (home / IDENTITY_DIR / pki.IDENTITY_KEY_FILE).exists()
+
+
+#: What replacing a profile moves aside: its identity and its history (SQLite's side files too).
+PROFILE_KEYS = (IDENTITY_DIR, HISTORY_FILE, HISTORY_FILE + "-wal", HISTORY_FILE + "-shm")
+
+
+def set_aside(
+    home: Path, names: tuple[str, ...] = PROFILE_KEYS, now: datetime | None = None
+) -> Path | None:
+    """Move ``names`` (default: a profile's identity and history) from ``home`` into
+    ``home/replaced-<UTC time>/``; nothing is deleted.  Returns that folder, or None when there
+    was nothing to move.  Also what ``secchat ca init --force`` does with an old CA."""
+    home = Path(home)
+    moving = [home / name for name in names if (home / name).exists()]
+    if not moving:
+        return None
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    aside = home / f"replaced-{stamp}"
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = home / f"replaced-{stamp}-{n}"
+    pki.make_private_dir(aside)
+    for path in moving:
+        os.replace(path, aside / path.name)
+    return aside
+
+
+def _may_create(home: Path, passphrase: str, replace: bool) -> None:
+    try:
+        check_new_passphrase(passphrase)
+    except WeakPassphrase as exc:
+        raise ProfileError("weak_passphrase", str(exc)) from None
+    if profile_exists(home) and not replace:
+        raise ProfileError("exists", f"a profile already exists in {home}")
+
+
+def create_profile(
+    home: Path,
+    name: str,
+    passphrase: str,
+    directory: str,
+    *,
+    listen_host: str = "127.0.0.1",
+    listen_port: int = 0,
+    advertise_host: str = "",
+    replace: bool = False,
+) -> x509.CertificateSigningRequest:
+    """Make the user's key (stored under ``passphrase``), a certificate signing request for it
+    (``identity/request.pem``, for the CA) and ``config.toml``; return the request.
+
+    An existing profile is refused (``exists``) unless ``replace``: then its identity and history
+    are set aside (:func:`set_aside`), never deleted.  Everything is checked before anything is
+    written.
+    """
+    home = Path(home)
+    _may_create(home, passphrase, replace)
+    try:
+        settings = Settings(name, directory, listen_host, listen_port, advertise_host)
+    except ValueError as exc:
+        raise ProfileError("bad_config", str(exc)) from None
+    key = pki.generate_key()
+    try:
+        request = pki.make_request(key, name)
+    except ValueError as exc:
+        raise ProfileError("bad_name", str(exc)) from None
+    pki.make_private_dir(home)
+    set_aside(home)  # the replaced profile's, or a stray history no passphrase here would open
+    ident = pki.make_private_dir(home / IDENTITY_DIR)
+    pki.save_private_key(ident / pki.IDENTITY_KEY_FILE, key, passphrase)
+    pki.write_file_atomically(ident / pki.IDENTITY_REQUEST_FILE, pki.request_to_pem(request), 0o600)
+    save_settings(home, settings)
+    return request
+
+
+def install_certificate(
+    home: Path, certs: list[x509.Certificate], cas: list[x509.Certificate] | None = None
+) -> x509.Certificate:
+    """Complete a profile with the certificate the CA returned for its request.
+
+    ``certs`` is what ``secchat ca sign`` wrote: the certificate, then its CA; ``cas`` overrides
+    the CA.  The certificate must carry the request's key and the profile's name and verify
+    against the CA.  Needs no passphrase: the request holds the public key.
+    """
+    home = Path(home)
+    settings = load_settings(home)
+    ident = home / IDENTITY_DIR
+    try:
+        request = pki.request_from_pem((ident / pki.IDENTITY_REQUEST_FILE).read_bytes())
+    except FileNotFoundError:
+        raise ProfileError(
+            "no_request", f"there is no certificate request in {ident}: run `secchat init` first"
+        ) from None
+    except pki.PkiError as exc:
+        raise ProfileError(exc.code, str(exc)) from None
+    if not certs:
+        raise ProfileError("bad_pem", "no certificate to install")
+    cert, trusted = certs[0], list(cas) if cas else certs[1:]
+    if not trusted:
+        raise ProfileError("no_ca", "the certificate comes without its CA: pass the CA's too")
+    try:
+        if pki.verifier_of(cert).public_bytes != _public_bytes(request):
+            raise ProfileError("key_mismatch", f"this certificate is not for the key in {ident}")
+        identity = pki.verify_certificate(cert, trusted)
+    except pki.PkiError as exc:
+        raise ProfileError(exc.code, str(exc)) from None
+    if identity.name != settings.name:
+        raise ProfileError(
+            "key_mismatch",
+            f"this certificate names {identity.name!r}, the profile is {settings.name!r}",
+        )
+    pki.write_file_atomically(ident / pki.CA_CERT_FILE, pki.certs_to_pem(trusted), 0o600)
+    pki.write_file_atomically(ident / pki.IDENTITY_CERT_FILE, pki.cert_to_pem(cert), 0o600)
+    return cert
+
+
+def renewal_request(home: Path, passphrase: str) -> x509.CertificateSigningRequest:
+    """A new request for the profile's *current* key and name (to renew its certificate: the CA
+    signs it, :func:`install_certificate` installs the result); written to ``request.pem``."""
+    home = Path(home)
+    settings = load_settings(home)
+    ident = home / IDENTITY_DIR
+    try:
+        key = pki.load_private_key(ident / pki.IDENTITY_KEY_FILE, passphrase)
+    except pki.PkiError as exc:
+        raise ProfileError(exc.code, str(exc)) from None
+    request = pki.make_request(key, settings.name)
+    pki.write_file_atomically(ident / pki.IDENTITY_REQUEST_FILE, pki.request_to_pem(request), 0o600)
+    return request
+
+
+def _public_bytes(request: x509.CertificateSigningRequest) -> bytes:
+    key = request.public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        raise ProfileError("unsupported_key", "the certificate request's key is not an Ed25519 key")
+    return key.public_bytes_raw()
+
+
+def read_ca(ca_dir: Path, ca_passphrase: str) -> tuple[Ed25519PrivateKey, x509.Certificate]:
+    """The CA's key and certificate in ``ca_dir``; ``no_ca`` / ``wrong_ca_passphrase``."""
+    try:
+        ca_cert = pki.cert_from_pem((Path(ca_dir) / pki.CA_CERT_FILE).read_bytes())
+        ca_key = pki.load_private_key(Path(ca_dir) / pki.CA_KEY_FILE, ca_passphrase)
+    except FileNotFoundError:
+        raise ProfileError(
+            "no_ca", f"there is no CA in {ca_dir} (create one with `secchat ca init`)"
+        ) from None
+    except pki.PkiError as exc:
+        if exc.code == "wrong_passphrase":
+            raise ProfileError("wrong_ca_passphrase", f"wrong passphrase for the CA key in {ca_dir}") from None
+        raise ProfileError("no_ca" if exc.code == "no_key_store" else exc.code, str(exc)) from None
+    return ca_key, ca_cert
 
 
 def init_profile(
@@ -117,39 +292,23 @@ def init_profile(
     listen_host: str = "127.0.0.1",
     listen_port: int = 0,
     advertise_host: str = "",
-    force: bool = False,
+    replace: bool = False,
 ) -> str:
-    """Create an identity issued by the CA in ``ca_dir`` and the profile's config; return the
-    certificate's fingerprint."""
+    """The one-machine shortcut: :func:`create_profile`, signed at once by the CA in ``ca_dir``
+    (whose key is on this machine), and :func:`install_certificate`; returns the fingerprint.
+
+    The CA and its passphrase are checked first, so a failure leaves no half-made profile.
+    """
     home = Path(home)
-    if (home / CONFIG_FILE).exists() and not force:
-        raise ProfileError("exists", f"a profile already exists in {home} (use --force to replace it)")
+    _may_create(home, passphrase, replace)
+    ca_key, ca_cert = read_ca(ca_dir, ca_passphrase)
+    request = create_profile(
+        home, name, passphrase, directory, listen_host=listen_host, listen_port=listen_port,
+        advertise_host=advertise_host, replace=replace,
+    )
     try:
-        settings = Settings(name, directory, listen_host, listen_port, advertise_host)
-    except ValueError as exc:
-        raise ProfileError("bad_config", str(exc)) from None
-    try:
-        ca_cert = pki.cert_from_pem((Path(ca_dir) / pki.CA_CERT_FILE).read_bytes())
-    except FileNotFoundError:
-        raise ProfileError("no_ca", f"there is no CA in {ca_dir} (create one with `secchat ca init`)") from None
+        cert = pki.sign_request(ca_key, ca_cert, request)
     except pki.PkiError as exc:
-        raise ProfileError("no_ca", str(exc)) from None
-    try:
-        ca_key = pki.load_private_key(Path(ca_dir) / pki.CA_KEY_FILE, ca_passphrase)
-        key = pki.generate_key()
-        cert = pki.issue_certificate(ca_key, ca_cert, name, key.public_key())
-        ident = home / IDENTITY_DIR
-        pki.save_private_key(ident / pki.IDENTITY_KEY_FILE, key, passphrase)
-    except pki.PkiError as exc:
-        if exc.code == "wrong_passphrase":
-            raise ProfileError("wrong_ca_passphrase", f"wrong passphrase for the CA key in {ca_dir}") from None
         raise ProfileError(exc.code, str(exc)) from None
-    except ValueError as exc:
-        raise ProfileError("bad_name", str(exc)) from None
-    pki.write_file_atomically(ident / pki.IDENTITY_CERT_FILE, pki.cert_to_pem(cert), 0o644)
-    pki.write_file_atomically(ident / pki.CA_CERT_FILE, pki.cert_to_pem(ca_cert), 0o644)
-    history = home / HISTORY_FILE
-    if history.exists():  # a history under another passphrase would be unreadable
-        history.unlink()
-    save_settings(home, settings)
+    install_certificate(home, [cert, ca_cert])
     return pki.fingerprint(cert)

@@ -438,7 +438,7 @@ class ChatApp:
         )
 
     async def unaccepted_participants(self, names: Sequence[str]) -> list[UnacceptedCertificate]:
-        out = []
+        out: list[UnacceptedCertificate] = []
         for name in names:
             if name == self.name:
                 continue

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -351,7 +352,7 @@ class TrustScreen(ModalScreen[bool]):
                 ),
                 id="trust-question",
             )
-            table: DataTable[str] = DataTable(id="trust-certificates", cursor_type="none")
+            table: DataTable[Text] = DataTable(id="trust-certificates", cursor_type="none")
             table.add_columns("Identity (name@issuer)", "Certificate fingerprint (SHA-256)")
             for cert in self.certificates:
                 table.add_row(Text(safe(cert.identity)), Text(safe(cert.fingerprint)))
@@ -609,7 +610,8 @@ class SecChatApp(App[None]):
         self.views: dict[str, ConferenceView] = {}
         self._joining: set[str] = set()
         self._list_error: str | None = None  # the last error listing conferences, if failing
-        self._closing: dict[str, asyncio.Event] = {}  # conference id -> set once its pane is gone
+        # conference id -> set once its pane is gone (not ``_closing``: Textual's own flag)
+        self._pane_closed: dict[str, asyncio.Event] = {}
 
     def notify(
         self,
@@ -722,7 +724,7 @@ class SecChatApp(App[None]):
 
     def is_open(self, conference_id: str) -> bool:
         """Has the conference (``creator/id``) a pane (not one being closed)?"""
-        return conference_id not in self._closing and bool(self.query(f"#{pane_id(conference_id)}"))
+        return conference_id not in self._pane_closed and bool(self.query(f"#{pane_id(conference_id)}"))
 
     @on(DataTable.RowSelected, "#conferences")
     def _row_selected(self, event: DataTable.RowSelected) -> None:
@@ -751,7 +753,7 @@ class SecChatApp(App[None]):
         if conference is None:
             self._render_list()
             return
-        closing = self._closing.get(conference_id)
+        closing = self._pane_closed.get(conference_id)
         if closing is not None:  # left and joined again at once: the old pane must go first
             await closing.wait()
         tabs = self._tabs()
@@ -782,7 +784,7 @@ class SecChatApp(App[None]):
                             severity="warning", markup=False)
                 return None
             for cert in certificates:
-                if not await guarded(self, lambda c=cert: self.chat.accept(c.name, c.fingerprint),
+                if not await guarded(self, functools.partial(self.chat.accept, cert.name, cert.fingerprint),
                                      f"Accepting {cert.name}'s certificate"):
                     return None
         self.notify(f"Could not join {ref_label(conference_id)}: its certificates keep changing.",
@@ -803,13 +805,13 @@ class SecChatApp(App[None]):
             self.notify(message.error, severity="error", markup=False)
         cid = conference_ref(pane.conference)
         tabs = self._tabs()
-        if pane.is_attached and pane.id is not None and tabs is not None and cid not in self._closing:
+        if pane.is_attached and pane.id is not None and tabs is not None and cid not in self._pane_closed:
             pane.ready = False
-            self._closing[cid] = closed = asyncio.Event()
+            self._pane_closed[cid] = closed = asyncio.Event()
             try:
                 await tabs.remove_pane(pane.id)
             finally:
-                del self._closing[cid]
+                del self._pane_closed[cid]
                 closed.set()
             self.action_show_list()
         self._render_list()

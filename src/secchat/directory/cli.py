@@ -18,7 +18,7 @@ def _directory() -> None:
 
 
 def _fail(message: str) -> typer.Exit:
-    from secchat.app.cli_pki import fail
+    from secchat.app.exit_codes import fail
 
     return fail(message)
 
@@ -112,17 +112,22 @@ def _client(
 ):
     from secchat import pki
     from secchat.app.cli_pki import PASSPHRASE_ENV, default_identity_dir, read_passphrase
+    from secchat.app.exit_codes import fail_for
 
     from .client import DirectoryClient
     from .trust import TrustStore, TrustStoreError, default_trust_path
 
     directory = directory or default_identity_dir()
-    passphrase = read_passphrase(passphrase_file, (PASSPHRASE_ENV,), "identity passphrase")
+    try:
+        pki.check_identity_files(directory)  # say so before asking for a passphrase
+    except pki.PkiError as exc:
+        raise fail_for(exc) from None
+    passphrase = read_passphrase(passphrase_file, (PASSPHRASE_ENV,), f"passphrase for the identity in {directory}")
     try:
         local = pki.load_identity(directory, passphrase)
         store = TrustStore(trust_file or default_trust_path())
     except (pki.PkiError, TrustStoreError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail_for(exc) from None
     from .client import DEFAULT_DEADLINE
 
     try:
@@ -132,12 +137,14 @@ def _client(
 
 
 def _run(fn):
+    from secchat.app.exit_codes import fail_for
+
     from .client import DirectoryError
 
     try:
         return fn()
     except DirectoryError as exc:
-        raise _fail(f"{exc} ({exc.code})") from None
+        raise fail_for(exc, f"{exc} ({exc.code})") from None
 
 
 @directory_app.command("register")

@@ -498,9 +498,9 @@ class _Cluster:
     def results(self, problems: list[str], duration: float) -> ClusterResult:
         members = []
         for p in self.procs:
-            live = p.role in ("joined", "late", "restarted", "recovered") and p.proc is not None and not p.killed
+            is_live = p.role in ("joined", "late", "restarted", "recovered") and p.proc is not None and not p.killed
             members.append(MemberResult(
-                name=p.name, role=p.role, live=live,
+                name=p.name, role=p.role, live=is_live,
                 fingerprint=p.info.get("fingerprint"), elapsed=p.info.get("elapsed"),
                 members=p.info.get("members"),
                 delivered={s: len(v) for s, v in p.delivered.items()},
@@ -512,7 +512,7 @@ class _Cluster:
         if None in fps:
             problems.append(f"live members without a key: {[m.name for m in live if m.fingerprint is None]}")
         if len(fps - {None}) > 1:
-            problems.append(f"live members hold different keys: {sorted(fps - {None})}")
+            problems.append(f"live members hold different keys: {sorted(fp for fp in fps if fp)}")
         want = self.spec.messages
         missing = [(r.name, s.name, r.delivered.get(s.name, 0)) for r in live for s in live
                    if r.delivered.get(s.name, 0) < want]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections import Counter
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..codec import Tag
 from .events import Broadcast, Decided, Event, Send
@@ -93,6 +93,7 @@ class Consensus:
         # what we sent the coordinators of our current and previous round: sent again when one
         # of them restarted (its run that got them is gone, and with it their effect)
         self._to_coordinators: dict[int, list[Message]] = {}
+        self.parent: Any = None  # the GKE instance that consumes our events (set by the stack)
 
     def coordinator(self, round_: int) -> int:
         return round_ % self.n
@@ -146,6 +147,7 @@ class Consensus:
         if isinstance(msg, Decision):
             return self._on_decision(sender, msg)
         if self.state is State.DECIDED:
+            assert self.decision is not None
             # one answer per message (no amplification): a late or restarted member learns it
             return [Send(sender, Decision(self.tag, self.decision))]
         if isinstance(msg, Abstain):
@@ -168,9 +170,11 @@ class Consensus:
                 return self._drop("stale_round")
             box = self._box(msg.round)
             if box is None:
-                far = self._far_estimates if isinstance(msg, Estimate) else self._far_replies
-                if sender not in far or far[sender].round < msg.round:
-                    far[sender] = msg
+                if isinstance(msg, Estimate):
+                    if sender not in self._far_estimates or self._far_estimates[sender].round < msg.round:
+                        self._far_estimates[sender] = msg
+                elif sender not in self._far_replies or self._far_replies[sender].round < msg.round:
+                    self._far_replies[sender] = msg
                 return self._drop("round_beyond_window")
             if isinstance(msg, Estimate):
                 box.estimates.setdefault(sender, (msg.ts, msg.value))
@@ -210,6 +214,7 @@ class Consensus:
         coord = self.coordinator(round_)
         if coord == self.me:
             box = self._box(round_)
+            assert box is not None  # the current round is always inside the window
             for sender, est in list(self._far_estimates.items()):
                 if est.round == round_:
                     box.estimates.setdefault(sender, (est.ts, est.value))
@@ -275,7 +280,7 @@ class Consensus:
         coordinator stuck waiting for estimates it lost would wait forever), and our proposal
         if we coordinate the current round.  Repeats are harmless: every box keeps one entry
         per sender and round."""
-        if self.state is State.DECIDED:
+        if self.decision is not None:
             return [Send(peer, Decision(self.tag, self.decision))]
         if self.state is State.ABSTAINING:  # it must not wait for us as a coordinator
             return [Send(peer, Abstain(self.tag))]
@@ -330,6 +335,8 @@ class Consensus:
 
     def _maybe_relay(self) -> list[Event]:
         source = self._relay_source
+        if self.decision is None:  # nothing decided yet, nothing to relay
+            return []
         if source is not None and source != -1 and not self._detector.suspects(source):
             return []
         self._relay_source = -1  # relayed (or broadcast as the coordinator): never again

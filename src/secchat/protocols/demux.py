@@ -16,6 +16,7 @@ from ..codec import Tag
 from .messages import (
     Abstain,
     Ack,
+    Alive,
     Contribution,
     Decision,
     Estimate,
@@ -119,7 +120,7 @@ class Demux:
     def route(self, sender: int, msg: Message, size: int) -> Any:
         """The instance for ``msg``, or None (the message was kept or dropped and counted)."""
         protocol = _PROTOCOL.get(type(msg))
-        if protocol is None:
+        if protocol is None or isinstance(msg, Alive):
             self._stats["demux.dropped.no_instance_kind"] += 1
             return None
         key = (protocol, msg.tag)

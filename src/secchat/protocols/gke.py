@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -104,7 +104,7 @@ class GroupKeyExchange:
         self.n = n
         self.t = majority(n)
         self.consensus = consensus
-        self.parent = None
+        self.parent: Any = None  # the SMC instance that consumes our events (set by the stack)
         self._stats = stats
         self._rng = rng
         # (y, session key) may be restored from a previous incarnation to rejoin with the same key

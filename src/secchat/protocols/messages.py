@@ -55,14 +55,14 @@ class _Msg(msgspec.Struct, frozen=True, array_like=True, tag_field="kind"):
 # --------------------------------------------------------------------------- failure detector
 
 
-class Alive(_Msg, tag=1):
+class Alive(_Msg, tag=1, frozen=True):
     """Heartbeat of the failure detector (any message counts as one)."""
 
 
 # --------------------------------------------------------------------------- the group itself
 
 
-class RecordHello(_Msg, tag=2):
+class RecordHello(_Msg, tag=2, frozen=True):
     """Which record of the conference the sender holds: ``tag`` is its group prefix (conference
     id, record digest).  Sent to every member when the stack starts, and answered once
     (``reply``) by each receiver, so two members holding different records of one id both learn
@@ -78,7 +78,7 @@ class RecordHello(_Msg, tag=2):
 # --------------------------------------------------------------------------- consensus
 
 
-class Estimate(_Msg, tag=10):
+class Estimate(_Msg, tag=10, frozen=True):
     """Phase 1: a participant's estimate, to the coordinator of ``round``."""
 
     tag: WireTag
@@ -87,7 +87,7 @@ class Estimate(_Msg, tag=10):
     value: Value
 
 
-class Proposal(_Msg, tag=11):
+class Proposal(_Msg, tag=11, frozen=True):
     """Phase 2: the coordinator's chosen estimate, to all."""
 
     tag: WireTag
@@ -95,28 +95,28 @@ class Proposal(_Msg, tag=11):
     value: Value
 
 
-class Ack(_Msg, tag=12):
+class Ack(_Msg, tag=12, frozen=True):
     """Phase 3: the participant adopted the coordinator's proposal of ``round``."""
 
     tag: WireTag
     round: Round
 
 
-class Nack(_Msg, tag=13):
+class Nack(_Msg, tag=13, frozen=True):
     """Phase 3: the participant suspected the coordinator of ``round``."""
 
     tag: WireTag
     round: Round
 
 
-class Decision(_Msg, tag=14):
+class Decision(_Msg, tag=14, frozen=True):
     """The decided value; every member relays the first one it receives, once."""
 
     tag: WireTag
     value: Value
 
 
-class Abstain(_Msg, tag=15):
+class Abstain(_Msg, tag=15, frozen=True):
     """The sender will never vote in this instance (it restarted and may have voted before):
     treat it as permanently suspected, as if it had crashed."""
 
@@ -126,14 +126,14 @@ class Abstain(_Msg, tag=15):
 # --------------------------------------------------------------------------- group key exchange
 
 
-class PublicKey(_Msg, tag=20):
+class PublicKey(_Msg, tag=20, frozen=True):
     """A member's fresh X25519 session key for one GKE session."""
 
     tag: WireTag
     key: Key32
 
 
-class Contribution(_Msg, tag=21):
+class Contribution(_Msg, tag=21, frozen=True):
     """The sender's contribution, sealed to the receiver's session key.
 
     ``key`` is the sender's own session key, so the receiver can open it without having seen
@@ -149,7 +149,7 @@ class Contribution(_Msg, tag=21):
 # --------------------------------------------------------------------------- secure multicast
 
 
-class SmcData(_Msg, tag=30):
+class SmcData(_Msg, tag=30, frozen=True):
     """One secure multicast message: AEAD(payload ‖ signature) under the group key.
 
     ``sender``, ``incarnation`` and ``seq`` travel in clear and are bound by the AEAD's associated
@@ -164,7 +164,7 @@ class SmcData(_Msg, tag=30):
     ciphertext: Ciphertext
 
 
-class SmcStatus(_Msg, tag=31):
+class SmcStatus(_Msg, tag=31, frozen=True):
     """The sender's place in its own stream (``incarnation``, the next ``seq`` it will use) and a
     confirmation of its key (``confirm``: an HMAC under the key-confirmation key; ``fingerprint``
     names the key for people).  Receivers ask for frames they miss (:class:`SmcResend`) and
@@ -178,7 +178,7 @@ class SmcStatus(_Msg, tag=31):
     reply: bool = False
 
 
-class SmcResend(_Msg, tag=32):
+class SmcResend(_Msg, tag=32, frozen=True):
     """"Send me again your frames ``first`` .. ``end - 1`` of ``incarnation``" (to their sender)."""
 
     tag: WireTag
@@ -187,7 +187,7 @@ class SmcResend(_Msg, tag=32):
     end: Counter
 
 
-class SmcGone(_Msg, tag=33):
+class SmcGone(_Msg, tag=33, frozen=True):
     """The sender no longer keeps its frames ``first`` .. ``end - 1`` of ``incarnation``: they
     are lost for this receiver, which skips them and says so."""
 

@@ -36,6 +36,7 @@ import hashlib
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..codec import Tag, canonical
 from ..crypto import (
@@ -149,7 +150,7 @@ class SecureMulticast:
         self.me = me
         self.n = n
         self.gke = gke
-        self.parent = None
+        self.parent: Any = None
         self.signed = signed
         self.incarnation = incarnation
         self.limits = limits
@@ -309,6 +310,7 @@ class SecureMulticast:
         if self.signed:
             plain = payload + self._signer.sign(self._signed_part(self.me, self.incarnation, seq, payload))
         nonce = self._rng.randbytes(12)
+        assert self._aead is not None  # only called once the key exists
         ct = self._aead.seal(nonce, plain, self._aad(self.me, self.incarnation, seq))
         frame = SmcData(self.tag, self.me, self.incarnation, seq, nonce, ct)
         self._keep(frame)
@@ -444,6 +446,7 @@ class SecureMulticast:
             msg.seq < stream.next_seq or msg.seq in stream.waiting
         ):
             return self._drop("replay")
+        assert self._aead is not None  # held until the key exists
         try:
             plain = self._aead.open(msg.nonce, msg.ciphertext, self._aad(msg.sender, msg.incarnation, msg.seq))
         except CryptoError:

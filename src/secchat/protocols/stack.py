@@ -217,7 +217,7 @@ class Member:
                 self.stats[f"member.dropped.{exc.code}"] += 1
                 return
         else:
-            msg, size = data, 0
+            msg, size = data, 0  # type: ignore[assignment]  # a Message: no isinstance on the hot path
         self.stats["member.received"] += 1
         detector = self.detector
         if detector.started:
@@ -377,7 +377,9 @@ class Member:
         cons = self._new_consensus(consensus_tag(tag))
         gke = self._gke_cls(tag, self.me, self.n, self._rng, self.stats, cons, **restore)
         cons.parent = gke
-        pending = [(cons, self.demux.register("consensus", cons.tag, cons))]
+        pending: list[tuple[Any, list[tuple[int, Message]]]] = [
+            (cons, self.demux.register("consensus", cons.tag, cons))
+        ]
         pending.append((gke, self.demux.register("gke", tag, gke)))
         return gke, pending
 

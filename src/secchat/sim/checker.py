@@ -38,7 +38,7 @@ import multiprocessing
 import os
 import random
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,9 +156,9 @@ class _Run:
 
     def schedule(self, action: Callable[[Member, float], Any]) -> None:
         for i, when in self.scenario.start_at.items():
-            self.sim.at(when, lambda i=i: self.sim.start(i, action))
+            self.sim.at(when, functools.partial(self.sim.start, i, action))
         for i, when in self.scenario.crash_at.items():
-            self.sim.at(when, lambda i=i: self.sim.crash(i))
+            self.sim.at(when, functools.partial(self.sim.crash, i))
 
     def violation(self, text: str) -> None:
         self.result.violations.append(text)
@@ -346,7 +346,7 @@ def _check_smc(run: _Run, messages: int = 3, signed: bool = True) -> None:
 
     def complete() -> bool:
         return (
-            state["adversary_done"]
+            bool(state["adversary_done"])
             and all(i in fingerprints for i in correct)
             and all(pending_sends[i] == 0 for i in correct)
             and state["complete"] >= expected_total
@@ -432,9 +432,9 @@ def _check_records(run: _Run, messages: int = 2) -> None:
         sim.nodes[p].on_output = functools.partial(on_output, p)
     for p, when in sc.start_at.items():
         if p in holds:
-            sim.at(when, lambda p=p: sim.start(p, lambda m, now: m.smc_init(smc_tag(m.gid), now)))
+            sim.at(when, functools.partial(sim.start, p, _start_own_record))
     for p, when in sc.crash_at.items():
-        sim.at(when, lambda p=p: sim.crash(p))
+        sim.at(when, functools.partial(sim.crash, p))
     # who must report whom: correct pairs that list each other but hold different records
     must_report = {
         (p, q) for p in correct for q in correct
@@ -484,8 +484,9 @@ def _check_restarts(run: _Run, forget_state: bool = False) -> None:
     def on_output(i: int, now: float, ev: Any) -> None:
         if isinstance(ev, KeyEstablished):
             keys[(i, runs[i])] = ev.fingerprint
-            smc = sim.nodes[i].member.smc(tag)
-            disks[i][key] = established_state(0, gid.record, smc)
+            member = sim.nodes[i].member
+            assert member is not None
+            disks[i][key] = established_state(0, gid.record, member.smc(tag))
             run.finished_at = max(run.finished_at, now)  # (not run.finish: its crashes are not ours)
 
     def first_start(i: int) -> None:
@@ -511,7 +512,7 @@ def _check_restarts(run: _Run, forget_state: bool = False) -> None:
 
     for k, v in enumerate(victims):
         down = rng.uniform(0.02, 2.0)
-        sim.at(down, lambda v=v: sim.crash(v))
+        sim.at(down, functools.partial(sim.crash, v))
         up = down + rng.uniform(0.01, 1.0)
         sim.at(up, functools.partial(restart, v))
         quiet_after = max(quiet_after, up)
@@ -522,7 +523,7 @@ def _check_restarts(run: _Run, forget_state: bool = False) -> None:
         if rng.random() < 0.3:
             again = up + rng.uniform(0.05, 2.0)
             back = again + rng.uniform(0.01, 0.5)
-            sim.at(again, lambda v=v: sim.crash(v))
+            sim.at(again, functools.partial(sim.crash, v))
             sim.at(back, functools.partial(restart, v))
             quiet_after = max(quiet_after, back)
     def everyone_keyed() -> bool:
@@ -594,9 +595,13 @@ class CampaignResult:
         )
 
 
-def _p95(values: list[float]) -> float:
+def _p95(values: Sequence[float]) -> float:
     return values[min(len(values) - 1, int(0.95 * len(values)))]
 
+
+
+def _start_own_record(member: Member, now: float) -> None:
+    member.smc_init(smc_tag(member.gid), now)
 
 def _worker(args: tuple) -> RunResult:
     protocol, n, crash, seed, factory, signed, forget_state = args

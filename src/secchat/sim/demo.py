@@ -6,17 +6,24 @@ the late members join and catch up on the same key and on every message.  Determ
 
 from __future__ import annotations
 
+import functools
+
 from rich.console import Console
 
+from ..codec import Tag
 from ..protocols.consensus import majority
 from ..protocols.events import Delivered, KeyEstablished, PeerRestored, PeerSuspected
-from ..protocols.stack import smc_tag
+from ..protocols.stack import Member, smc_tag
 from .simulator import NetworkModel, Simulation
 
 __all__ = ["run_demo"]
 
 NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory"]
 
+
+
+def _multicast(tag: Tag, payload: bytes, member: Member, now: float) -> None:
+    member.multicast(tag, payload, now)
 
 def _name(i: int) -> str:
     return NAMES[i] if i < len(NAMES) else f"member{i}"
@@ -68,7 +75,7 @@ def run_demo(n: int = 5, seed: int = 1, console: Console | None = None) -> int:
     key_time = sim.now
     console.print(f"Key established by the majority after {key_time * 1000:.1f} ms of simulated time.")
     for i in range(t):
-        sim.call(i, lambda m, now, i=i: m.multicast(tag, f"hello from {_name(i)}".encode(), now))
+        sim.call(i, functools.partial(_multicast, tag, f"hello from {_name(i)}".encode()))
     sim.run(sim.now + 0.5)
     late = list(range(t, n))
     if late:
@@ -78,7 +85,7 @@ def run_demo(n: int = 5, seed: int = 1, console: Console | None = None) -> int:
             sim.start(i, lambda m, now: m.smc_init(tag, now))
         sim.run(start + 5.0, stop=lambda: len(fingerprints) == n)
         for i in late:
-            sim.call(i, lambda m, now, i=i: m.multicast(tag, f"{_name(i)} made it".encode(), now))
+            sim.call(i, functools.partial(_multicast, tag, f"{_name(i)} made it".encode()))
         sim.run(sim.now + 1.0)
     same = len(set(fingerprints.values())) == 1 and len(fingerprints) == n
     expected = n * t + len(late) * n

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import operator
 import random
 import time
 from collections.abc import Callable
@@ -114,7 +115,7 @@ class Simulation:
 
     # ----------------------------------------------------------------- scheduling
 
-    def at(self, when: float, fn: Callable[[], None]) -> None:
+    def at(self, when: float, fn: Callable[[], object]) -> None:
         """Run ``fn`` at simulated time ``when``."""
         self._push(when, "call", fn)
 
@@ -206,6 +207,7 @@ class Simulation:
 
     def _flush(self, node: SimNode) -> None:
         member = node.member
+        assert member is not None
         roster = node.roster
         for out in member.take_outgoing():
             if roster is None:
@@ -237,6 +239,7 @@ class Simulation:
             self._push(deadline, "timer", (node.index, deadline))
 
     def _run(self, node: SimNode, fn: Callable[[Member], Any]) -> Any:
+        assert node.member is not None
         if self.measure_cpu:
             t0 = time.perf_counter()
             result = fn(node.member)
@@ -273,14 +276,14 @@ class Simulation:
                     sender = index
                 self._trace.update(b"%d %d %r " % (sender, to, when))
                 self._trace.update(data)
-                self._run(node, lambda m, s=sender, d=data, w=when: m.receive(s, d, w))
+                self._run(node, operator.methodcaller("receive", sender, data, when))
             elif kind == "timer":
                 i, deadline = payload
                 node = self.nodes[i]
                 if not node.up or self._timer_at.get(i) != deadline:
                     continue
                 del self._timer_at[i]
-                self._run(node, lambda m, w=when: m.handle_timer(w))
+                self._run(node, operator.methodcaller("handle_timer", when))
             else:
                 payload()
             if stop is not None and stop():
