@@ -379,7 +379,7 @@ def test_frames_survive_broken_connections_exactly_once_and_in_order(world):
             seqs = [int(p[:6]) for _, _, p in got]
             assert seqs == list(range(2000))  # each exactly once, in order
             assert b.stats["frames_resent"] > 0
-            await until(lambda: not b._peers["a"].unacked)  # and all of it acknowledged
+            await until(lambda: b._peers["a"].channel.unacked[0] == 0)  # and all of it acknowledged
         finally:
             await a.aclose()
             await b.aclose()

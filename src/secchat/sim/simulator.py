@@ -18,11 +18,12 @@ import hashlib
 import heapq
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..crypto import Signer
+from ..protocols.driving import pump
 from ..protocols.events import Output
 from ..protocols.stack import Member, StackConfig
 
@@ -174,27 +175,26 @@ class Simulation:
         self._push(self.now if when is None else when, "deliver", (sender, to, data, False))
 
     def _flush(self, node: SimNode) -> None:
-        member = node.member
-        for out in member.take_outgoing():
-            targets = range(self.n) if out.to is None else (out.to,)
-            if self.keep_wire_log:
-                self.wire_log.append((self.now, node.index, out.data))
-            for to in targets:
-                if to == node.index:
-                    continue
-                self.messages_sent += 1
-                if out.data[1:2] != b"\x01":  # not a heartbeat (Alive's type tag)
-                    self.protocol_messages += 1
-                self.bytes_sent += len(out.data)
-                self._push(self.now + self.delay(node.index), "deliver", (node.index, to, out.data, True))
-        for ev in member.take_events():
-            node.outputs.append((self.now, ev))
-            if node.on_output is not None:
-                node.on_output(self.now, ev)
-        deadline = member.next_deadline()
+        deadline = pump(node.member, node.index, self.n, lambda to, data: self._send(node.index, to, data),
+                        lambda ev: self._output(node, ev))
         if deadline is not None and self._timer_at.get(node.index) != deadline:
             self._timer_at[node.index] = deadline
             self._push(deadline, "timer", (node.index, deadline))
+
+    def _send(self, sender: int, targets: Sequence[int], data: bytes) -> None:
+        if self.keep_wire_log:
+            self.wire_log.append((self.now, sender, data))
+        for to in targets:
+            self.messages_sent += 1
+            if data[1:2] != b"\x01":  # not a heartbeat (Alive's type tag)
+                self.protocol_messages += 1
+            self.bytes_sent += len(data)
+            self._push(self.now + self.delay(sender), "deliver", (sender, to, data, True))
+
+    def _output(self, node: SimNode, ev: Output) -> None:
+        node.outputs.append((self.now, ev))
+        if node.on_output is not None:
+            node.on_output(self.now, ev)
 
     def _run(self, node: SimNode, fn: Callable[[Member], Any]) -> Any:
         if self.measure_cpu:
