@@ -47,8 +47,8 @@ def test_every_outstanding_message_arrives_within_two_seconds_of_the_heal(tmp_pa
             for m in procs.values():
                 m.command(cmd="send", text=f"before from {m.name}")
             for m in procs.values():
-                await m.wait_for(lambda e: e["event"] == "delivered" and e["text"].startswith("before")
-                                 and len([1 for _, x in m.of("delivered") if x["text"].startswith("before")]) == 2, 30)
+                await m.wait_for(lambda e, m=m: e["event"] == "delivered" and len(
+                    [1 for _, x in m.of("delivered") if x["text"].startswith("before")]) == 2, 30)
 
             for p in proxies:
                 p.partition()

@@ -28,6 +28,7 @@ CONFIG = ChannelConfig(queue_max_frames=6, queue_max_bytes=300, unacked_max_byte
 MAX_FRAME = 32 + 1 + 8  # envelope + group "g" + largest payload below
 QUEUE_FRAMES, QUEUE_BYTES = CONFIG.queue_max_frames, CONFIG.queue_max_bytes
 UNACKED_BYTES = max(CONFIG.unacked_max_bytes, MAX_FRAME)
+REORDER_BYTES = CONFIG.unacked_max_bytes
 
 
 class Path:
@@ -177,7 +178,7 @@ class World:
             frames, queued = ch.queued
             assert frames <= QUEUE_FRAMES and queued <= QUEUE_BYTES, "queue bound"
             assert ch.unacked[1] <= UNACKED_BYTES, "unacknowledged bytes bound"
-            assert ch.reorder_bytes <= CONFIG.unacked_max_bytes, "reorder window bound"
+            assert ch.reorder_bytes <= REORDER_BYTES, "reorder window bound"
 
     def check_order(self, complete: bool = False) -> None:
         """What this run of x delivered of the peer's current run: a gap-free slice of what the
@@ -241,7 +242,7 @@ _NO_FAULTS = _NoFaults(0)
 def run_schedule(seed: int, cls: type[Channel] = Channel, steps: int | None = None) -> World:
     world = World(seed, cls)
     world.open_path()
-    for _ in range(steps if steps is not None else 10 + world.rng.randrange(40)):
+    for _ in range(steps if steps is not None else 8 + world.rng.randrange(28)):
         world.step()
         world.check_bounds()
     world.heal()

@@ -98,7 +98,8 @@ class LinkConfig:
     may go unacknowledged before the connection counts as dead.
 
     Per connection: ``write_buffer_high`` / ``write_buffer_low`` transport buffer water marks;
-    ``send_burst`` bytes a sender writes before it lets other peers' senders run.
+    ``send_burst`` bytes a sender writes, ``read_burst_frames`` frames a reader handles, before
+    it lets the other peers' senders and readers run; ``read_chunk`` bytes read at once.
 
     Connecting: ``retry_*`` reconnection backoff (seconds; an attempt starts every
     ``retry_delay`` while the peer is unreachable, at most ``max_connect_attempts`` at once, so
@@ -128,6 +129,7 @@ class LinkConfig:
     hello_timeout: float = 5.0
     handshake_timeout: float = 3.0
     read_chunk: int = 64 << 10
+    read_burst_frames: int = 128
     max_connections_per_peer: int = 4
     max_pending_handshakes: int = 64
     reserved_handshakes: int = 8
@@ -146,8 +148,8 @@ class LinkConfig:
         self.channel_config()  # its own constraints
         if not 0 < self.write_buffer_low <= self.write_buffer_high:
             raise ValueError("need 0 < write_buffer_low <= write_buffer_high")
-        if self.send_burst < 1 or self.read_chunk < 1:
-            raise ValueError("send_burst and read_chunk must be positive")
+        if self.send_burst < 1 or self.read_chunk < 1 or self.read_burst_frames < 1:
+            raise ValueError("send_burst, read_chunk and read_burst_frames must be positive")
         if self.retry_initial <= 0 or self.retry_factor < 1 or self.retry_max < self.retry_initial:
             raise ValueError("need retry_initial > 0, retry_factor >= 1, retry_max >= retry_initial")
         if self.connect_timeout <= 0 or self.hello_timeout <= 0 or self.handshake_timeout <= 0:
@@ -762,6 +764,7 @@ class LinkManager:
     async def _read_loop(self, conn: _Conn) -> None:
         decoder = FrameDecoder()
         chunk = self.config.read_chunk
+        burst = self.config.read_burst_frames
         peer = self._peers[conn.peer]
         ch = peer.channel
         loop = asyncio.get_running_loop()
@@ -778,8 +781,13 @@ class LinkManager:
                     decoder.eof()
                     break
                 self.stats["bytes_received"] += len(data)
-                now = loop.time()
-                for body in decoder.feed(data):
+                for turn, body in enumerate(decoder.feed(data), 1):
+                    if turn % burst == 0:
+                        self._poke(peer)
+                        await asyncio.sleep(0)  # a flooding peer must not starve the others
+                        if conn.closed:
+                            return
+                    now = loop.time()
                     message = decode_message(body)
                     if isinstance(message, Hello):
                         if not got_hello:
@@ -800,7 +808,7 @@ class LinkManager:
                         self.stats["frames_received"] += 1
                         self._deliver(peer.name, group, payload)
                 self._poke(peer)  # an ack may be due, or its deadline earlier
-                await asyncio.sleep(0)  # a flooding peer must not starve the others
+                await asyncio.sleep(0)
         except LinkError as exc:
             error = exc
             if isinstance(exc, FrameError) or exc.code == "no_hello":
