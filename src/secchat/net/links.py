@@ -124,7 +124,7 @@ class LinkConfig:
     retry_initial: float = 0.05
     retry_factor: float = 2.0
     retry_max: float = 1.0
-    max_connect_attempts: int = 3
+    max_connect_attempts: int = 6
     connect_timeout: float = 5.0
     hello_timeout: float = 5.0
     handshake_timeout: float = 3.0
