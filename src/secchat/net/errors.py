@@ -84,7 +84,10 @@ def map_exceptions(*, connecting: bool = False) -> Iterator[None]:
         error = _translate(exc, connecting)
         exc.__traceback__ = None
     if error is not None:
-        raise error
+        try:
+            raise error
+        finally:
+            error = None  # this frame must not hold the error whose traceback holds the frame
 
 
 def _translate(exc: BaseException, connecting: bool) -> LinkError:

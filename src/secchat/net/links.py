@@ -669,7 +669,7 @@ class LinkManager:
             if name == self.me or name not in self._peers:
                 raise AuthenticationError(f"certificate of {describe_certificate(der)} is our own", code="self")
         except LinkError as exc:
-            error = exc
+            error = exc.with_traceback(None)  # no frame -> error -> traceback -> frame cycle
         finally:
             self._handshakes -= 1
             left = self._handshakes_from.pop(host) - 1
@@ -810,7 +810,7 @@ class LinkManager:
                 self._poke(peer)  # an ack may be due, or its deadline earlier
                 await asyncio.sleep(0)
         except LinkError as exc:
-            error = exc
+            error = exc.with_traceback(None)  # no frame -> error -> traceback -> frame cycle
             if isinstance(exc, FrameError) or exc.code == "no_hello":
                 self.stats["bad_frames"] += 1
                 log.warning("dropping connection %s %s: %s", "to" if conn.outbound else "from", conn.peer, exc)
