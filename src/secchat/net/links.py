@@ -15,25 +15,38 @@ Why this shape:
   keep the one opened by the lexicographically smaller name.  A connection we stop sending on
   is *retired*: we write a ``Goodbye`` after our last frame on it, keep reading it, and close it
   once the peer said goodbye too -- so switching connections loses no frame in flight.
-* **Everything is bounded.**  Each peer has one queue bounded in frames and bytes.  When it is
-  full, the *newest* frame is dropped (tail drop) and counted, with one warning per overflow
-  episode: the queue then holds a gap-free prefix of what we sent, which is what the protocols
-  above need (a later consensus or SMC message is useless without the earlier ones, while the
-  newest frames of a long outage are mostly heartbeats).  Each connection's write buffer is
+* **Reliability is the channel's** (:mod:`.channel`, no I/O): each peer has one
+  :class:`~secchat.net.channel.Channel` -- sequence numbers per session, cumulative acks,
+  resend from the oldest unacknowledged frame on every new connection (the peer's ``Hello``
+  says where it is), duplicates dropped, early frames reordered, tail drop when its queue is
+  full (the queue then holds a gap-free prefix of what we sent, which is what the protocols
+  above need).  This module only moves its frames: a connection (:class:`_Conn`) is a
+  :class:`~secchat.net.channel.Transport`, the seam where another transport can plug in.  The
+  channel's deadlines (a delayed ack, a stalled connection) are armed with ``call_at``; a
+  connection whose data goes unacknowledged for ``stall_timeout`` is dropped and replaced, so
+  a partition that left it silently dead costs one reconnect after the heal, not TCP's
+  retransmission backoff.
+* **Everything is bounded.**  Besides the channel's bounds, each connection's write buffer is
   bounded by the transport's high-water mark and the sender awaits ``drain()``, so a peer that
-  stops reading stalls only its own queue.  Reads are bounded by the frame limit.
-* **Reliable across reconnections.**  TCP loses what sat in a connection that broke.  So each
-  side numbers its frames to a peer (``Data.seq``, per *session* -- a random id of this run of
-  the link layer), keeps what it wrote until the peer acknowledges it (``Data.ack``
-  piggybacked, or an explicit ``Ack`` every ``ack_every_frames`` / ``ack_every_bytes``), and
-  on every new connection resends what the peer's ``Hello`` says it has not received.  The
-  receiver drops duplicates and puts frames that overtook others (two connections during a
-  switch) back in order, in a window bounded like the sender's unacknowledged frames; a frame
-  outside it drops the connection, which the resend after reconnecting repairs.  A restarted
-  peer (new session) starts from the oldest frame still held for it.  Unacknowledged frames are
-  bounded by ``unacked_max_bytes``; beyond it the sender waits (and the queue tail-drops).
-* **Retries** back off from ``retry_initial`` by ``retry_factor`` up to ``retry_max``; the
-  delay resets once a connection is up.
+  stops reading stalls only its own channel.  Reads are bounded by the frame limit.
+* **Fair under abuse.**  A sender writes at most ``send_burst`` bytes and a reader handles at
+  most ``read_burst_frames`` frames before yielding, so one peer's resend or flood is
+  interleaved with everyone else's traffic.  A new connection may carry only the channel's
+  ``initial_window`` before the peer acknowledges, and inbound connections per peer are a token
+  bucket (``session_burst``, ``session_rate``): a member that reconnects over and over without
+  acknowledging costs little.  Inbound handshakes are budgeted: ``max_pending_handshakes`` at
+  once, ``max_handshakes_per_source`` per source address, ``reserved_handshakes`` kept for the
+  addresses of known peers, ``handshake_timeout`` to authenticate.  Refusals are logged once
+  per source and kind per ``refusal_log_interval``, with a count; refused connections leave no
+  reference cycles of ours (errors are kept without their tracebacks).
+* **Retries**: while a peer with pending frames is unreachable an attempt starts every
+  ``retry_delay`` (from ``retry_initial`` by ``retry_factor`` up to ``retry_max``), up to
+  ``max_connect_attempts`` at once, so a handshake hanging in a partition does not hold up the
+  one that will succeed after the heal; the delay resets once a connection is up.
+* **Sessions grow from run to run** (:func:`new_session`: the clock's microseconds and random
+  bits), so a late connection of a peer's previous run is recognised and closed.  A restarted
+  peer whose clock stepped back by more than the time between its runs is refused until its
+  clock passes the old run's (or we restart).
 * **Foreign exceptions stop here**: everything is translated into :class:`LinkError`.
 """
 
