@@ -71,6 +71,7 @@ def member_main(config_path: str, expected: int) -> int:
 
 def sink_main(cert: str, key: str) -> int:
     """Raw TLS: accept one connection on an ephemeral port, read until EOF, report bytes."""
+
     async def main() -> None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -99,8 +100,13 @@ def sink_main(cert: str, key: str) -> int:
 
 def _spawn(args: list[str], **kw: Any) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(SRC), BENCH_PASSPHRASE=PASSPHRASE)
-    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), *args],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        **kw,
+    )
 
 
 def _lines(proc: subprocess.Popen[bytes], until: str, timeout: float) -> dict[str, Any]:
@@ -139,12 +145,23 @@ def run_members(n: int, size: int, count: int, signed: bool, tmp: Path) -> tuple
     try:
         for f in files:  # each knows the addresses of those started before it
             config = {
-                "identity": {"name": f.name, "key": str(f.key_path), "cert": str(f.cert_path),
-                             "ca": str(ca_path), "passphrase_env": "BENCH_PASSPHRASE"},
+                "identity": {
+                    "name": f.name,
+                    "key": str(f.key_path),
+                    "cert": str(f.cert_path),
+                    "ca": str(ca_path),
+                    "passphrase_env": "BENCH_PASSPHRASE",
+                },
                 "listen": {"address": "127.0.0.1:0"},
                 "peers": dict(addresses),
-                "conference": [{"id": "bench", "mode": "signed" if signed else "group", "join": "start",
-                                "members": [{"name": g.name, "cert": str(g.cert_path)} for g in files]}],
+                "conference": [
+                    {
+                        "id": "bench",
+                        "mode": "signed" if signed else "group",
+                        "join": "start",
+                        "members": [{"name": g.name, "cert": str(g.cert_path)} for g in files],
+                    }
+                ],
             }
             path = tmp / f"{f.name}.toml"
             path.write_text(tomli_w.dumps(config))
@@ -158,7 +175,9 @@ def run_members(n: int, size: int, count: int, signed: bool, tmp: Path) -> tuple
         time.sleep(0.5)  # let the links settle (connections, first heartbeats)
         cpu0 = sum(_cpu_seconds(p.pid) for p in procs)
         t0 = time.monotonic()
-        procs[0].stdin.write(json.dumps({"cmd": "send", "count": count, "size": size}).encode() + b"\n")
+        procs[0].stdin.write(
+            json.dumps({"cmd": "send", "count": count, "size": size}).encode() + b"\n"
+        )
         procs[0].stdin.flush()
         for proc in procs[1:]:
             _lines(proc, "done", 600)
@@ -184,8 +203,13 @@ def raw_tls(size: int, count: int, tmp: Path) -> float:
     _ca, [ident] = make_identities(["sink"])
     cert, key = tmp / "sink.pem", tmp / "sink.key"
     cert.write_bytes(ident.cert.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(ident.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
+    key.write_bytes(
+        ident.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     sink = _spawn(["--sink", str(cert), str(key)])
     try:
         assert sink.stdout is not None
@@ -221,7 +245,9 @@ def cpu_bound(n: int, size: int, signed: bool, repeat: int) -> tuple[float, floa
     from bench_smc import bench_stack  # type: ignore[import-not-found]
 
     send_us, recv_us = bench_stack(signed, size, repeat)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     per_message = send_us + (n - 1) * recv_us
     return min(1e6 / send_us, 1e6 / recv_us, cores * 1e6 / per_message), per_message
 
@@ -238,17 +264,28 @@ def main() -> int:
     args = parser.parse_args()
     repeat = 1 if args.quick else args.repeat
     counts = {1024: 1000 if args.quick else 4000, 125_000: 60 if args.quick else 240}
-    print(f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
-    header = (f"{'n':>3} {'mode':6} {'size':>7} {'msg/s':>8} {'MB/s/rcv':>9} {'MB/s out':>9} "
-              f"{'cpu msg/s':>10} {'% cpu':>6} {'cpu µs/msg':>11} {'stack µs':>9} {'% time':>7} "
-              f"{'raw TLS MB/s':>13} {'% raw':>6}")
-    lines = ["n,mode,size,msgs_per_s,mb_s_per_receiver,mb_s_out,cpu_bound_msgs_s,pct_cpu,"
-             "cpu_us_per_msg,stack_us_per_msg,pct_cpu_time,raw_tls_mb_s,pct_raw"]
+    print(
+        f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}"
+    )
+    header = (
+        f"{'n':>3} {'mode':6} {'size':>7} {'msg/s':>8} {'MB/s/rcv':>9} {'MB/s out':>9} "
+        f"{'cpu msg/s':>10} {'% cpu':>6} {'cpu µs/msg':>11} {'stack µs':>9} {'% time':>7} "
+        f"{'raw TLS MB/s':>13} {'% raw':>6}"
+    )
+    lines = [
+        "n,mode,size,msgs_per_s,mb_s_per_receiver,mb_s_out,cpu_bound_msgs_s,pct_cpu,"
+        "cpu_us_per_msg,stack_us_per_msg,pct_cpu_time,raw_tls_mb_s,pct_raw"
+    ]
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        raw = {size: statistics.median(size * counts[size] * 4 / raw_tls(size, counts[size] * 4, tmp) / 1e6
-                                       for _ in range(repeat)) for size in counts}
+        raw = {
+            size: statistics.median(
+                size * counts[size] * 4 / raw_tls(size, counts[size] * 4, tmp) / 1e6
+                for _ in range(repeat)
+            )
+            for size in counts
+        }
         for n in (3, 7):
             for signed in (True, False):
                 mode = "signed" if signed else "group"
@@ -260,17 +297,39 @@ def main() -> int:
                     per_rcv = rate * size / 1e6
                     out = per_rcv * (n - 1)
                     cpu_us = cpu / count * 1e6
-                    row = (n, mode, size, rate, per_rcv, out, bound, 100 * rate / bound, cpu_us, stack_us,
-                           100 * stack_us / cpu_us, raw[size], 100 * out / raw[size])
+                    row = (
+                        n,
+                        mode,
+                        size,
+                        rate,
+                        per_rcv,
+                        out,
+                        bound,
+                        100 * rate / bound,
+                        cpu_us,
+                        stack_us,
+                        100 * stack_us / cpu_us,
+                        raw[size],
+                        100 * out / raw[size],
+                    )
                     rows.append(row)
                     if len(rows) == 1:
                         print(header)
-                    print(f"{n:3d} {mode:6} {size:7d} {rate:8.0f} {per_rcv:9.2f} {out:9.2f} {bound:10.0f} "
-                          f"{row[7]:5.0f}% {cpu_us:11.0f} {stack_us:9.0f} {row[10]:6.0f}% "
-                          f"{raw[size]:13.1f} {row[12]:5.0f}%", flush=True)
-                    lines.append(",".join(str(round(v, 2)) if isinstance(v, float) else str(v) for v in row))
-    print(f"load average after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
-    print("targets: 1 KiB signed >= 70 % of the CPU bound; 125 KB >= 50 % of raw loopback TLS (bytes out)")
+                    print(
+                        f"{n:3d} {mode:6} {size:7d} {rate:8.0f} {per_rcv:9.2f} {out:9.2f} {bound:10.0f} "
+                        f"{row[7]:5.0f}% {cpu_us:11.0f} {stack_us:9.0f} {row[10]:6.0f}% "
+                        f"{raw[size]:13.1f} {row[12]:5.0f}%",
+                        flush=True,
+                    )
+                    lines.append(
+                        ",".join(str(round(v, 2)) if isinstance(v, float) else str(v) for v in row)
+                    )
+    print(
+        f"load average after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}"
+    )
+    print(
+        "targets: 1 KiB signed >= 70 % of the CPU bound; 125 KB >= 50 % of raw loopback TLS (bytes out)"
+    )
     csv = "\n".join(lines) + "\n"
     print()
     sys.stdout.write(csv)

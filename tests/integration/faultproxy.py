@@ -51,7 +51,9 @@ class FaultProxy:
             self._spawn(self._swallow(reader, writer))
             return
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target, local_addr=(self.source, 0))
+            up_reader, up_writer = await asyncio.open_connection(
+                *self.target, local_addr=(self.source, 0)
+            )
         except OSError:
             writer.transport.abort()
             return

@@ -31,16 +31,36 @@ def world(tmp_path: Path, names: Sequence[str]):
     return ca, ids, ca_path, {f.name: f for f in files}
 
 
-def write_config(path: Path, me: MemberFiles, ca_path: Path, members: Sequence[MemberFiles], *,
-                 peers: Mapping[str, tuple[str, int]] | None = None, links: Mapping[str, Any] | None = None,
-                 stack: Mapping[str, Any] | None = None, mode: str = "signed", listen: str = "127.0.0.1:0") -> Path:
+def write_config(
+    path: Path,
+    me: MemberFiles,
+    ca_path: Path,
+    members: Sequence[MemberFiles],
+    *,
+    peers: Mapping[str, tuple[str, int]] | None = None,
+    links: Mapping[str, Any] | None = None,
+    stack: Mapping[str, Any] | None = None,
+    mode: str = "signed",
+    listen: str = "127.0.0.1:0",
+) -> Path:
     config: dict[str, Any] = {
-        "identity": {"name": me.name, "key": str(me.key_path), "cert": str(me.cert_path),
-                     "ca": str(ca_path), "passphrase_env": "TEST_PASSPHRASE"},
+        "identity": {
+            "name": me.name,
+            "key": str(me.key_path),
+            "cert": str(me.cert_path),
+            "ca": str(ca_path),
+            "passphrase_env": "TEST_PASSPHRASE",
+        },
         "listen": {"address": listen},
         "peers": {name: f"{host}:{port}" for name, (host, port) in (peers or {}).items()},
-        "conference": [{"id": "room", "mode": mode, "join": "start",
-                        "members": [{"name": m.name, "cert": str(m.cert_path)} for m in members]}],
+        "conference": [
+            {
+                "id": "room",
+                "mode": mode,
+                "join": "start",
+                "members": [{"name": m.name, "cert": str(m.cert_path)} for m in members],
+            }
+        ],
     }
     if links:
         config["links"] = dict(links)
@@ -63,13 +83,23 @@ class Member:
 
     @classmethod
     async def start(cls, name: str, config: Path, log: Path) -> Member:
-        env = dict(os.environ, TEST_PASSPHRASE=PASSPHRASE,
-                   PYTHONPATH=str(Path(pki.__file__).resolve().parent.parent))
+        env = dict(
+            os.environ,
+            TEST_PASSPHRASE=PASSPHRASE,
+            PYTHONPATH=str(Path(pki.__file__).resolve().parent.parent),
+        )
         with open(log, "wb") as err:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "secchat.net.member_process", str(config),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err, env=env,
-                limit=1 << 20)
+                sys.executable,
+                "-m",
+                "secchat.net.member_process",
+                str(config),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+                env=env,
+                limit=1 << 20,
+            )
         member = cls(name, proc)
         ready = await member.wait_for(lambda e: e["event"] in ("ready", "error"), 60)
         assert ready["event"] == "ready", ready
@@ -82,7 +112,9 @@ class Member:
             self.events.append((time.monotonic(), json.loads(line)))
             self._changed.set()
 
-    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any]:
         seen = 0
         async with asyncio.timeout(timeout):
             while True:
@@ -106,7 +138,10 @@ class Member:
         await self.wait_for(lambda e: e["event"] == "stats" and len(self.of("stats")) > count, 30)
         return self.of("stats")[-1][1]
 
-    async def stop(self) -> None:
+    async def stop(self, dump: Path | None = None) -> None:
+        """Quit (or kill) the process; ``dump``: write the events it reported there."""
+        if dump is not None:
+            dump.write_text("".join(f"{t:.6f} {json.dumps(e)}\n" for t, e in self.events))
         if self.proc.returncode is None:
             with contextlib.suppress(Exception):
                 self.command(cmd="quit")

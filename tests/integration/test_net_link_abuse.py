@@ -59,10 +59,23 @@ async def _scene(tmp_path, attack, label: str, links: dict | None = None) -> dic
     members = [files[n] for n in ("m0", "m1", "m2")]
     m0 = m1 = None
     try:
-        m1 = await Member.start("m1", write_config(tmp_path / "m1.toml", files["m1"], ca_path, members),
-                                tmp_path / "m1.log")
-        m0 = await Member.start("m0", write_config(tmp_path / "m0.toml", files["m0"], ca_path, members,
-                                                   peers={"m1": m1.address}, links=links), tmp_path / "m0.log")
+        m1 = await Member.start(
+            "m1",
+            write_config(tmp_path / "m1.toml", files["m1"], ca_path, members),
+            tmp_path / "m1.log",
+        )
+        m0 = await Member.start(
+            "m0",
+            write_config(
+                tmp_path / "m0.toml",
+                files["m0"],
+                ca_path,
+                members,
+                peers={"m1": m1.address},
+                links=links,
+            ),
+            tmp_path / "m0.log",
+        )
         for m in (m0, m1):
             await m.wait_for(lambda e: e["event"] == "established", 60)
         before = (await m0.stats())["rss_kb"]
@@ -75,7 +88,12 @@ async def _scene(tmp_path, attack, label: str, links: dict | None = None) -> dic
         await asyncio.sleep(0.5)
         under = _latencies(m0, t1)
         stats = await m0.stats()
-        suspected = [(m.name, e["peer"]) for m in (m0, m1) for _, e in m.of("suspected") if e["peer"] in ("m0", "m1")]
+        suspected = [
+            (m.name, e["peer"])
+            for m in (m0, m1)
+            for _, e in m.of("suspected")
+            if e["peer"] in ("m0", "m1")
+        ]
         growth = stats["rss_kb"] - before
         figures = {
             "baseline_ms": statistics.median(baseline) * 1e3,
@@ -88,10 +106,22 @@ async def _scene(tmp_path, attack, label: str, links: dict | None = None) -> dic
             "links": stats["links"],
             "attack": extra[1],
         }
-        print(f"{label}: m1 -> m0 latency median {figures['median_ms']:.1f} ms (p90 "
-              f"{figures['p90_ms']:.1f} ms, {len(under)} messages; {figures['baseline_ms']:.1f} ms "
-              f"before the attack); suspicions {suspected}; m0 RSS {before} KiB, +{growth} KiB; "
-              f"attack {extra[1]}")
+        print(
+            f"{label}: m1 -> m0 latency median {figures['median_ms']:.1f} ms (p90 "
+            f"{figures['p90_ms']:.1f} ms, {len(under)} messages; {figures['baseline_ms']:.1f} ms "
+            f"before the attack); suspicions {suspected}; m0 RSS {before} KiB, +{growth} KiB; "
+            f"attack {extra[1]}; m0 links: "
+            + ", ".join(
+                f"{k} {stats['links'][k]}"
+                for k in (
+                    "frames_resent",
+                    "connections_rate_limited",
+                    "connections_refused",
+                    "stalls",
+                    "frames_received",
+                )
+            )
+        )
         assert len(under) >= ATTACK / 0.05 * 0.8  # nearly every ping arrived during the attack
         assert figures["median_ms"] < 100
         assert not suspected
@@ -111,7 +141,9 @@ def test_hello_storm(tmp_path):
         sessions = refused = 0
         while (start := time.monotonic()) < end:
             try:
-                reader, writer = await asyncio.open_connection(*m0.address, ssl=ctx, server_hostname=None)
+                reader, writer = await asyncio.open_connection(
+                    *m0.address, ssl=ctx, server_hostname=None
+                )
             except OSError:
                 refused += 1
                 await asyncio.sleep(0.25)
@@ -153,7 +185,8 @@ def test_half_open_handshake_flood(tmp_path):
         for _ in range(40):  # a genuine member connecting, 40 times during the flood
             with contextlib.suppress(OSError, TimeoutError):
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(*m0.address, ssl=ctx, server_hostname=None), 5)
+                    asyncio.open_connection(*m0.address, ssl=ctx, server_hostname=None), 5
+                )
                 writer.write(encode_hello(0, new_session(), 0, 0, 0))
                 body = await asyncio.wait_for(reader.readexactly(5), 5)  # m0's hello: it got in
                 admitted += bool(body)
@@ -179,8 +212,9 @@ def test_half_open_handshake_flood(tmp_path):
 
 def test_frame_flood_by_a_genuine_member(tmp_path):
     async def flood(m0: Member, creds) -> dict:
-        reader, writer = await asyncio.open_connection(*m0.address, ssl=client_context(creds["m2"]),
-                                                       server_hostname=None)
+        reader, writer = await asyncio.open_connection(
+            *m0.address, ssl=client_context(creds["m2"]), server_hostname=None
+        )
         writer.write(encode_hello(0, new_session(), 0, 0, 0))
         peer = _Acking()
         drain_task = asyncio.get_running_loop().create_task(peer.read(reader))
@@ -194,7 +228,9 @@ def test_frame_flood_by_a_genuine_member(tmp_path):
                 if seq < due:
                     batch = min(due - seq, 5000)
                     ack = peer.rx_next  # a genuine member: it acknowledges what m0 sends it
-                    writer.write(b"".join(encode_data("room", junk, s, ack) for s in range(seq, seq + batch)))
+                    writer.write(
+                        b"".join(encode_data("room", junk, s, ack) for s in range(seq, seq + batch))
+                    )
                     seq += batch
                     await writer.drain()
                 await asyncio.sleep(0.005)
@@ -223,5 +259,3 @@ class _Acking:
                     message = decode_message(body)
                     if isinstance(message, Data):
                         self.rx_next = max(self.rx_next, message.seq + 1)
-
-

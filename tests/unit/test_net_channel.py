@@ -22,9 +22,16 @@ from secchat.net.errors import FrameError
 from secchat.net.framing import Ack, Data, decode_message, encode_data
 
 SCHEDULES = int(os.environ.get("SECCHAT_CHANNEL_SCHEDULES", "100000"))
-CONFIG = ChannelConfig(queue_max_frames=6, queue_max_bytes=300, unacked_max_bytes=400,
-                       initial_window=90, ack_every_frames=3, ack_every_bytes=200,
-                       ack_delay=0.05, stall_timeout=0.5)
+CONFIG = ChannelConfig(
+    queue_max_frames=6,
+    queue_max_bytes=300,
+    unacked_max_bytes=400,
+    initial_window=90,
+    ack_every_frames=3,
+    ack_every_bytes=200,
+    ack_delay=0.05,
+    stall_timeout=0.5,
+)
 MAX_FRAME = 32 + 1 + 8  # envelope + group "g" + largest payload below
 QUEUE_FRAMES, QUEUE_BYTES = CONFIG.queue_max_frames, CONFIG.queue_max_bytes
 UNACKED_BYTES = max(CONFIG.unacked_max_bytes, MAX_FRAME)
@@ -103,7 +110,11 @@ class World:
             if not end.chan.on_session(*fields, now=self.now):
                 self.cut(path)  # a path of a replaced run: the driver closes it
                 return
-            if path.up and (end.path is None or not end.path.up or self.paths.index(path) > self._index(end.path)):
+            if path.up and (
+                end.path is None
+                or not end.path.up
+                or self.paths.index(path) > self._index(end.path)
+            ):
                 end.path = path
                 end.chan.new_path(self.now)
             return
@@ -188,13 +199,16 @@ class World:
             peer = self.ends[1 - x]
             session = peer.chan.session
             mine = [p for s, p in self.ends[x].delivered if s == session]
-            start = peer.accepted.index(mine[0]) if mine else (len(peer.accepted) if complete else 0)
-            assert mine == peer.accepted[start: start + len(mine)], (mine, peer.accepted)
+            start = (
+                peer.accepted.index(mine[0]) if mine else (len(peer.accepted) if complete else 0)
+            )
+            assert mine == peer.accepted[start : start + len(mine)], (mine, peer.accepted)
             missing = [p for p in peer.accepted[:start] if (session, p) not in self.earlier[x]]
             assert not missing, f"never delivered to any run: {missing}"
             if complete:
-                assert start + len(mine) == len(peer.accepted), \
+                assert start + len(mine) == len(peer.accepted), (
                     f"lost frames: {len(mine)} of {len(peer.accepted) - start} delivered"
+                )
 
     def heal(self) -> None:
         """A fresh path that loses nothing, time enough for every ack: everything arrives."""
@@ -249,7 +263,9 @@ def run_schedule(seed: int, cls: type[Channel] = Channel, steps: int | None = No
     world.check_bounds()
     world.check_order(complete=True)
     for end in world.ends:
-        assert end.chan.unacked[0] == 0 and end.chan.queued[0] == 0, "all acknowledged after the heal"
+        assert end.chan.unacked[0] == 0 and end.chan.queued[0] == 0, (
+            "all acknowledged after the heal"
+        )
     return world
 
 
@@ -269,8 +285,10 @@ def test_seeded_schedules_deliver_exactly_once_in_order():
         resent += stats["frames_resent"]
         reordered += stats["frames_reordered"]
     elapsed = time.perf_counter() - t0
-    print(f"{SCHEDULES} schedules in {elapsed:.1f}s ({SCHEDULES / elapsed:.0f}/s); "
-          f"end 0 resent {resent} frames, parked {reordered} out of order")
+    print(
+        f"{SCHEDULES} schedules in {elapsed:.1f}s ({SCHEDULES / elapsed:.0f}/s); "
+        f"end 0 resent {resent} frames, parked {reordered} out of order"
+    )
     assert not failures, f"failing seeds (replay with run_schedule(seed)): {failures}"
     assert resent > 0 and reordered > 0  # the schedules did exercise resending and reordering
 

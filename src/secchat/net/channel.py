@@ -101,7 +101,9 @@ class ChannelConfig:
         if self.ack_delay <= 0:
             raise ValueError("ack_delay must be positive")
         if self.ack_every_frames < 1 or not 0 < self.ack_every_bytes < self.unacked_max_bytes:
-            raise ValueError("need ack_every_frames >= 1 and 0 < ack_every_bytes < unacked_max_bytes")
+            raise ValueError(
+                "need ack_every_frames >= 1 and 0 < ack_every_bytes < unacked_max_bytes"
+            )
         if self.stall_timeout <= self.ack_delay:
             raise ValueError("stall_timeout must exceed ack_delay (else every path stalls)")
 
@@ -113,8 +115,15 @@ class ChannelConfig:
 #: (seq, group, payload, size)
 _Item = tuple[int, str, bytes, int]
 
-_STATS = ("frames_dropped_queue_full", "frames_resent", "frames_duplicate", "frames_reordered",
-          "frames_stale_session", "acks_sent", "queue_peak_bytes")
+_STATS = (
+    "frames_dropped_queue_full",
+    "frames_resent",
+    "frames_duplicate",
+    "frames_reordered",
+    "frames_stale_session",
+    "acks_sent",
+    "queue_peak_bytes",
+)
 
 
 class Channel:
@@ -125,15 +134,37 @@ class Channel:
     """
 
     __slots__ = (
-        "_ack_at", "_ack_now", "_acked", "_cursor", "_high", "_inflight_bytes", "_next_seq",
-        "_queue", "_queued_bytes", "_reorder", "_reorder_bytes", "_rx_unacked_bytes",
-        "_rx_unacked_frames", "_stall_at", "_unacked", "_unacked_bytes", "_window",
-        "config", "dropped", "last_progress", "overflowing", "rx_next", "rx_session",
-        "session", "stalled", "stats",
+        "_ack_at",
+        "_ack_now",
+        "_acked",
+        "_cursor",
+        "_high",
+        "_inflight_bytes",
+        "_next_seq",
+        "_queue",
+        "_queued_bytes",
+        "_reorder",
+        "_reorder_bytes",
+        "_rx_unacked_bytes",
+        "_rx_unacked_frames",
+        "_stall_at",
+        "_unacked",
+        "_unacked_bytes",
+        "_window",
+        "config",
+        "dropped",
+        "last_progress",
+        "overflowing",
+        "rx_next",
+        "rx_session",
+        "session",
+        "stalled",
+        "stats",
     )
 
-    def __init__(self, session: int, config: ChannelConfig | None = None,
-                 stats: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, session: int, config: ChannelConfig | None = None, stats: dict[str, int] | None = None
+    ) -> None:
         self.session = session
         self.config = cfg = config or ChannelConfig()
         self.stats = stats if stats is not None else {}
@@ -166,7 +197,10 @@ class Channel:
         """Queue one frame (``group``/``payload`` already checked); False if tail-dropped."""
         cfg = self.config
         size = data_size(group, payload)
-        if len(self._queue) >= cfg.queue_max_frames or self._queued_bytes + size > cfg.queue_max_bytes:
+        if (
+            len(self._queue) >= cfg.queue_max_frames
+            or self._queued_bytes + size > cfg.queue_max_bytes
+        ):
             self.dropped += 1
             self.overflowing = True
             self.stats["frames_dropped_queue_full"] += 1
@@ -243,7 +277,10 @@ class Channel:
 
     def _drained(self) -> bool:
         cfg = self.config
-        return self._queued_bytes <= cfg.queue_max_bytes // 2 and len(self._queue) <= cfg.queue_max_frames // 2
+        return (
+            self._queued_bytes <= cfg.queue_max_bytes // 2
+            and len(self._queue) <= cfg.queue_max_frames // 2
+        )
 
     def _on_ack(self, upto: int, now: float) -> None:
         """The peer delivered every frame of ours below ``upto``."""
@@ -269,8 +306,9 @@ class Channel:
         """(session, ack_session, ack_next, resend_from) for the Hello opening a new path."""
         return self.session, self.rx_session, self._ack_point(), self._acked
 
-    def on_session(self, peer_session: int, ack_session: int, ack_next: int, resend_from: int,
-                   now: float) -> bool:
+    def on_session(
+        self, peer_session: int, ack_session: int, ack_next: int, resend_from: int, now: float
+    ) -> bool:
         """A path's Hello arrived: the peer's run, its view of our frames, where it sends from.
 
         False if the Hello names an older run of the peer than the one we receive from
@@ -307,7 +345,9 @@ class Channel:
 
     # ------------------------------------------------------------------ receiving
 
-    def receive(self, message: Data | Ack, peer_session: int, now: float) -> list[tuple[str, bytes]]:
+    def receive(
+        self, message: Data | Ack, peer_session: int, now: float
+    ) -> list[tuple[str, bytes]]:
         """A frame from the peer, on a path whose Hello named ``peer_session``.
 
         Returns the ``(group, payload)`` frames now deliverable, in order (possibly none).
@@ -327,7 +367,10 @@ class Channel:
         cfg = self.config
         if seq > self.rx_next:  # overtook a frame still in flight (another path, or reordered)
             size = data_size(message.group, message.payload)
-            if self._reorder_bytes + size > cfg.unacked_max_bytes or len(self._reorder) >= cfg.reorder_max_frames:
+            if (
+                self._reorder_bytes + size > cfg.unacked_max_bytes
+                or len(self._reorder) >= cfg.reorder_max_frames
+            ):
                 raise FrameError("frames far out of order", code="reorder_overflow")
             self._reorder[seq] = (message.group, message.payload)
             self._reorder_bytes += size
@@ -344,7 +387,10 @@ class Channel:
             self.rx_next += 1
         self._rx_unacked_frames += len(delivered)
         self._rx_unacked_bytes += nbytes
-        if self._rx_unacked_frames >= cfg.ack_every_frames or self._rx_unacked_bytes >= cfg.ack_every_bytes:
+        if (
+            self._rx_unacked_frames >= cfg.ack_every_frames
+            or self._rx_unacked_bytes >= cfg.ack_every_bytes
+        ):
             self._ack_now = True
         elif self._ack_at is None:  # delayed ack, unless a frame of ours carries it first
             self._ack_at = now + cfg.ack_delay

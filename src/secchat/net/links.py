@@ -100,10 +100,10 @@ MessageHandler = Callable[[str, str, bytes], None]
 
 
 @dataclass(frozen=True)
-class LinkConfig:
+class LinkConfig(ChannelConfig):
     """Tunables of the link layer; every buffer has a bound here.
 
-    Per peer (its :class:`~secchat.net.channel.Channel`): ``queue_max_frames`` /
+    Per peer (its :class:`~secchat.net.channel.Channel`, whose config this extends): ``queue_max_frames`` /
     ``queue_max_bytes`` bound frames not yet sent (tail drop beyond); ``unacked_max_bytes``
     frames sent and not yet acknowledged, kept for resending (and the receiver's reorder
     window); ``initial_window`` what a new connection may carry before the peer acknowledges;
@@ -129,8 +129,6 @@ class LinkConfig:
     ``refusal_log_interval`` at most one log line per source per interval, with a count.
     """
 
-    queue_max_frames: int = 4096
-    queue_max_bytes: int = 8 << 20
     write_buffer_high: int = 256 << 10
     write_buffer_low: int = 64 << 10
     send_burst: int = 64 << 10
@@ -150,21 +148,17 @@ class LinkConfig:
     session_burst: int = 4
     session_rate: float = 1.0
     refusal_log_interval: float = 10.0
-    unacked_max_bytes: int = 8 << 20
-    initial_window: int = 1 << 20
-    ack_every_frames: int = 64
-    ack_every_bytes: int = 256 << 10
-    ack_delay: float = 0.05
-    stall_timeout: float = 2.0
 
     def __post_init__(self) -> None:
-        self.channel_config()  # its own constraints
+        super().__post_init__()
         if not 0 < self.write_buffer_low <= self.write_buffer_high:
             raise ValueError("need 0 < write_buffer_low <= write_buffer_high")
         if self.send_burst < 1 or self.read_chunk < 1 or self.read_burst_frames < 1:
             raise ValueError("send_burst, read_chunk and read_burst_frames must be positive")
         if self.retry_initial <= 0 or self.retry_factor < 1 or self.retry_max < self.retry_initial:
-            raise ValueError("need retry_initial > 0, retry_factor >= 1, retry_max >= retry_initial")
+            raise ValueError(
+                "need retry_initial > 0, retry_factor >= 1, retry_max >= retry_initial"
+            )
         if self.connect_timeout <= 0 or self.hello_timeout <= 0 or self.handshake_timeout <= 0:
             raise ValueError("timeouts must be positive")
         if self.max_connect_attempts < 1:
@@ -181,14 +175,6 @@ class LinkConfig:
             raise ValueError("unacked_max_bytes must hold at least one maximal frame")
         if self.max_connections_per_peer < 2:
             raise ValueError("max_connections_per_peer must be at least 2 (simultaneous connects)")
-
-    def channel_config(self) -> ChannelConfig:
-        return ChannelConfig(
-            queue_max_frames=self.queue_max_frames, queue_max_bytes=self.queue_max_bytes,
-            unacked_max_bytes=self.unacked_max_bytes, initial_window=self.initial_window,
-            ack_every_frames=self.ack_every_frames, ack_every_bytes=self.ack_every_bytes,
-            ack_delay=self.ack_delay, stall_timeout=self.stall_timeout,
-        )
 
 
 def new_session() -> int:
@@ -212,7 +198,9 @@ class _Conn:
         "writer",
     )
 
-    def __init__(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outbound: bool) -> None:
+    def __init__(
+        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outbound: bool
+    ) -> None:
         self.peer = peer
         self.reader = reader
         self.writer = writer
@@ -233,7 +221,9 @@ class _Conn:
 
     def buffered(self) -> int:
         transport = self.writer.transport
-        return 0 if transport is None or transport.is_closing() else transport.get_write_buffer_size()
+        return (
+            0 if transport is None or transport.is_closing() else transport.get_write_buffer_size()
+        )
 
     def abort(self) -> None:
         self.writer.transport.abort()
@@ -284,7 +274,9 @@ class _RefusalLog:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()  # source -> (logged at, since)
+        self._seen: OrderedDict[str, tuple[float, int]] = (
+            OrderedDict()
+        )  # source -> (logged at, since)
 
     def note(self, source: str, now: float) -> int | None:
         """Record a refusal; the count to log (1 + those suppressed), or None to stay quiet."""
@@ -321,7 +313,6 @@ class LinkManager:
     ) -> None:
         self.me = me
         self.config = config or LinkConfig()
-        self._channel_config = self.config.channel_config()
         self.pins = pins
         self._on_message = on_message
         self._server_ctx = server_context(credentials)
@@ -363,17 +354,25 @@ class LinkManager:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _new_peer(self, name: str) -> _Peer:
-        peer = self._peers[name] = _Peer(name, Channel(self.session, self._channel_config, self.stats), self.config)
+        peer = self._peers[name] = _Peer(
+            name, Channel(self.session, self.config, self.stats), self.config
+        )
         return peer
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None) -> Address:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None
+    ) -> Address:
         """Listen for peers (on ``sock`` if given, e.g. inherited from a launcher); return the address."""
         if sock is not None:
-            self._server = await asyncio.start_server(self._accept, sock=sock, limit=self.config.read_chunk)
+            self._server = await asyncio.start_server(
+                self._accept, sock=sock, limit=self.config.read_chunk
+            )
         else:
-            self._server = await asyncio.start_server(self._accept, host, port, limit=self.config.read_chunk)
+            self._server = await asyncio.start_server(
+                self._accept, host, port, limit=self.config.read_chunk
+            )
         addr = self._server.sockets[0].getsockname()
         self._listen_port = addr[1]
         log.info("%s listening on %s:%d", self.me, addr[0], addr[1])
@@ -386,7 +385,12 @@ class LinkManager:
             ch = peer.channel
             ch.handle_timer(loop.time() + self.config.ack_delay)  # acks due now: so that our
             conn = peer.sending  # successor is not sent what we already got
-            if conn is not None and not conn.closed and ch.wants_to_send() and conn.buffered() < self.config.write_buffer_high:
+            if (
+                conn is not None
+                and not conn.closed
+                and ch.wants_to_send()
+                and conn.buffered() < self.config.write_buffer_high
+            ):
                 with contextlib.suppress(RuntimeError, OSError):
                     conn.writer.writelines(ch.frames_to_send(loop.time(), 0))
         self._closing = True
@@ -457,7 +461,9 @@ class LinkManager:
 
     def write_buffer_sizes(self) -> dict[str, int]:
         """Per peer: bytes in the transport buffer of the connection we send on."""
-        return {n: p.sending.buffered() if p.sending is not None else 0 for n, p in self._peers.items()}
+        return {
+            n: p.sending.buffered() if p.sending is not None else 0 for n, p in self._peers.items()
+        }
 
     async def wait_for_room(self, fraction: float = 0.5, *, stalled_after: float = 2.0) -> None:
         """Wait until the queues of the peers that keep up are at most ``fraction`` full.
@@ -475,7 +481,10 @@ class LinkManager:
             frames, nbytes = ch.queued
             if ch.overflowing:
                 return False
-            if frames <= cfg.queue_max_frames * fraction and nbytes <= cfg.queue_max_bytes * fraction:
+            if (
+                frames <= cfg.queue_max_frames * fraction
+                and nbytes <= cfg.queue_max_bytes * fraction
+            ):
                 return False
             return now - ch.last_progress < stalled_after
 
@@ -507,8 +516,12 @@ class LinkManager:
         if not ch.send(group, payload):
             if not overflowing:
                 frames, nbytes = ch.queued
-                log.warning("queue for %s is full (%d frames, %d bytes): dropping new frames until it drains",
-                            peer.name, frames, nbytes)
+                log.warning(
+                    "queue for %s is full (%d frames, %d bytes): dropping new frames until it drains",
+                    peer.name,
+                    frames,
+                    nbytes,
+                )
             return False
         self._poke(peer, True)
         return True
@@ -518,13 +531,17 @@ class LinkManager:
         if self._closing:
             return
         if peer.task is None:
-            peer.task = asyncio.get_running_loop().create_task(self._sender(peer), name=f"secchat-send-{peer.name}")
+            peer.task = asyncio.get_running_loop().create_task(
+                self._sender(peer), name=f"secchat-send-{peer.name}"
+            )
         if send:
             peer.wakeup.set()
             return
         ch = peer.channel
         deadline = ch.get_timer()
-        if ch.wants_to_send() or (deadline is not None and (peer.timer_at is None or deadline < peer.timer_at)):
+        if ch.wants_to_send() or (
+            deadline is not None and (peer.timer_at is None or deadline < peer.timer_at)
+        ):
             peer.wakeup.set()
 
     async def _sleep(self, peer: _Peer, until: float | None) -> None:
@@ -532,10 +549,22 @@ class LinkManager:
         if until != peer.timer_at:
             if peer.timer is not None:
                 peer.timer.cancel()
-            peer.timer = asyncio.get_running_loop().call_at(until, peer.wakeup.set) if until is not None else None
+            peer.timer = (
+                asyncio.get_running_loop().call_at(until, self._timer_fired, peer)
+                if until is not None
+                else None
+            )
             peer.timer_at = until
         peer.wakeup.clear()
         await peer.wakeup.wait()
+
+    @staticmethod
+    def _timer_fired(peer: _Peer) -> None:
+        # forget the deadline: the loop may fire a little early, and the same deadline must
+        # then be armed again rather than taken as still pending
+        peer.timer = None
+        peer.timer_at = None
+        peer.wakeup.set()
 
     async def _sender(self, peer: _Peer) -> None:
         """Move the channel's frames to its connection; (re)connect while it has none.
@@ -553,8 +582,12 @@ class LinkManager:
                 ch.handle_timer(now)
                 if ch.stalled and peer.sending is not None:
                     self.stats["stalls"] += 1
-                    self._drop(peer.sending, LinkTimeout(f"nothing acknowledged for {cfg.stall_timeout}s",
-                                                         code="stalled"))
+                    self._drop(
+                        peer.sending,
+                        LinkTimeout(
+                            f"nothing acknowledged for {cfg.stall_timeout}s", code="stalled"
+                        ),
+                    )
             conn = peer.sending
             if conn is None:
                 wake = ch.get_timer()
@@ -571,7 +604,9 @@ class LinkManager:
             frames = ch.frames_to_send(now, cfg.send_burst)
             self._room.set()
             if overflowing and not ch.overflowing:
-                log.warning("queue for %s drained; %d frames were dropped so far", peer.name, ch.dropped)
+                log.warning(
+                    "queue for %s drained; %d frames were dropped so far", peer.name, ch.dropped
+                )
             try:
                 with map_exceptions():
                     conn.writer.writelines(frames)
@@ -589,7 +624,9 @@ class LinkManager:
             return None
         if now < peer.next_attempt:
             return peer.next_attempt
-        task = asyncio.get_running_loop().create_task(self._attempt(peer), name=f"secchat-connect-{peer.name}")
+        task = asyncio.get_running_loop().create_task(
+            self._attempt(peer), name=f"secchat-connect-{peer.name}"
+        )
         peer.attempts.add(task)
         task.add_done_callback(peer.attempts.discard)
         peer.next_attempt = now + peer.retry_delay
@@ -603,7 +640,12 @@ class LinkManager:
             self.stats["connect_failures"] += 1
             assert peer.address is not None
             # the first failure of an outage at INFO, the retries at DEBUG
-            level = logging.INFO if self.stats["connect_failures"] == 1 or peer.retry_delay <= 2 * self.config.retry_initial else logging.DEBUG
+            level = (
+                logging.INFO
+                if self.stats["connect_failures"] == 1
+                or peer.retry_delay <= 2 * self.config.retry_initial
+                else logging.DEBUG
+            )
             log.log(level, "cannot reach %s at %s:%d (%s); retrying", peer.name, *peer.address, exc)
         finally:
             peer.wakeup.set()
@@ -616,8 +658,12 @@ class LinkManager:
             with map_exceptions(connecting=True):
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(
-                        host, port, ssl=self._client_ctx, server_hostname=None,
-                        ssl_handshake_timeout=cfg.connect_timeout, limit=cfg.read_chunk,
+                        host,
+                        port,
+                        ssl=self._client_ctx,
+                        server_hostname=None,
+                        ssl_handshake_timeout=cfg.connect_timeout,
+                        limit=cfg.read_chunk,
                     ),
                     cfg.connect_timeout * 2,
                 )
@@ -654,7 +700,9 @@ class LinkManager:
         self.stats["connections_refused"] += 1
         count = self._refusals.note(f"{source} {code}", asyncio.get_running_loop().time())
         if count is not None:
-            more = f" ({count - 1} more from this source since the last report)" if count > 1 else ""
+            more = (
+                f" ({count - 1} more from this source since the last report)" if count > 1 else ""
+            )
             log.warning("refused inbound connection from %s: %s%s", where, reason, more)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -665,7 +713,10 @@ class LinkManager:
         known = host in self._known_hosts
         reserved = min(cfg.reserved_handshakes, cfg.max_pending_handshakes - 1)
         room = cfg.max_pending_handshakes - (0 if known else reserved)
-        if self._handshakes >= room or self._handshakes_from.get(host, 0) >= cfg.max_handshakes_per_source:
+        if (
+            self._handshakes >= room
+            or self._handshakes_from.get(host, 0) >= cfg.max_handshakes_per_source
+        ):
             writer.transport.abort()
             self._refuse(where, host, "too many handshakes in progress", "busy")
             return
@@ -676,11 +727,15 @@ class LinkManager:
             with map_exceptions(connecting=True):
                 # no wait_for here: running start_tls in another task breaks it (CPython 3.11);
                 # the handshake timeout bounds it instead
-                await writer.start_tls(self._server_ctx, ssl_handshake_timeout=cfg.handshake_timeout)
+                await writer.start_tls(
+                    self._server_ctx, ssl_handshake_timeout=cfg.handshake_timeout
+                )
             der = peer_certificate(writer.get_extra_info("ssl_object"))
             name = self.pins.identify(der)
             if name == self.me or name not in self._peers:
-                raise AuthenticationError(f"certificate of {describe_certificate(der)} is our own", code="self")
+                raise AuthenticationError(
+                    f"certificate of {describe_certificate(der)} is our own", code="self"
+                )
         except LinkError as exc:
             error = exc.with_traceback(None)  # no frame -> error -> traceback -> frame cycle
         finally:
@@ -696,7 +751,9 @@ class LinkManager:
         if not self._take_token(peer):
             writer.transport.abort()
             self.stats["connections_rate_limited"] += 1
-            self._refuse(where, host, f"{name} reconnects too often (at most {cfg.session_rate:g}/s)", "rate")
+            self._refuse(
+                where, host, f"{name} reconnects too often (at most {cfg.session_rate:g}/s)", "rate"
+            )
             return
         conn = self._open(name, reader, writer, outbound=False)
         if conn is not None:
@@ -706,24 +763,41 @@ class LinkManager:
         """One inbound connection of ``peer`` from its token bucket (a path switch costs a resend)."""
         cfg = self.config
         now = asyncio.get_running_loop().time()
-        peer.tokens = min(float(cfg.session_burst), peer.tokens + (now - peer.tokens_at) * cfg.session_rate)
+        peer.tokens = min(
+            float(cfg.session_burst), peer.tokens + (now - peer.tokens_at) * cfg.session_rate
+        )
         peer.tokens_at = now
         if peer.tokens < 1:
             return False
         peer.tokens -= 1
         return True
 
-    def _open(self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, outbound: bool) -> _Conn | None:
+    def _open(
+        self,
+        name: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        outbound: bool,
+    ) -> _Conn | None:
         peer = self._peers[name]
         if self._closing or len(peer.conns) >= self.config.max_connections_per_peer:
-            log.warning("refusing another connection %s %s: limit reached", "to" if outbound else "from", name)
+            log.warning(
+                "refusing another connection %s %s: limit reached",
+                "to" if outbound else "from",
+                name,
+            )
             writer.transport.abort()
             return None
-        writer.transport.set_write_buffer_limits(high=self.config.write_buffer_high, low=self.config.write_buffer_low)
+        writer.transport.set_write_buffer_limits(
+            high=self.config.write_buffer_high, low=self.config.write_buffer_low
+        )
         conn = _Conn(name, reader, writer, outbound)
         peer.conns.append(conn)
         writer.write(encode_hello(self._listen_port, *peer.channel.hello_fields()))
-        task = asyncio.get_running_loop().create_task(self._read_loop(conn), name=f"secchat-read-{name}")
+        task = asyncio.get_running_loop().create_task(
+            self._read_loop(conn), name=f"secchat-read-{name}"
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return conn
@@ -742,8 +816,12 @@ class LinkManager:
                 peer.address = learned
                 self._known_hosts.add(learned[0])
         ch = peer.channel
-        if not ch.on_session(hello.session, hello.ack_session, hello.ack_next, hello.resend_from, now):
-            self._drop(conn, LinkClosed("a connection of an earlier run of the peer", code="stale_session"))
+        if not ch.on_session(
+            hello.session, hello.ack_session, hello.ack_next, hello.resend_from, now
+        ):
+            self._drop(
+                conn, LinkClosed("a connection of an earlier run of the peer", code="stale_session")
+            )
             return
         conn.peer_session = hello.session
         peer.retry_delay = self.config.retry_initial
@@ -751,7 +829,12 @@ class LinkManager:
         current = peer.sending
         # a connection to an earlier run of the peer is dead even if we have not noticed yet
         stale = current is not None and current.peer_session != hello.session
-        if current is None or current.closed or stale or (self._preferred(conn) and not self._preferred(current)):
+        if (
+            current is None
+            or current.closed
+            or stale
+            or (self._preferred(conn) and not self._preferred(current))
+        ):
             peer.sending = conn
             log.info("link to %s up (%s)", peer.name, "outbound" if conn.outbound else "inbound")
             if current is not None and not current.closed:
@@ -789,7 +872,9 @@ class LinkManager:
                     if got_hello:
                         data = await conn.reader.read(chunk)
                     else:
-                        data = await asyncio.wait_for(conn.reader.read(chunk), self.config.hello_timeout)
+                        data = await asyncio.wait_for(
+                            conn.reader.read(chunk), self.config.hello_timeout
+                        )
                 if not data:
                     decoder.eof()
                     break
@@ -826,7 +911,12 @@ class LinkManager:
             error = exc.with_traceback(None)  # no frame -> error -> traceback -> frame cycle
             if isinstance(exc, FrameError) or exc.code == "no_hello":
                 self.stats["bad_frames"] += 1
-                log.warning("dropping connection %s %s: %s", "to" if conn.outbound else "from", conn.peer, exc)
+                log.warning(
+                    "dropping connection %s %s: %s",
+                    "to" if conn.outbound else "from",
+                    conn.peer,
+                    exc,
+                )
         finally:
             self._drop(conn, error)
 
@@ -845,8 +935,14 @@ class LinkManager:
         if conn in peer.conns:
             peer.conns.remove(conn)
         if peer.sending is conn:
-            others = [c for c in peer.conns if c.ready.is_set() and not c.closed and not c.said_goodbye
-                      and c.peer_session == conn.peer_session]
+            others = [
+                c
+                for c in peer.conns
+                if c.ready.is_set()
+                and not c.closed
+                and not c.said_goodbye
+                and c.peer_session == conn.peer_session
+            ]
             others.sort(key=self._preferred, reverse=True)
             peer.sending = others[0] if others else None
             if error is not None and not self._closing:

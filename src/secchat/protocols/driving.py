@@ -24,8 +24,13 @@ class Pumpable(Protocol):
     def next_deadline(self) -> float | None: ...
 
 
-def pump(member: Pumpable, me: int, n: int, send: Callable[[Sequence[int], bytes], object],
-         emit: Callable[[Any], object]) -> float | None:
+def pump(
+    member: Pumpable,
+    me: int,
+    n: int,
+    send: Callable[[Sequence[int], bytes], object],
+    emit: Callable[[Any], object],
+) -> float | None:
     """Hand ``member``'s frames to ``send(targets, data)`` (member indices, never ``me``) and its
     events to ``emit``; return its next deadline.  ``Outgoing.to`` None means every other member;
     an index outside the group is the stack's bug: logged and dropped."""
