@@ -175,6 +175,7 @@ class Simulation:
         self._push(self.now if when is None else when, "deliver", (sender, to, data, False))
 
     def _flush(self, node: SimNode) -> None:
+        assert node.member is not None
         deadline = pump(node.member, node.index, self.n, lambda to, data: self._send(node.index, to, data),
                         lambda ev: self._output(node, ev))
         if deadline is not None and self._timer_at.get(node.index) != deadline:
