@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import struct
 from collections.abc import Callable
 
@@ -443,3 +444,44 @@ def test_refused_connections_leave_no_reference_cycles(world, tmp_path, caplog):
         assert in_cycles <= 10 * a.stats["connections_refused"]
 
     run(main())
+
+
+def test_a_handshake_flood_from_many_sources_leaves_a_slot_for_known_peers(world, caplog):
+    """Half-open connections from several source addresses fill every handshake slot open to
+    strangers (at most two per source); a member whose address we know still gets in, while a
+    genuine member connecting from an unknown address has to wait for the flood to time out."""
+    caplog.set_level(logging.WARNING, logger="secchat.net")
+    config = LinkConfig(max_pending_handshakes=8, reserved_handshakes=2, max_handshakes_per_source=2,
+                        handshake_timeout=20.0, retry_initial=0.02, retry_max=0.2)
+
+    async def main():
+        b_sock = socket.create_server(("127.0.0.1", 0))
+        a, a_in, a_addr = await node(world, "a", config=config, addresses={"b": b_sock.getsockname()})
+        idle = []
+        for source in range(10, 15):  # 5 sources x 3 tries: 2 each admitted until 6 are pending
+            for _ in range(3):
+                idle.append(await asyncio.open_connection(*a_addr, local_addr=(f"127.0.0.{source}", 0)))
+        try:
+            await until(lambda: a._handshakes == 6 and a.stats["connections_refused"] == 9)
+            # c, from an address a does not know, is refused: the slots left are reserved
+            ca, ids = world
+            c = next(m for m in ids if m.name == "c")
+            with pytest.raises((OSError, ssl.SSLError)):
+                await asyncio.open_connection(*a_addr, ssl=client_context(credentials(c, ca)),
+                                              server_hostname=None, local_addr=("127.0.0.20", 0))
+            await until(lambda: a.stats["connections_refused"] == 10)
+            # b connects from 127.0.0.1, the host a knows b at: a reserved slot takes it
+            b, _b_in, _ = await node(world, "b", sock=b_sock, addresses={"a": a_addr}, config=config)
+            try:
+                b.send("a", "g", b"through the flood")
+                assert await a_in.wait(1, timeout=10) == [("b", "g", b"through the flood")]
+            finally:
+                await b.aclose()
+        finally:
+            for _, w in idle:
+                w.close()
+            await a.aclose()
+
+    run(main())
+    busy = [r.getMessage() for r in caplog.records if "too many handshakes" in r.getMessage()]
+    assert len(busy) == 6  # 10 refusals, logged once per source (6 of them)
