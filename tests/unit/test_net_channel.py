@@ -184,12 +184,12 @@ class World:
         self.open_path()
 
     def check_bounds(self) -> None:
+        # the channel's own counters (read directly: this runs after every step)
         for end in self.ends:
             ch = end.chan
-            frames, queued = ch.queued
-            assert frames <= QUEUE_FRAMES and queued <= QUEUE_BYTES, "queue bound"
-            assert ch.unacked[1] <= UNACKED_BYTES, "unacknowledged bytes bound"
-            assert ch.reorder_bytes <= REORDER_BYTES, "reorder window bound"
+            assert len(ch._queue) <= QUEUE_FRAMES and ch._queued_bytes <= QUEUE_BYTES, "queue bound"
+            assert ch._unacked_bytes <= UNACKED_BYTES, "unacknowledged bytes bound"
+            assert ch._reorder_bytes <= REORDER_BYTES, "reorder window bound"
 
     def check_order(self, complete: bool = False) -> None:
         """What this run of x delivered of the peer's current run: a gap-free slice of what the
@@ -259,6 +259,10 @@ def run_schedule(seed: int, cls: type[Channel] = Channel, steps: int | None = No
     for _ in range(steps if steps is not None else 8 + world.rng.randrange(28)):
         world.step()
         world.check_bounds()
+    for end in world.ends:  # the counters the bounds are checked on are the real sums
+        ch = end.chan
+        assert ch._queued_bytes == sum(i[3] for i in ch._queue)
+        assert ch._unacked_bytes == sum(i[3] for i in ch._unacked)
     world.heal()
     world.check_bounds()
     world.check_order(complete=True)
