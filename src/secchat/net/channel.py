@@ -47,7 +47,7 @@ The rules:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,8 +67,8 @@ class Transport(Protocol):
 
     peer_session: int
 
-    def write(self, frame: bytes) -> None:
-        """Queue ``frame`` (complete, length prefix included) for sending, in order."""
+    def write(self, frames: Sequence[bytes]) -> None:
+        """Queue complete frames (length prefix included) for sending, in order, in one go."""
 
     def drain(self) -> Awaitable[None]:
         """Wait until the path's write buffer is below its high-water mark."""

@@ -59,10 +59,11 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .channel import Channel, ChannelConfig
+from .channel import Channel, ChannelConfig, Transport
 from .errors import (
     AuthenticationError,
     FrameError,
@@ -213,8 +214,8 @@ class _Conn:
         remote = writer.get_extra_info("peername")
         self.remote: Address | None = (remote[0], remote[1]) if remote else None
 
-    def write(self, frame: bytes) -> None:
-        self.writer.write(frame)
+    def write(self, frames: Sequence[bytes]) -> None:
+        self.writer.writelines(frames)  # one TLS write (and usually one send) for all of them
 
     async def drain(self) -> None:
         await self.writer.drain()
@@ -230,6 +231,10 @@ class _Conn:
 
     def __repr__(self) -> str:
         return f"<conn {'to' if self.outbound else 'from'} {self.peer} {self.remote}>"
+
+
+if TYPE_CHECKING:
+    _TRANSPORT: type[Transport] = _Conn  # checked by mypy: a connection is a channel Transport
 
 
 class _Peer:
@@ -392,7 +397,7 @@ class LinkManager:
                 and conn.buffered() < self.config.write_buffer_high
             ):
                 with contextlib.suppress(RuntimeError, OSError):
-                    conn.writer.writelines(ch.frames_to_send(loop.time(), 0))
+                    conn.write(ch.frames_to_send(loop.time(), 0))
         self._closing = True
         if self._server is not None:
             self._server.close()
@@ -609,10 +614,10 @@ class LinkManager:
                 )
             try:
                 with map_exceptions():
-                    conn.writer.writelines(frames)
+                    conn.write(frames)
                     self.stats["frames_sent"] += len(frames)
                     self.stats["bytes_sent"] += sum(map(len, frames))
-                    await conn.writer.drain()
+                    await conn.drain()
             except LinkError as exc:
                 self._drop(conn, exc)
             await asyncio.sleep(0)  # let the other peers' senders and readers run
@@ -794,7 +799,7 @@ class LinkManager:
         )
         conn = _Conn(name, reader, writer, outbound)
         peer.conns.append(conn)
-        writer.write(encode_hello(self._listen_port, *peer.channel.hello_fields()))
+        conn.write((encode_hello(self._listen_port, *peer.channel.hello_fields()),))
         task = asyncio.get_running_loop().create_task(
             self._read_loop(conn), name=f"secchat-read-{name}"
         )
@@ -853,7 +858,7 @@ class LinkManager:
         if not conn.said_goodbye and not conn.closed:
             conn.said_goodbye = True
             with contextlib.suppress(RuntimeError, OSError):
-                conn.writer.write(encode_goodbye())
+                conn.write((encode_goodbye(),))
         if conn.got_goodbye:
             self._drop(conn, None)  # graceful: what was written is flushed, then the stream ends
 
