@@ -330,6 +330,22 @@ def test_memory_stays_bounded_when_a_peer_stops_reading(world, caplog):
     assert 1 <= warnings <= 20
 
 
+async def _b_gets_through(world, a_in, text: bytes, timeout: float, **kwargs) -> None:
+    """A genuine member b starts, sends ``text`` to a, and a gets it."""
+    b, _b_in, _ = await node(world, "b", **kwargs)
+    try:
+        b.send("a", "g", text)
+        assert await a_in.wait(1, timeout=timeout) == [("b", "g", text)]
+    finally:
+        await b.aclose()
+
+
+async def _close_flood(a, idle) -> None:
+    for _, w in idle:
+        w.close()
+    await a.aclose()
+
+
 def test_half_open_connections_cost_bounded_resources(world, caplog):
     caplog.set_level(logging.WARNING, logger="secchat.net")
     config = LinkConfig(max_pending_handshakes=4, connect_timeout=1.0, retry_initial=0.02, retry_max=0.2)
@@ -340,16 +356,9 @@ def test_half_open_connections_cost_bounded_resources(world, caplog):
         try:
             await until(lambda: a.stats["connections_refused"] >= 6)  # beyond the 4 pending handshakes
             # once the idle ones time out, a real member gets through
-            b, _b_in, _ = await node(world, "b", addresses={"a": a_addr}, config=config)
-            try:
-                b.send("a", "g", b"after the flood")
-                assert await a_in.wait(1, timeout=15) == [("b", "g", b"after the flood")]
-            finally:
-                await b.aclose()
+            await _b_gets_through(world, a_in, b"after the flood", 15, addresses={"a": a_addr}, config=config)
         finally:
-            for _, w in idle:
-                w.close()
-            await a.aclose()
+            await _close_flood(a, idle)
 
     run(main())
     assert any("too many handshakes" in r.getMessage() for r in caplog.records)
@@ -471,16 +480,10 @@ def test_a_handshake_flood_from_many_sources_leaves_a_slot_for_known_peers(world
                                               server_hostname=None, local_addr=("127.0.0.20", 0))
             await until(lambda: a.stats["connections_refused"] == 10)
             # b connects from 127.0.0.1, the host a knows b at: a reserved slot takes it
-            b, _b_in, _ = await node(world, "b", sock=b_sock, addresses={"a": a_addr}, config=config)
-            try:
-                b.send("a", "g", b"through the flood")
-                assert await a_in.wait(1, timeout=10) == [("b", "g", b"through the flood")]
-            finally:
-                await b.aclose()
+            await _b_gets_through(world, a_in, b"through the flood", 10, sock=b_sock,
+                                  addresses={"a": a_addr}, config=config)
         finally:
-            for _, w in idle:
-                w.close()
-            await a.aclose()
+            await _close_flood(a, idle)
 
     run(main())
     busy = [r.getMessage() for r in caplog.records if "too many handshakes" in r.getMessage()]
