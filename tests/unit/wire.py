@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from secchat.protocols.consensus import Consensus
+from secchat.protocols.driving import pump
 from secchat.protocols.events import Broadcast, Decided, Send
 
 
@@ -99,12 +100,8 @@ class ManualNet:
         self.frames = [f for f in self.frames if f[0] != i]
 
     def _flush(self, i: int) -> None:
-        m = self.members[i]
-        for out in m.take_outgoing():
-            for to in range(self.n) if out.to is None else (out.to,):
-                if to != i:
-                    self.frames.append((i, to, out.data))
-        self.events[i].extend(m.take_events())
+        pump(self.members[i], i, self.n, lambda to, data: self.frames.extend((i, t, data) for t in to),
+             self.events[i].append)
 
     def deliver(self, pred=lambda frm, to, data: True) -> None:
         while True:

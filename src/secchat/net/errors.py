@@ -70,29 +70,44 @@ def map_exceptions(*, connecting: bool = False) -> Iterator[None]:
     """Translate foreign exceptions into :class:`LinkError` subclasses.
 
     ``connecting`` says whether we are still opening the connection (an ``OSError`` then means
-    the peer is unreachable rather than that an established link broke).
+    the peer is unreachable rather than that an established link broke).  The translated error
+    is raised outside the handler and the foreign one loses its traceback: its frames hold the
+    transport and the futures that hold it, a reference cycle that would keep every refused
+    connection in memory until the collector runs.
     """
+    error: LinkError | None = None
     try:
         yield
     except LinkError:
         raise
-    except ssl.SSLCertVerificationError as exc:
+    except (ssl.SSLError, asyncio.IncompleteReadError, OSError) as exc:
+        error = _translate(exc, connecting)
+        exc.__traceback__ = None
+    if error is not None:
+        try:
+            raise error
+        finally:
+            error = None  # this frame must not hold the error whose traceback holds the frame
+
+
+def _translate(exc: BaseException, connecting: bool) -> LinkError:
+    if isinstance(exc, ssl.SSLCertVerificationError):
         reason = exc.verify_message or getattr(exc, "reason", None) or "certificate verification failed"
-        raise AuthenticationError(f"certificate verification failed: {reason}", code="bad_certificate") from None
-    except ssl.SSLError as exc:
+        return AuthenticationError(f"certificate verification failed: {reason}", code="bad_certificate")
+    if isinstance(exc, ssl.SSLError):
         reason = getattr(exc, "reason", None) or exc.__class__.__name__
         if connecting:
-            raise AuthenticationError(f"TLS handshake failed: {reason}", code="handshake_failed") from None
-        raise LinkClosed(f"TLS error: {reason}", code="tls_error") from None
-    except asyncio.IncompleteReadError as exc:
-        raise LinkClosed(f"connection closed after {len(exc.partial)} of {exc.expected} bytes", code="truncated") from None
-    except TimeoutError:
-        raise LinkTimeout("timed out") from None
-    except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as exc:
+            return AuthenticationError(f"TLS handshake failed: {reason}", code="handshake_failed")
+        return LinkClosed(f"TLS error: {reason}", code="tls_error")
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return LinkClosed(f"connection closed after {len(exc.partial)} of {exc.expected} bytes", code="truncated")
+    if isinstance(exc, TimeoutError):
+        return LinkTimeout("timed out")
+    assert isinstance(exc, OSError)
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
         if connecting:
-            raise ConnectError(f"connection failed: {exc.strerror or exc}") from None
-        raise LinkClosed(f"connection lost: {exc.strerror or exc}", code="reset") from None
-    except OSError as exc:
-        if connecting:
-            raise ConnectError(f"connection failed: {exc.strerror or exc}") from None
-        raise LinkClosed(f"connection error: {exc.strerror or exc}", code="os_error") from None
+            return ConnectError(f"connection failed: {exc.strerror or exc}")
+        return LinkClosed(f"connection lost: {exc.strerror or exc}", code="reset")
+    if connecting:
+        return ConnectError(f"connection failed: {exc.strerror or exc}")
+    return LinkClosed(f"connection error: {exc.strerror or exc}", code="os_error")

@@ -41,6 +41,7 @@ __all__ = [
     "Hello",
     "LinkMessage",
     "check_data",
+    "data_size",
     "decode_message",
     "encode_ack",
     "encode_data",
@@ -120,6 +121,11 @@ def check_data(group: str, payload: bytes) -> None:
         raise ValueError(f"a group id has 1..{MAX_GROUP_ID} characters")
     if len(payload) > MAX_FRAME:
         raise ValueError(f"payload of {len(payload)} bytes exceeds the limit of {MAX_FRAME}")
+
+
+def data_size(group: str, payload: bytes) -> int:
+    """What one data frame counts against the links' byte bounds: payload, group id, envelope."""
+    return len(payload) + len(group) + 32
 
 
 def encode_data(group: str, payload: bytes, seq: int = 0, ack: int = 0) -> bytes:

@@ -15,25 +15,38 @@ Why this shape:
   keep the one opened by the lexicographically smaller name.  A connection we stop sending on
   is *retired*: we write a ``Goodbye`` after our last frame on it, keep reading it, and close it
   once the peer said goodbye too -- so switching connections loses no frame in flight.
-* **Everything is bounded.**  Each peer has one queue bounded in frames and bytes.  When it is
-  full, the *newest* frame is dropped (tail drop) and counted, with one warning per overflow
-  episode: the queue then holds a gap-free prefix of what we sent, which is what the protocols
-  above need (a later consensus or SMC message is useless without the earlier ones, while the
-  newest frames of a long outage are mostly heartbeats).  Each connection's write buffer is
+* **Reliability is the channel's** (:mod:`.channel`, no I/O): each peer has one
+  :class:`~secchat.net.channel.Channel` -- sequence numbers per session, cumulative acks,
+  resend from the oldest unacknowledged frame on every new connection (the peer's ``Hello``
+  says where it is), duplicates dropped, early frames reordered, tail drop when its queue is
+  full (the queue then holds a gap-free prefix of what we sent, which is what the protocols
+  above need).  This module only moves its frames: a connection (:class:`_Conn`) is a
+  :class:`~secchat.net.channel.Transport`, the seam where another transport can plug in.  The
+  channel's deadlines (a delayed ack, a stalled connection) are armed with ``call_at``; a
+  connection whose data goes unacknowledged for ``stall_timeout`` is dropped and replaced, so
+  a partition that left it silently dead costs one reconnect after the heal, not TCP's
+  retransmission backoff.
+* **Everything is bounded.**  Besides the channel's bounds, each connection's write buffer is
   bounded by the transport's high-water mark and the sender awaits ``drain()``, so a peer that
-  stops reading stalls only its own queue.  Reads are bounded by the frame limit.
-* **Reliable across reconnections.**  TCP loses what sat in a connection that broke.  So each
-  side numbers its frames to a peer (``Data.seq``, per *session* -- a random id of this run of
-  the link layer), keeps what it wrote until the peer acknowledges it (``Data.ack``
-  piggybacked, or an explicit ``Ack`` every ``ack_every_frames`` / ``ack_every_bytes``), and
-  on every new connection resends what the peer's ``Hello`` says it has not received.  The
-  receiver drops duplicates and puts frames that overtook others (two connections during a
-  switch) back in order, in a window bounded like the sender's unacknowledged frames; a frame
-  outside it drops the connection, which the resend after reconnecting repairs.  A restarted
-  peer (new session) starts from the oldest frame still held for it.  Unacknowledged frames are
-  bounded by ``unacked_max_bytes``; beyond it the sender waits (and the queue tail-drops).
-* **Retries** back off from ``retry_initial`` by ``retry_factor`` up to ``retry_max``; the
-  delay resets once a connection is up.
+  stops reading stalls only its own channel.  Reads are bounded by the frame limit.
+* **Fair under abuse.**  A sender writes at most ``send_burst`` bytes and a reader handles at
+  most ``read_burst_frames`` frames before yielding, so one peer's resend or flood is
+  interleaved with everyone else's traffic.  A new connection may carry only the channel's
+  ``initial_window`` before the peer acknowledges, and inbound connections per peer are a token
+  bucket (``session_burst``, ``session_rate``): a member that reconnects over and over without
+  acknowledging costs little.  Inbound handshakes are budgeted: ``max_pending_handshakes`` at
+  once, ``max_handshakes_per_source`` per source address, ``reserved_handshakes`` kept for the
+  addresses of known peers, ``handshake_timeout`` to authenticate.  Refusals are logged once
+  per source and kind per ``refusal_log_interval``, with a count; refused connections leave no
+  reference cycles of ours (errors are kept without their tracebacks).
+* **Retries**: while a peer with pending frames is unreachable an attempt starts every
+  ``retry_delay`` (from ``retry_initial`` by ``retry_factor`` up to ``retry_max``), up to
+  ``max_connect_attempts`` at once, so a handshake hanging in a partition does not hold up the
+  one that will succeed after the heal; the delay resets once a connection is up.
+* **Sessions grow from run to run** (:func:`new_session`: the clock's microseconds and random
+  bits), so a late connection of a peer's previous run is recognised and closed.  A restarted
+  peer whose clock stepped back by more than the time between its runs is refused until its
+  clock passes the old run's (or we restart).
 * **Foreign exceptions stop here**: everything is translated into :class:`LinkError`.
 """
 
@@ -44,10 +57,13 @@ import contextlib
 import logging
 import secrets
 import socket
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from .channel import Channel, ChannelConfig, Transport
 from .errors import (
     AuthenticationError,
     FrameError,
@@ -58,15 +74,11 @@ from .errors import (
 )
 from .framing import (
     MAX_FRAME_BODY,
-    Ack,
-    Data,
     FrameDecoder,
     Goodbye,
     Hello,
     check_data,
     decode_message,
-    encode_ack,
-    encode_data,
     encode_goodbye,
     encode_hello,
 )
@@ -89,60 +101,91 @@ MessageHandler = Callable[[str, str, bytes], None]
 
 
 @dataclass(frozen=True)
-class LinkConfig:
+class LinkConfig(ChannelConfig):
     """Tunables of the link layer; every buffer has a bound here.
 
-    ``queue_max_frames`` / ``queue_max_bytes``: per-peer queue of frames not yet handed to a
-    connection (tail drop beyond).  ``write_buffer_high`` / ``write_buffer_low``: per-connection
-    transport buffer water marks.  ``retry_*``: reconnection backoff (seconds).
-    ``unacked_max_bytes``: frames written but not yet acknowledged, kept for resending (and the
-    receiver's reorder window); ``ack_every_*``: when a receiver acknowledges explicitly; ``ack_delay``:
-    how long a received frame may wait for a reply to carry its acknowledgement.
-    ``connect_timeout`` covers TCP connect and TLS handshake; ``hello_timeout`` the peer's first
-    frame.  ``max_connections_per_peer`` caps connections a single authenticated peer may hold,
-    ``max_pending_handshakes`` the accepted connections still in their TLS handshake (beyond it,
-    new ones are closed at once, so a flood of half-open connections costs bounded memory).
+    Per peer (its :class:`~secchat.net.channel.Channel`, whose config this extends): ``queue_max_frames`` /
+    ``queue_max_bytes`` bound frames not yet sent (tail drop beyond); ``unacked_max_bytes``
+    frames sent and not yet acknowledged, kept for resending (and the receiver's reorder
+    window); ``initial_window`` what a new connection may carry before the peer acknowledges;
+    ``ack_every_*`` / ``ack_delay`` when a receiver acknowledges; ``stall_timeout`` how long data
+    may go unacknowledged before the connection counts as dead.
+
+    Per connection: ``write_buffer_high`` / ``write_buffer_low`` transport buffer water marks;
+    ``send_burst`` bytes a sender writes, ``read_burst_frames`` frames a reader handles, before
+    it lets the other peers' senders and readers run; ``read_chunk`` bytes read at once.
+
+    Connecting: ``retry_*`` reconnection backoff (seconds; an attempt starts every
+    ``retry_delay`` while the peer is unreachable, at most ``max_connect_attempts`` at once, so
+    one hanging handshake does not hold up the next); ``connect_timeout`` covers our TCP connect
+    and TLS handshake, ``hello_timeout`` the peer's first frame.
+
+    Accepting (fairness against floods): ``handshake_timeout`` the short deadline for an inbound
+    connection to authenticate; ``max_pending_handshakes`` inbound handshakes in progress, of
+    which ``reserved_handshakes`` (at most all but one) only for the addresses of known peers,
+    and at most
+    ``max_handshakes_per_source`` from one source address; ``session_burst`` /
+    ``session_rate`` a token bucket of inbound connections per authenticated peer (each one is a
+    path switch and a resend); ``max_connections_per_peer`` connections a peer may hold at once;
+    ``refusal_log_interval`` at most one log line per source per interval, with a count.
     """
 
-    queue_max_frames: int = 4096
-    queue_max_bytes: int = 8 << 20
     write_buffer_high: int = 256 << 10
     write_buffer_low: int = 64 << 10
+    send_burst: int = 64 << 10
     retry_initial: float = 0.05
     retry_factor: float = 2.0
-    retry_max: float = 2.0
+    retry_max: float = 1.0
+    max_connect_attempts: int = 6
     connect_timeout: float = 5.0
     hello_timeout: float = 5.0
+    handshake_timeout: float = 3.0
     read_chunk: int = 64 << 10
+    read_burst_frames: int = 128
     max_connections_per_peer: int = 4
     max_pending_handshakes: int = 64
-    unacked_max_bytes: int = 8 << 20
-    ack_every_frames: int = 64
-    ack_every_bytes: int = 256 << 10
-    ack_delay: float = 0.05
+    reserved_handshakes: int = 8
+    max_handshakes_per_source: int = 8
+    session_burst: int = 4
+    session_rate: float = 1.0
+    refusal_log_interval: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.queue_max_frames < 1 or self.queue_max_bytes < 1:
-            raise ValueError("queue bounds must be positive")
+        super().__post_init__()
         if not 0 < self.write_buffer_low <= self.write_buffer_high:
             raise ValueError("need 0 < write_buffer_low <= write_buffer_high")
+        if self.send_burst < 1 or self.read_chunk < 1 or self.read_burst_frames < 1:
+            raise ValueError("send_burst, read_chunk and read_burst_frames must be positive")
         if self.retry_initial <= 0 or self.retry_factor < 1 or self.retry_max < self.retry_initial:
-            raise ValueError("need retry_initial > 0, retry_factor >= 1, retry_max >= retry_initial")
-        if self.connect_timeout <= 0 or self.hello_timeout <= 0:
+            raise ValueError(
+                "need retry_initial > 0, retry_factor >= 1, retry_max >= retry_initial"
+            )
+        if self.connect_timeout <= 0 or self.hello_timeout <= 0 or self.handshake_timeout <= 0:
             raise ValueError("timeouts must be positive")
-        if self.max_pending_handshakes < 1:
-            raise ValueError("max_pending_handshakes must be positive")
+        if self.max_connect_attempts < 1:
+            raise ValueError("max_connect_attempts must be positive")
+        if self.max_pending_handshakes < 1 or self.reserved_handshakes < 0:
+            raise ValueError("need max_pending_handshakes >= 1 and reserved_handshakes >= 0")
+        if self.max_handshakes_per_source < 1:
+            raise ValueError("max_handshakes_per_source must be positive")
+        if self.session_burst < 1 or self.session_rate <= 0:
+            raise ValueError("need session_burst >= 1 and session_rate > 0")
+        if self.refusal_log_interval <= 0:
+            raise ValueError("refusal_log_interval must be positive")
         if self.unacked_max_bytes < MAX_FRAME_BODY:
             raise ValueError("unacked_max_bytes must hold at least one maximal frame")
-        if self.ack_delay <= 0:
-            raise ValueError("ack_delay must be positive")
-        if self.ack_every_frames < 1 or not 0 < self.ack_every_bytes < self.unacked_max_bytes:
-            raise ValueError("need ack_every_frames >= 1 and 0 < ack_every_bytes < unacked_max_bytes")
         if self.max_connections_per_peer < 2:
             raise ValueError("max_connections_per_peer must be at least 2 (simultaneous connects)")
 
 
+def new_session() -> int:
+    """A session id that grows from run to run: microseconds of the clock, 10 random bits."""
+    return (time.time_ns() // 1000) << 10 | secrets.randbits(10)
+
+
 class _Conn:
+    """One TLS connection to a peer: a :class:`~secchat.net.channel.Transport`."""
+
     __slots__ = (
         "closed",
         "got_goodbye",
@@ -156,7 +199,9 @@ class _Conn:
         "writer",
     )
 
-    def __init__(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outbound: bool) -> None:
+    def __init__(
+        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outbound: bool
+    ) -> None:
         self.peer = peer
         self.reader = reader
         self.writer = writer
@@ -169,70 +214,86 @@ class _Conn:
         remote = writer.get_extra_info("peername")
         self.remote: Address | None = (remote[0], remote[1]) if remote else None
 
+    def write(self, frames: Sequence[bytes]) -> None:
+        self.writer.writelines(frames)  # one TLS write (and usually one send) for all of them
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    def buffered(self) -> int:
+        transport = self.writer.transport
+        return (
+            0 if transport is None or transport.is_closing() else transport.get_write_buffer_size()
+        )
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
     def __repr__(self) -> str:
         return f"<conn {'to' if self.outbound else 'from'} {self.peer} {self.remote}>"
 
 
-_Item = tuple[int, str, bytes]
-
-
-def _size(item: _Item) -> int:
-    return len(item[2]) + len(item[1]) + 32  # payload, group id, envelope
+if TYPE_CHECKING:
+    _TRANSPORT: type[Transport] = _Conn  # checked by mypy: a connection is a channel Transport
 
 
 class _Peer:
     __slots__ = (
-        "ack_timer",
-        "acked",
         "address",
+        "attempts",
+        "channel",
         "conns",
-        "dropped",
-        "last_progress",
         "name",
-        "next_seq",
-        "overflowing",
-        "queue",
-        "queued_bytes",
-        "reorder",
-        "reorder_bytes",
+        "next_attempt",
         "retry_delay",
-        "rx_next",
-        "rx_session",
-        "rx_unacked_bytes",
-        "rx_unacked_frames",
         "sending",
         "task",
-        "unacked",
-        "unacked_bytes",
+        "timer",
+        "timer_at",
+        "tokens",
+        "tokens_at",
         "wakeup",
     )
 
-    def __init__(self, name: str, address: Address | None, retry_initial: float) -> None:
+    def __init__(self, name: str, channel: Channel, config: LinkConfig) -> None:
         self.name = name
-        self.address = address
-        # sending: (seq, group, payload) not yet written / written but not yet acknowledged
-        self.queue: deque[_Item] = deque()
-        self.queued_bytes = 0
-        self.unacked: deque[_Item] = deque()
-        self.unacked_bytes = 0
-        self.next_seq = 0
-        self.acked = 0  # every seq below this was received by the peer (this session of ours)
-        # receiving: the peer's session, the next seq expected of it, frames that came early
-        self.rx_session = 0
-        self.rx_next = 0
-        self.reorder: dict[int, tuple[str, bytes]] = {}
-        self.reorder_bytes = 0
-        self.rx_unacked_frames = 0
-        self.rx_unacked_bytes = 0
-        self.ack_timer: asyncio.TimerHandle | None = None
+        self.address: Address | None = None
+        self.channel = channel
         self.conns: list[_Conn] = []
         self.sending: _Conn | None = None
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self.retry_delay = retry_initial
-        self.dropped = 0
-        self.overflowing = False
-        self.last_progress = 0.0  # loop time a frame last left the queue
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at: float | None = None
+        self.attempts: set[asyncio.Task[None]] = set()
+        self.retry_delay = config.retry_initial
+        self.next_attempt = 0.0
+        self.tokens = float(config.session_burst)  # inbound connections we still accept now
+        self.tokens_at = 0.0
+
+
+class _RefusalLog:
+    """At most one log line per source (and kind of refusal) per interval, with a count."""
+
+    MAX_SOURCES = 256
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._seen: OrderedDict[str, tuple[float, int]] = (
+            OrderedDict()
+        )  # source -> (logged at, since)
+
+    def note(self, source: str, now: float) -> int | None:
+        """Record a refusal; the count to log (1 + those suppressed), or None to stay quiet."""
+        logged_at, suppressed = self._seen.get(source, (None, 0))
+        if logged_at is not None and now - logged_at < self.interval:
+            self._seen[source] = (logged_at, suppressed + 1)
+            return None
+        self._seen[source] = (now, 0)
+        self._seen.move_to_end(source)
+        while len(self._seen) > self.MAX_SOURCES:
+            self._seen.popitem(last=False)
+        return suppressed + 1
 
 
 class LinkManager:
@@ -240,7 +301,8 @@ class LinkManager:
 
     ``pins`` names every peer we may talk to and its certificate; ``addresses`` the peers whose
     listening address we know.  ``on_message(peer, group, payload)`` is called for each data frame
-    that arrives on an authenticated connection.
+    that arrives on an authenticated connection.  ``session`` names this run (it must grow from
+    run to run of the same identity; default: from the clock).
     """
 
     def __init__(
@@ -252,6 +314,7 @@ class LinkManager:
         *,
         addresses: Mapping[str, Address] | None = None,
         config: LinkConfig | None = None,
+        session: int | None = None,
     ) -> None:
         self.me = me
         self.config = config or LinkConfig()
@@ -259,52 +322,62 @@ class LinkManager:
         self._on_message = on_message
         self._server_ctx = server_context(credentials)
         self._client_ctx = client_context(credentials)
-        self._peers: dict[str, _Peer] = {}
-        for name in pins.names():
-            if name != me:
-                self._peers[name] = _Peer(name, None, self.config.retry_initial)
-        for name, addr in (addresses or {}).items():
-            self.set_address(name, addr)
-        self._server: asyncio.base_events.Server | None = None
-        self._listen_port = 0
-        self._handshakes = 0
-        self._room = asyncio.Event()  # set whenever a sender took a frame off a queue
-        self._closing = False
-        self._tasks: set[asyncio.Task[None]] = set()
         #: this run of our link layer; peers number our frames per session
-        self.session = secrets.randbits(62) + 1
+        self.session = session if session is not None else new_session()
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "frames_sent",
                 "frames_received",
                 "bytes_sent",
                 "bytes_received",
-                "frames_dropped_queue_full",
                 "frames_dropped_unknown_peer",
                 "connections_accepted",
                 "connections_opened",
                 "connections_refused",
+                "connections_rate_limited",
                 "connect_failures",
                 "bad_frames",
                 "connections_closed",
-                "queue_peak_bytes",
-                "frames_resent",
-                "frames_duplicate",
-                "frames_reordered",
-                "frames_stale_session",
-                "acks_sent",
+                "stalls",
             ),
             0,
         )
+        self._peers: dict[str, _Peer] = {}
+        for name in pins.names():
+            if name != me:
+                self._new_peer(name)
+        self._known_hosts: set[str] = set()
+        for name, addr in (addresses or {}).items():
+            self.set_address(name, addr)
+        self._server: asyncio.base_events.Server | None = None
+        self._listen_port = 0
+        self._handshakes = 0
+        self._handshakes_from: dict[str, int] = {}
+        self._refusals = _RefusalLog(self.config.refusal_log_interval)
+        self._room = asyncio.Event()  # set whenever a sender took a frame off a queue
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _new_peer(self, name: str) -> _Peer:
+        peer = self._peers[name] = _Peer(
+            name, Channel(self.session, self.config, self.stats), self.config
+        )
+        return peer
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None) -> Address:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None
+    ) -> Address:
         """Listen for peers (on ``sock`` if given, e.g. inherited from a launcher); return the address."""
         if sock is not None:
-            self._server = await asyncio.start_server(self._accept, sock=sock, limit=self.config.read_chunk)
+            self._server = await asyncio.start_server(
+                self._accept, sock=sock, limit=self.config.read_chunk
+            )
         else:
-            self._server = await asyncio.start_server(self._accept, host, port, limit=self.config.read_chunk)
+            self._server = await asyncio.start_server(
+                self._accept, host, port, limit=self.config.read_chunk
+            )
         addr = self._server.sockets[0].getsockname()
         self._listen_port = addr[1]
         log.info("%s listening on %s:%d", self.me, addr[0], addr[1])
@@ -312,22 +385,33 @@ class LinkManager:
 
     async def aclose(self) -> None:
         """Stop listening, stop every sender, close every connection."""
+        loop = asyncio.get_running_loop()
         for peer in self._peers.values():
-            if peer.rx_unacked_frames:
-                self._send_ack(peer)  # so that our successor is not sent what we already got
+            ch = peer.channel
+            ch.handle_timer(loop.time() + self.config.ack_delay)  # acks due now: so that our
+            conn = peer.sending  # successor is not sent what we already got
+            if (
+                conn is not None
+                and not conn.closed
+                and ch.wants_to_send()
+                and conn.buffered() < self.config.write_buffer_high
+            ):
+                with contextlib.suppress(RuntimeError, OSError):
+                    conn.write(ch.frames_to_send(loop.time(), 0))
         self._closing = True
         if self._server is not None:
             self._server.close()
+        tasks = [t for t in self._tasks if not t.done()]
         for peer in self._peers.values():
-            if peer.ack_timer is not None:
-                peer.ack_timer.cancel()
-                peer.ack_timer = None
+            if peer.timer is not None:
+                peer.timer.cancel()
+                peer.timer = None
             peer.wakeup.set()
             if peer.task is not None:
-                peer.task.cancel()
+                tasks.append(peer.task)
+            tasks.extend(peer.attempts)
             for conn in list(peer.conns):
                 self._drop(conn, None)
-        tasks = [t for t in self._tasks if not t.done()] + [p.task for p in self._peers.values() if p.task]
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -346,7 +430,7 @@ class LinkManager:
             raise ValueError("we do not link to ourselves")
         self.pins.add(name, der)
         if name not in self._peers:
-            self._peers[name] = _Peer(name, None, self.config.retry_initial)
+            self._new_peer(name)
         if address is not None:
             self.set_address(name, address)
 
@@ -354,6 +438,7 @@ class LinkManager:
         """Tell the links where ``name`` listens."""
         peer = self._peer(name)
         peer.address = (str(address[0]), int(address[1]))
+        self._known_hosts.add(peer.address[0])
         peer.wakeup.set()
 
     def peers(self) -> list[str]:
@@ -377,16 +462,13 @@ class LinkManager:
 
     def queue_sizes(self) -> dict[str, tuple[int, int]]:
         """Per peer: (frames, bytes) queued and not yet handed to a connection."""
-        return {n: (len(p.queue), p.queued_bytes) for n, p in self._peers.items()}
+        return {n: p.channel.queued for n, p in self._peers.items()}
 
     def write_buffer_sizes(self) -> dict[str, int]:
         """Per peer: bytes in the transport buffer of the connection we send on."""
-        out = {}
-        for n, p in self._peers.items():
-            conn = p.sending
-            transport = conn.writer.transport if conn is not None else None
-            out[n] = transport.get_write_buffer_size() if transport is not None and not transport.is_closing() else 0
-        return out
+        return {
+            n: p.sending.buffered() if p.sending is not None else 0 for n, p in self._peers.items()
+        }
 
     async def wait_for_room(self, fraction: float = 0.5, *, stalled_after: float = 2.0) -> None:
         """Wait until the queues of the peers that keep up are at most ``fraction`` full.
@@ -400,11 +482,16 @@ class LinkManager:
         loop = asyncio.get_running_loop()
 
         def blocking(p: _Peer, now: float) -> bool:
-            if p.overflowing:
+            ch = p.channel
+            frames, nbytes = ch.queued
+            if ch.overflowing:
                 return False
-            if len(p.queue) <= cfg.queue_max_frames * fraction and p.queued_bytes <= cfg.queue_max_bytes * fraction:
+            if (
+                frames <= cfg.queue_max_frames * fraction
+                and nbytes <= cfg.queue_max_bytes * fraction
+            ):
                 return False
-            return now - p.last_progress < stalled_after
+            return now - ch.last_progress < stalled_after
 
         while True:
             now = loop.time()
@@ -412,7 +499,7 @@ class LinkManager:
             if not waiting:
                 return
             self._room.clear()
-            wake = min(p.last_progress for p in waiting) + stalled_after
+            wake = min(p.channel.last_progress for p in waiting) + stalled_after
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), max(0.001, wake - now))
 
@@ -420,7 +507,7 @@ class LinkManager:
         peer = self._peers.get(name)
         return peer is not None and peer.sending is not None
 
-    # ------------------------------------------------------------------ queueing
+    # ------------------------------------------------------------------ sending
 
     def _peer(self, name: str) -> _Peer:
         try:
@@ -429,84 +516,144 @@ class LinkManager:
             raise ValueError(f"{name!r} is not a known peer") from None
 
     def _enqueue(self, peer: _Peer, group: str, payload: bytes) -> bool:
-        cfg = self.config
-        item = (peer.next_seq, group, payload)
-        size = _size(item)
-        if len(peer.queue) >= cfg.queue_max_frames or peer.queued_bytes + size > cfg.queue_max_bytes:
-            peer.dropped += 1
-            self.stats["frames_dropped_queue_full"] += 1
-            if not peer.overflowing:
-                peer.overflowing = True
+        ch = peer.channel
+        overflowing = ch.overflowing
+        if not ch.send(group, payload):
+            if not overflowing:
+                frames, nbytes = ch.queued
                 log.warning(
                     "queue for %s is full (%d frames, %d bytes): dropping new frames until it drains",
-                    peer.name, len(peer.queue), peer.queued_bytes,
+                    peer.name,
+                    frames,
+                    nbytes,
                 )
             return False
-        peer.next_seq += 1  # only a frame that is kept gets a number: the peer never waits for a gap
-        peer.queue.append(item)
-        peer.queued_bytes += size
-        if peer.queued_bytes > self.stats["queue_peak_bytes"]:
-            self.stats["queue_peak_bytes"] = peer.queued_bytes
-        peer.wakeup.set()
-        if peer.task is None and not self._closing:
-            peer.task = asyncio.get_running_loop().create_task(self._sender(peer), name=f"secchat-send-{peer.name}")
+        self._poke(peer, True)
         return True
 
+    def _poke(self, peer: _Peer, send: bool = False) -> None:
+        """The channel may have something to send (``send``) or an earlier deadline: wake its sender."""
+        if self._closing:
+            return
+        if peer.task is None:
+            peer.task = asyncio.get_running_loop().create_task(
+                self._sender(peer), name=f"secchat-send-{peer.name}"
+            )
+        if send:
+            peer.wakeup.set()
+            return
+        ch = peer.channel
+        deadline = ch.get_timer()
+        if ch.wants_to_send() or (
+            deadline is not None and (peer.timer_at is None or deadline < peer.timer_at)
+        ):
+            peer.wakeup.set()
+
+    async def _sleep(self, peer: _Peer, until: float | None) -> None:
+        """Wait for a poke, or until loop time ``until``."""
+        if until != peer.timer_at:
+            if peer.timer is not None:
+                peer.timer.cancel()
+            peer.timer = (
+                asyncio.get_running_loop().call_at(until, self._timer_fired, peer)
+                if until is not None
+                else None
+            )
+            peer.timer_at = until
+        peer.wakeup.clear()
+        await peer.wakeup.wait()
+
+    @staticmethod
+    def _timer_fired(peer: _Peer) -> None:
+        # forget the deadline: the loop may fire a little early, and the same deadline must
+        # then be armed again rather than taken as still pending
+        peer.timer = None
+        peer.timer_at = None
+        peer.wakeup.set()
+
     async def _sender(self, peer: _Peer) -> None:
-        """Hand the peer's queue to its connection, (re)connecting with backoff when needed."""
+        """Move the channel's frames to its connection; (re)connect while it has none.
+
+        Each turn writes at most ``send_burst`` bytes and then yields, so a peer with a long
+        resend cannot hold up the frames of the others.
+        """
         cfg = self.config
+        ch = peer.channel
+        loop = asyncio.get_running_loop()
         while not self._closing:
-            disconnected = peer.sending is None or peer.sending.closed
-            if not peer.queue and not (peer.unacked and disconnected):
-                peer.wakeup.clear()
-                await peer.wakeup.wait()
-                continue
+            now = loop.time()
+            deadline = ch.get_timer()
+            if deadline is not None and deadline <= now:
+                ch.handle_timer(now)
+                if ch.stalled and peer.sending is not None:
+                    self.stats["stalls"] += 1
+                    self._drop(
+                        peer.sending,
+                        LinkTimeout(
+                            f"nothing acknowledged for {cfg.stall_timeout}s", code="stalled"
+                        ),
+                    )
             conn = peer.sending
-            if conn is None or conn.closed:
-                if peer.address is None:
-                    peer.wakeup.clear()
-                    await peer.wakeup.wait()  # until an inbound connection or an address arrives
-                    continue
-                try:
-                    conn = await self._connect(peer)
-                except LinkError as exc:
-                    self.stats["connect_failures"] += 1
-                    # the first failure of an outage at INFO, the retries at DEBUG
-                    level = logging.INFO if peer.retry_delay == cfg.retry_initial else logging.DEBUG
-                    log.log(level, "cannot reach %s at %s:%d (%s); retrying in %.2fs",
-                            peer.name, *peer.address, exc, peer.retry_delay)
-                    await asyncio.sleep(peer.retry_delay)
-                    peer.retry_delay = min(peer.retry_delay * cfg.retry_factor, cfg.retry_max)
-                    continue
-                if peer.sending is None or peer.sending.closed or not peer.queue:
-                    continue
-                conn = peer.sending
-            if peer.unacked_bytes >= cfg.unacked_max_bytes:
-                peer.wakeup.clear()
-                await peer.wakeup.wait()  # until the peer acknowledges (or the connection changes)
+            if conn is None:
+                wake = ch.get_timer()
+                if ch.has_pending() and peer.address is not None:
+                    attempt = self._maybe_connect(peer, now)
+                    if attempt is not None:
+                        wake = attempt if wake is None else min(wake, attempt)
+                await self._sleep(peer, wake)
                 continue
-            item = peer.queue.popleft()
-            size = _size(item)
-            peer.queued_bytes -= size
-            if item[0] < peer.acked:
-                continue  # requeued for resending, then acknowledged after all
-            peer.last_progress = asyncio.get_running_loop().time()
+            if not ch.wants_to_send():
+                await self._sleep(peer, ch.get_timer())
+                continue
+            overflowing = ch.overflowing
+            frames = ch.frames_to_send(now, cfg.send_burst)
             self._room.set()
-            if peer.overflowing and peer.queued_bytes <= cfg.queue_max_bytes // 2 and len(peer.queue) <= cfg.queue_max_frames // 2:
-                peer.overflowing = False
-                log.warning("queue for %s drained; %d frames were dropped so far", peer.name, peer.dropped)
-            frame = encode_data(item[1], item[2], item[0], peer.rx_next)
-            peer.unacked.append(item)
-            peer.unacked_bytes += size
-            peer.rx_unacked_frames = peer.rx_unacked_bytes = 0  # the frame carries our ack
+            if overflowing and not ch.overflowing:
+                log.warning(
+                    "queue for %s drained; %d frames were dropped so far", peer.name, ch.dropped
+                )
             try:
                 with map_exceptions():
-                    conn.writer.write(frame)
-                    self.stats["frames_sent"] += 1
-                    self.stats["bytes_sent"] += len(frame)
-                    await conn.writer.drain()
+                    conn.write(frames)
+                    self.stats["frames_sent"] += len(frames)
+                    self.stats["bytes_sent"] += sum(map(len, frames))
+                    await conn.drain()
             except LinkError as exc:
                 self._drop(conn, exc)
+            await asyncio.sleep(0)  # let the other peers' senders and readers run
+
+    def _maybe_connect(self, peer: _Peer, now: float) -> float | None:
+        """Start a connection attempt if one is due; when the next may start (None: when one ends)."""
+        cfg = self.config
+        if len(peer.attempts) >= cfg.max_connect_attempts:
+            return None
+        if now < peer.next_attempt:
+            return peer.next_attempt
+        task = asyncio.get_running_loop().create_task(
+            self._attempt(peer), name=f"secchat-connect-{peer.name}"
+        )
+        peer.attempts.add(task)
+        task.add_done_callback(peer.attempts.discard)
+        peer.next_attempt = now + peer.retry_delay
+        peer.retry_delay = min(peer.retry_delay * cfg.retry_factor, cfg.retry_max)
+        return peer.next_attempt if len(peer.attempts) < cfg.max_connect_attempts else None
+
+    async def _attempt(self, peer: _Peer) -> None:
+        try:
+            await self._connect(peer)
+        except LinkError as exc:
+            self.stats["connect_failures"] += 1
+            assert peer.address is not None
+            # the first failure of an outage at INFO, the retries at DEBUG
+            level = (
+                logging.INFO
+                if self.stats["connect_failures"] == 1
+                or peer.retry_delay <= 2 * self.config.retry_initial
+                else logging.DEBUG
+            )
+            log.log(level, "cannot reach %s at %s:%d (%s); retrying", peer.name, *peer.address, exc)
+        finally:
+            peer.wakeup.set()
 
     async def _connect(self, peer: _Peer) -> _Conn:
         assert peer.address is not None
@@ -516,8 +663,12 @@ class LinkManager:
             with map_exceptions(connecting=True):
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(
-                        host, port, ssl=self._client_ctx, server_hostname=None,
-                        ssl_handshake_timeout=cfg.connect_timeout, limit=cfg.read_chunk,
+                        host,
+                        port,
+                        ssl=self._client_ctx,
+                        server_hostname=None,
+                        ssl_handshake_timeout=cfg.connect_timeout,
+                        limit=cfg.read_chunk,
                     ),
                     cfg.connect_timeout * 2,
                 )
@@ -549,47 +700,109 @@ class LinkManager:
 
     # ------------------------------------------------------------------ connections
 
+    def _refuse(self, where: str, source: str, reason: object, code: str) -> None:
+        """Count a refused inbound connection; log it once per source, kind and interval."""
+        self.stats["connections_refused"] += 1
+        count = self._refusals.note(f"{source} {code}", asyncio.get_running_loop().time())
+        if count is not None:
+            more = (
+                f" ({count - 1} more from this source since the last report)" if count > 1 else ""
+            )
+            log.warning("refused inbound connection from %s: %s%s", where, reason, more)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         remote = writer.get_extra_info("peername")
+        host = str(remote[0]) if remote else "?"
         where = f"{remote[0]}:{remote[1]}" if remote else "?"
-        if self._handshakes >= self.config.max_pending_handshakes:
-            self.stats["connections_refused"] += 1
-            log.warning("refused inbound connection from %s: too many handshakes in progress", where)
+        cfg = self.config
+        known = host in self._known_hosts
+        reserved = min(cfg.reserved_handshakes, cfg.max_pending_handshakes - 1)
+        room = cfg.max_pending_handshakes - (0 if known else reserved)
+        if (
+            self._handshakes >= room
+            or self._handshakes_from.get(host, 0) >= cfg.max_handshakes_per_source
+        ):
             writer.transport.abort()
+            self._refuse(where, host, "too many handshakes in progress", "busy")
             return
         self._handshakes += 1
+        self._handshakes_from[host] = self._handshakes_from.get(host, 0) + 1
+        error: LinkError | None = None
         try:
             with map_exceptions(connecting=True):
                 # no wait_for here: running start_tls in another task breaks it (CPython 3.11);
                 # the handshake timeout bounds it instead
-                await writer.start_tls(self._server_ctx, ssl_handshake_timeout=self.config.connect_timeout)
+                await writer.start_tls(
+                    self._server_ctx, ssl_handshake_timeout=cfg.handshake_timeout
+                )
             der = peer_certificate(writer.get_extra_info("ssl_object"))
             name = self.pins.identify(der)
             if name == self.me or name not in self._peers:
-                raise AuthenticationError(f"certificate of {describe_certificate(der)} is our own", code="self")
+                raise AuthenticationError(
+                    f"certificate of {describe_certificate(der)} is our own", code="self"
+                )
         except LinkError as exc:
-            self.stats["connections_refused"] += 1
-            log.warning("refused inbound connection from %s: %s", where, exc)
-            writer.transport.abort()
-            return
+            error = exc.with_traceback(None)  # no frame -> error -> traceback -> frame cycle
         finally:
             self._handshakes -= 1
+            left = self._handshakes_from.pop(host) - 1
+            if left:
+                self._handshakes_from[host] = left
+        if error is not None:
+            writer.transport.abort()
+            self._refuse(where, host, error, error.code)
+            return
+        peer = self._peers[name]
+        if not self._take_token(peer):
+            writer.transport.abort()
+            self.stats["connections_rate_limited"] += 1
+            self._refuse(
+                where, host, f"{name} reconnects too often (at most {cfg.session_rate:g}/s)", "rate"
+            )
+            return
         conn = self._open(name, reader, writer, outbound=False)
         if conn is not None:
             self.stats["connections_accepted"] += 1
 
-    def _open(self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, outbound: bool) -> _Conn | None:
+    def _take_token(self, peer: _Peer) -> bool:
+        """One inbound connection of ``peer`` from its token bucket (a path switch costs a resend)."""
+        cfg = self.config
+        now = asyncio.get_running_loop().time()
+        peer.tokens = min(
+            float(cfg.session_burst), peer.tokens + (now - peer.tokens_at) * cfg.session_rate
+        )
+        peer.tokens_at = now
+        if peer.tokens < 1:
+            return False
+        peer.tokens -= 1
+        return True
+
+    def _open(
+        self,
+        name: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        outbound: bool,
+    ) -> _Conn | None:
         peer = self._peers[name]
         if self._closing or len(peer.conns) >= self.config.max_connections_per_peer:
-            log.warning("refusing another connection %s %s: limit reached", "to" if outbound else "from", name)
+            log.warning(
+                "refusing another connection %s %s: limit reached",
+                "to" if outbound else "from",
+                name,
+            )
             writer.transport.abort()
             return None
-        writer.transport.set_write_buffer_limits(high=self.config.write_buffer_high, low=self.config.write_buffer_low)
+        writer.transport.set_write_buffer_limits(
+            high=self.config.write_buffer_high, low=self.config.write_buffer_low
+        )
         conn = _Conn(name, reader, writer, outbound)
         peer.conns.append(conn)
-        writer.write(encode_hello(self._listen_port, self.session, peer.rx_session, peer.rx_next,
-                                  self._resend_from(peer)))
-        task = asyncio.get_running_loop().create_task(self._read_loop(conn), name=f"secchat-read-{name}")
+        conn.write((encode_hello(self._listen_port, *peer.channel.hello_fields()),))
+        task = asyncio.get_running_loop().create_task(
+            self._read_loop(conn), name=f"secchat-read-{name}"
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return conn
@@ -600,113 +813,42 @@ class LinkManager:
 
     def _on_ready(self, conn: _Conn, hello: Hello) -> None:
         peer = self._peers[conn.peer]
+        now = asyncio.get_running_loop().time()
         if not conn.outbound and hello.listen_port and conn.remote is not None:
             learned = (conn.remote[0], hello.listen_port)
             if peer.address != learned:
                 log.info("learned address of %s: %s:%d", peer.name, *learned)
                 peer.address = learned
-        peer.retry_delay = self.config.retry_initial
-        peer.last_progress = asyncio.get_running_loop().time()
+                self._known_hosts.add(learned[0])
+        ch = peer.channel
+        if not ch.on_session(
+            hello.session, hello.ack_session, hello.ack_next, hello.resend_from, now
+        ):
+            self._drop(
+                conn, LinkClosed("a connection of an earlier run of the peer", code="stale_session")
+            )
+            return
         conn.peer_session = hello.session
-        if hello.session != peer.rx_session:  # a new run of the peer: start where it starts
-            peer.rx_session = hello.session
-            peer.rx_next = hello.resend_from
-            peer.reorder.clear()
-            peer.reorder_bytes = 0
-        if hello.ack_session == self.session:
-            self._acked(peer, hello.ack_next)
+        peer.retry_delay = self.config.retry_initial
+        peer.next_attempt = 0.0
         current = peer.sending
         # a connection to an earlier run of the peer is dead even if we have not noticed yet
         stale = current is not None and current.peer_session != hello.session
-        if current is None or current.closed or stale or (self._preferred(conn) and not self._preferred(current)):
+        if (
+            current is None
+            or current.closed
+            or stale
+            or (self._preferred(conn) and not self._preferred(current))
+        ):
             peer.sending = conn
             log.info("link to %s up (%s)", peer.name, "outbound" if conn.outbound else "inbound")
             if current is not None and not current.closed:
                 self._retire(current)
-            self._requeue_unacked(peer)  # what a lost connection swallowed goes again
+            ch.new_path(now)  # what a lost connection swallowed goes again, at once
         else:
             self._retire(conn)  # redundant: the peer's choice and ours is the other one
         conn.ready.set()
-        peer.wakeup.set()
-
-    def _resend_from(self, peer: _Peer) -> int:
-        """The lowest sequence number we may still send to ``peer``."""
-        if peer.unacked:
-            return peer.unacked[0][0]
-        if peer.queue:
-            return peer.queue[0][0]
-        return peer.next_seq
-
-    def _requeue_unacked(self, peer: _Peer) -> None:
-        if peer.unacked:
-            self.stats["frames_resent"] += len(peer.unacked)
-            peer.queue.extendleft(reversed(peer.unacked))
-            peer.queued_bytes += peer.unacked_bytes
-            peer.unacked.clear()
-            peer.unacked_bytes = 0
-            peer.wakeup.set()
-
-    def _acked(self, peer: _Peer, upto: int) -> None:
-        """The peer received every frame of ours below ``upto``."""
-        upto = min(upto, peer.next_seq)  # a peer cannot acknowledge what we never numbered
-        if upto <= peer.acked:
-            return
-        peer.acked = upto
-        while peer.unacked and peer.unacked[0][0] < upto:
-            peer.unacked_bytes -= _size(peer.unacked.popleft())
-        peer.wakeup.set()
-
-    def _on_data(self, conn: _Conn, message: Data) -> None:
-        peer = self._peers[conn.peer]
-        if conn.peer_session != peer.rx_session:
-            self.stats["frames_stale_session"] += 1  # left over from a previous run of the peer
-            return
-        self._acked(peer, message.ack)
-        seq = message.seq
-        if seq < peer.rx_next or seq in peer.reorder:
-            self.stats["frames_duplicate"] += 1
-            return
-        cfg = self.config
-        if seq > peer.rx_next:  # overtook a frame still in flight on another connection
-            size = len(message.payload) + len(message.group) + 32
-            if peer.reorder_bytes + size > cfg.unacked_max_bytes or len(peer.reorder) >= 4 * cfg.queue_max_frames:
-                raise FrameError("frames far out of order", code="reorder_overflow")
-            peer.reorder[seq] = (message.group, message.payload)
-            peer.reorder_bytes += size
-            self.stats["frames_reordered"] += 1
-            return
-        self._accept_in_order(peer, message.group, message.payload)
-        while peer.rx_next in peer.reorder:
-            group, payload = peer.reorder.pop(peer.rx_next)
-            peer.reorder_bytes -= len(payload) + len(group) + 32
-            self._accept_in_order(peer, group, payload)
-        if peer.rx_unacked_frames >= cfg.ack_every_frames or peer.rx_unacked_bytes >= cfg.ack_every_bytes:
-            self._send_ack(peer)
-
-    def _accept_in_order(self, peer: _Peer, group: str, payload: bytes) -> None:
-        peer.rx_next += 1
-        peer.rx_unacked_frames += 1
-        peer.rx_unacked_bytes += len(payload)
-        if peer.ack_timer is None:  # delayed ack, unless a reply carries it first
-            peer.ack_timer = asyncio.get_running_loop().call_later(self.config.ack_delay, self._delayed_ack, peer)
-        self.stats["frames_received"] += 1
-        self._deliver(peer.name, group, payload)
-
-    def _delayed_ack(self, peer: _Peer) -> None:
-        peer.ack_timer = None
-        if peer.rx_unacked_frames and not self._closing:
-            self._send_ack(peer)
-
-    def _send_ack(self, peer: _Peer) -> None:
-        conn = peer.sending
-        if conn is None or conn.closed:
-            return  # the next Hello or data frame carries it
-        transport = conn.writer.transport
-        if transport is None or transport.is_closing() or transport.get_write_buffer_size() >= self.config.write_buffer_high:
-            return  # never grow a buffer the peer does not drain
-        conn.writer.write(encode_ack(peer.rx_next))
-        peer.rx_unacked_frames = peer.rx_unacked_bytes = 0
-        self.stats["acks_sent"] += 1
+        self._poke(peer, True)
 
     def _retire(self, conn: _Conn) -> None:
         """Stop sending on ``conn``: say goodbye after our last frame; close once both did."""
@@ -716,32 +858,46 @@ class LinkManager:
         if not conn.said_goodbye and not conn.closed:
             conn.said_goodbye = True
             with contextlib.suppress(RuntimeError, OSError):
-                conn.writer.write(encode_goodbye())
+                conn.write((encode_goodbye(),))
         if conn.got_goodbye:
             self._drop(conn, None)  # graceful: what was written is flushed, then the stream ends
 
     async def _read_loop(self, conn: _Conn) -> None:
         decoder = FrameDecoder()
         chunk = self.config.read_chunk
+        burst = self.config.read_burst_frames
+        peer = self._peers[conn.peer]
+        ch = peer.channel
+        loop = asyncio.get_running_loop()
         error: LinkError | None = None
         try:
             got_hello = False
-            while True:
+            while not conn.closed:
                 with map_exceptions():
                     if got_hello:
                         data = await conn.reader.read(chunk)
                     else:
-                        data = await asyncio.wait_for(conn.reader.read(chunk), self.config.hello_timeout)
+                        data = await asyncio.wait_for(
+                            conn.reader.read(chunk), self.config.hello_timeout
+                        )
                 if not data:
                     decoder.eof()
                     break
                 self.stats["bytes_received"] += len(data)
-                for body in decoder.feed(data):
+                for turn, body in enumerate(decoder.feed(data), 1):
+                    if turn % burst == 0:
+                        self._poke(peer)
+                        await asyncio.sleep(0)  # a flooding peer must not starve the others
+                        if conn.closed:
+                            return
+                    now = loop.time()
                     message = decode_message(body)
                     if isinstance(message, Hello):
                         if not got_hello:
                             got_hello = True
                             self._on_ready(conn, message)
+                            if conn.closed:
+                                return
                         continue
                     if isinstance(message, Goodbye):
                         conn.got_goodbye = True
@@ -751,17 +907,21 @@ class LinkManager:
                         continue
                     if not got_hello:
                         raise AuthenticationError("data before hello", code="no_hello")
-                    if isinstance(message, Ack):
-                        self._acked(self._peers[conn.peer], message.next)
-                        continue
-                    assert isinstance(message, Data)
-                    self._on_data(conn, message)
-                await asyncio.sleep(0)  # a flooding peer must not starve the others
+                    for group, payload in ch.receive(message, conn.peer_session, now):
+                        self.stats["frames_received"] += 1
+                        self._deliver(peer.name, group, payload)
+                self._poke(peer)  # an ack may be due, or its deadline earlier
+                await asyncio.sleep(0)
         except LinkError as exc:
-            error = exc
+            error = exc.with_traceback(None)  # no frame -> error -> traceback -> frame cycle
             if isinstance(exc, FrameError) or exc.code == "no_hello":
                 self.stats["bad_frames"] += 1
-                log.warning("dropping connection %s %s: %s", "to" if conn.outbound else "from", conn.peer, exc)
+                log.warning(
+                    "dropping connection %s %s: %s",
+                    "to" if conn.outbound else "from",
+                    conn.peer,
+                    exc,
+                )
         finally:
             self._drop(conn, error)
 
@@ -780,16 +940,23 @@ class LinkManager:
         if conn in peer.conns:
             peer.conns.remove(conn)
         if peer.sending is conn:
-            others = [c for c in peer.conns if c.ready.is_set() and not c.closed and not c.said_goodbye]
+            others = [
+                c
+                for c in peer.conns
+                if c.ready.is_set()
+                and not c.closed
+                and not c.said_goodbye
+                and c.peer_session == conn.peer_session
+            ]
             others.sort(key=self._preferred, reverse=True)
             peer.sending = others[0] if others else None
             if error is not None and not self._closing:
                 log.info("link to %s lost (%s)", peer.name, error)
             if peer.sending is not None:
-                self._requeue_unacked(peer)  # may have died with the connection: send again
+                peer.channel.new_path(asyncio.get_running_loop().time())  # may have died with it
         conn.ready.set()  # wake a connect() waiting for the hello
         if error is None:
             conn.writer.close()
         else:
-            conn.writer.transport.abort()
+            conn.abort()
         peer.wakeup.set()

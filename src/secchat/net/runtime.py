@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..codec import Tag
+from ..protocols.driving import pump
 from .links import LinkManager
 
 __all__ = ["Conference", "MemberLike", "Runtime"]
@@ -179,32 +180,27 @@ class Runtime:
     # ------------------------------------------------------------------ outputs
 
     def _pump(self, conf: Conference) -> None:
-        member = conf.member
-        links = self._links
-        for out in member.take_outgoing():
-            if links is None:
-                continue
-            if out.to is None:
-                targets = [n for i, n in enumerate(conf.names) if i != conf.me]
-            elif 0 <= out.to < len(conf.names) and out.to != conf.me:
-                targets = [conf.names[out.to]]
-            else:
-                log.error("member of %s addressed a frame to index %r", conf.group, out.to)
-                continue
-            try:
-                taken = links.send_many(targets, conf.group, out.data)
-            except ValueError as exc:  # the stack produced a frame the links cannot carry: a bug
-                log.error("cannot send a frame of %s: %s", conf.group, exc)
-                self.stats["frames_unsendable"] += 1
-                continue
-            self.stats["frames_out"] += taken
-            self.stats["frames_dropped_queue_full"] += len(targets) - taken
-        for event in member.take_events():
-            try:
-                self._on_event(conf.group, event)
-            except Exception:
-                log.exception("event handler failed on %s", type(event).__name__)
+        pump(conf.member, conf.me, len(conf.names), lambda to, data: self._send(conf, to, data),
+             lambda event: self._emit(conf, event))
         self._arm(conf)
+
+    def _send(self, conf: Conference, targets: Sequence[int], data: bytes) -> None:
+        if self._links is None:
+            return
+        try:
+            taken = self._links.send_many([conf.names[i] for i in targets], conf.group, data)
+        except ValueError as exc:  # the stack produced a frame the links cannot carry: a bug
+            log.error("cannot send a frame of %s: %s", conf.group, exc)
+            self.stats["frames_unsendable"] += 1
+            return
+        self.stats["frames_out"] += taken
+        self.stats["frames_dropped_queue_full"] += len(targets) - taken
+
+    def _emit(self, conf: Conference, event: Any) -> None:
+        try:
+            self._on_event(conf.group, event)
+        except Exception:
+            log.exception("event handler failed on %s", type(event).__name__)
 
     def _arm(self, conf: Conference) -> None:
         deadline = conf.member.next_deadline()

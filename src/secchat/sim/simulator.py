@@ -19,11 +19,12 @@ import heapq
 import operator
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..crypto import Signer
+from ..protocols.driving import pump
 from ..protocols.events import Output
 from ..protocols.stack import GroupId, Member, StackConfig
 
@@ -209,34 +210,38 @@ class Simulation:
         member = node.member
         assert member is not None
         roster = node.roster
-        for out in member.take_outgoing():
-            if roster is None:
-                targets: Any = range(self.n) if out.to is None else (out.to,)
-            else:
-                targets = roster if out.to is None else (roster[out.to],)
-            if self.keep_wire_log:
-                self.wire_log.append((self.now, node.index, out.data))
-            for to in targets:
-                if to == node.index:
-                    continue
-                self.messages_sent += 1
-                # neither a heartbeat nor the record hello that takes the first one's place
-                if out.data[1:2] not in (b"\x01", b"\x02"):
-                    self.protocol_messages += 1
-                self.bytes_sent += len(out.data)
-                when = self.now + self.delay(node.index)
-                for side, start, end in self.partitions:
-                    if start <= self.now < end and (node.index in side) != (to in side):
-                        when = max(when, end + self.delay(node.index))
-                self._push(when, "deliver", (node.index, to, out.data, True))
-        for ev in member.take_events():
-            node.outputs.append((self.now, ev))
-            if node.on_output is not None:
-                node.on_output(self.now, ev)
-        deadline = member.next_deadline()
+        if roster is None:
+            me, n = node.index, self.n
+        else:  # a member of its own group: its indices name the nodes of its roster
+            me, n = node.position[node.index], len(roster)
+        deadline = pump(
+            member, me, n,
+            lambda to, data: self._send(node.index, to if roster is None else [roster[t] for t in to], data),
+            lambda ev: self._output(node, ev),
+        )
         if deadline is not None and self._timer_at.get(node.index) != deadline:
             self._timer_at[node.index] = deadline
             self._push(deadline, "timer", (node.index, deadline))
+
+    def _send(self, sender: int, targets: Sequence[int], data: bytes) -> None:
+        if self.keep_wire_log:
+            self.wire_log.append((self.now, sender, data))
+        for to in targets:
+            self.messages_sent += 1
+            # neither a heartbeat nor the record hello that takes the first one's place
+            if data[1:2] not in (b"\x01", b"\x02"):
+                self.protocol_messages += 1
+            self.bytes_sent += len(data)
+            when = self.now + self.delay(sender)
+            for side, start, end in self.partitions:
+                if start <= self.now < end and (sender in side) != (to in side):
+                    when = max(when, end + self.delay(sender))
+            self._push(when, "deliver", (sender, to, data, True))
+
+    def _output(self, node: SimNode, ev: Output) -> None:
+        node.outputs.append((self.now, ev))
+        if node.on_output is not None:
+            node.on_output(self.now, ev)
 
     def _run(self, node: SimNode, fn: Callable[[Member], Any]) -> Any:
         assert node.member is not None
