@@ -14,7 +14,7 @@ from secchat.sim.checker import run_campaign, run_one
 from secchat.sim.simulator import NetworkModel, Simulation
 
 
-@pytest.mark.parametrize("protocol", ["consensus", "gke", "smc", "records"])
+@pytest.mark.parametrize("protocol", ["consensus", "gke", "smc", "records", "restarts"])
 @pytest.mark.parametrize("n", [3, 4, 7])
 def test_campaign_has_no_violations(protocol: str, n: int) -> None:
     crash = n - majority(n)
@@ -86,6 +86,15 @@ def test_checker_catches_a_stack_that_does_not_bind_the_record() -> None:
     assert len(result.failures) >= 20, len(result.failures)
     assert {"accomplice", "cross-record"} <= found, found
     assert not run_campaign("records", 5, 30, seed=11, crash=0, jobs=1).failures
+
+
+def test_checker_catches_a_driver_that_forgets_the_write_ahead_state() -> None:
+    """Issue 14: a member restarted without its state votes again; in a partition that makes a
+    second key.  The same schedules with the state kept have one key."""
+    broken = run_campaign("restarts", 5, 300, seed=1, crash=2, jobs=1, forget_state=True)
+    agreement = [f for f in broken.failures if any(v.startswith("agreement") for v in f.violations)]
+    assert len(agreement) >= 3, len(agreement)
+    assert not run_campaign("restarts", 5, 300, seed=1, crash=2, jobs=1).failures
 
 
 def test_checker_catches_a_coordinator_that_decides_on_a_minority() -> None:

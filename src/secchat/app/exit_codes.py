@@ -51,10 +51,12 @@ _CODES: dict[ExitCode, str] = {
     " bad_trust_store no_request listen_failed",
     ExitCode.UNTRUSTED: "untrusted untrusted_directory bad_signature unknown_ca expired"
     " not_yet_valid not_a_ca not_a_leaf no_name unsupported_key key_mismatch"
-    " fingerprint_mismatch not_accepted",
+    " fingerprint_mismatch not_accepted certificate_mismatch certificate_changed rollback deleted"
+    " bad_record_signature unsigned_record malformed_record malformed_response wrong_conference"
+    " oversized_page",
     ExitCode.UNREACHABLE: "directory_down unavailable timeout",
     ExitCode.EXISTS: "exists",
-    ExitCode.USAGE: "bad_name bad_fingerprint bad_time_frame too_long",
+    ExitCode.USAGE: "bad_name bad_fingerprint bad_time_frame too_long ambiguous_conference",
 }
 _BY_CODE = {code: cls for cls, codes in _CODES.items() for code in codes.split()}
 
@@ -77,6 +79,8 @@ def exit_code(exc: BaseException) -> ExitCode:
         return ExitCode.UNTRUSTED
     if isinstance(exc, TrustStoreError):
         return ExitCode.SETUP
+    if isinstance(exc, DirectoryError) and exc.status is not None:
+        return ExitCode.REFUSED  # the directory's own refusal: its code is its word, not our class
     code = getattr(exc, "code", None)
     if isinstance(code, str) and code in _BY_CODE:
         return _BY_CODE[code]

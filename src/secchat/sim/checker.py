@@ -466,6 +466,7 @@ def _check_restarts(run: _Run, forget_state: bool = False) -> None:
     from ..net.journal import established_state, plan_join
 
     sim, sc, rng = run.sim, run.scenario, run.rng
+    sim.restarts = True
     n, t = sc.n, majority(sc.n)
     gid = group_id("sim")
     tag = smc_tag(gid)
@@ -502,8 +503,8 @@ def _check_restarts(run: _Run, forget_state: bool = False) -> None:
     early = sorted(rng.sample(range(n), t))
     late = [i for i in range(n) if i not in early]
     victims = rng.sample(range(n), sc.n - len(sc.correct)) if len(sc.correct) < n else []
-    if victims and late and rng.random() < 0.7 and not set(victims) & set(early):
-        victims[0] = rng.choice(early)  # the schedule of issue 14: one of the first majority
+    if victims and late and rng.random() < 0.7 and victims[0] not in early:
+        victims[0] = rng.choice([i for i in early if i not in victims])  # one of the first majority
     for i in range(n):
         sim.nodes[i].on_output = functools.partial(on_output, i)
         when = rng.uniform(0.0, 0.05) if i in early else rng.uniform(0.2, 4.0)
@@ -516,8 +517,12 @@ def _check_restarts(run: _Run, forget_state: bool = False) -> None:
         up = down + rng.uniform(0.01, 1.0)
         sim.at(up, functools.partial(restart, v))
         quiet_after = max(quiet_after, up)
-        if k == 0 and late and rng.random() < 0.7:  # the rest of the first majority, cut off
+        if k == 0 and late and rng.random() < 0.7:
+            # issue 14's schedule: the late members are cut off while the first majority runs;
+            # then the partition puts the rest of that majority on one side, the crashed member
+            # (restarted) with the late ones on the other
             heal = up + rng.uniform(1.0, 8.0)
+            sim.partition(set(late), 0.0, down)
             sim.partition(set(early) - {v}, down, heal)
             quiet_after = max(quiet_after, heal)
         if rng.random() < 0.3:

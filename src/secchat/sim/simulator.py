@@ -111,6 +111,10 @@ class Simulation:
         self.keep_wire_log = False
         #: share of a crashed member's frames still in flight that die with it (its link queues)
         self.crash_loss = 0.0
+        #: crashed members may come back (:meth:`restart`): what is sent to them meanwhile waits,
+        #: as the senders' links hold frames their peer has not acknowledged (lost are only
+        #: those its earlier run received)
+        self.restarts = False
         #: (one side, from, until): frames across it wait in the links until the partition heals
         self.partitions: list[tuple[frozenset[int], float, float]] = []
 
@@ -178,8 +182,7 @@ class Simulation:
         (what it keeps on disk is the driver's, given through ``action`` and ``kwargs``)."""
         node = self.nodes[i]
         node.member, node.crashed_at = None, None
-        node.waiting.clear()
-        return self.start(i, action, **kwargs)
+        return self.start(i, action, **kwargs)  # it gets what the links held for it meanwhile
 
     def partition(self, side: set[int], start: float, end: float) -> None:
         """From ``start`` to ``end``, frames between ``side`` and the other members are held
@@ -190,7 +193,8 @@ class Simulation:
         node = self.nodes[i]
         if node.crashed_at is None:
             node.crashed_at = self.now
-            node.waiting.clear()
+            if not self.restarts:
+                node.waiting.clear()
             self._timer_at.pop(i, None)
 
     def call(self, i: int, action: Callable[[Member, float], Any]) -> Any:
@@ -268,6 +272,8 @@ class Simulation:
                 sender, to, data, genuine = payload
                 node = self.nodes[to]
                 if node.crashed_at is not None:
+                    if self.restarts:  # the senders' links hold it for the member's next run
+                        node.waiting.append((sender, data))
                     continue
                 if genuine and self.nodes[sender].crashed_at is not None and self.rng.random() < self.crash_loss:
                     continue  # died in the crashed sender's queues: a broadcast cut halfway
