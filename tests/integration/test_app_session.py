@@ -8,6 +8,7 @@ a re-key gives a new key and refuses frames of the old epoch, and history surviv
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -244,3 +245,70 @@ def test_several_conferences_at_once(world):
                 await app.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_members_given_different_records_of_one_id_are_told_within_seconds(tmp_path):
+    """alice's ``room`` is (alice, bob, carol); mallory made another ``room``, (alice, bob,
+    mallory), and bob joins that one.  alice and bob hold different records of one id: each is
+    told, within seconds, in one notice naming the other's creator; they never share a key;
+    alice and carol (one record) chat as if nothing happened."""
+    from secchat.app.session import OtherRecord
+
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    make_ca(ca)
+    server = start_directory(tmp_path, ca)
+    homes = {n: make_profile(tmp_path, n, server.url, ca) for n in ("alice", "bob", "carol", "mallory")}
+
+    async def accept(app, names):
+        for p in await app.participant_details():
+            if p.name in names:
+                await app.accept(p.name, p.fingerprint)
+
+    async def main():
+        apps = {n: await ChatApp.open(h, PASSPHRASE) for n, h in homes.items()}
+        try:
+            for app in apps.values():
+                await app.register()
+            frame = (datetime.now(UTC) - timedelta(minutes=1), datetime.now(UTC) + timedelta(hours=1))
+            await accept(apps["alice"], {"bob", "carol"})
+            await apps["alice"].create("room", ["bob", "carol"], *frame)
+            await accept(apps["mallory"], {"alice", "bob"})
+            await apps["mallory"].create("room", ["alice", "bob"], *frame)
+            started = time.monotonic()
+            a = await apps["alice"].join("room", creator="alice", accept_new=True)
+            b = await apps["bob"].join("room", creator="mallory", accept_new=True)
+            c = await apps["carol"].join("room", creator="alice", accept_new=True)
+            wa, wb, wc = Watch(a), Watch(b), Watch(c)
+
+            def told(w, name):
+                return [e for e in w.events if isinstance(e, OtherRecord) and e.member == name]
+
+            await wait_for(lambda: told(wa, "bob") and told(wb, "alice"), timeout=20, what="the mismatch notices")
+            elapsed = time.monotonic() - started
+            print(f"both told after {elapsed:.2f} s")
+            assert elapsed < 10.0
+            [to_alice], [to_bob] = told(wa, "bob"), told(wb, "alice")
+            assert to_alice.creator == "mallory" and to_alice.members == 3
+            assert to_bob.creator == "alice"
+            assert "bob holds another record of 'room' (created by mallory, 3 members)" in to_alice.text
+            # one record's holders are unaffected: alice and carol get their key and chat
+            await wait_for(lambda: wa.keys() and wc.keys(), what="alice's and carol's key")
+            assert wa.keys()[0].fingerprint == wc.keys()[0].fingerprint
+            await a.send("only for alice's room")
+            await wait_for(lambda: "only for alice's room" in wc.texts(), what="carol gets alice's message")
+            m = await apps["mallory"].join("room", creator="mallory", accept_new=True)
+            wm = Watch(m)
+            await wait_for(lambda: wb.keys() and wm.keys(), what="bob's and mallory's key")
+            assert wb.keys()[0].fingerprint != wa.keys()[0].fingerprint
+            await asyncio.sleep(1.0)
+            assert "only for alice's room" not in wb.texts() + wm.texts()
+            assert len(told(wa, "bob")) == 1 and len(told(wb, "alice")) == 1  # once, not at every frame
+        finally:
+            for app in apps.values():
+                await app.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.close()

@@ -262,7 +262,7 @@ def trust_revoke(
 
 
 def _line(event: Any, as_json: bool) -> str:
-    from .session import MAX_TEXT, ChatMessage, KeyStatus, MemberStatus, Notice
+    from .session import MAX_TEXT, ChatMessage, KeyStatus, MemberStatus, Notice, OtherRecord
 
     if as_json:
         if isinstance(event, ChatMessage):
@@ -274,6 +274,9 @@ def _line(event: Any, as_json: bool) -> str:
                                "fingerprint": event.fingerprint, "contributors": list(event.contributors)})
         if isinstance(event, MemberStatus):
             return json.dumps({"event": "member", "name": event.name, "up": event.up})
+        if isinstance(event, OtherRecord):
+            return json.dumps({"event": "other_record", "member": event.member, "creator": event.creator,
+                               "members": event.members, "text": event.text})
         return json.dumps({"event": "notice", "text": event.text})
     # Names, texts and notices quote peers and the directory: terminal-safe, one line each.
     if isinstance(event, ChatMessage):
