@@ -333,3 +333,69 @@ def test_the_proxy_passes_honest_answers_through(world):
     # the suite's baseline: without rules the same commands work
     assert world.run("bob", "participants").stdout.count("@App Test CA") == len(USERS)
     assert json.loads(json.dumps(world.record("alice", "room")))["creator"] == "alice"
+
+
+# --------------------------------------------------------------------------- split view
+
+
+def _joined(world: World, who: str, *args: str) -> subprocess.Popen:
+    cmd = [*CMD, "join", *args, "--json", "--accept-new", "--home", str(world.homes[who])]
+    return subprocess.Popen(cmd, env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _events_until(proc: subprocess.Popen, done, timeout: float) -> list[dict]:
+    """JSON events of a running ``join --json`` until ``done(events)`` (or the timeout)."""
+    import selectors
+
+    events: list[dict] = []
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while not done(events) and time.monotonic() < deadline:
+        if sel.select(timeout=0.2):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            events.append(json.loads(line))
+    return events
+
+
+def test_a_split_view_of_two_member_orders_is_said_and_never_shares_a_key(world):
+    """alice made ``split`` = (alice, bob, carol), deleted it and made it again as (alice,
+    carol, bob): two records she really signed.  The directory serves bob the first (and hides
+    the tombstone from him), everyone else the second.  bob and alice are told at once that the
+    other holds another record; bob gets no key; alice and carol get theirs, unaffected."""
+    world.run("alice", "create", "split", "-m", "bob", "-m", "carol", "--accept-new")
+    first = world.record("alice", "split")
+    world.run("alice", "delete", "split")
+    world.run("alice", "create", "split", "-m", "carol", "-m", "bob", "--accept-new")
+    world.proxy.rules(_serve("bob", "/v1/conferences/alice/split", first), _serve("bob", "/v1/conferences", [first]))
+    procs = {who: _joined(world, who, "split", "--creator", "alice") for who in ("alice", "bob", "carol")}
+    try:
+        def other(events: list[dict], name: str) -> list[dict]:
+            return [e for e in events if e["event"] == "other_record" and e["member"] == name]
+
+        def key(events: list[dict]) -> list[dict]:
+            return [e for e in events if e["event"] == "key" and e["established"]]
+
+        seen_bob = _events_until(procs["bob"], lambda ev: other(ev, "alice"), STARTUP + 20)
+        seen_alice = _events_until(procs["alice"], lambda ev: other(ev, "bob") and key(ev), STARTUP + 20)
+        seen_carol = _events_until(procs["carol"], lambda ev: key(ev), STARTUP + 20)
+        [said_to_bob], [said_to_alice] = other(seen_bob, "alice"), other(seen_alice, "bob")
+        assert said_to_bob["creator"] == "alice" and said_to_alice["creator"] == "alice"
+        assert "holds another record of 'split'" in said_to_alice["text"]
+        assert key(seen_alice)[0]["fingerprint"] == key(seen_carol)[0]["fingerprint"]
+        seen_bob += _events_until(procs["bob"], lambda ev: False, 2.0)
+        assert not key(seen_bob), "bob, alone with his record, has no key (and shares none)"
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
