@@ -249,3 +249,25 @@ def test_error_paths_say_one_clear_sentence(world):
     assert "is unreachable" in err
     err = _error(secchat("register", "--home", str(down), check=False), ExitCode.UNREACHABLE)
     assert "unreachable" in err
+
+
+def test_the_history_of_a_conference_that_ended_can_be_read(world):
+    _root, _server, homes = world
+    alice, bob = homes["alice"], homes["bob"]
+    created = time.monotonic()
+    secchat("create", "brief", "-m", "bob", "--from", "now", "--to", "+20s", "--accept-new", "--home", str(alice))
+    a, b = Member(alice, "brief", "--accept-new"), Member(bob, "brief", "--accept-new")
+    try:
+        a.key(0)
+        a.say("said before the end")
+        b.received("said before the end")
+    finally:
+        a.close(), b.close()
+    time.sleep(max(0.0, created + 22.0 - time.monotonic()))  # the 20 s time frame has passed
+    proc = subprocess.run([*CMD, "join", "brief", "--history", "--home", str(bob)], env=_env(), input="",
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "alice: said before the end  (delivered)" in proc.stdout
+    assert "conference 'brief' ended at " in proc.stdout and ":" in proc.stdout.split("ended at ")[1][:20]
+    err = _error(secchat("join", "brief", "--home", str(bob), check=False), ExitCode.REFUSED)
+    assert "ended at" in err and "secchat join --history" in err

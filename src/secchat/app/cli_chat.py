@@ -353,7 +353,16 @@ def join(
 
     async def go() -> None:
         async with await _open(home, passphrase_file) as app:
-            conf = await app.join(conference_id, creator=creator, accept_new=accept_new)
+            try:
+                conf = await app.join(conference_id, creator=creator, accept_new=accept_new)
+            except AppError as exc:
+                if not (show_history and exc.details.get("ended")):
+                    raise
+                # a conference that ended: its history needs no time frame, nor a key
+                for msg in app.history(conference_id.rpartition("/")[2]):
+                    out(_line(msg, as_json))
+                out(_line_notice(str(exc), as_json))
+                return
             if show_history:
                 for msg in conf.history():
                     out(_line(msg, as_json))

@@ -242,7 +242,7 @@ def _ts(t: int | float) -> datetime:
 
 
 def _fmt(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _view(c: DirConference, now: float) -> ConferenceView:
@@ -538,7 +538,13 @@ class ChatApp:
         if self.name not in names:
             raise AppError(f"you ({self.name}) are not a member of conference {conference_id!r}", "not_a_member")
         now = time.time()
-        if not record.t0 <= now <= record.t1:
+        if now > record.t1:
+            raise AppError(
+                f"conference {conference_id!r} ended at {_fmt(_ts(record.t1))} (it was open from "
+                f"{_fmt(_ts(record.t0))}); its history is still yours: secchat join --history",
+                "outside_time_frame", ended=True,
+            )
+        if now < record.t0:
             raise AppError(
                 f"conference {conference_id!r} is only open from {_fmt(_ts(record.t0))} to {_fmt(_ts(record.t1))}",
                 "outside_time_frame",
