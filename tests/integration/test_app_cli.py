@@ -271,3 +271,34 @@ def test_the_history_of_a_conference_that_ended_can_be_read(world):
     assert "conference 'brief' ended at " in proc.stdout and ":" in proc.stdout.split("ended at ")[1][:20]
     err = _error(secchat("join", "brief", "--home", str(bob), check=False), ExitCode.REFUSED)
     assert "ended at" in err and "secchat join --history" in err
+
+
+def test_a_second_process_on_a_profile_in_use_is_refused_and_the_first_goes_on(world):
+    _root, _server, homes = world
+    alice, bob = homes["alice"], homes["bob"]
+    secchat("create", "locked", "-m", "bob", "--accept-new", "--home", str(alice))
+    a = Member(alice, "locked", "--accept-new")
+    b = None
+    try:
+        a.wait(lambda e: e["event"] == "joined", "alice joined")
+        second = subprocess.run([*CMD, "join", "locked", "--home", str(alice)], env=_env(), input="",
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode != 0
+        assert f"the profile alice is in use by process {a.proc.pid} (secchat join)" in second.stderr, second.stderr
+        chat = subprocess.run([*CMD, "chat", "--home", str(alice)], env=_env(), input="",
+                              capture_output=True, text=True, timeout=60)
+        assert chat.returncode != 0
+        assert f"the profile alice is in use by process {a.proc.pid} (secchat join)" in chat.stderr, chat.stderr
+        assert "locked by alice" in secchat("conferences", "--home", str(alice)).stdout  # reading still works
+        b = Member(bob, "locked", "--accept-new")
+        assert a.key(0) == b.key(0)
+        a.say("the first process goes on")
+        b.received("the first process goes on")
+    finally:
+        a.close()
+        if b is not None:
+            b.close()
+    # the lock went with the process: the profile is free again
+    again = subprocess.run([*CMD, "join", "locked", "--home", str(alice)], env=_env(), input="",
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr

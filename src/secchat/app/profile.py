@@ -312,3 +312,39 @@ def init_profile(
         raise ProfileError(exc.code, str(exc)) from None
     install_certificate(home, [cert, ca_cert])
     return pki.fingerprint(cert)
+
+
+LOCK_FILE = "profile.lock"
+
+
+class ProfileLock:
+    """One process at a time runs a profile's network node (it publishes the profile's contact
+    address: a second one would cut the first off).  An advisory ``flock`` on ``profile.lock``,
+    which the kernel releases when the process dies, so a lock left by a crash is taken over at
+    once; the file names the holder for the refusal's sentence."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = Path(home) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self, what: str) -> None:
+        """Take the lock for ``what`` (e.g. ``secchat chat``); :class:`ProfileError` with code
+        ``profile_in_use`` and one sentence if another process holds it."""
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 256).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            name = self.path.parent.name
+            raise ProfileError("profile_in_use", f"the profile {name} is in use by {holder}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} ({what})".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -76,6 +77,7 @@ from .profile import (
     IDENTITY_DIR,
     TRUST_FILE,
     ProfileError,
+    ProfileLock,
     Settings,
     default_home,
     load_settings,
@@ -297,6 +299,7 @@ class ChatApp:
         self._stack_config = stack_config
         self._link_config = link_config
         self._node: Node | None = None
+        self._lock: ProfileLock | None = None  # held while our node runs (one per profile)
         self._address: tuple[str, int] | None = None
         self._conferences: dict[str, Conference] = {}
         self._join_lock = asyncio.Lock()
@@ -479,8 +482,21 @@ class ChatApp:
 
     # ------------------------------------------------------------------ conferences
 
+    def claim_profile(self) -> None:
+        """Make this the one process running the profile's node (it publishes the contact
+        address); ``AppError(code="profile_in_use")`` naming the process that does.  Joining
+        claims it; the chat UI claims it at start."""
+        if self._lock is None:
+            lock = ProfileLock(self.home)
+            try:
+                lock.acquire(" ".join(["secchat", *sys.argv[1:2]]))
+            except ProfileError as exc:
+                raise AppError(str(exc), exc.code) from None
+            self._lock = lock
+
     async def _ensure_node(self) -> Node:
         if self._node is None:
+            self.claim_profile()
             creds = TlsCredentials(self.local.key, self.local.cert, self.local.trusted)
             node = Node(creds, self._on_stack_event, stack_config=self._stack_config, link_config=self._link_config,
                         state=self.history_store)
@@ -597,6 +613,8 @@ class ChatApp:
                 await conf.leave()
         if self._node is not None:
             await self._node.aclose()
+        if self._lock is not None:
+            self._lock.release()
         await self.client.aclose()
         self.history_store.close()
 

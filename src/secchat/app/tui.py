@@ -846,6 +846,12 @@ def run_chat(home: Path | None = None, passphrase_file: Path | None = None) -> i
         except AppError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        try:
+            chat.claim_profile()  # one process per profile, said at once
+        except AppError as exc:
+            await chat.aclose()
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         except OSError as exc:
             print(f"error: cannot open the profile in {home}: {exc.strerror or exc}", file=sys.stderr)
             return 1
