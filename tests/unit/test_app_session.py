@@ -244,3 +244,19 @@ def test_receipts_turn_our_message_delivered():
         await conf.leave()
 
     asyncio.run(main())
+
+
+def test_forks_and_losses_are_told_in_one_sentence_each():
+    from secchat.protocols.events import KeyFork, Lost, Undelivered
+
+    async def main():
+        conf, _node = make_conference()
+        conf._on_stack_event(KeyFork(smc_tag(conf.gid, 0), 1, "f00d", "\x1b[2Jbad"))
+        conf._on_stack_event(Lost(smc_tag(conf.gid, 0), 2, 7, 3, 15))
+        conf._on_stack_event(Undelivered(smc_tag(conf.gid, 0), 1, 0, 1))
+        texts = [e.text for e in drain(conf) if isinstance(e, Notice)]
+        assert "two keys exist for room epoch 0: ours f00d, ben's \\x1b[2Jbad: not sending under ours" in texts
+        assert "12 messages from cy were lost while you were cut off" in texts
+        assert "1 of your messages did not reach ben: it came back too late for them" in texts
+
+    asyncio.run(main())

@@ -65,9 +65,12 @@ from ..net.tls import TlsCredentials
 from ..protocols.events import (
     Delivered,
     KeyEstablished,
+    KeyFork,
+    Lost,
     PeerRestored,
     PeerSuspected,
     RecordMismatch,
+    Undelivered,
 )
 from ..protocols.stack import GroupId, StackConfig, epoch_of, smc_tag
 from ..text import safe
@@ -887,6 +890,17 @@ class Conference:
             self._on_delivered(ev)
         elif isinstance(ev, RecordMismatch):
             self._on_other_record(ev)
+        elif isinstance(ev, KeyFork):
+            self._emit(Notice(
+                f"two keys exist for {self.id} epoch {epoch_of(ev.tag)}: ours {ev.ours}, "
+                f"{self.members[ev.peer]}'s {safe(ev.fingerprint, max_len=64)}: not sending under ours"
+            ))
+        elif isinstance(ev, Lost):
+            count = f"{ev.count} message{'s' if ev.count != 1 else ''}"
+            self._emit(Notice(f"{count} from {self.members[ev.sender]} were lost while you were cut off"))
+        elif isinstance(ev, Undelivered):
+            count = f"{ev.count} of your messages"
+            self._emit(Notice(f"{count} did not reach {self.members[ev.peer]}: it came back too late for them"))
         elif isinstance(ev, PeerSuspected | PeerRestored):
             pass  # sampled by _watch_status together with the link state
 
