@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ..codec import canonical
 from ..crypto import Aead, CryptoError, Rng, hkdf
+from ..pki import write_file_atomically
 
 __all__ = [
     "UNREADABLE",
@@ -201,20 +201,6 @@ class StateDir:
         data = nonce + self._aead.seal(nonce, msgspec.msgpack.encode(state), canonical("secchat/state", key))
         path = self._path(key)
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".state")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_file_atomically(path, data)  # synced, renamed, the rename synced
         except OSError as exc:
             raise StateError(f"cannot write {path}: {exc.strerror}") from None
