@@ -96,12 +96,17 @@ class SmcLimits:
     resend_after: float = 0.2
     #: at most one resend burst per peer per this interval (a peer cannot make us amplify)
     resend_interval: float = 0.5
+    #: asked, and what we asked for did not all come (a burst larger than the link's free queue
+    #: is tail-dropped): ask again this long after, until gap_timeout without progress
+    resend_retry: float = 1.0
     #: position and key confirmation to every member this often (groups above 20: longer)
     status_period: float = 5.0
 
     def __post_init__(self) -> None:
         if not 0 < self.resend_after < self.gap_timeout:
             raise ValueError("need 0 < resend_after < gap_timeout")
+        if not self.resend_interval < self.resend_retry < self.gap_timeout:
+            raise ValueError("need resend_interval < resend_retry < gap_timeout (a retry must not be refused)")
         if self.store_frames < 0 or self.store_bytes < 0 or self.status_period <= 0:
             raise ValueError("store bounds are >= 0 and the status period > 0")
 
@@ -110,7 +115,8 @@ class _Stream:
     """Receive state of one sender's incarnation."""
 
     __slots__ = (
-        "floating", "gap_since", "horizon", "incarnation", "next_seq", "requested", "waiting", "waiting_bytes",
+        "asked_at", "floating", "gap_since", "horizon", "incarnation", "next_seq", "requested", "waiting",
+        "waiting_bytes",
     )
 
     def __init__(self, incarnation: int) -> None:
@@ -120,7 +126,8 @@ class _Stream:
         self.waiting_bytes = 0
         #: a rejoining member's view of a stream it joined midway: gaps are skipped, not awaited
         self.floating = False
-        self.gap_since: float | None = None  # when the oldest open gap appeared
+        self.gap_since: float | None = None  # since when we miss frames and nothing came
+        self.asked_at = 0.0  # when we last asked for them
         self.requested = 0  # frames below this were asked for again (SmcResend)
         self.horizon = 0  # the sender said (SmcStatus) or showed that frames below this exist
 
@@ -241,22 +248,26 @@ class SecureMulticast:
             due = self._gap_deadline(stream)
             if due is None or now < due:
                 continue
-            if stream.requested > stream.next_seq:  # asked, no answer: given up, and said
-                out += self._skip_to(sender, stream, min(stream.waiting))
+            assert stream.gap_since is not None
+            if now >= stream.gap_since + self.limits.gap_timeout:  # no progress for so long: given up, said
+                end = min(stream.waiting) if stream.waiting else stream.horizon
+                out += self._skip_to(sender, stream, end)
                 out += self._deliver_ready(sender, stream, now)
-            else:
-                out += self._ask(sender, stream)
+            else:  # first ask, or again: the answer did not all come
+                stream.requested = stream.next_seq
+                out += self._ask(sender, stream, now)
         return out + self._arm_gap_timer()
 
     def _gap_deadline(self, stream: _Stream) -> float | None:
         """When ``stream``'s open gap is due: to be asked for (``resend_after``), or, once asked,
         to be given up (``gap_timeout``).  One expression for the timer and its handler, so a
         timer never fires for a deadline its handler does not see as due (a busy loop)."""
-        if not stream.waiting or stream.gap_since is None:
+        if stream.gap_since is None or not (stream.waiting or stream.horizon > stream.next_seq):
             return None
+        give_up = stream.gap_since + self.limits.gap_timeout
         if stream.requested > stream.next_seq:
-            return stream.gap_since + self.limits.gap_timeout
-        return stream.gap_since + self.limits.resend_after
+            return min(stream.asked_at + self.limits.resend_retry, give_up)
+        return min(stream.gap_since + self.limits.resend_after, give_up)
 
     def _arm_gap_timer(self) -> list[Event]:
         deadlines = [d for d in map(self._gap_deadline, self._streams.values()) if d is not None]
@@ -354,16 +365,18 @@ class SecureMulticast:
                 stream.floating = True
                 return []
         stream.horizon = max(stream.horizon, msg.next_seq)
-        return self._ask(sender, stream)
+        return self._ask(sender, stream, now) + self._arm_gap_timer()
 
-    def _ask(self, sender: int, stream: _Stream) -> list[Event]:
+    def _ask(self, sender: int, stream: _Stream, now: float) -> list[Event]:
         """Ask ``sender`` again for the first run of frames we miss: up to the first one we
         hold, or to the end of its stream as far as we know it (exact ranges, so that what the
         sender reports undelivered is exactly what we miss)."""
         end = min(stream.waiting) if stream.waiting else stream.horizon
         if end <= stream.next_seq or stream.requested >= end:
             return []
-        stream.requested = end
+        if stream.gap_since is None:
+            stream.gap_since = now
+        stream.requested, stream.asked_at = end, now
         self._stats["smc.resend_requested"] += 1
         return [Send(sender, SmcResend(self.tag, stream.incarnation, stream.next_seq, end))]
 
@@ -474,7 +487,7 @@ class SecureMulticast:
             # the sender no longer keeps comes back as SmcGone and is skipped and reported)
             self._stats["smc.dropped.beyond_reorder_window"] += 1
             stream.horizon = max(stream.horizon, msg.seq + 1)
-            return self._ask(msg.sender, stream) + self._arm_gap_timer()
+            return self._ask(msg.sender, stream, now) + self._arm_gap_timer()
         stream.waiting[msg.seq] = payload
         stream.waiting_bytes += len(payload)
         out: list[Event] = []
@@ -489,17 +502,18 @@ class SecureMulticast:
 
     def _deliver_ready(self, sender: int, stream: _Stream, now: float) -> list[Event]:
         out: list[Event] = []
+        start = stream.next_seq
         while stream.next_seq in stream.waiting:
             payload = stream.waiting.pop(stream.next_seq)
             stream.waiting_bytes -= len(payload)
             out.append(Delivered(self.tag, sender, stream.incarnation, stream.next_seq, payload))
             stream.next_seq += 1
-        if not stream.waiting:
-            stream.gap_since = None
-            if stream.horizon > stream.next_seq:  # the sender's stream goes on: the rest, please
-                out += self._ask(sender, stream)
-        elif stream.gap_since is None:
-            stream.gap_since = now
+        if not stream.waiting and stream.horizon <= stream.next_seq:
+            stream.gap_since = None  # nothing missing
+        elif stream.gap_since is None or stream.next_seq > start:
+            stream.gap_since = now  # missing frames, and patience counts from the last progress
+            if not stream.waiting:  # the sender's stream goes on: the rest, please
+                out += self._ask(sender, stream, now)
         return out
 
     def _drop(self, reason: str) -> list[Event]:
