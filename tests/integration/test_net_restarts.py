@@ -249,3 +249,64 @@ def test_a_member_paused_under_load_is_told_exactly_what_the_store_could_not_kee
     assert lost, "12 MB cannot all fit a 2 MB store and 8 MiB of link queues"
     assert len(seqs) + sum(b - a for a, b in lost) == BULK + TEXTS
     assert set(range(BULK, BULK + TEXTS)) <= set(seqs)  # the newest are in the store
+
+
+# ---------------------------------------------------------------------------- fast catch-up
+
+CATCH_UP = 2.0
+
+
+async def _restart_and_time_delivery(tmp: Path) -> dict[str, float]:
+    names = ["m0", "m1", "m2"]
+    _, _, ca_path, files = world(tmp, names)
+    procs: dict[str, Member] = {}
+    try:
+        procs["m0"] = await Member.start("m0", _config(tmp, files, ca_path, names, "m0", {}), tmp / "m0.log")
+        m0_at = procs["m0"].address
+        assert m0_at is not None
+        procs["m1"] = await Member.start(
+            "m1", _config(tmp, files, ca_path, names, "m1", {"m0": m0_at}), tmp / "m1.log")
+        m1_at = procs["m1"].address
+        assert m1_at is not None
+        m2_config = _config(tmp, files, ca_path, names, "m2", {"m0": m0_at, "m1": m1_at})
+        procs["m2"] = await Member.start("m2", m2_config, tmp / "m2.log")
+        for m in procs.values():
+            await m.wait_for(lambda e: e["event"] == "established", ESTABLISH)
+        key = _established(procs["m0"])["fingerprint"]
+        for i in range(5):
+            for n in ("m0", "m1"):
+                procs[n].command(cmd="send", text=f"before {n} {i}")
+        await procs["m2"].wait_for(lambda e: e["event"] == "delivered" and e["text"] == "before m1 4", 30)
+
+        await _kill(procs["m2"])
+        for i in range(5):  # the streams go on while m2 is down: its first frame is seq k > 0
+            for n in ("m0", "m1"):
+                procs[n].command(cmd="send", text=f"while down {n} {i}")
+        await procs["m0"].wait_for(lambda e: e["event"] == "delivered" and e["text"] == "while down m1 4", 30)
+        procs["m2#1"] = procs.pop("m2")
+        m2 = procs["m2"] = await Member.start("m2", m2_config, tmp / "m2-restarted.log")  # no resume
+        (t_ready, _), = m2.of("ready")
+        for n in ("m0", "m1"):
+            procs[n].command(cmd="send", text=f"after restart {n}")
+        took: dict[str, float] = {}
+        for n in ("m0", "m1"):
+            await m2.wait_for(lambda e, n=n: e["event"] == "delivered" and e["text"] == f"after restart {n}",
+                              30)
+            (t, event), = [(t, e) for t, e in m2.of("delivered") if e["text"] == f"after restart {n}"]
+            assert event["seq"] == 10  # the sender's stream did go on: seq 10, not 0
+            took[n] = t - t_ready
+        joined = await m2.wait_for(lambda e: e["event"] == "joined", 5)
+        assert _established(m2)["fingerprint"] == key and not m2.of("lost")
+        missed = {f"while down {n} {i}" for n in ("m0", "m1") for i in range(5)}
+        await m2.wait_for(lambda e: missed <= {x["text"] for _, x in m2.of("delivered")}, 10)
+        print(f"restart without resume ({'restored' if joined['restored'] else 'fresh'}): first delivery "
+              "after the restart " + ", ".join(f"from {n} {t:.3f}s" for n, t in took.items())
+              + " after its ready event")
+        return took
+    finally:
+        await _stop_all(tmp, procs, set())
+
+
+def test_delivery_resumes_within_two_seconds_of_a_restart_without_resume(tmp_path):
+    took = asyncio.run(asyncio.wait_for(_restart_and_time_delivery(tmp_path), 120))
+    assert max(took.values()) <= CATCH_UP, took
