@@ -11,6 +11,9 @@ stdout (events), always with ``"event"`` and the member ``"name"``::
     {"event": "delivered", "group": ..., "sender": "m3", "incarnation": .., "seq": 0, "text": "hello"}
     {"event": "suspected" | "restored", "group": ..., "peer": "m2"}
     {"event": "other_record", "group": ..., "peer": "m2", "creator": .., "members": 3}  (never a key with it)
+    {"event": "lost", "group": ..., "sender": "m1", "incarnation": .., "first": 40, "end": 52, "count": 12}
+    {"event": "undelivered", "group": ..., "peer": "m2", "first": 40, "end": 52, "count": 12}
+    {"event": "fork", "group": ..., "peer": "m2", "ours": "9f..", "fingerprint": "48.."}  (two keys: we stop sending)
     {"event": "stats", "links": {...}, "runtime": {...}, "stack": {...}, "queues": {...}, "rss_kb": ..}
     {"event": "error", "message": "..."}
 
@@ -323,9 +326,12 @@ class MemberProcess:
         from ..protocols.events import (
             Delivered,
             KeyEstablished,
+            KeyFork,
+            Lost,
             PeerRestored,
             PeerSuspected,
             RecordMismatch,
+            Undelivered,
         )
 
         names = self._names(group)
@@ -354,6 +360,16 @@ class MemberProcess:
                   "record": event.record, "creator": event.creator, "members": event.members})
             log.warning("%s: %s holds another record of this conference: not joining with it",
                         group, names[event.peer])
+        elif isinstance(event, Lost):  # what no retransmission can bring back: said, never silent
+            emit({"event": "lost", "name": self.name, "group": group, "sender": names[event.sender],
+                  "incarnation": event.incarnation, "first": event.first, "end": event.end,
+                  "count": event.count})
+        elif isinstance(event, Undelivered):
+            emit({"event": "undelivered", "name": self.name, "group": group, "peer": names[event.peer],
+                  "first": event.first, "end": event.end, "count": event.count})
+        elif isinstance(event, KeyFork):
+            emit({"event": "fork", "name": self.name, "group": group, "peer": names[event.peer],
+                  "ours": event.ours, "fingerprint": event.fingerprint})
 
     def emit_stats(self) -> None:
         if self.node is None:
