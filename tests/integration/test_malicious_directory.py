@@ -379,9 +379,9 @@ def test_a_split_view_of_two_member_orders_is_said_and_never_shares_a_key(world)
         def key(events: list[dict]) -> list[dict]:
             return [e for e in events if e["event"] == "key" and e["established"]]
 
-        seen_bob = _events_until(procs["bob"], lambda ev: other(ev, "alice"), STARTUP + 20)
-        seen_alice = _events_until(procs["alice"], lambda ev: other(ev, "bob") and key(ev), STARTUP + 20)
-        seen_carol = _events_until(procs["carol"], lambda ev: key(ev), STARTUP + 20)
+        seen_bob = _events_until(procs["bob"], lambda ev: other(ev, "alice"), STARTUP + 60)
+        seen_alice = _events_until(procs["alice"], lambda ev: other(ev, "bob") and key(ev), STARTUP + 60)
+        seen_carol = _events_until(procs["carol"], lambda ev: key(ev), STARTUP + 60)
         [said_to_bob], [said_to_alice] = other(seen_bob, "alice"), other(seen_alice, "bob")
         assert said_to_bob["creator"] == "alice" and said_to_alice["creator"] == "alice"
         assert "holds another record of 'split'" in said_to_alice["text"]

@@ -171,7 +171,9 @@ def _ranges(events: list[tuple[float, dict[str, Any]]]) -> list[tuple[int, int]]
     return sorted((e["first"], e["end"]) for _, e in events)
 
 
-async def _partitioned_under_load(tmp: Path, stack: dict | None) -> tuple[list[int], list[tuple[int, int]]]:
+async def _partitioned_under_load(
+    tmp: Path, stack: dict | None, links: dict[str, Any] = BULK_LINKS
+) -> tuple[list[int], list[tuple[int, int]]]:
     """m1 stopped for PAUSE s while m0 sends BULK x SIZE then TEXTS texts; returns the seqs m1
     delivered from m0 after the heal and the ranges it was told were lost."""
     names = ["m0", "m1", "m2"]
@@ -181,12 +183,12 @@ async def _partitioned_under_load(tmp: Path, stack: dict | None) -> tuple[list[i
     total = BULK + TEXTS
     try:
         procs["m0"] = await Member.start(
-            "m0", _config(tmp, files, ca_path, names, "m0", {}, links=BULK_LINKS, stack=stack), tmp / "m0.log")
+            "m0", _config(tmp, files, ca_path, names, "m0", {}, links=links, stack=stack), tmp / "m0.log")
         m0_at = procs["m0"].address
         assert m0_at is not None
         for n in ("m1", "m2"):
             procs[n] = await Member.start(
-                n, _config(tmp, files, ca_path, names, n, {"m0": m0_at}, links=BULK_LINKS, stack=stack),
+                n, _config(tmp, files, ca_path, names, n, {"m0": m0_at}, links=links, stack=stack),
                 tmp / f"{n}.log")
         for m in procs.values():
             await m.wait_for(lambda e: e["event"] == "established", ESTABLISH)
@@ -241,6 +243,14 @@ async def _partitioned_under_load(tmp: Path, stack: dict | None) -> tuple[list[i
 def test_a_member_paused_under_load_receives_everything_within_the_store_bound(tmp_path):
     seqs, lost = asyncio.run(asyncio.wait_for(_partitioned_under_load(tmp_path, None), 150))
     assert seqs == list(range(BULK + TEXTS)) and lost == []  # 12 MB fit the default 16 MiB store
+
+
+def test_resend_bursts_larger_than_the_link_queue_are_asked_for_again(tmp_path):
+    """2 MiB link queues: a store-full resend burst does not fit and is tail-dropped in part;
+    what did not come is asked for again (resend_retry) until everything is there."""
+    small = {**LINKS, "queue_max_bytes": 2 << 20, "unacked_max_bytes": 2 << 20}
+    seqs, lost = asyncio.run(asyncio.wait_for(_partitioned_under_load(tmp_path, None, small), 150))
+    assert seqs == list(range(BULK + TEXTS)) and lost == []
 
 
 def test_a_member_paused_under_load_is_told_exactly_what_the_store_could_not_keep(tmp_path):
