@@ -473,18 +473,20 @@ class _Cluster:
             if p.proc is not None and p.proc.stdin is not None:
                 with contextlib.suppress(OSError, RuntimeError):
                     p.proc.stdin.close()
-        for p in self.procs:
-            if p.proc is None:
-                continue
-            try:
-                await asyncio.wait_for(p.proc.wait(), 5)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    p.proc.kill()
-                await p.proc.wait()
-            if p.reader is not None:
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(p.reader, 2)
+        # every member stops at once: one grace period in all, not one per member in turn
+        await asyncio.gather(*(self._stop(p) for p in self.procs if p.proc is not None))
+
+    async def _stop(self, p: _Proc) -> None:
+        assert p.proc is not None
+        try:
+            await asyncio.wait_for(p.proc.wait(), 5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                p.proc.kill()
+            await p.proc.wait()
+        if p.reader is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(p.reader, 2)
 
     def hard_cleanup(self) -> None:
         for p in self.procs:
