@@ -33,6 +33,7 @@ sending under ours, so no bug anywhere can split a conference silently.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -399,8 +400,9 @@ class SecureMulticast:
             out += [Send(sender, SmcGone(self.tag, self.incarnation, first, gone)),
                     Undelivered(self.tag, sender, first, gone)]
             first = gone
-        for k in range(first - oldest, end - oldest):
-            out.append(Send(sender, self._store[k]))
+        # one pass over the deque (indexing a deque in its middle costs O(n) each)
+        if first < end:
+            out += [Send(sender, frame) for frame in itertools.islice(self._store, first - oldest, end - oldest)]
         self._stats["smc.resent"] += max(0, end - first)
         return out
 
