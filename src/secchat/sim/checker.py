@@ -23,6 +23,10 @@ Properties:
   No two members holding different records ever share a key or deliver each other's messages;
   every pair that lists each other but holds different records reports it (both sides); every
   record with a correct majority of holders still gets its key.
+* conference -- the whole stack with the application's conference core on top
+  (:mod:`secchat.sim.conference`): crashes, restarts, concurrent and flooded re-keys, paused
+  readers; one key per epoch, one common epoch at the end, every accepted line delivered exactly
+  once in order to every member that stayed, no replay, bounded memory.
 * restarts -- ``crash`` members crash and come back, once or twice, with every volatile state
   lost but what the write-ahead rule (:func:`secchat.net.journal.plan_join`) put on their
   disk; often in the schedule of issue 14: a majority establishes, one of it crashes, a
@@ -60,7 +64,9 @@ from .simulator import NetworkModel, Simulation
 
 __all__ = ["PROTOCOLS", "CampaignResult", "RunResult", "run_campaign", "run_one"]
 
-PROTOCOLS = ("consensus", "gke", "smc", "records", "restarts")
+PROTOCOLS = ("consensus", "gke", "smc", "records", "restarts", "conference")
+#: deliberately broken variants, per protocol: the checker must catch each
+BROKEN = {"restarts": ("forget_state",), "conference": ("drop_outbox_on_rekey",)}
 TIME_LIMIT = 600.0  # simulated seconds; a correct run finishes long before
 
 
@@ -554,6 +560,7 @@ def run_one(
     measure_cpu: bool = False,
     signed: bool = True,
     forget_state: bool = False,
+    broken: str | None = None,
 ) -> RunResult:
     """One schedule of ``protocol``; returns its violations and costs."""
     run = _Run(protocol, n, crash, seed, factory, measure_cpu)
@@ -567,7 +574,11 @@ def run_one(
         elif protocol == "records":
             _check_records(run)
         elif protocol == "restarts":
-            _check_restarts(run, forget_state=forget_state)
+            _check_restarts(run, forget_state=forget_state or broken == "forget_state")
+        elif protocol == "conference":
+            from .conference import check_conference
+
+            check_conference(run, broken=broken)
         else:
             raise ValueError(f"unknown protocol {protocol!r}")
     except Exception as exc:  # a crash of the protocol code under test is a violation too
@@ -609,8 +620,9 @@ def _start_own_record(member: Member, now: float) -> None:
     member.smc_init(smc_tag(member.gid), now)
 
 def _worker(args: tuple) -> RunResult:
-    protocol, n, crash, seed, factory, signed, forget_state = args
-    return run_one(protocol, n, crash, seed, factory=factory, signed=signed, forget_state=forget_state)
+    protocol, n, crash, seed, factory, signed, forget_state, broken = args
+    return run_one(protocol, n, crash, seed, factory=factory, signed=signed, forget_state=forget_state,
+                   broken=broken)
 
 
 def run_campaign(
@@ -625,10 +637,11 @@ def run_campaign(
     signed: bool = True,
     progress: Callable[[int], None] | None = None,
     forget_state: bool = False,
+    broken: str | None = None,
 ) -> CampaignResult:
     """``runs`` schedules with seeds ``seed .. seed + runs - 1`` over ``jobs`` processes.
     ``forget_state``: restarted members lose their disk too (a broken driver, for ``restarts``)."""
-    work = [(protocol, n, crash, seed + i, factory, signed, forget_state) for i in range(runs)]
+    work = [(protocol, n, crash, seed + i, factory, signed, forget_state, broken) for i in range(runs)]
     jobs = jobs or os.cpu_count() or 1
     results: list[RunResult] = []
     if jobs == 1 or runs < 4:

@@ -12,7 +12,8 @@ sim_app = typer.Typer(help="Deterministic simulation of the protocol stack.", no
 @sim_app.command()
 def check(
     protocol: str = typer.Option(
-        ..., help="consensus, gke, smc, or records (two records of one conference id, n + 1 identities)."
+        ..., help="consensus, gke, smc, records (two records of one conference id, n + 1 identities), "
+        "restarts, or conference (the application's conference core on the whole stack)."
     ),
     n: int = typer.Option(7, "--n", min=1, max=1000, help="Group size."),
     runs: int = typer.Option(100, min=1, help="Number of random schedules."),
@@ -21,25 +22,30 @@ def check(
     jobs: int = typer.Option(0, help="Worker processes (0: one per core)."),
     group_mode: bool = typer.Option(False, "--group-mode", help="SMC without signatures."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    broken: str = typer.Option("", help="Check a deliberately broken variant (restarts: forget_state; "
+                               "conference: drop_outbox_on_rekey): violations are expected."),
 ) -> None:
     """Run RUNS random hostile schedules and check the protocol's properties from the god view."""
     from rich.progress import Progress
 
-    from .checker import PROTOCOLS, run_campaign
+    from .checker import BROKEN, PROTOCOLS, run_campaign
 
     if protocol not in PROTOCOLS:
         raise typer.BadParameter(f"choose one of {', '.join(PROTOCOLS)}", param_hint="--protocol")
     if crash > n - (n // 2 + 1):
         raise typer.BadParameter(f"at most {n - (n // 2 + 1)} of {n} members may crash", param_hint="--crash")
+    if broken and broken not in BROKEN.get(protocol, ()):
+        raise typer.BadParameter(f"{protocol} has the broken variants {', '.join(BROKEN.get(protocol, ())) or 'none'}",
+                                 param_hint="--broken")
     with Progress(transient=True, disable=quiet or not sys.stderr.isatty()) as bar:
         task = bar.add_task(f"{protocol} n={n}", total=runs)
         result = run_campaign(
             protocol, n, runs, seed, crash, jobs=jobs or None, signed=not group_mode,
-            progress=lambda k: bar.advance(task, k),
+            progress=lambda k: bar.advance(task, k), broken=broken or None,
         )
     for failed in result.failures[:20]:
         typer.echo(f"VIOLATION seed {failed.seed}: " + "; ".join(failed.violations[:5]))
-        mode = " --group-mode" if group_mode else ""
+        mode = (" --group-mode" if group_mode else "") + (f" --broken {broken}" if broken else "")
         typer.echo(
             f"  replay: secchat sim check --protocol {protocol} --n {n} --runs 1 "
             f"--seed {failed.seed} --crash {crash}{mode}"

@@ -30,6 +30,8 @@ from ..protocols.stack import GroupId, Member, StackConfig
 
 __all__ = ["NetworkModel", "SimNode", "Simulation"]
 
+_SMC_DATA = b"\x1e"  # the wire type of SmcData (tag 30)
+
 
 @dataclass(frozen=True)
 class NetworkModel:
@@ -117,6 +119,11 @@ class Simulation:
         self.restarts = False
         #: (one side, from, until): frames across it wait in the links until the partition heals
         self.partitions: list[tuple[frozenset[int], float, float]] = []
+        #: (member, from, until): secure multicast data frames sent to it are lost (a paused
+        #: reader whose link queue, full of a bulk sender's data, tail-drops); counted in
+        #: ``frames_lost``
+        self.lossy_links: list[tuple[int, float, float]] = []
+        self.frames_lost = 0
 
     # ----------------------------------------------------------------- scheduling
 
@@ -189,6 +196,10 @@ class Simulation:
         (as reliable links hold them while a connection cannot be made) until ``end``."""
         self.partitions.append((frozenset(side), start, end))
 
+    def lossy(self, i: int, start: float, end: float) -> None:
+        """From ``start`` to ``end``, frames sent to member ``i`` are lost."""
+        self.lossy_links.append((i, start, end))
+
     def crash(self, i: int) -> None:
         node = self.nodes[i]
         if node.crashed_at is None:
@@ -231,6 +242,9 @@ class Simulation:
         if self.keep_wire_log:
             self.wire_log.append((self.now, sender, data))
         for to in targets:
+            if data[1:2] == _SMC_DATA and any(i == to and start <= self.now < end for i, start, end in self.lossy_links):
+                self.frames_lost += 1
+                continue
             self.messages_sent += 1
             # neither a heartbeat nor the record hello that takes the first one's place
             if data[1:2] not in (b"\x01", b"\x02"):
