@@ -169,3 +169,16 @@ def test_a_member_that_starts_after_everyone_finished_gets_the_same_key() -> Non
     sim.run(20.0)
     late = [ev.secret for _, ev in sim.nodes[6].outputs if isinstance(ev, SessionKey)]
     assert late == list(keys)
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 7])
+def test_the_conference_core_on_the_whole_stack_has_no_violations(n: int) -> None:
+    """Crashes, restarts from the disk, concurrent and flooded re-keys, paused readers, bulk
+    senders (``secchat sim check --protocol conference``; the full campaign is in the note)."""
+    result = run_campaign("conference", n, 24 if n < 7 else 8, seed=1000 * n, crash=0, jobs=2)
+    assert not result.failures, [f.violations[:3] for f in result.failures]
+
+
+def test_checker_catches_a_conference_that_drops_its_outbox_on_rekey() -> None:
+    broken = run_campaign("conference", 3, 40, seed=1, crash=0, jobs=2, broken="drop_outbox_on_rekey")
+    assert any("lost:" in v for f in broken.failures for v in f.violations)

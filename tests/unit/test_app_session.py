@@ -1,4 +1,4 @@
-"""``Conference`` against a fake node: message states, re-key, epoch catch-up, hostile payloads.
+"""``Conference`` (the glue over ``ConferenceCore``) against a fake node: sending across a re-key, notices.
 
 The fake records what the conference asks of the network layer and lets the test hand it the
 stack's output events in any order; no sockets, no directory.
@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import msgspec
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from secchat.app import session as session_mod
 from secchat.app.session import (
@@ -21,15 +19,11 @@ from secchat.app.session import (
     Conference,
     KeyStatus,
     Notice,
-    _Epoch,
-    _Rekey,
-    _Seen,
-    _Text,
 )
 from secchat.directory.client import DirectoryError
 from secchat.net.node import Joined
 from secchat.protocols.events import Delivered, KeyEstablished
-from secchat.protocols.stack import GroupId, smc_tag
+from secchat.protocols.stack import smc_tag
 
 MEMBERS = ("ann", "ben", "cy")
 
@@ -103,6 +97,12 @@ class FakeHistory:
     def save_state(self, *a):
         pass
 
+    def load_conference(self, record):
+        return None, []
+
+    def save_conference(self, conference, record, messages, state, outbox_add=(), outbox_drop=0):
+        self.rows.extend(messages)
+
 
 def make_conference() -> tuple[Conference, FakeNode]:
     node = FakeNode()
@@ -126,65 +126,30 @@ def payload(obj) -> bytes:
     return msgspec.msgpack.encode(obj)
 
 
-def test_message_states_and_rekey_follow():
+def test_a_line_typed_before_the_key_is_sent_after_a_rekey():
+    """Issue 9's first loss: typed while epoch 0 had no key, then /rekey: epoch 1's key sends it."""
+
     async def main():
         conf, node = make_conference()
         conf._start()
         await conf.send("early")
         events = drain(conf)
         assert any(isinstance(e, ChatMessage) and e.state == "sending" and e.text == "early" for e in events)
-        # the key arrives, then our queued message is sent (the stack reports our own delivery)
-        conf._on_stack_event(KeyEstablished(smc_tag("room", 0), "f0", (0, 1)))
-        conf._on_stack_event(Delivered(smc_tag("room", 0), 0, 1, 0, payload(_Text("early", 1.0))))
+        assert node.sent == []  # nothing goes to the stack before the key
+        await conf.rekey()
+        assert conf.epoch == 1 and node.joined[-1][0] == 1
+        conf._on_stack_event(KeyEstablished(smc_tag(conf.gid, 1), "f1", (0, 1)))
+        texts = [(e, p["text"]) for e, p in node.sent if p.get("type") == "text"]
+        assert texts == [(1, "early")]
         events = drain(conf)
-        assert KeyStatus(True, 0, "f0", ("ann", "ben")) in events
-        sent = [e for e in events if isinstance(e, ChatMessage)]
-        assert [(e.text, e.state, e.local_id) for e in sent] == [("early", "sent", 1)]
-        # ben re-keys: we follow to epoch 1; its key closes epoch 0
-        conf._on_stack_event(Delivered(smc_tag("room", 0), 1, 7, 0, payload(_Rekey(1))))
-        assert conf.epoch == 1 and node.joined[-1][0] == 1 and node.joined[-1][1] is False
-        conf._on_stack_event(KeyEstablished(smc_tag("room", 0), "stale", (0, 1)))  # an old epoch's event
-        assert conf.fingerprint is None
-        conf._on_stack_event(KeyEstablished(smc_tag("room", 1), "f1", (1, 2)))
-        assert node.closed == [0] and conf.fingerprint == "f1"
-        events = drain(conf)
-        assert Notice("keys of epoch 0 erased") in events
-        assert KeyStatus(True, 1, "f1", ("ben", "cy")) in events
-        # a stale re-key to an epoch we are past is ignored
-        conf._on_stack_event(Delivered(smc_tag("room", 1), 2, 7, 0, payload(_Rekey(1))))
-        assert conf.epoch == 1
-        conf._on_stack_event(Delivered(smc_tag("room", 1), 2, 7, 1, payload(_Text("hi", 2.0))))
+        assert KeyStatus(True, 1, "f1", ("ann", "ben")) in events
+        assert [(e.text, e.state, e.local_id) for e in events if isinstance(e, ChatMessage)] == [("early", "sent", 1)]
+        # another member's message is delivered and kept, with its number
+        conf._on_stack_event(Delivered(smc_tag(conf.gid, 1), 2, 7, 0, payload(
+            {"type": "text", "mid": 1, "floor": 1, "text": "hi", "sent_at": 2.0})))
         assert [m.text for m in conf.history()] == ["early", "hi"]
         await conf.leave()
         assert node.removed and drain(conf)[-1] is None
-
-    asyncio.run(main())
-
-
-def test_our_rekey_is_announced_over_the_old_epoch():
-    async def main():
-        conf, node = make_conference()
-        conf._start()
-        conf._on_stack_event(KeyEstablished(smc_tag("room", 0), "f0", (0, 1)))
-        await conf.rekey()
-        assert node.sent[-1][0] == 0 and conf.epoch == 1 and node.joined[-1][0] == 1 and node.joined[-1][1] is False
-        await conf.send("new")
-        assert node.sent[-1][0] == 1
-        await conf.leave()
-
-    asyncio.run(main())
-
-
-def test_frames_of_a_newer_epoch_make_us_follow():
-    async def main():
-        conf, node = make_conference()
-        conf._start()
-        other_record = GroupId("room", bytes(32))
-        node.conf.member.demux.tags = [("smc", ("other", "smc", 9)), ("smc", smc_tag(other_record, 7)),
-                                       ("gke", (*smc_tag(conf.gid, 3), "gke"))]
-        await asyncio.sleep(session_mod.STATUS_PERIOD * 2)
-        assert conf.epoch == 3 and node.joined[-1][0] == 3 and node.joined[-1][1] is False
-        await conf.leave()
 
     asyncio.run(main())
 
@@ -196,52 +161,6 @@ def test_the_event_queue_is_bounded():
             conf._emit(Notice(str(i)))
         events = drain(conf)
         assert len(events) == session_mod.EVENT_QUEUE and events[0] == Notice("50")
-
-    asyncio.run(main())
-
-
-_any_payload = st.one_of(
-    st.binary(max_size=200),
-    st.builds(lambda t, f: msgspec.msgpack.encode({"type": "text", "text": t, "sent_at": f}),
-              st.text(max_size=50), st.floats(allow_nan=True, allow_infinity=True)),
-    st.builds(lambda e: msgspec.msgpack.encode({"type": "rekey", "epoch": e}), st.integers(-(2**63), 2**64 - 1)),
-    st.builds(lambda e: msgspec.msgpack.encode({"type": "epoch", "epoch": e}), st.integers(-(2**63), 2**64 - 1)),
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(data=_any_payload, sender=st.integers(1, 2), epoch=st.integers(0, 3))
-def test_hostile_payloads_never_escape_or_break_the_epoch(data, sender, epoch):
-    conf, node = make_conference()
-    conf._on_stack_event(Delivered(smc_tag("room", epoch), sender, 1, 0, data))
-    conf._on_stack_event(Delivered(smc_tag("room", epoch), sender, 1, 1, payload(_Epoch(epoch))))
-    assert 0 <= conf.epoch < 1 << 48
-    assert all(0 <= e < 1 << 48 for e, _ in node.joined)
-
-
-def test_receipts_turn_our_message_delivered():
-    async def main():
-        conf, node = make_conference()
-        conf._start()
-        conf._up = {"ben": True, "cy": False}
-        conf._on_stack_event(KeyEstablished(smc_tag("room", 0), "f0", (0, 1)))
-        await conf.send("hello")
-        conf._on_stack_event(Delivered(smc_tag("room", 0), 0, 5, 0, payload(_Text("hello", 1.0))))
-        drain(conf)
-        conf._on_stack_event(Delivered(smc_tag("room", 0), 2, 9, 0, payload(_Seen([(0, 0, 4, 0)]))))  # wrong incarnation
-        assert drain(conf) == []
-        conf._on_stack_event(Delivered(smc_tag("room", 0), 1, 9, 0, payload(_Seen([(0, 0, 5, 0)]))))
-        [update] = drain(conf)
-        assert (update.state, update.seen_by, update.local_id) == ("delivered", ("ben",), 1)  # cy is not live
-        conf._on_stack_event(Delivered(smc_tag("room", 0), 2, 9, 1, payload(_Seen([(0, 0, 5, 3)]))))
-        [update] = drain(conf)
-        assert update.seen_by == ("ben", "cy") and conf._tracked == {}
-        # we confirm what we delivered, in one receipt per period
-        conf._on_stack_event(Delivered(smc_tag("room", 0), 1, 9, 2, payload(_Text("yo", 2.0))))
-        await asyncio.sleep(session_mod.RECEIPT_PERIOD * 2)
-        receipts = [p for e, p in node.sent if p.get("type") == "seen"]
-        assert receipts and receipts[-1]["upto"] == [[0, 1, 9, 2]]
-        await conf.leave()
 
     asyncio.run(main())
 

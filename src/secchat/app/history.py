@@ -26,6 +26,7 @@ from ..codec import canonical
 from ..crypto import Aead, CryptoError, hkdf, hmac_sha256
 from ..net.journal import KeyExchangeState
 from ..passphrase import PASSPHRASE_KDF, PassphraseKdf
+from .conference import ConferenceState, Outgoing
 
 __all__ = ["HistoryError", "HistoryStore", "SavedState", "StoredMessage"]
 
@@ -48,6 +49,7 @@ class StoredMessage(msgspec.Struct, frozen=True):
     text: str
     state: str
     epoch: int
+    mid: int = 0  # the sender's message number (0: rows of before message numbers)
 
 
 #: the one saved key-exchange state type (the write-ahead rule is :mod:`secchat.net.journal`'s)
@@ -89,6 +91,10 @@ class HistoryStore:
             self._db.execute("CREATE INDEX IF NOT EXISTS messages_conf ON messages (conf, id)")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS state (conf BLOB PRIMARY KEY, nonce BLOB NOT NULL, ct BLOB NOT NULL)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS outbox (conf BLOB NOT NULL, mid INTEGER NOT NULL,"
+                " nonce BLOB NOT NULL, ct BLOB NOT NULL, PRIMARY KEY (conf, mid))"
             )
             os.chmod(self.path, 0o600)
             row = self._db.execute("SELECT v FROM meta WHERE k = 'salt'").fetchone()
@@ -204,6 +210,62 @@ class HistoryStore:
 
     def forget_state(self, conference: str) -> None:
         self._db.execute("DELETE FROM state WHERE conf = ?", (self._conf(conference),))
+
+    # ------------------------------------------------------------------ the conference core's state
+
+    def load_conference(self, record: str) -> tuple[ConferenceState | None, list[Outgoing]]:
+        """The conference core's saved state and outbox for the record digest ``record`` (hex)."""
+        name = f"core/{record}"
+        conf = self._conf(name)
+        state = None
+        row = self._db.execute("SELECT nonce, ct FROM state WHERE conf = ?", (conf,)).fetchone()
+        if row is not None:
+            try:
+                state = msgspec.msgpack.decode(self._open("core", name, *row), type=ConferenceState)
+            except (CryptoError, msgspec.DecodeError, msgspec.ValidationError):
+                state = None
+        outbox = []
+        for mid, nonce, ct in self._db.execute("SELECT mid, nonce, ct FROM outbox WHERE conf = ? ORDER BY mid", (conf,)):
+            try:
+                out = msgspec.msgpack.decode(self._open("outbox", f"{name}/{mid}", nonce, ct), type=Outgoing)
+            except (CryptoError, msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if out.mid == mid:
+                outbox.append(out)
+        return state, outbox
+
+    def save_conference(
+        self,
+        conference: str,
+        record: str,
+        messages: list[StoredMessage],
+        state: ConferenceState | None,
+        outbox_add: tuple[Outgoing, ...] | list[Outgoing] = (),
+        outbox_drop: int = 0,
+    ) -> None:
+        """One transaction: delivered/sent ``messages`` into the history, and the core's state
+        and outbox changes -- a message and the mark that it was delivered are durable together
+        (a crash never makes a delivered message arrive again, nor a kept one vanish)."""
+        name = f"core/{record}"
+        conf = self._conf(name)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for message in messages:
+                nonce, ct = self._seal("message", conference, msgspec.msgpack.encode(message))
+                self._db.execute("INSERT INTO messages (conf, nonce, ct) VALUES (?, ?, ?)",
+                                 (self._conf(conference), nonce, ct))
+            if state is not None:
+                nonce, ct = self._seal("core", name, msgspec.msgpack.encode(state))
+                self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", (conf, nonce, ct))
+            for out in outbox_add:
+                nonce, ct = self._seal("outbox", f"{name}/{out.mid}", msgspec.msgpack.encode(out))
+                self._db.execute("INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?)", (conf, out.mid, nonce, ct))
+            if outbox_drop:
+                self._db.execute("DELETE FROM outbox WHERE conf = ? AND mid <= ?", (conf, outbox_drop))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._db.close()

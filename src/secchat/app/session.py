@@ -34,14 +34,11 @@ import logging
 import os
 import sys
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
-
-import msgspec
+from typing import Any
 
 from .. import pki
 from ..directory.client import (
@@ -62,18 +59,35 @@ from ..net.journal import StateError
 from ..net.links import LinkConfig
 from ..net.node import Node
 from ..net.tls import TlsCredentials
+from ..protocols import events as stack_events
 from ..protocols.events import (
     Delivered,
     KeyEstablished,
     KeyFork,
     Lost,
-    PeerRestored,
-    PeerSuspected,
     RecordMismatch,
     Undelivered,
 )
-from ..protocols.stack import GroupId, StackConfig, epoch_of, smc_tag
+from ..protocols.stack import GroupId, StackConfig, epoch_of
 from ..text import safe
+from .conference import (
+    MAX_TEXT,
+    AppEvent,
+    ChatMessage,
+    CloseEpoch,
+    ConferenceCore,
+    CoreError,
+    JoinEpoch,
+    KeyStatus,
+    MemberStatus,
+    Multicast,
+    Notice,
+    OtherRecord,
+    Persist,
+    Show,
+    Store,
+    waiting_epochs,
+)
 from .history import HistoryError, HistoryStore, StoredMessage
 from .profile import (
     HISTORY_FILE,
@@ -87,6 +101,7 @@ from .profile import (
 )
 
 __all__ = [
+    "MAX_TEXT",
     "AppError",
     "AppEvent",
     "ChatApp",
@@ -102,6 +117,10 @@ __all__ = [
 
 log = logging.getLogger("secchat.app")
 
+#: the stack's reports of instances it lacks (until then, :func:`waiting_epochs` reads them off)
+_InstanceSeen = getattr(stack_events, "InstanceSeen", None)
+_ClosedEpochFrame = getattr(stack_events, "ClosedEpochFrame", None)
+
 PASSPHRASE_ENV = "SECCHAT_PASSPHRASE"
 #: Events kept for a slow reader of :meth:`Conference.events`; beyond, the oldest are dropped.
 EVENT_QUEUE = 1000
@@ -111,15 +130,8 @@ CONTACT_PERIOD = 1.0
 CONTACT_MAX_PERIOD = 15.0
 #: Up to this many missing members are looked up one by one; beyond, the listing is read.
 CONTACT_LOOKUPS = 4
-MAX_TEXT = 64 * 1024
 #: Accepting a certificate by fingerprint takes at least this many hex digits (128 bits).
 MIN_FINGERPRINT_HEX = 32
-#: Receipts (our messages' ``seen_by``, state ``delivered``) are sent in conferences up to this
-#: size, at most once per period per member: each costs a multicast to n - 1 members.
-RECEIPT_MAX_MEMBERS = 32
-RECEIPT_PERIOD = 0.3
-#: Our own recent messages whose receipts are tracked.
-MAX_TRACKED = 1000
 
 
 class AppError(Exception):
@@ -159,87 +171,6 @@ class UnacceptedCertificate:
     name: str
     identity: str  # name@issuer
     fingerprint: str  # SHA-256 of the DER certificate, hex
-
-
-@dataclass(frozen=True)
-class MemberStatus:
-    name: str
-    up: bool
-
-
-@dataclass(frozen=True)
-class KeyStatus:
-    established: bool
-    epoch: int
-    fingerprint: str | None
-    contributors: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    sender: str
-    sent_at: datetime
-    text: str
-    state: str  # "sending" | "sent" | "delivered"
-    epoch: int
-    #: our own messages: a number that stays the same from "sending" to "delivered" (None for others')
-    local_id: int | None = None
-    #: our own messages: the members that confirmed they got it (receipts; small conferences only)
-    seen_by: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Notice:
-    text: str
-
-
-@dataclass(frozen=True)
-class OtherRecord(Notice):
-    """``member`` holds another record of this conference (same id, another creator, member
-    list or version): the two never share a key, and the member counts as crashed here.
-    ``creator`` and ``members`` are what that member says of its record."""
-
-    member: str = ""
-    creator: str = ""
-    members: int = 0
-
-
-AppEvent = MemberStatus | KeyStatus | ChatMessage | Notice
-
-
-# --------------------------------------------------------------------------- payloads
-
-
-#: Epochs are tag parts (``codec.check_tag``: below 2**63); a peer's payload may not go near that.
-Epoch = Annotated[int, msgspec.Meta(ge=0, lt=1 << 48)]
-#: Seconds since 1970, within what ``datetime`` can show.
-Timestamp = Annotated[float, msgspec.Meta(ge=0, le=253402300799)]
-
-
-class _Text(msgspec.Struct, tag="text", frozen=True):
-    text: Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
-    sent_at: Timestamp
-
-
-class _Rekey(msgspec.Struct, tag="rekey", frozen=True):
-    epoch: Epoch
-
-
-class _Seen(msgspec.Struct, tag="seen", frozen=True):
-    """Receipts: for each (epoch, sender index, incarnation), the highest seq delivered here."""
-
-    upto: Annotated[list[tuple[Epoch, Annotated[int, msgspec.Meta(ge=0, lt=1 << 16)], int, int]],
-                    msgspec.Meta(max_length=1 << 16)]
-
-
-class _Epoch(msgspec.Struct, tag="epoch", frozen=True):
-    """Sent over the current epoch when a member comes up, so one that missed a re-key notices
-    frames of a newer epoch and follows."""
-
-    epoch: Epoch
-
-
-_payload_decoder = msgspec.msgpack.Decoder(_Text | _Rekey | _Epoch | _Seen)
 
 
 def _ts(t: int | float) -> datetime:
@@ -629,7 +560,11 @@ class ChatApp:
 
 
 class Conference:
-    """A joined conference: events, send, re-key, leave, history."""
+    """A joined conference: events, send, re-key, leave, history.
+
+    Thin glue: the conference's life is :class:`~secchat.app.conference.ConferenceCore` (no
+    I/O); this class feeds it the node's events, the user's calls and its deadlines, and carries
+    out its actions on the node, the history file and the event queue."""
 
     def __init__(self, app: ChatApp, record: DirConference) -> None:
         self._app = app
@@ -640,37 +575,30 @@ class Conference:
         self.members = tuple(m.name for m in record.members)
         self.t0 = _ts(record.t0)
         self.t1 = _ts(record.t1)
-        self.epoch = 0
-        self.fingerprint: str | None = None
         self._record = _record_digest(record)
         #: the conference as the protocols know it (its tags carry the record digest)
         self.gid = GroupId(self.id, self._record, record.creator)
         self._queue: asyncio.Queue[AppEvent | None] = asyncio.Queue(EVENT_QUEUE)
-        self._pending: dict[int, deque[ChatMessage | None]] = {}  # epoch -> own sends in order
-        self._local_ids = 0
-        self._up: dict[str, bool] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._epochs: set[int] = set()  # epochs whose stack instance is running
-        # receipts: what we delivered and must confirm; our messages awaiting confirmations
-        self._ack_due: dict[tuple[int, int, int], int] = {}
-        self._tracked: dict[tuple[int, int, int], tuple[ChatMessage, set[str]]] = {}
+        self._wake = asyncio.Event()
         self._left = False
-        self.sent = 0
-        self.delivered = 0
+        store = app.history_store
+        state, outbox = store.load_conference(self._record.hex())
+        self.core = ConferenceCore(self.id, self.members, self.me, time.time(), state=state, outbox=outbox)
 
     # ------------------------------------------------------------------ life
 
     def _start(self) -> None:
         saved = self._node.saved_epoch(self.id)
+        if saved is not None and saved > self.core.epoch:
+            self.core.epoch = self.core.state.epoch = saved  # a state of before the core kept its own
         if saved is not None:
-            self.epoch = saved
-            self._emit(Notice(f"rejoining {self.id} with the saved key state of epoch {saved}"))
-        self._emit(KeyStatus(False, self.epoch, None, ()))
-        self._join_epoch(self.epoch)  # a saved decision establishes the key right here
+            self._emit(Notice(f"rejoining {self.id} with the saved key state of epoch {self.core.epoch}"))
+        self.core.start()
+        self._run_actions()  # a saved decision establishes the key right here
+        self._tasks.append(asyncio.create_task(self._timers(), name=f"timers {self.id}"))
         self._tasks.append(asyncio.create_task(self._watch_status(), name=f"status {self.id}"))
         self._tasks.append(asyncio.create_task(self._find_peers(), name=f"contacts {self.id}"))
-        if len(self.members) <= RECEIPT_MAX_MEMBERS:
-            self._tasks.append(asyncio.create_task(self._send_receipts(), name=f"receipts {self.id}"))
 
     def _emit(self, event: AppEvent | None) -> None:
         while True:
@@ -689,80 +617,95 @@ class Conference:
                 return
             yield ev
 
+    def _run_actions(self) -> None:
+        """Carry out what the core asked for (joining may bring the key, and so more actions)."""
+        core = self.core
+        for _ in range(1000):
+            actions = core.take_actions()
+            if not actions:
+                break
+            stored: list[ChatMessage] = []
+            for action in actions:
+                if isinstance(action, Show):
+                    self._emit(action.event)
+                elif isinstance(action, Store):
+                    stored.append(action.message)
+                elif isinstance(action, Persist):
+                    self._persist(action, stored)
+                    stored = []
+                elif isinstance(action, Multicast):
+                    try:
+                        self._node.send(self.id, action.payload, epoch=action.epoch)
+                    except Exception as exc:  # a key fork, a closed epoch, the stack's bounds
+                        core.multicast_failed(action.epoch, action.mids, str(exc))
+                elif isinstance(action, JoinEpoch):
+                    self._join_epoch(action.epoch)
+                elif isinstance(action, CloseEpoch):
+                    with contextlib.suppress(ValueError):
+                        self._node.close_epoch(self.id, action.epoch)
+            if stored:
+                self._persist(None, stored)
+        self._wake.set()
+
+    def _persist(self, action: Persist | None, messages: list[ChatMessage]) -> None:
+        rows = [StoredMessage(m.sender, m.sent_at.timestamp(), m.text, m.state, m.epoch, m.mid or 0)
+                for m in messages]
+        try:
+            self._app.history_store.save_conference(
+                self.id, self._record.hex(), rows,
+                None if action is None else action.state,
+                () if action is None else action.outbox_add,
+                0 if action is None else action.outbox_drop,
+            )
+        except Exception:
+            log.exception("cannot save the state of %s", self.id)
+            self._emit(Notice(f"cannot save the state of {self.id}: see the log"))
+
+    def _join_epoch(self, epoch: int) -> None:
+        """Start ``epoch``'s key exchange: the node saves the state needed to rejoin *before*
+        the first message (write-ahead, :mod:`secchat.net.journal`), so a member that crashed
+        mid-exchange and comes back never votes twice in that exchange's consensus."""
+        try:
+            joined = self._node.join(self.id, epoch=epoch)
+        except StateError as exc:
+            self._emit(Notice(f"cannot keep the key-exchange state of {self.id!r}: {exc}"))
+            return
+        if joined is not None:
+            self.core.on_joined(epoch, abstains=joined.abstains or joined.restored, now=time.time())
+
+    async def _timers(self) -> None:
+        """The core's deadlines, in wall-clock time."""
+        while not self._left:
+            deadline = self.core.next_deadline()
+            delay = 3600.0 if deadline is None else max(0.0, deadline - time.time())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            if self._left:
+                return
+            if deadline is not None and time.time() >= deadline:
+                self.core.handle_timer(time.time())
+                self._run_actions()
+
     async def _watch_status(self) -> None:
-        last_hint = -1e9
-        last_refused = 0
-        hint_due = False
         ended = False
         while not self._left:
+            now = time.time()
             if not ended and datetime.now(UTC) > self.t1:
                 ended = True
                 self._emit(Notice(f"the time frame of {self.id} ended at {_fmt(self.t1)}"))
             conf = self._node.runtime.conferences.get(self.id)
-            came_up = False
             if conf is not None:
-                detector = conf.member.detector  # type: ignore[attr-defined]
+                member: Any = conf.member
                 for i, name in enumerate(self.members):
-                    if name == self.me:
-                        continue
-                    up = self._node.links.connected(name) and not detector.suspects(i)
-                    if self._up.get(name) != up:
-                        self._up[name] = up
-                        self._emit(MemberStatus(name, up))
-                        if up:
-                            came_up = True
-                self._follow_newer_epoch(conf.member)  # type: ignore[arg-type]
-                # a member behind us speaks in an epoch we closed: tell it where we are
-                refused = conf.member.stats["demux.dropped.closed_instance"]  # type: ignore[attr-defined]
-                hint_due = hint_due or came_up or refused > last_refused
-                last_refused = refused
-                if hint_due and self.epoch > 0 and time.monotonic() - last_hint > 1.0:
-                    last_hint = time.monotonic()
-                    hint_due = False
-                    with contextlib.suppress(AppError):
-                        self._multicast(msgspec.msgpack.encode(_Epoch(self.epoch)), None)
+                    if name != self.me:
+                        up = self._node.links.connected(name) and not member.detector.suspects(i)
+                        self.core.on_peer(name, up, now)
+                for epoch, sender in waiting_epochs(member):
+                    self.core.on_instance_seen(epoch, sender, now)
+                self._run_actions()
             await asyncio.sleep(STATUS_PERIOD)
-
-    async def _send_receipts(self) -> None:
-        while not self._left:
-            await asyncio.sleep(RECEIPT_PERIOD)
-            if self._ack_due and self.established:
-                upto = [(e, i, inc, seq) for (e, i, inc), seq in self._ack_due.items()]
-                self._ack_due.clear()
-                with contextlib.suppress(AppError):
-                    self._multicast(msgspec.msgpack.encode(_Seen(upto)), None)
-
-    def _on_receipt(self, sender: str, seen: _Seen) -> None:
-        me = self.members.index(self.me)
-        for epoch, index, incarnation, seq in seen.upto:
-            if index != me:
-                continue
-            for key in [k for k in self._tracked if k[0] == epoch and k[1] == incarnation and k[2] <= seq]:
-                msg, by = self._tracked[key]
-                if sender in by:
-                    continue
-                by.add(sender)
-                others = {n for n in self.members if n != self.me}
-                live = {n for n in others if self._up.get(n)} | by
-                done = by >= live
-                update = ChatMessage(msg.sender, msg.sent_at, msg.text, "delivered" if done else "sent", msg.epoch,
-                                     msg.local_id, tuple(sorted(by)))
-                if by >= others:
-                    del self._tracked[key]
-                else:
-                    self._tracked[key] = (update, by)
-                self._emit(update)
-
-    def _follow_newer_epoch(self, member: Any) -> None:
-        """Frames of a newer epoch of ours are waiting: we missed a re-key, so follow it."""
-        newest = self.epoch
-        ours = smc_tag(self.gid, 0)[:3]
-        for protocol, tag in member.demux.pending_tags():
-            epoch = epoch_of(tag)
-            if protocol in ("smc", "gke") and tag[:3] == ours and epoch is not None and newest < epoch < 1 << 48:
-                newest = epoch
-        if newest > self.epoch:
-            self._switch(newest, f"the others are at epoch {newest} of {self.id}: following")
 
     async def _find_peers(self) -> None:
         """Look up contact addresses of members we are not connected to (they may move).
@@ -796,66 +739,59 @@ class Conference:
     # ------------------------------------------------------------------ API
 
     @property
+    def epoch(self) -> int:
+        return self.core.epoch
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.core.fingerprint
+
+    @property
     def established(self) -> bool:
-        return self.fingerprint is not None
+        return self.core.established
+
+    @property
+    def sent(self) -> int:
+        return self.core.sent
+
+    @property
+    def delivered(self) -> int:
+        return self.core.delivered
 
     def up(self) -> dict[str, bool]:
         """Last known liveness of the other members."""
-        return dict(self._up)
+        return self.core.up()
 
     async def send(self, text: str) -> None:
-        """Multicast ``text``; before the key exists it is queued (state ``sending``)."""
+        """Multicast ``text``: kept (saved) until every member confirmed it; state ``sending``
+        until the key exists, then ``sent``, then ``delivered``."""
         if self._left:
             raise AppError(f"you left conference {self.id!r}", "left")
-        if len(text.encode("utf-8")) > MAX_TEXT:
-            raise AppError(f"a message is at most {MAX_TEXT} bytes", "too_long")
-        sent_at = time.time()
-        self._local_ids += 1
-        msg = ChatMessage(self.me, _ts(sent_at), text, "sending", self.epoch, self._local_ids)
-        self._multicast(msgspec.msgpack.encode(_Text(text, sent_at)), msg)
-        if not self.established:
-            self._emit(msg)
-
-    def _multicast(self, payload: bytes, msg: ChatMessage | None) -> None:
-        queue = self._pending.setdefault(self.epoch, deque())
-        queue.append(msg)
         try:
-            self._node.send(self.id, payload, epoch=self.epoch)
-        except Exception as exc:  # the stack's bounds (too many queued before the key, ...)
-            queue.pop()
-            raise AppError(f"cannot send now: {exc}", "send_failed") from None
+            self.core.send_text(text, time.time())
+        except CoreError as exc:
+            raise AppError(str(exc), exc.code) from None
+        self._run_actions()
 
     async def rekey(self) -> None:
         """Start a new epoch with a fresh key exchange; every member follows."""
         if self._left:
             raise AppError(f"you left conference {self.id!r}", "left")
-        new = self.epoch + 1
-        self._multicast(msgspec.msgpack.encode(_Rekey(new)), None)
-        self._switch(new, f"re-keying {self.id}: epoch {new}")
-
-    def _join_epoch(self, epoch: int) -> None:
-        """Start ``epoch``'s key exchange: the node saves the state needed to rejoin *before*
-        the first message (write-ahead, :mod:`secchat.net.journal`), so a member that crashed
-        mid-exchange and comes back never votes twice in that exchange's consensus."""
         try:
-            self._node.join(self.id, epoch=epoch)
-        except StateError as exc:
-            raise AppError(f"cannot keep the key-exchange state of {self.id!r}: {exc}", "state_failed") from None
-        self._epochs.add(epoch)
-
-    def _switch(self, epoch: int, why: str) -> None:
-        self.epoch = epoch
-        self.fingerprint = None
-        self._emit(Notice(why))
-        self._emit(KeyStatus(False, epoch, None, ()))
-        self._join_epoch(epoch)
+            self.core.rekey(time.time())
+        except CoreError as exc:
+            raise AppError(str(exc), exc.code) from None
+        self._run_actions()
 
     async def leave(self) -> None:
-        """Save the key-exchange state (encrypted) and stop taking part; :meth:`ChatApp.join`
-        again gets the same key."""
+        """Save the state (encrypted) and stop taking part; :meth:`ChatApp.join` again gets the
+        same key and sends what is still unconfirmed."""
         if self._left:
             return
-        self._left = True  # the node saved the key-exchange state when the key came
+        self.core.leave(time.time())
+        self._run_actions()
+        self._left = True
+        self._wake.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -864,7 +800,6 @@ class Conference:
         with contextlib.suppress(ValueError):
             self._node.remove_conference(self.id)
         self._app._conferences.pop(self.id, None)
-        self._emit(Notice(f"left {self.id}"))
         self._emit(None)
 
     def history(self) -> list[ChatMessage]:
@@ -874,20 +809,20 @@ class Conference:
     # ------------------------------------------------------------------ stack events
 
     def _on_stack_event(self, ev: Any) -> None:
+        now = time.time()
+        core = self.core
         if isinstance(ev, KeyEstablished):
             epoch = epoch_of(ev.tag)
-            if epoch != self.epoch:
-                return
-            self.fingerprint = ev.fingerprint
-            for old in sorted(e for e in self._pending if e < epoch):
-                self._pending.pop(old, None)
-            for e in sorted(e for e in self._epochs if e < epoch):
-                self._epochs.discard(e)
-                self._node.close_epoch(self.id, e)
-                self._emit(Notice(f"keys of epoch {e} erased"))
-            self._emit(KeyStatus(True, epoch, ev.fingerprint, tuple(self.members[i] for i in ev.members)))
+            if epoch is not None:
+                core.on_key(epoch, ev.fingerprint, ev.members, now)
         elif isinstance(ev, Delivered):
-            self._on_delivered(ev)
+            epoch = epoch_of(ev.tag)
+            if epoch is not None and self.members[ev.sender] != self.me:
+                core.on_delivered(epoch, ev.sender, ev.payload, now)
+        elif _InstanceSeen is not None and isinstance(ev, _InstanceSeen):
+            core.on_instance_seen(ev.epoch, ev.sender, now)
+        elif _ClosedEpochFrame is not None and isinstance(ev, _ClosedEpochFrame):
+            core.on_closed_epoch_frame(ev.epoch, ev.sender, now)
         elif isinstance(ev, RecordMismatch):
             self._on_other_record(ev)
         elif isinstance(ev, KeyFork):
@@ -901,8 +836,7 @@ class Conference:
         elif isinstance(ev, Undelivered):
             count = f"{ev.count} of your messages"
             self._emit(Notice(f"{count} did not reach {self.members[ev.peer]}: it came back too late for them"))
-        elif isinstance(ev, PeerSuspected | PeerRestored):
-            pass  # sampled by _watch_status together with the link state
+        self._run_actions()
 
     def _on_other_record(self, ev: RecordMismatch) -> None:
         name = self.members[ev.peer]
@@ -910,45 +844,3 @@ class Conference:
         creator = safe(ev.creator, max_len=64) or "?"  # the peer's word: made terminal-safe here
         text = f"{name} holds another record of {self.id!r} (created by {creator}, {members}): not joining with {name}"
         self._emit(OtherRecord(text, name, ev.creator, ev.members))
-
-    def _on_delivered(self, ev: Delivered) -> None:
-        epoch = epoch_of(ev.tag)
-        assert epoch is not None
-        sender = self.members[ev.sender]
-        if sender == self.me:  # the runtime drops frames claiming to be ours: this is our own send
-            queue = self._pending.get(epoch)
-            own = queue.popleft() if queue else None
-            if own is not None:
-                msg = ChatMessage(own.sender, own.sent_at, own.text, "sent", epoch, own.local_id)
-                self.sent += 1
-                self._store(msg)
-                self._emit(msg)
-                if len(self.members) <= RECEIPT_MAX_MEMBERS:
-                    self._tracked[(epoch, ev.incarnation, ev.seq)] = (msg, set())
-                    while len(self._tracked) > MAX_TRACKED:
-                        del self._tracked[next(iter(self._tracked))]
-            return
-        try:
-            payload = _payload_decoder.decode(ev.payload)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            log.warning("undecodable payload from %s in %s", sender, self.id)
-            return
-        if isinstance(payload, _Text):
-            msg = ChatMessage(sender, _ts(payload.sent_at), payload.text, "delivered", epoch)
-            self.delivered += 1
-            self._store(msg)
-            self._emit(msg)
-            key = (epoch, ev.sender, ev.incarnation)
-            self._ack_due[key] = max(self._ack_due.get(key, -1), ev.seq)
-        elif isinstance(payload, _Seen):
-            self._on_receipt(sender, payload)
-        elif isinstance(payload, _Rekey) and payload.epoch > self.epoch:
-            self._switch(payload.epoch, f"{sender} re-keyed {self.id}: epoch {payload.epoch}")
-
-    def _store(self, msg: ChatMessage) -> None:
-        try:
-            self._app.history_store.add_message(
-                self.id, StoredMessage(msg.sender, msg.sent_at.timestamp(), msg.text, msg.state, msg.epoch)
-            )
-        except Exception:
-            log.exception("cannot store a message of %s", self.id)

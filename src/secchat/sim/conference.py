@@ -45,6 +45,7 @@ from ..app.conference import (
     Seen,
     Show,
     Store,
+    waiting_epochs,
 )
 from ..net.journal import established_state, plan_join
 from ..protocols import events as stack_events
@@ -192,14 +193,8 @@ class ConferenceMember:
             core.on_closed_epoch_frame(ev.epoch, ev.sender, now)
 
     def _poll_pending(self, now: float) -> None:
-        """Until the stack reports instances it lacks as events: read them off its demux."""
-        if _InstanceSeen is not None:
-            return
-        demux = self.member.demux
-        for (protocol, tag), queue in list(demux._pending.items()):
-            epoch = epoch_of(tag)
-            if protocol in ("smc", "gke") and tag[:2] == self.gid.prefix and epoch is not None and queue:
-                self.core.on_instance_seen(epoch, queue[0][0], now)
+        for epoch, sender in waiting_epochs(self.member):
+            self.core.on_instance_seen(epoch, sender, now)
 
     def _apply(self, action: Any, now: float) -> None:
         core, member = self.core, self.member
