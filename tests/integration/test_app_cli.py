@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -64,9 +65,11 @@ class Member:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             try:
-                self.events.append(json.loads(line))
+                ev = json.loads(line)
             except json.JSONDecodeError:
-                self.events.append({"event": "raw", "text": line})
+                ev = {"event": "raw", "text": line}
+            ev["_at"] = time.time()  # when it reached us (for latencies)
+            self.events.append(ev)
 
     def say(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -302,3 +305,107 @@ def test_a_second_process_on_a_profile_in_use_is_refused_and_the_first_goes_on(w
     again = subprocess.run([*CMD, "join", "locked", "--home", str(alice)], env=_env(), input="",
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
+
+
+def test_a_line_typed_without_a_key_then_rekey_reaches_every_member(world):
+    """Issue 9: typed while the epoch has no key (alice alone: no majority), then ``/rekey``: the
+    line is kept across the re-key and arrives once the new epoch has its key."""
+    _root, _server, homes = world
+    secchat("create", "rescue", "-m", "bob", "-m", "carol", "--accept-new", "--home", str(homes["alice"]))
+    alice = Member(homes["alice"], "rescue")
+    others: list[Member] = []
+    try:
+        alice.wait(lambda e: e["event"] == "joined", "alice joined")
+        alice.say("typed before any key")
+        alice.wait(lambda e: e["event"] == "message" and e["state"] == "sending", "the line waits")
+        alice.say("/rekey")
+        alice.wait(lambda e: e["event"] == "notice" and "re-keying rescue: epoch 1" in e["text"], "the re-key")
+        others = [Member(homes["bob"], "rescue", "--accept-new"), Member(homes["carol"], "rescue", "--accept-new")]
+        fp = alice.key(1)
+        for m in others:
+            assert m.key(1) == fp
+            got = m.received("typed before any key")
+            assert got["epoch"] == 1 and got["mid"] == 1
+        alice.wait(lambda e: e["event"] == "message" and e["text"] == "typed before any key"
+                   and e["state"] == "delivered" and sorted(e["seen_by"]) == ["bob", "carol"], "both confirmed it")
+        for m in others:  # exactly once
+            assert sum(e["event"] == "message" and e["text"] == "typed before any key" for e in m.events) == 1
+    finally:
+        for m in [alice, *others]:
+            m.close()
+
+
+_MALLORY = r"""
+import asyncio, sys, time
+from pathlib import Path
+import msgspec
+from secchat.app.conference import Rekey, Seen
+from secchat.app.session import ChatApp
+
+async def main(home, seconds):
+    async with await ChatApp.open(Path(home)) as app:
+        conf = await app.join("latency", accept_new=True)
+        while not conf.established:
+            await asyncio.sleep(0.05)
+        print("ready", flush=True)
+        node, start = conf._node, conf.epoch
+        big = msgspec.msgpack.encode(Seen([(i % 3, 1 << 40) for i in range(1024)]))
+        rekeys = receipts = far = 0
+        end = time.time() + seconds
+        while time.time() < end:
+            for _ in range(20):  # re-key requests past its core: e + 1 and far epochs
+                if rekeys < 1000:
+                    node.send(conf.id, msgspec.msgpack.encode(Rekey(start + 1 + rekeys % 7)), epoch=conf.epoch)
+                    rekeys += 1
+            node.send(conf.id, big, epoch=conf.epoch)  # an oversized receipt
+            receipts += 1
+            if far < 200:  # frames of epochs nobody asked for: instances the others lack
+                node.join(conf.id, epoch=start + 2 + far)
+                far += 1
+            await asyncio.sleep(0.02)
+        print(f"sent {rekeys} re-keys, {receipts} oversized receipts, joined {far} epochs", flush=True)
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+def test_one_member_flooding_rekeys_and_receipts_cannot_slow_the_others(world):
+    """Issue 9: carol (a modified client) sends 1,000 re-key requests, oversized receipts and
+    frames of 200 epochs nobody started; alice's lines still reach bob within 100 ms (median)."""
+    _root, _server, homes = world
+    secchat("create", "latency", "-m", "bob", "-m", "carol", "--accept-new", "--home", str(homes["alice"]))
+    alice = Member(homes["alice"], "latency")
+    bob = Member(homes["bob"], "latency", "--accept-new")
+    mallory = subprocess.Popen([sys.executable, "-c", _MALLORY, str(homes["carol"]), "15"], env=_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        fp = alice.key(0)
+        assert bob.key(0) == fp
+        assert mallory.stdout is not None
+        assert mallory.stdout.readline().strip() == "ready", mallory.stderr.read() if mallory.stderr else ""
+        sent: dict[str, float] = {}
+        for k in range(120):  # 12 s of lines while carol floods
+            text = f"line {k}"
+            sent[text] = time.time()
+            alice.say(text)
+            time.sleep(0.1)
+        deadline = time.monotonic() + TIMEOUT
+        arrived: dict[str, float] = {}
+        while time.monotonic() < deadline and len(arrived) < len(sent):
+            for ev in list(bob.events):
+                if ev.get("event") == "message" and ev.get("text") in sent and ev["text"] not in arrived:
+                    arrived[ev["text"]] = ev["_at"]
+            time.sleep(0.05)
+        assert len(arrived) == len(sent), f"{len(sent) - len(arrived)} lines never reached bob"
+        latencies = sorted(arrived[t] - sent[t] for t in sent)
+        median = statistics.median(latencies)
+        print(f"bob's delivery latency under carol's flood: median {median * 1000:.0f} ms, "
+              f"p95 {latencies[int(0.95 * len(latencies))] * 1000:.0f} ms over {len(latencies)} lines")
+        assert median < 0.100, median
+        mallory.wait(30)
+        assert "sent 1000 re-keys" in (mallory.stdout.read() or "")
+    finally:
+        if mallory.poll() is None:
+            mallory.kill()
+        alice.close()
+        bob.close()

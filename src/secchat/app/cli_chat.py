@@ -267,7 +267,7 @@ def _line(event: Any, as_json: bool) -> str:
     if as_json:
         if isinstance(event, ChatMessage):
             return json.dumps({"event": "message", "sender": event.sender, "text": event.text, "state": event.state,
-                               "epoch": event.epoch, "sent_at": event.sent_at.isoformat(),
+                               "epoch": event.epoch, "sent_at": event.sent_at.isoformat(), "mid": event.mid,
                                "seen_by": list(event.seen_by)})
         if isinstance(event, KeyStatus):
             return json.dumps({"event": "key", "established": event.established, "epoch": event.epoch,
