@@ -10,20 +10,17 @@ How a conference works here (thesis §4.1, SPEC "SecChat"):
 
 * **join** fetches the record through the verifying directory client (creator signature, every
   certificate against the CA, each certificate the one the user accepted), checks the time frame
-  and membership, publishes our signed contact address, and starts secure multicast epoch ``e``
-  (tag ``(id, "smc", e)``).  Peers' addresses come from the directory (refreshed until each peer
-  is connected); their *identity* only from the pinned certificates.
-* **payloads** on the SMC channel are msgpack structures: a chat :class:`_Text`, or a
-  :class:`_Rekey` control message.
-* **re-key**: the initiator multicasts ``_Rekey(e+1)`` over epoch ``e`` and starts epoch ``e+1``
-  (a fresh GKE, new tag).  Every member that delivers it does the same.  When epoch ``e+1``'s
-  key is established, older epochs are closed: their keys leave memory and their frames are
-  refused.
-* **leave** saves (contribution, session seed, epoch) -- encrypted, :mod:`.history` -- and stops
-  the conference's stack; joining again restores them, so the key is the same, and the member
-  takes each sender's messages up from the first it receives.
+  and membership, publishes our signed contact address, and starts the conference:
+  :class:`Conference` runs a :class:`~secchat.app.conference.ConferenceCore` (epochs, re-keys,
+  the outbox, receipts, rejoin: no I/O) and carries out its actions on the node.  Peers'
+  addresses come from the directory (refreshed until each peer is connected); their *identity*
+  only from the pinned certificates.
+* **leave** keeps the key-exchange state (write-ahead, :mod:`secchat.net.journal`) and the
+  core's state and outbox (:mod:`.history`, encrypted); joining again restores them: the same
+  key, and what is still unconfirmed is sent again.
 * **message states**: our own message is ``sending`` until the key exists and it was encrypted
-  and multicast, then ``sent``; a message from another member is ``delivered``.
+  and multicast, then ``sent``, then ``delivered`` once every live member confirmed it; a
+  message from another member is ``delivered``.
 """
 
 from __future__ import annotations
