@@ -3,8 +3,10 @@
 Why: a member runs many instances at once (SMC, its GKE session, that session's consensus; several
 epochs).  Messages for an instance this member has not started yet are legitimate -- a late
 starter receives the others' messages before it joins -- so they are kept, bounded per instance
-and in the number of instances, and replayed in arrival order when the instance starts.  Anything
-else unknown is dropped and counted.
+and in the number of instances, and replayed in arrival order when the instance starts; what was
+kept for an instance that will never start (a skipped or closed epoch) is released.  Anything
+else unknown is dropped and counted.  Which tags may be kept at all (epochs) is the stack's
+policy (``Member``), not ours.
 """
 
 from __future__ import annotations

@@ -7,11 +7,16 @@ SHA-256(m))`` with the long-term Ed25519 key (a digest, because Ed25519 hashes i
 AES-GCM-encrypt ``m ‖ σ`` under the encryption key with associated data ``(tag, sender,
 incarnation, seq)``, multicast.  On receipt: hold until the key exists (bounded), drop replays by
 (sender, incarnation, seq) before any crypto, decrypt, verify, deliver in per-sender FIFO order.
+Only an authenticated frame moves a stream: it starts a new or resumed one, and behind a gap it
+is held however far ahead it is -- when the frames held behind a gap fill the reorder window the
+gap is given up (``Lost``), so a sender is never silenced.
 **Group mode** skips the signature: the AEAD authenticates the group only.
 
 ``incarnation`` separates the sequence numbers of successive runs of one member (a member that
 leaves and rejoins with the same key starts again at seq 0): it must grow from run to run (the
 driver uses wall-clock microseconds at start).  Frames of an older incarnation are refused.
+A rejoining member passes back its *high-water marks* (:meth:`SecureMulticast.high_water`, saved
+with what it delivered): nothing at or below them, nor of an older incarnation, is accepted.
 
 **Nothing lost in silence.**  Links are reliable only while both ends run and their queues have
 room; a member cut off by a partition, paused, or restarted misses frames.  So each sender keeps

@@ -12,7 +12,8 @@ sim_app = typer.Typer(help="Deterministic simulation of the protocol stack.", no
 @sim_app.command()
 def check(
     protocol: str = typer.Option(
-        ..., help="consensus, gke, smc, or records (two records of one conference id, n + 1 identities)."
+        ..., help="consensus, gke, smc, records (two records of one conference id, n + 1 identities), "
+        "or restarts (crashes and restarts from the write-ahead state, replays into rejoined members)."
     ),
     n: int = typer.Option(7, "--n", min=1, max=1000, help="Group size."),
     runs: int = typer.Option(100, min=1, help="Number of random schedules."),
