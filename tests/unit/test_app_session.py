@@ -72,6 +72,9 @@ class FakeNode:
     def remove_conference(self, group):
         self.removed = True
 
+    def release_epochs_below(self, group, epoch):
+        self.released = epoch
+
     def set_address(self, *a):
         pass
 

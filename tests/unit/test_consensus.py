@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from secchat.protocols.consensus import State, majority
-from secchat.protocols.messages import Ack, Decision, Estimate, Nack, Proposal
+from collections import Counter
 
-from .wire import ConsensusWire
+from secchat.protocols.consensus import Consensus, State, majority
+from secchat.protocols.events import Send
+from secchat.protocols.messages import Abstain, Ack, Decision, Estimate, Nack, Proposal
+
+from .wire import ConsensusWire, FakeDetector
 
 TAG = ("t", "consensus")
 
@@ -101,3 +104,36 @@ def test_jump_to_a_later_proposal_adopts_and_acks() -> None:
     assert w.nodes[3].estimate == b"theirs" and w.nodes[3].ts == 7
     assert any(getattr(ev, "message", None) == Ack(TAG, 6) for ev in out)
     assert w.nodes[3].round == 7
+
+
+def test_skipping_hundreds_of_suspected_coordinators_on_peer_input_is_a_loop_not_a_recursion() -> None:
+    """n = 1001, members 0..499 abstain (peer input): the Abstain of coordinator 0, arriving
+    last, makes member 1000 skip 500 rounds at once.  By recursion that raised RecursionError
+    (three frames per round, limit 1000); as a loop it ends in round 500, whose coordinator is
+    up, having sent each skipped coordinator its estimate and a nack."""
+    n = 1001
+    node = Consensus(TAG, 1000, n, FakeDetector(), Counter())
+    node.propose(b"v")
+    for peer in range(1, 500):
+        assert node.receive(peer, Abstain(TAG)) == []  # coordinator 0 is still up: round 0 waits
+    assert node.round == 0
+    out = node.receive(0, Abstain(TAG))
+    assert node.round == 500 and node.state is State.RUNNING
+    sent = [(ev.to, type(ev.message).__name__, ev.message.round) for ev in out if isinstance(ev, Send)]
+    skipped = [(r, kind, r) for r in range(500) for kind in ("Estimate", "Nack")]
+    assert sent == [*skipped[1:], (500, "Estimate", 500)]  # round 0's estimate went at propose
+
+
+def test_a_coordinator_that_skips_rounds_by_nacks_also_loops() -> None:
+    """The other path of round skipping: the coordinator of round r collects t nacks, moves on, and
+    finds every later coordinator suspected (here by its detector)."""
+    n = 1001
+    detector = FakeDetector()
+    node = Consensus(TAG, 0, n, detector, Counter())
+    node.propose(b"v")
+    detector.suspected.update(range(1, 700))
+    for peer in range(700, 700 + majority(n) - 1):
+        node.receive(peer, Estimate(TAG, 0, 0, b"w"))
+    for peer in range(700, 700 + majority(n) - 1):
+        node.receive(peer, Nack(TAG, 0))
+    assert node.round == 700 and node.state is State.RUNNING

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from secchat.codec import MAX_FRAME, CodecError
 from secchat.crypto import Signer
+from secchat.protocols.events import InstanceSeen
 from secchat.protocols.messages import (
     Ack,
     Alive,
@@ -123,15 +124,22 @@ def test_flood_of_unknown_instances_stays_bounded() -> None:
     tracemalloc.start()
     base = tracemalloc.take_snapshot()
     for k in range(20_000):
-        msg = Decision((*smc_tag("g", k % 5000 + 10), "gke", "consensus"), b"v" * 200)
-        m.receive(1 + k % 2, encode_message(msg), 1.0)  # members 1 and 2 flood made-up instances
+        msg = Decision((*smc_tag("g", k % 5000 + 1), "gke", "consensus"), b"v" * 200)
+        flooder = 1 + k // 5000 % 2  # members 1 and 2 flood made-up instances
+        m.receive(flooder, encode_message(msg), 1.0)
+        key = PublicKey((*smc_tag("g", k % 5000 + 1), "gke"), bytes(32))
+        m.receive(flooder, encode_message(key), 1.0)
         m.receive(1, encode_message(Decision(("x", k), b"v")), 1.0)  # another group's tag
         other = (*smc_tag(GroupId("g", k.to_bytes(32, "big")), 0), "gke", "consensus")
         m.receive(2, encode_message(Decision(other, b"v")), 1.0)  # another record of "g"
     grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(base, "filename"))
     tracemalloc.stop()
     assert m.demux.pending_count <= m.config.max_pending_instances * m.config.max_pending_per_instance
-    assert m.stats["demux.dropped.sender_pending_quota"] > 0
+    assert m.stats["demux.dropped.sender_pending_quota"] > 0  # epochs 1..4: kept, up to a quota
+    # epochs 5 and up are more than epoch_lookahead above the one we run: not even kept
+    assert m.stats["member.dropped.epoch_beyond_lookahead"] == 2 * sum(k % 5000 + 1 > 4 for k in range(20_000))
+    seen = [(ev.epoch, ev.sender) for ev in m.take_events() if isinstance(ev, InstanceSeen)]
+    assert sorted(seen) == [(e, s) for e in range(1, 5) for s in (1, 2)]  # once per (epoch, sender)
     assert m.stats["member.dropped.foreign_group"] == 20_000
     assert m.stats["member.dropped.other_record"] == 20_000
     hints = [o for o in m.take_outgoing() if o.data[1:2] == b"\x02"]  # RecordHello

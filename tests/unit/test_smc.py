@@ -175,3 +175,195 @@ def test_a_gap_nobody_answers_for_is_given_up_after_gap_timeout_and_said() -> No
     net.tick(0.5, rounds=10)
     got = [ev.payload for ev in net.events[1] if isinstance(ev, Delivered) and ev.sender == 0]
     assert got[:4] == [b"m0", b"m1", b"m2", b"m3"] and b"m9" in got
+
+
+# ---------------------------------------------------------------------------- streams: gaps, restarts
+
+
+def _keyed(config: StackConfig | None = None, seed: int = 1):
+    """Three members of one SMC instance with their key, over a manual network."""
+    from .wire import ManualNet
+
+    net = ManualNet(3, seed=seed, group="sim", config=config)
+    for i in range(3):
+        net.start(i, lambda m, now: m.smc_init(TAG, now))
+    net.deliver()
+    assert all(m.smc(TAG).established for m in net.members)
+    net.events = {i: [] for i in range(3)}
+    return net
+
+
+def _multicast(net, sender: int, count: int, to: int) -> list[tuple[int, bytes]]:
+    """``sender`` multicasts ``count`` messages; returns (seq, frame) of those addressed to
+    ``to``, taken off the network (the test delivers them, or not); other frames stay queued."""
+    for _ in range(count):
+        net.members[sender].multicast(TAG, b"m%d" % net.members[sender].smc(TAG)._seq, net.now)
+    net._flush(sender)
+    mine = [f for f in net.frames if f[0] == sender and f[1] == to and decode_message(f[2]).__class__ is SmcData]
+    taken = set(map(id, mine))
+    net.frames = [f for f in net.frames if id(f) not in taken]
+    return [(decode_message(data).seq, data) for _, _, data in mine]
+
+
+def _feed(net, to: int, sender: int, frames: list[tuple[int, bytes]]) -> None:
+    for _, data in frames:
+        net.members[to].receive(sender, data, net.now)
+        net._flush(to)
+
+
+def _got(net, i: int, sender: int) -> list[int]:
+    return [ev.seq for ev in net.events[i] if isinstance(ev, Delivered) and ev.sender == sender]
+
+
+def _lost(net, i: int, sender: int) -> list[tuple[int, int]]:
+    return [(ev.first, ev.end) for ev in net.events[i] if isinstance(ev, Lost) and ev.sender == sender]
+
+
+def test_a_reader_that_missed_more_than_the_reorder_window_receives_every_later_frame() -> None:
+    """Member 1 gets frames 0..99, misses 100..2099 (its link queue tail-dropped them while it
+    was paused) and gets 2100..4999; nobody answers its resend requests.  Once 1024 frames are
+    held behind the gap it is given up and said, and every later frame is delivered in order:
+    the sender is not silenced (it was: every frame 1024 beyond the gap was dropped)."""
+    net = _keyed()
+    frames = _multicast(net, 0, 5000, to=1)
+    net.frames.clear()  # resend requests and answers are lost: the worst case
+    _feed(net, 1, 0, frames[:100] + frames[2100:])
+    assert _got(net, 1, 0) == [*range(100), *range(2100, 5000)]
+    assert _lost(net, 1, 0) == [(100, 2100)]
+    stream = net.members[1].smc(TAG)._streams[0]
+    assert not stream.waiting and stream.waiting_bytes == 0
+    assert net.members[1].smc(TAG).high_water()[0] == (0, 4999)
+
+
+def test_a_gap_under_the_window_waits_for_the_resend_and_loses_nothing() -> None:
+    """The same gap of 2000 frames, now with the sender answering from its store (4096
+    frames): it all comes back, nothing is lost."""
+    net = _keyed()
+    frames = _multicast(net, 0, 3000, to=1)
+    _feed(net, 1, 0, frames[:100] + frames[2100:2200])
+    net.tick(0.1, rounds=3)  # past resend_after: the request, and the answer from the store
+    assert _got(net, 1, 0) == list(range(2200)) and _lost(net, 1, 0) == []
+    _feed(net, 1, 0, frames[2200:])
+    assert _got(net, 1, 0) == list(range(3000))
+
+
+def test_a_late_joiner_of_a_busy_stream_gets_what_the_store_has_and_every_later_frame() -> None:
+    limits = SmcLimits(store_frames=500)
+    net = _keyed(StackConfig(smc=limits))
+    early = _multicast(net, 0, 3000, to=1)  # member 1's copies are lost: it "joins late"
+    assert len(early) == 3000
+    later = _multicast(net, 0, 1500, to=1)
+    _feed(net, 1, 0, later)
+    net.deliver()
+    got, lost = _got(net, 1, 0), _lost(net, 1, 0)
+    assert got[-1500:] == list(range(3000, 4500)), "every frame after the gap"
+    assert sorted(set(got)) == got and len(got) + sum(b - a for a, b in lost) == 4500
+    assert not any(a <= s < b for s in got for a, b in lost)
+
+
+def test_memory_behind_a_gap_is_bounded_by_the_window_frames_and_bytes() -> None:
+    limits = SmcLimits(reorder_window=50, reorder_bytes=600 * 1024, max_payload=512 * 1024)
+    net = _keyed(StackConfig(smc=limits))
+    smc = net.members[1].smc(TAG)
+    frames = _multicast(net, 0, 400, to=1)
+    net.frames.clear()
+    most = 0
+    for seq, data in frames[1:]:  # frame 0 never comes
+        _feed(net, 1, 0, [(seq, data)])
+        most = max(most, len(smc._streams[0].waiting))
+    assert most == 50 and _got(net, 1, 0) == list(range(1, 400)) and _lost(net, 1, 0) == [(0, 1)]
+
+
+def _restart(net, i: int, incarnation: int, *, settle: bool = True, **kwargs) -> None:
+    """Member ``i`` restarts with its saved GKE state and decision (the same key), resuming: a
+    new stack.  ``settle``: let the network run (the key comes back, statuses arrive)."""
+    saved = net.members[i].smc(TAG).gke.saved_state()
+    net.crash(i)
+    net.start(i, lambda m, now: m.smc_init(TAG, now, resume=True, **saved, **kwargs), incarnation=incarnation)
+    if settle:
+        net.deliver()
+        assert net.members[i].smc(TAG).established
+
+
+def _replays_after_a_restart(*, marks: bool):
+    """Member 2 sends 5 frames in its first run (incarnation 0) and 3 in its second (1); member 0
+    sends 10.  Member 1 delivers all, restarts with (or without) its high-water marks, and the
+    adversary replays every old frame into it.  Then the live streams go on."""
+    net = _keyed()
+    old2 = _multicast(net, 2, 5, to=1)
+    _feed(net, 1, 2, old2)
+    _restart(net, 2, incarnation=1)
+    new2 = _multicast(net, 2, 3, to=1)
+    _feed(net, 1, 2, new2)
+    old0 = _multicast(net, 0, 10, to=1)
+    _feed(net, 1, 0, old0)
+    net.deliver()
+    high_water = net.members[1].smc(TAG).high_water()
+    assert high_water == {0: (0, 9), 1: (0, -1), 2: (1, 2)}
+    _restart(net, 1, incarnation=1, settle=False, **({"high_water": high_water} if marks else {}))
+    # at once, before any status could tell it where the streams are, the adversary replays:
+    _feed(net, 1, 2, old2 + new2)  # member 2's older incarnation, and its current one
+    _feed(net, 1, 0, old0[3:] + old0[:3])
+    net.deliver()
+    _feed(net, 1, 0, _multicast(net, 0, 2, to=1))  # live again: seq 10, 11
+    return net
+
+
+def test_a_member_restarted_with_its_high_water_marks_delivers_no_replay() -> None:
+    net = _replays_after_a_restart(marks=True)
+    assert [(ev.sender, ev.incarnation, ev.seq) for ev in net.events[1] if isinstance(ev, Delivered) and ev.sender != 1] == [
+        (0, 0, 10), (0, 0, 11)
+    ]
+    stats = net.members[1].stats
+    assert stats["smc.dropped.old_incarnation"] == 5 and stats["smc.dropped.replay"] == 13
+
+
+def test_without_its_marks_a_restarted_member_delivers_replays_again() -> None:
+    """What the marks prevent (the check above can fail): replayed frames start the streams."""
+    net = _replays_after_a_restart(marks=False)
+    got = [(ev.sender, ev.incarnation, ev.seq) for ev in net.events[1] if isinstance(ev, Delivered) and ev.sender != 1]
+    assert (2, 0, 0) in got and (0, 0, 3) in got
+
+
+def test_what_was_sent_while_a_member_was_down_is_asked_for_after_its_mark() -> None:
+    net = _keyed()
+    _feed(net, 1, 0, _multicast(net, 0, 4, to=1))
+    high_water = net.members[1].smc(TAG).high_water()
+    saved = net.members[1].smc(TAG).gke.saved_state()
+    net.crash(1)
+    _multicast(net, 0, 6, to=1)  # seq 4..9: member 1 is down, they are lost with its links
+    net.start(1, lambda m, now: m.smc_init(TAG, now, resume=True, high_water=high_water, **saved), incarnation=1)
+    net.deliver()
+    net.tick(0.5, rounds=12)  # member 0's periodic status shows its position: 4..9 are asked for
+    assert _got(net, 1, 0) == list(range(4, 10)) and _lost(net, 1, 0) == []
+
+
+def test_a_high_water_mark_of_our_own_incarnation_is_refused_and_nothing_is_registered() -> None:
+    sim = _group()
+    member = sim.nodes[0].member
+    marks = member.smc(TAG).high_water()
+    assert marks[0] == (0, -1)
+    member.close_instance(TAG)
+    other = smc_tag("sim", 1)
+    for bad in ({0: (0, 0)}, {5: (0, 1)}, {1: (0, -2)}, {1: (-1, 0)}, {1: (0,)}):
+        with pytest.raises(ValueError):
+            member.smc_init(other, sim.now, high_water=bad)
+        assert member.smc(other) is None and member.demux.get("gke", (*other, "gke")) is None
+    assert member.smc_init(other, sim.now, high_water={0: (0, -1)}) is member.smc(other)  # nothing sent: fine
+
+
+def test_a_resumed_stream_without_marks_starts_at_its_first_authenticated_frame() -> None:
+    """Issue 9: a replayed old frame used to start the stream, and the sender's live frames,
+    1024 and more beyond it, were then dropped (only what its store still had came back).
+    Now every live frame is delivered, the gap is reported, and a forged frame (bad AEAD)
+    never moves the stream."""
+    net = _keyed(StackConfig(smc=SmcLimits(store_frames=100)))
+    frames = _multicast(net, 0, 2000, to=1)
+    _restart(net, 1, incarnation=1, settle=False)
+    forged = SmcData(TAG, 0, 0, 1400, b"\0" * 12, b"\0" * 40)
+    net.members[1].receive(0, encode_message(forged), net.now)
+    _feed(net, 1, 0, frames[3:4] + frames[1500:])  # all held until the key is back
+    net.deliver()
+    assert _got(net, 1, 0) == [3, *range(1500, 2000)]
+    assert _lost(net, 1, 0) == [(4, 1500)]
+    assert net.members[1].stats["smc.dropped.decrypt_failed"] == 1

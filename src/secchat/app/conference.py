@@ -47,12 +47,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
-
-from ..protocols import events as stack_events
-from ..protocols.stack import epoch_of
 
 __all__ = [
     "Action",
@@ -72,7 +69,6 @@ __all__ = [
     "Show",
     "Store",
     "decode_payload",
-    "waiting_epochs",
 ]
 
 log = logging.getLogger("secchat.app.conference")
@@ -80,20 +76,6 @@ log = logging.getLogger("secchat.app.conference")
 MAX_TEXT = 64 * 1024
 #: Epochs are tag parts (``codec.check_tag``: below 2**63); a peer's payload may not go near that.
 MAX_EPOCH = 1 << 48
-
-
-def waiting_epochs(member: Any) -> list[tuple[int, int]]:
-    """(epoch, sender) of frames a stack :class:`~secchat.protocols.stack.Member` keeps for
-    secure multicast instances of its group that it has not started: the first sender of each.
-    For stacks that do not report them as events."""
-    if getattr(stack_events, "InstanceSeen", None) is not None:
-        return []
-    out = []
-    for (protocol, tag), queue in list(member.demux._pending.items()):
-        epoch = epoch_of(tag)
-        if protocol in ("smc", "gke") and tag[:2] == member.prefix and epoch is not None and queue:
-            out.append((epoch, queue[0][0]))
-    return out
 
 
 # --------------------------------------------------------------------------- what interfaces see

@@ -56,9 +56,10 @@ from ..net.journal import StateError
 from ..net.links import LinkConfig
 from ..net.node import Node
 from ..net.tls import TlsCredentials
-from ..protocols import events as stack_events
 from ..protocols.events import (
+    ClosedEpochFrame,
     Delivered,
+    InstanceSeen,
     KeyEstablished,
     KeyFork,
     Lost,
@@ -83,7 +84,6 @@ from .conference import (
     Persist,
     Show,
     Store,
-    waiting_epochs,
 )
 from .history import HistoryError, HistoryStore, StoredMessage
 from .profile import (
@@ -114,9 +114,7 @@ __all__ = [
 
 log = logging.getLogger("secchat.app")
 
-#: the stack's reports of instances it lacks (until then, :func:`waiting_epochs` reads them off)
-_InstanceSeen = getattr(stack_events, "InstanceSeen", None)
-_ClosedEpochFrame = getattr(stack_events, "ClosedEpochFrame", None)
+
 
 PASSPHRASE_ENV = "SECCHAT_PASSPHRASE"
 #: Events kept for a slow reader of :meth:`Conference.events`; beyond, the oldest are dropped.
@@ -668,6 +666,8 @@ class Conference:
             self._emit(Notice(f"cannot keep the key-exchange state of {self.id!r}: {exc}"))
             return
         if joined is not None:
+            # what the stack kept for epochs we skipped is released (it would fill senders' quotas)
+            self._node.release_epochs_below(self.id, min(self.core.open_epochs, default=epoch))
             self.core.on_joined(epoch, abstains=joined.abstains or joined.restored, now=time.time())
 
     async def _timers(self) -> None:
@@ -699,8 +699,6 @@ class Conference:
                     if name != self.me:
                         up = self._node.links.connected(name) and not member.detector.suspects(i)
                         self.core.on_peer(name, up, now)
-                for epoch, sender in waiting_epochs(member):
-                    self.core.on_instance_seen(epoch, sender, now)
                 self._run_actions()
             await asyncio.sleep(STATUS_PERIOD)
 
@@ -816,9 +814,9 @@ class Conference:
             epoch = epoch_of(ev.tag)
             if epoch is not None and self.members[ev.sender] != self.me:
                 core.on_delivered(epoch, ev.sender, ev.payload, now)
-        elif _InstanceSeen is not None and isinstance(ev, _InstanceSeen):
+        elif isinstance(ev, InstanceSeen):
             core.on_instance_seen(ev.epoch, ev.sender, now)
-        elif _ClosedEpochFrame is not None and isinstance(ev, _ClosedEpochFrame):
+        elif isinstance(ev, ClosedEpochFrame):
             core.on_closed_epoch_frame(ev.epoch, ev.sender, now)
         elif isinstance(ev, RecordMismatch):
             self._on_other_record(ev)

@@ -242,6 +242,14 @@ class Node:
         self.runtime.close_instance(group, smc_tag(info.gid, epoch))
         self._joined.discard((group, epoch))
 
+    def release_epochs_below(self, group: str, epoch: int) -> None:
+        """Epochs below ``epoch`` not running here are closed for good: what the stack kept
+        for them (epochs skipped by a re-key) is released."""
+        self._info(group)
+        conf = self.runtime.conferences.get(group)
+        if conf is not None:
+            conf.member.release_epochs_below(epoch)  # type: ignore[attr-defined]
+
     def remove_conference(self, group: str) -> None:
         """Leave ``group``: erase every epoch's keys and stop its stack (pins stay)."""
         info = self._info(group)

@@ -3,13 +3,16 @@
 Why: a member runs many instances at once (SMC, its GKE session, that session's consensus; several
 epochs).  Messages for an instance this member has not started yet are legitimate -- a late
 starter receives the others' messages before it joins -- so they are kept, bounded per instance
-and in the number of instances, and replayed in arrival order when the instance starts.  Anything
-else unknown is dropped and counted.
+and in the number of instances, and replayed in arrival order when the instance starts; what was
+kept for an instance that will never start (a skipped or closed epoch) is released.  Anything
+else unknown is dropped and counted.  Which tags may be kept at all (epochs) is the stack's
+policy (``Member``), not ours.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 from ..codec import Tag
@@ -114,6 +117,20 @@ class Demux:
     def get(self, protocol: str, tag: Tag) -> Any:
         return self._instances.get((protocol, tag))
 
+    def is_closed(self, protocol: str, tag: Tag) -> bool:
+        """Instance ``tag`` was closed here (among the last :data:`MAX_CLOSED`)."""
+        return (protocol, tag) in self._closed
+
+    def release(self, which: Callable[[str, Tag], bool]) -> int:
+        """Forget the messages kept for every pending ``(protocol, tag)`` that ``which``
+        selects (an epoch that was skipped or closed): their bytes and their opener's quota
+        are free again.  Returns how many messages went."""
+        released = 0
+        for key in [key for key in self._pending if which(*key)]:
+            released += len(self._take_pending(key))
+        self._stats["demux.released"] += released
+        return released
+
     def instances(self, protocol: str) -> list[Any]:
         return [inst for (p, _), inst in self._instances.items() if p == protocol]
 
@@ -123,34 +140,40 @@ class Demux:
         if protocol is None or isinstance(msg, Alive):
             self._stats["demux.dropped.no_instance_kind"] += 1
             return None
-        key = (protocol, msg.tag)
-        inst = self._instances.get(key)
+        inst = self._instances.get((protocol, msg.tag))
         if inst is not None:
             return inst
-        if msg.tag[:2] != self.prefix:
+        self.keep(sender, protocol, msg, size)
+        return None
+
+    def keep(self, sender: int, protocol: str, msg: Message, size: int) -> bool:
+        """Keep ``msg`` for instance (``protocol``, its tag), not started here yet; False if it
+        was dropped (and counted): not ours, closed, or beyond the bounds."""
+        key = (protocol, msg.tag)  # type: ignore[union-attr]  # every routed message has a tag
+        if msg.tag[:2] != self.prefix:  # type: ignore[union-attr]
             self._stats["demux.dropped.foreign_group"] += 1
-            return None
+            return False
         if key in self._closed:
             self._stats["demux.dropped.closed_instance"] += 1
-            return None
+            return False
         queue = self._pending.get(key)
         if queue is None:
             if len(self._pending) >= self.max_pending_instances:
                 self._stats["demux.dropped.too_many_pending_instances"] += 1
-                return None
+                return False
             if self._opened[sender] >= MAX_PENDING_PER_SENDER:
                 self._stats["demux.dropped.sender_pending_quota"] += 1
-                return None
+                return False
             queue = self._pending[key] = deque()
             self._opened_by[key] = sender
             self._opened[sender] += 1
         if len(queue) >= self.max_pending_per_instance or self._pending_bytes + size > self.max_pending_bytes:
             self._stats["demux.dropped.pending_full"] += 1
-            return None
+            return False
         queue.append((sender, msg, size))
         self._pending_bytes += size
         self._stats["demux.kept_for_later"] += 1
-        return None
+        return True
 
     def pending_tags(self) -> list[tuple[str, Tag]]:
         """(protocol, tag) of the instances that messages are kept for (not started here yet)."""

@@ -17,9 +17,11 @@ __all__ = [
     "Action",
     "Broadcast",
     "CancelTimer",
+    "ClosedEpochFrame",
     "Decided",
     "Delivered",
     "Event",
+    "InstanceSeen",
     "KeyEstablished",
     "KeyFork",
     "Lost",
@@ -130,6 +132,31 @@ class RecordMismatch:
     members: int
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceSeen:
+    """Member ``sender`` sent a frame for ``epoch`` of our group (``group`` is its tag prefix,
+    :attr:`~secchat.protocols.stack.GroupId.prefix`), an epoch newer than any this member ran:
+    the others may have re-keyed.  The frame is kept (bounded) for when we join that epoch.
+    Once per (epoch, sender), and only for epochs up to ``StackConfig.epoch_lookahead`` above
+    the newest we ran (frames further ahead are dropped and counted), so no peer can make us
+    emit without bound."""
+
+    group: Tag
+    epoch: int
+    sender: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedEpochFrame:
+    """Member ``sender`` sent a frame for ``epoch`` of our group, which we closed
+    (:meth:`~secchat.protocols.stack.Member.close_instance`, or released with
+    :meth:`~secchat.protocols.stack.Member.release_epochs_below`): it is behind us.  The frame
+    is dropped.  Once per (epoch, sender) (among the last 1024 reported)."""
+
+    group: Tag
+    epoch: int
+    sender: int
+
 
 @dataclass(frozen=True, slots=True)
 class KeyFork:
@@ -176,6 +203,6 @@ class Undelivered:
 Action = Send | Broadcast | SetTimer | CancelTimer
 Output = (
     Decided | SessionKey | KeyEstablished | Delivered | PeerSuspected | PeerRestored | RecordMismatch
-    | KeyFork | Lost | Undelivered
+    | InstanceSeen | ClosedEpochFrame | KeyFork | Lost | Undelivered
 )
 Event = Action | Output

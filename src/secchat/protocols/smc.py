@@ -7,11 +7,16 @@ SHA-256(m))`` with the long-term Ed25519 key (a digest, because Ed25519 hashes i
 AES-GCM-encrypt ``m ‖ σ`` under the encryption key with associated data ``(tag, sender,
 incarnation, seq)``, multicast.  On receipt: hold until the key exists (bounded), drop replays by
 (sender, incarnation, seq) before any crypto, decrypt, verify, deliver in per-sender FIFO order.
+Only an authenticated frame moves a stream: it starts a new or resumed one, and behind a gap it
+is held however far ahead it is -- when the frames held behind a gap fill the reorder window the
+gap is given up (``Lost``), so a sender is never silenced.
 **Group mode** skips the signature: the AEAD authenticates the group only.
 
 ``incarnation`` separates the sequence numbers of successive runs of one member (a member that
 leaves and rejoins with the same key starts again at seq 0): it must grow from run to run (the
 driver uses wall-clock microseconds at start).  Frames of an older incarnation are refused.
+A rejoining member passes back its *high-water marks* (:meth:`SecureMulticast.high_water`, saved
+with what it delivered): nothing at or below them, nor of an older incarnation, is accepted.
 
 **Nothing lost in silence.**  Links are reliable only while both ends run and their queues have
 room; a member cut off by a partition, paused, or restarted misses frames.  So each sender keeps
@@ -35,7 +40,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,8 +89,10 @@ class SmcLimits:
     max_queued_sends: int = 1024  # our own messages waiting for the key
     max_held: int = 4096  # received frames waiting for the key
     max_held_bytes: int = 32 << 20
-    reorder_window: int = 1024  # out-of-order frames kept per sender
-    reorder_bytes: int = 16 << 20  # and their bytes; when either is full the gap is given up
+    #: out-of-order frames kept per sender behind a gap, and their bytes: when either is
+    #: exceeded the gap is given up (reported as lost) and what is held delivered
+    reorder_window: int = 1024
+    reorder_bytes: int = 16 << 20
     #: a gap in a sender's sequence still open after this long is given up too (a frame was lost
     #: in a bounded queue: later messages must not wait forever); far above any link delay
     gap_timeout: float = 30.0
@@ -110,6 +117,8 @@ class SmcLimits:
             raise ValueError("need resend_interval < resend_retry < gap_timeout (a retry must not be refused)")
         if self.store_frames < 0 or self.store_bytes < 0 or self.status_period <= 0:
             raise ValueError("store bounds are >= 0 and the status period > 0")
+        if self.reorder_window < 1 or self.reorder_bytes < self.max_payload:
+            raise ValueError("the reorder window holds at least one frame of max_payload bytes")
 
 
 class _Stream:
@@ -125,7 +134,8 @@ class _Stream:
         self.next_seq = 0
         self.waiting: dict[int, bytes] = {}
         self.waiting_bytes = 0
-        #: a rejoining member's view of a stream it joined midway: gaps are skipped, not awaited
+        #: taken up midway by a member that resumed without high-water marks: the stream starts
+        #: at its first authenticated frame (at or above ``next_seq``), nothing before awaited
         self.floating = False
         self.gap_since: float | None = None  # since when we miss frames and nothing came
         self.asked_at = 0.0  # when we last asked for them
@@ -151,6 +161,7 @@ class SecureMulticast:
         incarnation: int = 0,
         limits: SmcLimits = SmcLimits(),
         resume: bool = False,
+        high_water: Mapping[int, tuple[int, int]] | None = None,
     ) -> None:
         if len(verifiers) != n:
             raise ValueError("one verifier per member")
@@ -162,9 +173,12 @@ class SecureMulticast:
         self.signed = signed
         self.incarnation = incarnation
         self.limits = limits
-        # a member rejoining with a restored key missed what was sent while it was away: it takes
-        # each sender's stream up from the first authenticated frame it sees (FIFO links)
+        # a member rejoining with a restored key missed what was sent while it was away.  With
+        # its high-water marks it knows exactly what it delivered before: nothing at or below a
+        # mark, nor of an older incarnation, is accepted, and what came after is asked for.
+        # Without them it takes each sender's stream up from the first authenticated frame.
         self.resume = resume
+        self._exact = high_water is not None
         self._signer = signer
         self._verifiers = verifiers
         self._rng = rng
@@ -187,6 +201,36 @@ class SecureMulticast:
         self._forks: set[int] = set()
         self.forked = False
         self._status_period = limits.status_period * max(1.0, n / 20)
+        self._final_marks: dict[int, tuple[int, int]] | None = None  # high_water() once closed
+        for sender, mark in (high_water or {}).items():
+            self._restore_mark(sender, mark)
+
+    def _restore_mark(self, sender: int, mark: tuple[int, int]) -> None:
+        """A high-water mark from an earlier run: ``sender``'s stream goes on after it."""
+        if not (type(sender) is int and 0 <= sender < self.n and len(mark) == 2
+                and all(type(v) is int for v in mark) and mark[0] >= 0 and mark[1] >= -1):
+            raise ValueError(f"bad high-water mark {sender!r}: {mark!r} (member index: (incarnation >= 0, seq >= -1))")
+        incarnation, seq = mark
+        if sender == self.me:
+            if (incarnation, seq) >= (self.incarnation, 0):
+                raise ValueError(
+                    f"our incarnation {self.incarnation} must be above the one we sent in before ({incarnation})"
+                )
+            return
+        stream = self._streams[sender] = _Stream(incarnation)
+        stream.next_seq = seq + 1
+
+    def high_water(self) -> dict[int, tuple[int, int]]:
+        """Per member index, the highest (incarnation, seq) of its stream delivered here or
+        given up (seq -1: that incarnation was seen, nothing of it delivered yet); our own
+        index: what we sent.  Saved with what was delivered and given back to
+        :class:`SecureMulticast` (``high_water=``) on a rejoin of this instance, nothing at or
+        below a mark, nor of an older incarnation, is accepted again.  Kept after :meth:`close`."""
+        if self._final_marks is not None:
+            return dict(self._final_marks)
+        marks = {sender: (st.incarnation, st.next_seq - 1) for sender, st in self._streams.items()}
+        marks[self.me] = (self.incarnation, self._seq - 1)
+        return marks
 
     @property
     def established(self) -> bool:
@@ -296,6 +340,8 @@ class SecureMulticast:
 
     def close(self) -> None:
         """Erase the keys and everything held: later frames for this instance are refused."""
+        if self._final_marks is None:
+            self._final_marks = self.high_water()
         self._keys = None
         self._aead = None
         self._closed = True
@@ -361,8 +407,8 @@ class SecureMulticast:
             if msg.next_seq == 0:
                 return []  # nothing sent yet: its first frame opens the stream
             stream = self._streams[sender] = _Stream(msg.incarnation)
-            if self.resume:  # rejoined: its stream is taken up from here, nothing earlier awaited
-                stream.next_seq = msg.next_seq
+            if self.resume and not self._exact:  # nothing below its position is ours; the
+                stream.next_seq = msg.next_seq  # stream starts at the first authenticated frame
                 stream.floating = True
                 return []
         stream.horizon = max(stream.horizon, msg.next_seq)
@@ -416,9 +462,14 @@ class SecureMulticast:
 
     def _skip_to(self, sender: int, stream: _Stream, end: int) -> list[Event]:
         """Give up every frame below ``end`` we do not hold: deliver those we hold in order and
-        report the holes as lost.  Costs O(frames held), whatever ``end`` is."""
+        report the holes as lost.  Costs O(min(gap, frames held)), whatever ``end`` is."""
         out: list[Event] = []
-        for seq in sorted(k for k in stream.waiting if k < end):
+        waiting = stream.waiting
+        if end - stream.next_seq <= len(waiting):
+            held = [seq for seq in range(stream.next_seq, end) if seq in waiting]
+        else:
+            held = sorted(seq for seq in waiting if seq < end)
+        for seq in held:
             if seq > stream.next_seq:
                 out.append(Lost(self.tag, sender, stream.incarnation, stream.next_seq, seq))
             payload = stream.waiting.pop(seq)
@@ -478,28 +529,22 @@ class SecureMulticast:
                 return self._drop("bad_signature")
         else:
             payload = plain
-        if stream is None and self.resume:
+        # authentic from here on: only now may the frame move the stream
+        if stream is None or msg.incarnation > stream.incarnation:
             stream = self._streams[msg.sender] = _Stream(msg.incarnation)
+            stream.floating = self.resume and not self._exact
+        if stream.floating:  # taken up midway: its first authenticated frame starts it
+            stream.floating = False
             stream.next_seq = msg.seq
-            stream.floating = True
-        elif stream is None or msg.incarnation > stream.incarnation:
-            stream = self._streams[msg.sender] = _Stream(msg.incarnation)
-        if msg.seq >= stream.next_seq + self.limits.reorder_window:
-            # authentic, but too far ahead to hold: ask for everything up to it, in order (what
-            # the sender no longer keeps comes back as SmcGone and is skipped and reported)
-            self._stats["smc.dropped.beyond_reorder_window"] += 1
-            stream.horizon = max(stream.horizon, msg.seq + 1)
-            return self._ask(msg.sender, stream, now) + self._arm_gap_timer()
         stream.waiting[msg.seq] = payload
         stream.waiting_bytes += len(payload)
         out: list[Event] = []
-        if msg.seq > stream.next_seq:
-            if stream.floating:  # we rejoined midway: what came before is not ours to await
-                self._stats["smc.gap_skipped"] += 1
-                stream.next_seq = min(stream.waiting)
-            elif len(stream.waiting) >= self.limits.reorder_window or stream.waiting_bytes > self.limits.reorder_bytes:
-                # the gap outgrew what we may hold: give it up, and say so
-                out += self._skip_to(msg.sender, stream, min(stream.waiting))
+        limits = self.limits
+        while len(stream.waiting) > limits.reorder_window or stream.waiting_bytes > limits.reorder_bytes:
+            # the gap outgrew what we may hold behind it: give it up, say so, deliver what
+            # follows it (however far ahead the frame is: a sender is never silenced)
+            out += self._skip_to(msg.sender, stream, min(stream.waiting))
+            out += self._deliver_ready(msg.sender, stream, now)
         return out + self._deliver_ready(msg.sender, stream, now) + self._arm_gap_timer()
 
     def _deliver_ready(self, sender: int, stream: _Stream, now: float) -> list[Event]:

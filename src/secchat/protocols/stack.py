@@ -11,18 +11,20 @@ application's.  Peer junk never raises out of here: it is dropped and counted in
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import CodecError, Tag, canonical, check_tag
 from ..crypto import Rng, Signer, Verifier, digest
 from .consensus import Consensus
-from .demux import Demux
+from .demux import Demux, protocol_of
 from .events import (
     Broadcast,
     CancelTimer,
+    ClosedEpochFrame,
     Event,
+    InstanceSeen,
     Output,
     PeerRestored,
     PeerSuspected,
@@ -107,6 +109,8 @@ def consensus_tag(parent: Tag) -> Tag:
 
 #: Largest group: its GKE proposal (t entries of 44 bytes) must fit a consensus value (64 KiB).
 MAX_GROUP = 1024
+#: (epoch, sender) pairs remembered as told (ClosedEpochFrame), oldest forgotten first.
+MAX_CLOSED_TOLD = 1024
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,13 @@ class StackConfig:
     smc: SmcLimits = field(default_factory=SmcLimits)
     max_pending_instances: int = 16
     max_pending_per_instance: int = 4096
+    #: frames for an epoch of ours that we do not run are kept (and reported, InstanceSeen) up
+    #: to this many epochs above the newest we ran; further ahead they are dropped and counted
+    epoch_lookahead: int = 4
+
+    def __post_init__(self) -> None:
+        if self.epoch_lookahead < 1:
+            raise ValueError("epoch_lookahead >= 1 (the next epoch must be seen)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +189,12 @@ class Member:
         # the record each peer says it holds: None = ours; peers we told about ours unasked
         self._peer_records: dict[int, str | None] = {}
         self._hinted: set[int] = set()
+        # epochs: the newest we ran (registered, closed or released below), the floor below
+        # which every epoch we do not run counts as closed, and who was reported where
+        self._epoch_high = -1
+        self._epoch_floor = 0
+        self._seen_told: dict[int, set[int]] = {}  # epoch (above _epoch_high) -> senders
+        self._closed_told: dict[tuple[int, int], None] = {}
 
     # ----------------------------------------------------------------- driver interface
 
@@ -232,9 +249,15 @@ class Member:
         if msg.tag[:2] != self.prefix:
             self._other_record(sender, msg)
             return
-        inst = self.demux.route(sender, msg, size)
+        protocol = protocol_of(msg)
+        if protocol is None:
+            self.stats["demux.dropped.no_instance_kind"] += 1
+            return
+        inst = self.demux.get(protocol, msg.tag)
         if inst is not None:
             self._deliver(inst, sender, msg, now)
+        else:
+            self._not_running(sender, protocol, msg, size)
 
     # ----------------------------------------------------------------- application interface
 
@@ -249,32 +272,45 @@ class Member:
         """Run a bare consensus instance ``tag`` (the simulator checks consensus on its own)."""
         self.start(now)
         cons = self._new_consensus(self._own_tag(tag))
-        pending = self.demux.register("consensus", tag, cons)
+        pending = self._register("consensus", tag, cons)
         self._dispatch(cons, cons.propose(value), now)
         self._replay(cons, pending, now)
 
     def gke_init(self, tag: Tag, now: float, **restore: Any) -> GroupKeyExchange:
         """Run a bare GKE session ``tag`` (its ``SessionKey`` output reaches ``take_events``)."""
         self.start(now)
-        gke, pending = self._new_gke(self._own_tag(tag), restore)
+        gke = self._new_gke(self._own_tag(tag), restore)
+        pending = self._register_gke(gke)
         self._dispatch(gke, gke.init(now), now)
         for inst, msgs in pending:
             self._replay(inst, msgs, now)
         return gke
 
     def smc_init(
-        self, tag: Tag, now: float, *, signed: bool = True, resume: bool = False, **restore: Any
+        self,
+        tag: Tag,
+        now: float,
+        *,
+        signed: bool = True,
+        resume: bool = False,
+        high_water: Mapping[int, tuple[int, int]] | None = None,
+        **restore: Any,
     ) -> SecureMulticast:
         """Join SMC instance ``tag``: starts its GKE session (and that session's consensus).
 
-        ``restore`` (``contribution``, ``session_seed``) rejoins with a saved GKE state.  ``resume``
-        marks a rejoin of an instance this member may have run before: each sender's messages are
-        taken from the first one received, and the member does not vote again in the key
-        exchange's consensus (it may have voted before; see ``Consensus.propose``).
+        ``restore`` (``contribution``, ``session_seed``, ``decision``) rejoins with a saved GKE
+        state.  ``resume`` marks a rejoin of an instance this member may have run before: the
+        member does not vote again in the key exchange's consensus (it may have voted before;
+        see ``Consensus.abstain``).  ``high_water`` is what
+        :meth:`SecureMulticast.high_water` returned for this instance in an earlier run (saved
+        with what was delivered): nothing at or below a mark, nor of an older incarnation of
+        its sender, is delivered again, and what was sent after a mark is asked for.  Without
+        it, a resumed member takes each sender's stream up from the first authenticated frame.
+        ``ValueError`` if a mark is malformed or our own is not below our incarnation.
         """
         self.start(now)
         self._own_tag(tag)
-        gke, pending = self._new_gke(gke_tag(tag), {**restore, "voter": not resume})
+        gke = self._new_gke(gke_tag(tag), {**restore, "voter": not resume})
         smc = SecureMulticast(
             tag,
             self.me,
@@ -288,9 +324,10 @@ class Member:
             incarnation=self.incarnation,
             limits=self.config.smc,
             resume=resume,
+            high_water=high_water,
         )
         gke.parent = smc
-        pending.append((smc, self.demux.register("smc", tag, smc)))
+        pending = [*self._register_gke(gke), (smc, self._register("smc", tag, smc))]
         self._dispatch(smc, smc.init(now), now)
         for inst, msgs in pending:
             self._replay(inst, msgs, now)
@@ -308,13 +345,32 @@ class Member:
         return self.demux.get("smc", tag)
 
     def close_instance(self, tag: Tag) -> None:
-        """Forget SMC instance ``tag`` and its sub-instances (re-key: old keys leave memory)."""
+        """Forget SMC instance ``tag`` and its sub-instances (re-key: old keys leave memory),
+        and release what was kept for them if they never ran here (a skipped epoch).  Later
+        frames for them are dropped and reported once per (epoch, sender) as
+        :class:`~secchat.protocols.events.ClosedEpochFrame`."""
+        self._own_tag(tag)
         smc = self.demux.get("smc", tag)
         self.demux.unregister("smc", tag)
         self.demux.unregister("gke", gke_tag(tag))
         self.demux.unregister("consensus", consensus_tag(gke_tag(tag)))
         if smc is not None:
             smc.close()
+        epoch = epoch_of(tag)
+        if epoch is not None:
+            self._ran_epoch(epoch)
+
+    def release_epochs_below(self, epoch: int) -> int:
+        """Every epoch of this group below ``epoch`` that is not running here is closed for
+        good: what was kept for those epochs (skipped ones too) is released, and later frames
+        for them are dropped and reported (``ClosedEpochFrame``).  Instances still running are
+        left alone (close them with :meth:`close_instance`).  Returns the frames released."""
+        if type(epoch) is not int or epoch < 0:
+            raise ValueError("an epoch is an integer >= 0")
+        self._epoch_floor = max(self._epoch_floor, epoch)
+        self._ran_epoch(epoch - 1)
+        floor = self._epoch_floor
+        return self.demux.release(lambda _protocol, tag: (e := epoch_of(tag)) is not None and e < floor)
 
     # ----------------------------------------------------------------- the record we hold
 
@@ -368,20 +424,69 @@ class Member:
             self._hinted.add(sender)
             self._send(sender, self._record_hello(reply=False))
 
+    # ----------------------------------------------------------------- epochs not running here
+
+    def _ran_epoch(self, epoch: int) -> None:
+        """``epoch`` is ours now (run, closed or released): what was reported newer is not."""
+        if epoch > self._epoch_high:
+            self._epoch_high = epoch
+            for old in [e for e in self._seen_told if e <= epoch]:
+                del self._seen_told[old]
+
+    def _not_running(self, sender: int, protocol: str, msg: Message, size: int) -> None:
+        """A frame of our group for an instance not running here: kept for later if it may
+        start (reported when its epoch is newer than ours), dropped if it was closed or is too
+        far ahead.  Every outcome is bounded: per sender, one report per epoch."""
+        tag = msg.tag  # type: ignore[union-attr]  # routed messages all have one
+        epoch = epoch_of(tag)
+        if epoch is None:  # a bare instance (the simulator's consensus and GKE checks)
+            self.demux.keep(sender, protocol, msg, size)
+            return
+        if epoch < self._epoch_floor or self.demux.is_closed(protocol, tag):
+            self.stats["demux.dropped.closed_instance"] += 1
+            told = (epoch, sender)
+            if told not in self._closed_told:
+                self._closed_told[told] = None
+                if len(self._closed_told) > MAX_CLOSED_TOLD:
+                    del self._closed_told[next(iter(self._closed_told))]
+                self._events.append(ClosedEpochFrame(self.prefix, epoch, sender))
+            return
+        if epoch > max(self._epoch_high, 0) + self.config.epoch_lookahead:
+            self.stats["member.dropped.epoch_beyond_lookahead"] += 1
+            return
+        if epoch > self._epoch_high:
+            senders = self._seen_told.setdefault(epoch, set())
+            if sender not in senders:
+                senders.add(sender)
+                self._events.append(InstanceSeen(self.prefix, epoch, sender))
+        self.demux.keep(sender, protocol, msg, size)
+
     # ----------------------------------------------------------------- wiring
+
+    def _register(self, protocol: str, tag: Tag, inst: Any) -> list[tuple[int, Message]]:
+        kept = self.demux.register(protocol, tag, inst)
+        epoch = epoch_of(tag)
+        if epoch is not None:
+            self._ran_epoch(epoch)
+        return kept
 
     def _new_consensus(self, tag: Tag) -> Consensus:
         return self._consensus_cls(tag, self.me, self.n, self.detector, self.stats)
 
-    def _new_gke(self, tag: Tag, restore: dict) -> tuple[GroupKeyExchange, list]:
+    def _new_gke(self, tag: Tag, restore: dict) -> GroupKeyExchange:
         cons = self._new_consensus(consensus_tag(tag))
         gke = self._gke_cls(tag, self.me, self.n, self._rng, self.stats, cons, **restore)
         cons.parent = gke
-        pending: list[tuple[Any, list[tuple[int, Message]]]] = [
-            (cons, self.demux.register("consensus", cons.tag, cons))
+        return gke
+
+    def _register_gke(self, gke: GroupKeyExchange) -> list[tuple[Any, list[tuple[int, Message]]]]:
+        """Register a GKE session and its consensus (once both exist: nothing half-made is
+        registered); returns each with the messages kept for it."""
+        cons = gke.consensus
+        return [
+            (cons, self._register("consensus", cons.tag, cons)),
+            (gke, self._register("gke", gke.tag, gke)),
         ]
-        pending.append((gke, self.demux.register("gke", tag, gke)))
-        return gke, pending
 
     def _replay(self, inst: Any, msgs: list[tuple[int, Message]], now: float) -> None:
         for sender, msg in msgs:

@@ -29,10 +29,15 @@ Properties:
   once in order to every member that stayed, no replay, bounded memory.
 * restarts -- ``crash`` members crash and come back, once or twice, with every volatile state
   lost but what the write-ahead rule (:func:`secchat.net.journal.plan_join`) put on their
-  disk; often in the schedule of issue 14: a majority establishes, one of it crashes, a
-  partition puts the others of that majority on one side and the restarted member with the
-  late starters on the other.  One key among every incarnation of every member, ever; every
-  member ends with it.
+  disk, and the SMC high-water marks saved with every delivery; often in the schedule of issue
+  14: a majority establishes, one of it crashes, a partition puts the others of that majority
+  on one side and the restarted member with the late starters on the other.  Every run
+  multicasts, and an adversary replays old frames (of older incarnations too) into the
+  members, mostly into restarted ones, what they delivered before their restart above all.
+  One key among every incarnation of every member, ever; every member ends with it; what a
+  member delivers from each sender, over all its runs, is strictly increasing in (incarnation,
+  seq) -- no replay, no duplicate across a restart --, authentic, and every message of a
+  sender's last run is delivered to, or reported lost by, every other member.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from ..protocols.events import (
     Decided,
     Delivered,
     KeyEstablished,
+    Lost,
     PeerSuspected,
     RecordMismatch,
     SessionKey,
@@ -66,7 +72,7 @@ __all__ = ["PROTOCOLS", "CampaignResult", "RunResult", "run_campaign", "run_one"
 
 PROTOCOLS = ("consensus", "gke", "smc", "records", "restarts", "conference")
 #: deliberately broken variants, per protocol: the checker must catch each
-BROKEN = {"restarts": ("forget_state",), "conference": ("drop_outbox_on_rekey",)}
+BROKEN = {"restarts": ("forget_state", "forget_marks"), "conference": ("drop_outbox_on_rekey",)}
 TIME_LIMIT = 600.0  # simulated seconds; a correct run finishes long before
 
 
@@ -468,25 +474,38 @@ def _check_records(run: _Run, messages: int = 2) -> None:
         run.violation(f"termination: correct holders {silent} of a record held by a majority got no key")
 
 
-def _check_restarts(run: _Run, forget_state: bool = False) -> None:
+def _check_restarts(run: _Run, forget_state: bool = False, forget_marks: bool = False, messages: int = 3) -> None:
     from ..net.journal import established_state, plan_join
 
     sim, sc, rng = run.sim, run.scenario, run.rng
     sim.restarts = True
+    sim.keep_wire_log = True
     n, t = sc.n, majority(sc.n)
     gid = group_id("sim")
     tag = smc_tag(gid)
     key = gid.record.hex()
     disks: dict[int, dict[str, Any]] = {i: {} for i in range(n)}  # survives restarts
     runs = dict.fromkeys(range(n), 0)
+    restarted_at: dict[int, float] = {}
     keys: dict[tuple[int, int], str] = {}  # (member, incarnation) -> fingerprint
+    sent: dict[tuple[int, int, int], bytes] = {}  # (sender, incarnation, seq) -> payload
+    # per receiver and sender, over all the receiver's runs: what it delivered, what it lost
+    delivered: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    lost: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    state = {"adversary_done": False, "replays": 0}
 
     def join(i: int, m: Member, now: float) -> None:
         disk = {} if forget_state else disks[i]
         plan = plan_join(disk.get(key), gid.record, None, random.Random(f"draw/{run.result.seed}/{i}/{runs[i]}"))
         if plan.save_first is not None:
             disks[i][key] = plan.save_first  # durable before the first message
-        m.smc_init(tag, now, **plan.restore)
+        # none saved yet: nothing was delivered (exact, not unknown); the broken driver: unknown
+        marks = None if forget_marks else disk.get("marks", {})
+        m.smc_init(tag, now, high_water=marks, **plan.restore)
+
+    def multicast(i: int, incarnation: int, k: int) -> None:
+        if runs[i] == incarnation:  # (not a later run of the member)
+            sim.call(i, lambda m, now: m.multicast(tag, f"{i} {incarnation} {k} {run.result.seed}".encode(), now))
 
     def on_output(i: int, now: float, ev: Any) -> None:
         if isinstance(ev, KeyEstablished):
@@ -495,6 +514,29 @@ def _check_restarts(run: _Run, forget_state: bool = False) -> None:
             assert member is not None
             disks[i][key] = established_state(0, gid.record, member.smc(tag))
             run.finished_at = max(run.finished_at, now)  # (not run.finish: its crashes are not ours)
+            for k in range(messages):
+                sim.at(now + rng.uniform(0.0, 1.0), functools.partial(multicast, i, runs[i], k))
+        elif isinstance(ev, Delivered | Lost):
+            if ev.sender == i:
+                assert isinstance(ev, Delivered)
+                sent[(i, ev.incarnation, ev.seq)] = ev.payload
+            elif isinstance(ev, Delivered):
+                if sent.get((ev.sender, ev.incarnation, ev.seq)) != ev.payload:
+                    run.violation(f"member {i} delivered {(ev.sender, ev.incarnation, ev.seq)}, never multicast")
+                got = delivered.setdefault((i, ev.sender), [])
+                if got and (ev.incarnation, ev.seq) <= got[-1]:
+                    again = " again" if (ev.incarnation, ev.seq) in got else " out of order"
+                    run.violation(
+                        f"member {i} (run {runs[i]}) delivered {(ev.sender, ev.incarnation, ev.seq)}{again} "
+                        f"after {got[-1]}"
+                    )
+                got.append((ev.incarnation, ev.seq))
+            else:
+                lost.setdefault((i, ev.sender), []).append((ev.incarnation, ev.first, ev.end))
+            member = sim.nodes[i].member
+            smc = member.smc(tag) if member is not None else None
+            assert smc is not None
+            disks[i]["marks"] = smc.high_water()  # saved with what was delivered
 
     def first_start(i: int) -> None:
         if sim.nodes[i].member is None and sim.nodes[i].crashed_at is None:  # not restarted already
@@ -502,7 +544,24 @@ def _check_restarts(run: _Run, forget_state: bool = False) -> None:
 
     def restart(i: int) -> None:
         runs[i] += 1
+        restarted_at[i] = sim.now
         sim.restart(i, functools.partial(join, i), incarnation=runs[i])
+
+    def replay() -> None:
+        """An old frame into a member: mostly a restarted one, and then mostly a frame from
+        before its restart (it may have delivered it in its earlier run)."""
+        frames = [(when, data) for when, _s, data in sim.wire_log if data[1:2] == b"\x1e"]  # SmcData
+        if frames:
+            victims = list(restarted_at)
+            to = rng.choice(victims) if victims and rng.random() < 0.7 else rng.randrange(n)
+            before = [data for when, data in frames if when < restarted_at.get(to, -1.0)]
+            data = rng.choice(before) if before and rng.random() < 0.7 else rng.choice(frames)[1]
+            sim.inject(rng.choice([j for j in range(n) if j != to]), to, data)
+            state["replays"] += 1
+        if sim.now < quiet_after + 1.0:
+            sim.at(sim.now + rng.uniform(0.02, 0.3), replay)
+        else:
+            state["adversary_done"] = True
 
     quiet_after = 4.0  # the last start; then the last restart or heal, below
 
@@ -537,10 +596,32 @@ def _check_restarts(run: _Run, forget_state: bool = False) -> None:
             sim.at(again, functools.partial(sim.crash, v))
             sim.at(back, functools.partial(restart, v))
             quiet_after = max(quiet_after, back)
+    sim.at(rng.uniform(0.05, 0.5), replay)
+
     def everyone_keyed() -> bool:
         return all(sim.nodes[i].up and (i, runs[i]) in keys for i in range(n))
 
-    sim.run(TIME_LIMIT, stop=lambda: sim.now > quiet_after and everyone_keyed())
+    def last_run_accounted() -> bool:
+        """Every message of each sender's last run delivered to, or reported lost by, each
+        other member (the last runs are all up: restarted members come back)."""
+        for s in range(n):
+            mine = sorted(seq for (p, inc, seq) in sent if p == s and inc == runs[s])
+            if len(mine) < messages:
+                return False
+            for r in range(n):
+                if r == s:
+                    continue
+                got = {seq for inc, seq in delivered.get((r, s), ()) if inc == runs[s]}
+                gone = [(a, b) for inc, a, b in lost.get((r, s), ()) if inc == runs[s]]
+                if any(seq not in got and not any(a <= seq < b for a, b in gone) for seq in mine):
+                    return False
+        return True
+
+    def done() -> bool:
+        return sim.now > quiet_after and bool(state["adversary_done"]) and everyone_keyed() and last_run_accounted()
+
+    sim.run(TIME_LIMIT, stop=done)
+    sim.run(sim.now + 2.0)  # let stray replays land: nothing more may be delivered
     fingerprints = set(keys.values())
     if len(fingerprints) > 1:
         holders = {fp: sorted(k for k, f in keys.items() if f == fp) for fp in fingerprints}
@@ -548,6 +629,8 @@ def _check_restarts(run: _Run, forget_state: bool = False) -> None:
     missing = [i for i in range(n) if (i, runs[i]) not in keys]
     if missing:
         run.violation(f"termination: members {missing} never got the key (in their last run)")
+    elif not last_run_accounted():
+        run.violation("delivery: messages of a sender's last run neither delivered nor reported lost")
 
 
 def run_one(
@@ -561,6 +644,7 @@ def run_one(
     signed: bool = True,
     forget_state: bool = False,
     broken: str | None = None,
+    forget_marks: bool = False,
 ) -> RunResult:
     """One schedule of ``protocol``; returns its violations and costs."""
     run = _Run(protocol, n, crash, seed, factory, measure_cpu)
@@ -574,7 +658,8 @@ def run_one(
         elif protocol == "records":
             _check_records(run)
         elif protocol == "restarts":
-            _check_restarts(run, forget_state=forget_state or broken == "forget_state")
+            _check_restarts(run, forget_state=forget_state or broken == "forget_state",
+                            forget_marks=forget_marks or broken == "forget_marks")
         elif protocol == "conference":
             from .conference import check_conference
 
@@ -620,9 +705,9 @@ def _start_own_record(member: Member, now: float) -> None:
     member.smc_init(smc_tag(member.gid), now)
 
 def _worker(args: tuple) -> RunResult:
-    protocol, n, crash, seed, factory, signed, forget_state, broken = args
+    protocol, n, crash, seed, factory, signed, forget_state, forget_marks, broken = args
     return run_one(protocol, n, crash, seed, factory=factory, signed=signed, forget_state=forget_state,
-                   broken=broken)
+                   forget_marks=forget_marks, broken=broken)
 
 
 def run_campaign(
@@ -637,11 +722,14 @@ def run_campaign(
     signed: bool = True,
     progress: Callable[[int], None] | None = None,
     forget_state: bool = False,
+    forget_marks: bool = False,
     broken: str | None = None,
 ) -> CampaignResult:
     """``runs`` schedules with seeds ``seed .. seed + runs - 1`` over ``jobs`` processes.
-    ``forget_state``: restarted members lose their disk too (a broken driver, for ``restarts``)."""
-    work = [(protocol, n, crash, seed + i, factory, signed, forget_state, broken) for i in range(runs)]
+    ``forget_state``: restarted members lose their disk too; ``forget_marks``: they keep it but
+    do not restore their SMC high-water marks (broken drivers, for ``restarts``); ``broken``
+    names any of :data:`BROKEN`."""
+    work = [(protocol, n, crash, seed + i, factory, signed, forget_state, forget_marks, broken) for i in range(runs)]
     jobs = jobs or os.cpu_count() or 1
     results: list[RunResult] = []
     if jobs == 1 or runs < 4:

@@ -13,7 +13,8 @@ sim_app = typer.Typer(help="Deterministic simulation of the protocol stack.", no
 def check(
     protocol: str = typer.Option(
         ..., help="consensus, gke, smc, records (two records of one conference id, n + 1 identities), "
-        "restarts, or conference (the application's conference core on the whole stack)."
+        "restarts (crashes and restarts from the write-ahead state, replays into rejoined members), "
+        "or conference (the application's conference core on the whole stack)."
     ),
     n: int = typer.Option(7, "--n", min=1, max=1000, help="Group size."),
     runs: int = typer.Option(100, min=1, help="Number of random schedules."),
@@ -22,8 +23,8 @@ def check(
     jobs: int = typer.Option(0, help="Worker processes (0: one per core)."),
     group_mode: bool = typer.Option(False, "--group-mode", help="SMC without signatures."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    broken: str = typer.Option("", help="Check a deliberately broken variant (restarts: forget_state; "
-                               "conference: drop_outbox_on_rekey): violations are expected."),
+    broken: str = typer.Option("", help="Check a deliberately broken variant (restarts: forget_state, "
+                               "forget_marks; conference: drop_outbox_on_rekey): violations are expected."),
 ) -> None:
     """Run RUNS random hostile schedules and check the protocol's properties from the god view."""
     from rich.progress import Progress

@@ -45,12 +45,17 @@ from ..app.conference import (
     Seen,
     Show,
     Store,
-    waiting_epochs,
 )
 from ..net.journal import established_state, plan_join
-from ..protocols import events as stack_events
 from ..protocols.consensus import majority
-from ..protocols.events import Delivered, KeyEstablished, PeerRestored, PeerSuspected
+from ..protocols.events import (
+    ClosedEpochFrame,
+    Delivered,
+    InstanceSeen,
+    KeyEstablished,
+    PeerRestored,
+    PeerSuspected,
+)
 from ..protocols.stack import GroupId, Member, epoch_of, group_id, smc_tag
 
 __all__ = ["ConferenceMember", "Disk", "check_conference"]
@@ -59,8 +64,6 @@ __all__ = ["ConferenceMember", "Disk", "check_conference"]
 MAX_CORE_ENTRIES = 4000
 MAX_PENDING_FRAMES = 20000
 
-_InstanceSeen = getattr(stack_events, "InstanceSeen", None)
-_ClosedEpochFrame = getattr(stack_events, "ClosedEpochFrame", None)
 
 
 @dataclass
@@ -159,7 +162,6 @@ class ConferenceMember:
             events = self.member.take_events()
             for ev in events:
                 self._on_stack_event(ev, now)
-            self._poll_pending(now)
             actions = self.core.take_actions()
             for action in actions:
                 self._apply(action, now)
@@ -187,14 +189,10 @@ class ConferenceMember:
             core.on_peer(self.names[ev.peer], False, now)
         elif isinstance(ev, PeerRestored):
             core.on_peer(self.names[ev.peer], True, now)
-        elif _InstanceSeen is not None and isinstance(ev, _InstanceSeen):
+        elif isinstance(ev, InstanceSeen):
             core.on_instance_seen(ev.epoch, ev.sender, now)
-        elif _ClosedEpochFrame is not None and isinstance(ev, _ClosedEpochFrame):
+        elif isinstance(ev, ClosedEpochFrame):
             core.on_closed_epoch_frame(ev.epoch, ev.sender, now)
-
-    def _poll_pending(self, now: float) -> None:
-        for epoch, sender in waiting_epochs(self.member):
-            self.core.on_instance_seen(epoch, sender, now)
 
     def _apply(self, action: Any, now: float) -> None:
         core, member = self.core, self.member
@@ -206,6 +204,7 @@ class ConferenceMember:
             if plan.save_first is not None:
                 self.disk.exchange = plan.save_first  # durable before the first message
             member.smc_init(tag, now, **plan.restore)
+            member.release_epochs_below(min(core.open_epochs, default=action.epoch))  # skipped ones
             core.on_joined(action.epoch, abstains=plan.abstains or plan.restored, now=now)
         elif isinstance(action, CloseEpoch):
             member.close_instance(smc_tag(self.gid, action.epoch))
