@@ -233,6 +233,12 @@ class Store:
                 conn.exec_driver_sql("DROP TABLE conferences")
             metadata.create_all(conn)
 
+    def ping(self) -> None:
+        """One read of the schema (the readiness check): raises the database's error if the
+        database cannot be reached or does not hold the directory's tables."""
+        with self._read_conn() as conn:
+            conn.execute(select(participants.c.name).limit(1)).first()
+
     # ---------------------------------------------------------------- transactions
 
     @contextmanager
