@@ -290,7 +290,8 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
-        env = {**os.environ, **self.extra_env}
+        env = {k: v for k, v in os.environ.items() if k != "SECCHAT_DIRECTORY_DB"}
+        env.update(self.extra_env)
         env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         cmd = [sys.executable, "-m", "secchat.directory", "serve", "--ca", str(self.ca_pem), "--fd", str(self.sock.fileno())]
         if self.db is not None:

@@ -28,7 +28,11 @@ def serve(
     ca: Annotated[Path, typer.Option("--ca", help="PEM bundle of the CAs whose certificates are admitted.")],
     db: Annotated[
         str | None,
-        typer.Option("--db", help="SQLite file or URL (sqlite:///..., postgresql://...) (default: <user data dir>/directory.sqlite3)."),
+        typer.Option(
+            "--db", envvar="SECCHAT_DIRECTORY_DB",
+            help="SQLite file or URL (sqlite:///..., postgresql://...), or env SECCHAT_DIRECTORY_DB "
+            "(keeps a password off the command line) (default: <user data dir>/directory.sqlite3).",
+        ),
     ] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8700,
