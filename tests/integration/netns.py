@@ -204,6 +204,10 @@ class Network:
         self.hosts[name] = host
         return host
 
+    def unused_address(self) -> str:
+        """An address of the subnet that no host has (the last one): dialling it goes nowhere."""
+        return str(self.subnet.broadcast_address - 1)
+
     def close(self) -> None:
         """Kill what runs inside, delete every namespace made (idempotent, never raises)."""
         for host in self.hosts.values():

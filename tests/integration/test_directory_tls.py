@@ -15,7 +15,7 @@ import pytest
 from secchat.app.exit_codes import ExitCode
 from secchat.directory.client import DirectoryClient, UntrustedResponse
 from secchat.directory.trust import TrustStore
-from tests.directory_support import SRC, ServerProcess, World, make_tls_files
+from tests.directory_support import ServerProcess, World, make_tls_files
 from tests.integration.test_app_cli import _env, secchat
 
 
@@ -90,7 +90,7 @@ def test_bad_tls_settings_are_one_sentence_and_change_nothing(tls_world):
 
     serve = [sys.executable, "-m", "secchat.directory", "serve", "--ca", str(root / "ca" / "ca.pem"),
              "--db", f"sqlite:///{root / 'never.sqlite3'}", "--port", "0", "--name", "https://x"]
-    env = _env(PYTHONPATH=SRC)
+    env = _env()
     half = subprocess.run([*serve, "--tls-cert", str(tls.cert)], env=env, capture_output=True, text=True, timeout=60)
     assert "give both --tls-cert and --tls-key" in _fails(half, ExitCode.USAGE)
     other = make_tls_files(root / "mismatch", ("127.0.0.1",))

@@ -7,8 +7,12 @@ its host's address; each member, on its own host, makes its key and a request (`
 ``https://`` directory URL, its TLS CA, and its own address as listen and advertised host),
 gets the request signed by the CA operator, installs the certificate and registers.  Alice
 creates the conference; everyone joins; they chat.  Then carol's host loses its network (its
-link goes down): alice and bob see her suspected and go on chatting; when the link comes back
+link goes down): the others see her suspected and go on chatting; when the link comes back
 carol is seen live again, gets what was said while she was away, and is heard again.
+
+Dave is as if behind NAT: nobody can reach him -- he listens on his host's loopback only and
+publishes an address nobody has -- but he reaches everyone.  He chats like the others: one
+reachable side per pair is enough (``docs/deploy.md``, "Addresses and ports").
 
 Only the file system is shared between the hosts: it stands in for carrying the request and
 the certificate between the member and the CA operator.
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.directory_support import SRC, make_tls_files
+from tests.directory_support import make_tls_files
 
 from .netns import Host, Network, require_netns
 from .test_app_cli import CMD, Member, _env, secchat
@@ -72,7 +76,11 @@ def network():
 def test_a_conference_across_four_hosts_survives_losing_one(network: Network, tmp_path: Path):
     started = time.monotonic()
     directory = network.add_host("directory")
-    hosts = {name: network.add_host(name) for name in ("alice", "bob", "carol")}
+    hosts = {name: network.add_host(name) for name in ("alice", "bob", "carol", "dave")}
+    nowhere = network.unused_address()
+    # (listen host, advertised host): each member its host's address; dave unreachable
+    addresses = {name: (host.address, host.address) for name, host in hosts.items()}
+    addresses["dave"] = ("127.0.0.1", nowhere)
 
     # the CA operator: the members' CA, and a TLS certificate for the directory's address
     secchat("ca", "init", "--dir", str(tmp_path / "ca"))
@@ -84,7 +92,7 @@ def test_a_conference_across_four_hosts_survives_losing_one(network: Network, tm
             [sys.executable, "-m", "secchat.directory", "serve", "--ca", str(tmp_path / "ca" / "ca.pem"),
              "--db", f"sqlite:///{tmp_path / 'directory.sqlite3'}", "--host", directory.address,
              "--port", str(DIRECTORY_PORT), "--tls-cert", str(tls.cert), "--tls-key", str(tls.key)],
-            env=_env(PYTHONPATH=SRC), stderr=log,
+            env=_env(), stderr=log,
         )
     ready = hosts["alice"].run([sys.executable, "-c", _WAIT_READY, url + "/v1/ready", str(tls.ca)], env=_env())
     assert ready.returncode == 0, f"the directory is not ready: {(tmp_path / 'directory.log').read_text()[-2000:]}"
@@ -93,8 +101,9 @@ def test_a_conference_across_four_hosts_survives_losing_one(network: Network, tm
     def enrol(name: str) -> Path:
         """One member's setup on its own host (the three go on at once, as on three machines)."""
         host, home = hosts[name], tmp_path / name
+        listen, advertised = addresses[name]
         on(host, "init", name, "--directory", url, "--directory-ca", str(tls.ca), "--home", str(home),
-           "--listen-host", host.address, "--listen-port", str(MEMBER_PORT), "--advertise-host", host.address)
+           "--listen-host", listen, "--listen-port", str(MEMBER_PORT), "--advertise-host", advertised)
         # the request goes to the CA operator, the certificate comes back: no private key moves
         signed = tmp_path / f"{name}.pem"
         secchat("ca", "sign", str(home / "identity" / "request.pem"), "--dir", str(tmp_path / "ca"), "--out", str(signed))
@@ -104,58 +113,63 @@ def test_a_conference_across_four_hosts_survives_losing_one(network: Network, tm
 
     with ThreadPoolExecutor(len(hosts)) as pool:
         homes = dict(zip(hosts, pool.map(enrol, hosts), strict=True))
-    out = on(hosts["alice"], "create", "room", "-m", "bob", "-m", "carol", "--from", "now", "--to", "+1h",
-             "--accept-new", "--home", str(homes["alice"]))
-    assert "created room by alice: alice, bob, carol" in out
+    out = on(hosts["alice"], "create", "room", "-m", "bob", "-m", "carol", "-m", "dave", "--from", "now",
+             "--to", "+1h", "--accept-new", "--home", str(homes["alice"]))
+    assert "created room by alice: alice, bob, carol, dave" in out
     setup = time.monotonic() - started
 
     members: dict[str, Member] = {}
     try:
         for name, host in hosts.items():
             members[name] = Member(homes[name], "room", "--accept-new", wrap=host.command)
-        alice, bob, carol = members["alice"], members["bob"], members["carol"]
+        alice, bob, carol, dave = (members[n] for n in ("alice", "bob", "carol", "dave"))
         fingerprint = alice.key(0)
-        assert bob.key(0) == fingerprint and carol.key(0) == fingerprint
+        assert all(m.key(0) == fingerprint for m in (bob, carol, dave))
         formed = time.monotonic() - started
-        # the addresses the members published (and dialled) are their hosts' own
+        # the addresses the members published are their hosts' own (dave's: one nobody has)
         contacts = on(hosts["bob"], "participants", "--home", str(homes["bob"])).splitlines()
-        for name, host in hosts.items():
-            assert any(line.startswith(f"{name}@") and line.endswith(f"{host.address}:{MEMBER_PORT}")
+        for name in hosts:
+            assert any(line.startswith(f"{name}@") and line.endswith(f"{addresses[name][1]}:{MEMBER_PORT}")
                        for line in contacts), contacts
 
         alice.say("hello from alice's host")
-        bob.received("hello from alice's host")
-        carol.received("hello from alice's host")
+        for m in (bob, carol, dave):
+            m.received("hello from alice's host")
         carol.say("carol here")
-        alice.received("carol here")
-        bob.received("carol here")
+        dave.say("dave here, reachable by nobody")
+        for m in (alice, bob, dave):
+            m.received("carol here")
+        for m in (alice, bob, carol):
+            m.received("dave here, reachable by nobody")
 
         # carol's host loses its network
         mark = {name: len(m.events) for name, m in members.items()}
         hosts["carol"].link_down()
         down_at = time.monotonic()
-        _up(alice, "carol", False, "alice suspects carol", mark["alice"])
-        _up(bob, "carol", False, "bob suspects carol", mark["bob"])
+        for m in (alice, bob, dave):
+            _up(m, "carol", False, f"{m.name} suspects carol", mark[m.name])
         suspected = time.monotonic() - down_at
         alice.say("while carol is away")
         bob.received("while carol is away")
+        dave.received("while carol is away")
         bob.say("bob still here")
         alice.received("bob still here")
+        dave.received("bob still here")
         assert not any(e["event"] == "message" and e["text"] == "while carol is away" for e in carol.events)
 
         # the link comes back: carol is live again, catches up, and is heard
         mark = {name: len(m.events) for name, m in members.items()}
         hosts["carol"].link_up()
         up_at = time.monotonic()
-        _up(alice, "carol", True, "alice sees carol again", mark["alice"])
-        _up(bob, "carol", True, "bob sees carol again", mark["bob"])
+        for m in (alice, bob, dave):
+            _up(m, "carol", True, f"{m.name} sees carol again", mark[m.name])
         carol.received("while carol is away")
         carol.received("bob still here")
         recovered = time.monotonic() - up_at
         carol.say("carol is back")
-        alice.received("carol is back")
-        bob.received("carol is back")
-        alice.say("welcome back")
+        for m in (alice, bob, dave):
+            m.received("carol is back")
+        dave.say("welcome back")
         carol.received("welcome back")
         assert all(m.proc.poll() is None for m in members.values())
     finally:
