@@ -140,6 +140,14 @@ def world() -> World:
     return World()
 
 
+@pytest.fixture
+def ca_pem(tmp_path, world) -> Path:
+    """The ``world``'s CA certificate in a file, for ``secchat directory serve --ca``."""
+    path = tmp_path / "ca.pem"
+    path.write_bytes(pki.cert_to_pem(world.ca_cert))
+    return path
+
+
 #: The name of the in-process test directory (``http://directory`` over httpx's ASGI transport).
 TEST_DIRECTORY = "http://directory"
 

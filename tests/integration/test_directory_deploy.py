@@ -18,15 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from secchat import pki
 from secchat.directory.client import ConferenceDeleted, DirectoryClient, DirectoryError
 from secchat.directory.trust import TrustStore
+from tests import directory_support
 from tests.directory_support import (
     PG_HOST,
     PG_PORT,
     ServerProcess,
     TlsFiles,
-    World,
     fresh_pg_schema,
     make_tls_files,
 )
@@ -39,16 +38,8 @@ UNIT = ROOT / "deploy" / "secchat-directory.service"
 pg_schema = contextlib.contextmanager(fresh_pg_schema)
 
 
-@pytest.fixture(scope="module")
-def world() -> World:
-    return World()
-
-
-@pytest.fixture
-def ca_pem(tmp_path, world) -> Path:
-    path = tmp_path / "ca.pem"
-    path.write_bytes(pki.cert_to_pem(world.ca_cert))
-    return path
+world = directory_support.world
+ca_pem = directory_support.ca_pem
 
 
 async def _until(http: httpx.AsyncClient, path: str, status: int, timeout: float = 15.0) -> httpx.Response:

@@ -16,7 +16,7 @@ from secchat.app.exit_codes import ExitCode
 from secchat.directory.client import DirectoryClient, UntrustedResponse
 from secchat.directory.trust import TrustStore
 from tests.directory_support import ServerProcess, World, make_tls_files
-from tests.integration.test_app_cli import _env, secchat
+from tests.integration.test_app_cli import _env, _error, secchat
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +29,6 @@ def tls_world(tmp_path_factory):
         yield root, tls, server
     finally:
         server.close()
-
-
-def _fails(proc: subprocess.CompletedProcess, code: ExitCode) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    return proc.stderr
 
 
 def test_profiles_use_an_https_directory_verified_by_their_bundle(tls_world):
@@ -57,14 +51,14 @@ def test_a_directory_certificate_that_does_not_verify_is_refused_with_exit_7(tls
     secchat("init", "mallory", "--ca-dir", str(root / "ca"), "--directory", server.url,
             "--directory-ca", str(other.ca), "--home", str(wrong))
     for command in ("register", "participants", "conferences"):
-        err = _fails(secchat(command, "--home", str(wrong), check=False), ExitCode.UNTRUSTED)
+        err = _error(secchat(command, "--home", str(wrong), check=False), ExitCode.UNTRUSTED)
         assert f"the TLS certificate of the directory at {server.url} failed verification" in err, err
         assert "unable to get local issuer certificate" in err, err
 
     # no bundle: the system's trust store, which does not know the directory's private CA
     system = root / "system-trust"
     secchat("init", "sam", "--ca-dir", str(root / "ca"), "--directory", server.url, "--home", str(system))
-    err = _fails(secchat("register", "--home", str(system), check=False), ExitCode.UNTRUSTED)
+    err = _error(secchat("register", "--home", str(system), check=False), ExitCode.UNTRUSTED)
     assert "failed verification" in err
 
     # the right CA, the wrong name: the certificate is for 127.0.0.1, not for localhost
@@ -72,7 +66,7 @@ def test_a_directory_certificate_that_does_not_verify_is_refused_with_exit_7(tls
     url = server.url.replace("127.0.0.1", "localhost")
     secchat("init", "nina", "--ca-dir", str(root / "ca"), "--directory", url,
             "--directory-ca", str(tls.ca), "--home", str(by_name))
-    err = _fails(secchat("register", "--home", str(by_name), check=False), ExitCode.UNTRUSTED)
+    err = _error(secchat("register", "--home", str(by_name), check=False), ExitCode.UNTRUSTED)
     assert "failed verification" in err and "Hostname mismatch" in err, err
 
 
@@ -80,10 +74,10 @@ def test_bad_tls_settings_are_one_sentence_and_change_nothing(tls_world):
     root, tls, server = tls_world
     # a bundle for a plain http:// directory is a mistake, said before anything is written
     home = root / "plain"
-    err = _fails(secchat("init", "pat", "--ca-dir", str(root / "ca"), "--directory", "http://127.0.0.1:1",
+    err = _error(secchat("init", "pat", "--ca-dir", str(root / "ca"), "--directory", "http://127.0.0.1:1",
                          "--directory-ca", str(tls.ca), "--home", str(home), check=False), ExitCode.USAGE)
     assert "only with an https:// directory" in err and not home.exists()
-    err = _fails(secchat("init", "pat", "--ca-dir", str(root / "ca"), "--directory", server.url,
+    err = _error(secchat("init", "pat", "--ca-dir", str(root / "ca"), "--directory", server.url,
                          "--directory-ca", str(root / "missing.pem"), "--home", str(home), check=False),
                  ExitCode.SETUP)
     assert "cannot read the directory's CA bundle" in err and not home.exists()
@@ -92,11 +86,11 @@ def test_bad_tls_settings_are_one_sentence_and_change_nothing(tls_world):
              "--db", f"sqlite:///{root / 'never.sqlite3'}", "--port", "0", "--name", "https://x"]
     env = _env()
     half = subprocess.run([*serve, "--tls-cert", str(tls.cert)], env=env, capture_output=True, text=True, timeout=60)
-    assert "give both --tls-cert and --tls-key" in _fails(half, ExitCode.USAGE)
+    assert "give both --tls-cert and --tls-key" in _error(half, ExitCode.USAGE)
     other = make_tls_files(root / "mismatch", ("127.0.0.1",))
     mismatch = subprocess.run([*serve, "--tls-cert", str(tls.cert), "--tls-key", str(other.key)],
                               env=env, capture_output=True, text=True, timeout=60)
-    assert "cannot use --tls-cert" in _fails(mismatch, ExitCode.SETUP)
+    assert "cannot use --tls-cert" in _error(mismatch, ExitCode.SETUP)
     assert not (root / "never.sqlite3").exists()
 
 

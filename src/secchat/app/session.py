@@ -368,6 +368,8 @@ class ChatApp:
         except RolledBack as exc:
             raise AppError(str(exc), "rollback") from None
         except UntrustedResponse as exc:
+            if exc.code == "untrusted_directory":  # its TLS certificate: there was no answer
+                raise AppError(str(exc), exc.code) from None
             raise AppError(f"the directory's answer failed verification: {exc}", "untrusted_directory") from None
         except ConferenceDeleted as exc:
             raise AppError(str(exc), "deleted") from None
