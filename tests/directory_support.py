@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -138,6 +140,14 @@ def world() -> World:
     return World()
 
 
+@pytest.fixture
+def ca_pem(tmp_path, world) -> Path:
+    """The ``world``'s CA certificate in a file, for ``secchat directory serve --ca``."""
+    path = tmp_path / "ca.pem"
+    path.write_bytes(pki.cert_to_pem(world.ca_cert))
+    return path
+
+
 #: The name of the in-process test directory (``http://directory`` over httpx's ASGI transport).
 TEST_DIRECTORY = "http://directory"
 
@@ -179,7 +189,8 @@ def free_listener() -> socket.socket:
 
 
 def spawn_serving(cmd: list[str], env: dict[str, str], sock: socket.socket, ready_url: str, *,
-                  timeout: float = 20.0, cwd: str | None = None) -> subprocess.Popen:
+                  timeout: float = 20.0, cwd: str | None = None,
+                  verify: ssl.SSLContext | bool = True) -> subprocess.Popen:
     """Start ``cmd`` (handed the listening ``sock``) and wait, bounded, until ``ready_url`` answers 200."""
     proc = subprocess.Popen(
         cmd, env=env, pass_fds=(sock.fileno(),), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -189,7 +200,7 @@ def spawn_serving(cmd: list[str], env: dict[str, str], sock: socket.socket, read
         if proc.poll() is not None:
             raise RuntimeError(f"{cmd[2:4]} exited: {proc.stderr.read().decode()[-2000:]}")
         try:
-            if httpx.get(ready_url, timeout=1.0).status_code == 200:
+            if httpx.get(ready_url, timeout=1.0, verify=verify).status_code == 200:
                 return proc
         except httpx.TransportError:
             pass
@@ -212,27 +223,94 @@ def stop_process(proc: subprocess.Popen | None) -> None:
         proc.stderr.close()
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A directory's TLS certificate (``cert``, ``key``) and the CA bundle clients verify it by."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+def make_tls_files(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1",), *, ca_name: str = "Directory TLS CA") -> TlsFiles:
+    """A TLS CA and a server certificate for ``hosts`` (IP addresses or DNS names), as an
+    operator would get from the organisation's CA: ECDSA P-256, not the members' Ed25519 PKI."""
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name(ca_name)).issuer_name(name(ca_name))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    cert = (
+        x509.CertificateBuilder().subject_name(name(hosts[0])).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    files = TlsFiles(directory / "tls-ca.pem", directory / "tls-cert.pem", directory / "tls-key.pem")
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+    files.key.chmod(0o600)
+    return files
+
+
 class ServerProcess:
-    """``python -m secchat.directory serve`` on an inherited socket; ``url`` once it answers."""
+    """``python -m secchat.directory serve`` on an inherited socket; ``url`` once it is ready
+    (``/v1/ready``: its database answers); over HTTPS with ``tls``."""
 
     def __init__(
-        self, ca_pem: Path, db: str | None, *, env: dict[str, str] | None = None, names: tuple[str, ...] = ()
+        self, ca_pem: Path, db: str | None, *, env: dict[str, str] | None = None, names: tuple[str, ...] = (),
+        tls: TlsFiles | None = None,
     ) -> None:
-        self.ca_pem, self.db, self.extra_env, self.names = ca_pem, db, env or {}, names
+        self.ca_pem, self.db, self.extra_env, self.names, self.tls = ca_pem, db, env or {}, names, tls
         self.sock = free_listener()
         self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
-        env = {**os.environ, **self.extra_env}
+        env = {k: v for k, v in os.environ.items() if k != "SECCHAT_DIRECTORY_DB"}
+        env.update(self.extra_env)
         env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         cmd = [sys.executable, "-m", "secchat.directory", "serve", "--ca", str(self.ca_pem), "--fd", str(self.sock.fileno())]
         if self.db is not None:
             cmd += ["--db", self.db]
         for name in self.names:
             cmd += ["--name", name]
-        self.proc = spawn_serving(cmd, env, self.sock, self.url + "/v1/health", timeout=timeout)
+        verify: ssl.SSLContext | bool = True
+        if self.tls is not None:
+            cmd += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
+            verify = self.tls.context()
+        self.proc = spawn_serving(cmd, env, self.sock, self.url + "/v1/ready", timeout=timeout, verify=verify)
         return self
 
     def kill(self) -> None:

@@ -7,7 +7,8 @@ looks like to TCP: no RST, no FIN, just silence.  New connections during the par
 accepted and swallowed the same way (their handshakes hang).  :meth:`heal` lets *new*
 connections through again; those that lived through the partition stay black holes, as after a
 real one that outlasted TCP's retransmissions.  So after a heal a member gets through only by
-noticing the dead connection and opening another.
+noticing the dead connection and opening another.  :meth:`refuse` is the other failure, a
+server that is down: every connection is reset and new ones are refused until :meth:`heal`.
 
 The upstream side connects from ``source`` (another loopback address), so that the member
 behind the proxy learns no usable address of the one in front of it (one side of each pair is
@@ -24,7 +25,7 @@ class FaultProxy:
     def __init__(self, target: tuple[str, int], *, source: str = "127.0.0.2") -> None:
         self.target = target
         self.source = source
-        self.partitioned = False
+        self.partitioned = self.refusing = False
         self._server: asyncio.base_events.Server | None = None
         self._live: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -42,11 +43,21 @@ class FaultProxy:
         for pair in list(self._live):
             self._live.discard(pair)  # its pumps see it gone and swallow from now on
 
+    def refuse(self) -> None:
+        self.refusing = True
+        for pair in list(self._live):
+            self._live.discard(pair)
+            for writer in pair:
+                writer.transport.abort()
+
     def heal(self) -> None:
-        self.partitioned = False
+        self.partitioned = self.refusing = False
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if self.refusing:
+            writer.transport.abort()
+            return
         if self.partitioned:
             self._spawn(self._swallow(reader, writer))
             return

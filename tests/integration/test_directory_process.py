@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from pathlib import Path
 
 import pytest
 
@@ -24,6 +23,7 @@ from tests import directory_support
 from tests.directory_support import ServerProcess, World
 
 db_url = directory_support.db_url
+ca_pem = directory_support.ca_pem
 
 N_CLIENTS = 50
 
@@ -31,13 +31,6 @@ N_CLIENTS = 50
 @pytest.fixture(scope="module")
 def world() -> World:
     return World()
-
-
-@pytest.fixture
-def ca_pem(tmp_path, world) -> Path:
-    path = tmp_path / "ca.pem"
-    path.write_bytes(pki.cert_to_pem(world.ca_cert))
-    return path
 
 
 @pytest.fixture

@@ -491,3 +491,50 @@ def test_database_outage_is_503(api, monkeypatch):
     r = api.request("GET", "/v1/conferences/alice/x")
     assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
     assert "db-host" not in r.text
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+def test_ready_queries_the_database_and_health_does_not(api):
+    assert api.request("GET", "/v1/ready").json()["status"] == "ready"
+    with api.store.engine.begin() as conn:  # the directory's tables gone: a broken database
+        conn.exec_driver_sql("ALTER TABLE participants RENAME TO participants_gone")
+    answer = api.request("GET", "/v1/ready")
+    assert answer.status_code == 503
+    error = answer.json()["error"]
+    assert error["code"] == "database_unavailable"
+    assert error["message"].startswith("the database is unavailable (")
+    assert "participants" not in error["message"]  # the driver's words stay in the server's log
+    assert api.request("GET", "/v1/health").status_code == 200  # liveness: the process is up
+
+
+def test_ready_is_bounded_when_the_database_hangs_and_probes_do_not_pile_up(world, tmp_path, monkeypatch):
+    import threading
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'd.sqlite3'}", pool_size=2)
+    app = create_app(engine, [world.ca_cert], names=[TEST_DIRECTORY], ready_timeout=0.3)
+    release, calls = threading.Event(), []
+
+    def hung_ping() -> None:  # a database that accepted the query and never answers
+        calls.append(1)
+        release.wait(10)
+
+    monkeypatch.setattr(app.state.store, "ping", hung_ping)
+    api = Api(app)
+    try:
+        started = time.monotonic()
+        first = api.request("GET", "/v1/ready")
+        assert first.status_code == 503 and time.monotonic() - started < 3
+        assert "did not answer within 0.3 s" in first.json()["error"]["message"]
+        second = api.request("GET", "/v1/ready")  # the first query still holds its thread
+        assert second.status_code == 503 and "previous readiness check" in second.json()["error"]["message"]
+        assert len(calls) == 1
+        release.set()
+        deadline = time.monotonic() + 5
+        while api.request("GET", "/v1/ready").status_code != 200:
+            assert time.monotonic() < deadline, "ready again once the database answers"
+            time.sleep(0.05)
+    finally:
+        release.set()
+        engine.dispose()

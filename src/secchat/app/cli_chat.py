@@ -90,7 +90,7 @@ def register(
     settings = _settings(home)
     h = _home(home)
     directory_cli.register(settings.directory, h / IDENTITY_DIR, passphrase_file, h / TRUST_FILE,
-                           settings.directory_timeout)
+                           settings.directory_timeout, settings.directory_ca_file(h))
 
 
 def participants(
@@ -105,7 +105,7 @@ def participants(
     settings = _settings(home)
     h = _home(home)
     directory_cli.participants(settings.directory, h / IDENTITY_DIR, passphrase_file, h / TRUST_FILE,
-                               settings.directory_timeout)
+                               settings.directory_timeout, settings.directory_ca_file(h))
 
 
 _RELATIVE = re.compile(r"^\+(\d+)([smhd])$")

@@ -222,6 +222,14 @@ def init(
             "--directory", envvar="SECCHAT_DIRECTORY", help="Directory URL (env SECCHAT_DIRECTORY)."
         ),
     ] = "http://127.0.0.1:8700",
+    directory_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--directory-ca",
+            help="PEM bundle an https:// directory's certificate must verify against"
+            " (default: the system's trust store).",
+        ),
+    ] = None,
     home: Annotated[Path | None, HOME_OPTION] = None,
     passphrase_file: Annotated[Path | None, PASSFILE_OPTION] = None,
     ca_passphrase_file: Annotated[
@@ -254,6 +262,7 @@ def init(
 
     given_home = home
     home = resolve_home(home)
+    tls_ca = _directory_ca(directory, directory_ca)
     if profile_exists(home):
         if not replace:
             raise fail(
@@ -289,6 +298,7 @@ def init(
                 listen_host=listen_host,
                 listen_port=listen_port,
                 advertise_host=advertise_host,
+                directory_ca=tls_ca,
                 replace=replace,
             )
         else:
@@ -300,6 +310,7 @@ def init(
                 listen_host=listen_host,
                 listen_port=listen_port,
                 advertise_host=advertise_host,
+                directory_ca=tls_ca,
                 replace=replace,
             )
     except ProfileError as exc:
@@ -316,6 +327,21 @@ def init(
         f" `secchat ca sign {shlex.quote(str(request))} --out {name}.pem`;"
     )
     typer.echo(f"then: secchat identity install {name}.pem{hint}; secchat register{hint}")
+
+
+def _directory_ca(directory: str, bundle: Path | None) -> str:
+    """``--directory-ca`` checked before anything is written: readable, and for https:// only."""
+    if bundle is None:
+        return ""
+    if not directory.startswith("https://"):
+        raise fail("--directory-ca is used only with an https:// directory URL", ExitCode.USAGE)
+    from secchat.directory.client import DirectoryError, directory_tls
+
+    try:
+        directory_tls(bundle)
+    except DirectoryError as exc:
+        raise fail_for(exc) from None
+    return str(bundle.resolve())
 
 
 # --------------------------------------------------------------------------- ca

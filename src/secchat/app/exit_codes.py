@@ -48,7 +48,7 @@ _CODES: dict[ExitCode, str] = {
     ExitCode.PASSPHRASE: "wrong_passphrase wrong_ca_passphrase weak_passphrase no_passphrase"
     " empty_passphrase",
     ExitCode.SETUP: "no_profile bad_config no_identity no_key_store no_ca bad_pem corrupt"
-    " bad_trust_store no_request listen_failed",
+    " bad_trust_store no_request listen_failed no_directory_ca",
     ExitCode.UNTRUSTED: "untrusted untrusted_directory bad_signature unknown_ca expired"
     " not_yet_valid not_a_ca not_a_leaf no_name unsupported_key key_mismatch"
     " fingerprint_mismatch not_accepted certificate_mismatch certificate_changed rollback deleted"

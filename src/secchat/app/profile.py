@@ -21,6 +21,9 @@ that is looser is tightened when it is opened).
     listen_port = 0                # 0: any free port, published in the directory on join
     advertise_host = "127.0.0.1"   # the host published (default: listen_host)
     directory_timeout = 5.0        # seconds each directory operation may take in all
+    directory_ca = "/etc/secchat/directory-ca.pem"   # https:// directory: the PEM bundle its
+                                   # certificate must verify against (default: system trust);
+                                   # a relative path is relative to the profile
 """
 
 from __future__ import annotations
@@ -82,12 +85,15 @@ class Settings:
     listen_port: int = 0
     advertise_host: str = ""
     directory_timeout: float = 5.0
+    directory_ca: str = ""
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.directory_timeout <= 600:
             raise ValueError("directory_timeout must be in 0.1..600 seconds")
         if not self.directory.startswith(("http://", "https://")):
             raise ValueError(f"the directory URL must start with http:// or https://, not {self.directory!r}")
+        if self.directory_ca and not self.directory.startswith("https://"):
+            raise ValueError("directory_ca is used only with an https:// directory URL")
         if not 0 <= self.listen_port <= 65535:
             raise ValueError("listen_port must be in 0..65535")
         if self.listen_host in ("0.0.0.0", "::", "") and not self.advertise_host:
@@ -96,6 +102,10 @@ class Settings:
     @property
     def advertised(self) -> str:
         return self.advertise_host or self.listen_host
+
+    def directory_ca_file(self, home: Path) -> Path | None:
+        """The CA bundle of an https:// directory (relative to the profile), None: system trust."""
+        return Path(home) / self.directory_ca if self.directory_ca else None
 
 
 def default_home() -> Path:
@@ -173,6 +183,7 @@ def create_profile(
     listen_host: str = "127.0.0.1",
     listen_port: int = 0,
     advertise_host: str = "",
+    directory_ca: str = "",
     replace: bool = False,
 ) -> x509.CertificateSigningRequest:
     """Make the user's key (stored under ``passphrase``), a certificate signing request for it
@@ -185,7 +196,9 @@ def create_profile(
     home = Path(home)
     _may_create(home, passphrase, replace)
     try:
-        settings = Settings(name, directory, listen_host, listen_port, advertise_host)
+        settings = Settings(
+            name, directory, listen_host, listen_port, advertise_host, directory_ca=directory_ca
+        )
     except ValueError as exc:
         raise ProfileError("bad_config", str(exc)) from None
     key = pki.generate_key()
@@ -292,6 +305,7 @@ def init_profile(
     listen_host: str = "127.0.0.1",
     listen_port: int = 0,
     advertise_host: str = "",
+    directory_ca: str = "",
     replace: bool = False,
 ) -> str:
     """The one-machine shortcut: :func:`create_profile`, signed at once by the CA in ``ca_dir``
@@ -304,7 +318,7 @@ def init_profile(
     ca_key, ca_cert = read_ca(ca_dir, ca_passphrase)
     request = create_profile(
         home, name, passphrase, directory, listen_host=listen_host, listen_port=listen_port,
-        advertise_host=advertise_host, replace=replace,
+        advertise_host=advertise_host, directory_ca=directory_ca, replace=replace,
     )
     try:
         cert = pki.sign_request(ca_key, ca_cert, request)

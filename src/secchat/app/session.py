@@ -223,7 +223,8 @@ class ChatApp:
         self.history_store = history
         self.versions = versions if versions is not None else VersionMemory(None)
         self.client = AsyncDirectoryClient.for_identity(
-            settings.directory, local, trust, versions=self.versions, deadline=settings.directory_timeout
+            settings.directory, local, trust, versions=self.versions, deadline=settings.directory_timeout,
+            tls_ca=settings.directory_ca_file(home),
         )
         self._stack_config = stack_config
         self._link_config = link_config
@@ -271,8 +272,12 @@ class ChatApp:
             history = await asyncio.to_thread(HistoryStore, home / HISTORY_FILE, passphrase)
         except HistoryError as exc:
             raise AppError(str(exc), exc.code) from None
-        return cls(home, settings, local, trust, history, versions=versions, stack_config=stack_config,
-                   link_config=link_config)
+        try:
+            return cls(home, settings, local, trust, history, versions=versions,
+                       stack_config=stack_config, link_config=link_config)
+        except DirectoryError as exc:  # the directory's CA bundle is unreadable
+            history.close()
+            raise AppError(str(exc), exc.code) from None
 
     # ------------------------------------------------------------------ directory operations
 
@@ -289,6 +294,8 @@ class ChatApp:
         except RolledBack as exc:
             raise AppError(str(exc), "rollback") from None
         except UntrustedResponse as exc:
+            if exc.code == "untrusted_directory":  # its TLS certificate: there was no answer
+                raise AppError(str(exc), exc.code) from None
             raise AppError(f"the directory's answer failed verification: {exc}", "untrusted_directory") from None
         except ConferenceDeleted as exc:
             raise AppError(str(exc), "deleted") from None

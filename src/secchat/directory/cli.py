@@ -17,10 +17,10 @@ def _directory() -> None:
     """Run or use a SecChat directory service."""
 
 
-def _fail(message: str) -> typer.Exit:
-    from secchat.app.exit_codes import fail
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    from secchat.app.exit_codes import ExitCode, fail
 
-    return fail(message)
+    return fail(message, ExitCode(code))
 
 
 @directory_app.command("serve")
@@ -28,7 +28,11 @@ def serve(
     ca: Annotated[Path, typer.Option("--ca", help="PEM bundle of the CAs whose certificates are admitted.")],
     db: Annotated[
         str | None,
-        typer.Option("--db", help="SQLite file or URL (sqlite:///..., postgresql://...) (default: <user data dir>/directory.sqlite3)."),
+        typer.Option(
+            "--db", envvar="SECCHAT_DIRECTORY_DB",
+            help="SQLite file or URL (sqlite:///..., postgresql://...), or env SECCHAT_DIRECTORY_DB "
+            "(keeps a password off the command line) (default: <user data dir>/directory.sqlite3).",
+        ),
     ] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8700,
@@ -42,13 +46,26 @@ def serve(
             "for another directory are refused. Default: http://HOST:PORT of the listening socket.",
         ),
     ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            help="Serve HTTPS with this PEM certificate chain (the server's certificate first); "
+            "clients verify it (`directory_ca` in their config, default the system's trust).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="The PEM private key of --tls-cert (unencrypted).")
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
 ) -> None:
-    """Serve the directory API (JSON under /v1, description at /v1/openapi.json)."""
+    """Serve the directory API (JSON under /v1, description at /v1/openapi.json; liveness at
+    /v1/health, readiness -- the database answers -- at /v1/ready)."""
     import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
 
     from secchat import pki
+    from secchat.app.exit_codes import ExitCode
 
     from .auth import authority_of
     from .server import create_app
@@ -60,6 +77,11 @@ def serve(
         raise _fail(f"there is no CA bundle at {ca}") from None
     except pki.PkiError as exc:
         raise _fail(f"{ca}: {exc}") from None
+    if (tls_cert is None) != (tls_key is None):
+        raise _fail("give both --tls-cert and --tls-key (or neither)", ExitCode.USAGE)
+    scheme = "https" if tls_cert is not None else "http"
+    if tls_cert is not None and tls_key is not None:
+        _check_tls(tls_cert, tls_key)
     sockets = [socket.socket(fileno=fd)] if fd is not None else None
     if name:
         try:
@@ -70,7 +92,8 @@ def serve(
         bound_host, bound_port = sockets[0].getsockname()[:2] if sockets else (host, port)
         if bound_host in ("0.0.0.0", "::", "") or bound_port == 0:
             raise _fail("listening on every interface or on port 0: say with --name which URL clients use")
-        names = [f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        names = [f"{scheme}://{shown}:{bound_port}"]
     try:
         engine = make_engine(db)
         app = create_app(engine, trusted, names=names)
@@ -79,16 +102,31 @@ def serve(
     where = db or str(default_database_path())
     logging.basicConfig(level=logging.WARNING)
     database = engine.url.render_as_string(hide_password=True) if db else where
-    listening = "an inherited socket" if fd is not None else f"http://{host}:{port}"
+    listening = f"{scheme} on an inherited socket" if fd is not None else f"{scheme}://{host}:{port}"
     typer.echo(f"directory on {database}, serving {listening} as {', '.join(names)}", err=True)
     # Bounded: beyond 512 open requests uvicorn answers 503 instead of queueing without limit.
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False, limit_concurrency=512
+        app, host=host, port=port, log_level=log_level, access_log=False, limit_concurrency=512,
+        ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
     )
     # An inherited socket is wrapped (above), not handed to uvicorn's ``fd=``: that one assumes
     # AF_UNIX, so asyncio would not set TCP_NODELAY and every response would wait for a delayed
     # ACK (~40 ms).
     uvicorn.Server(config).run(sockets=sockets)
+
+
+def _check_tls(cert: Path, key: Path) -> None:
+    """Load the certificate and key as uvicorn will, so a bad pair is one sentence, not a trace."""
+    import ssl
+
+    from secchat.app.exit_codes import ExitCode
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise _fail(f"there is no file {exc.filename}", ExitCode.SETUP) from None
+    except (OSError, ssl.SSLError) as exc:
+        raise _fail(f"cannot use --tls-cert {cert} with --tls-key {key}: {exc}", ExitCode.SETUP) from None
 
 
 # --------------------------------------------------------------------------- client commands
@@ -97,6 +135,9 @@ _URL = typer.Option("--url", envvar="SECCHAT_DIRECTORY", help="Directory base UR
 _DIR = typer.Option("--dir", help="Identity directory (default: <user data dir>/identity).")
 _PASSFILE = typer.Option("--passphrase-file", help="Read the key's passphrase from this file.")
 _TRUST = typer.Option("--trust-file", help="Accepted certificates (default: <user data dir>/accepted-certificates.json).")
+_TLS_CA = typer.Option(
+    "--directory-ca", help="PEM bundle an https:// directory must verify against (default: system trust)."
+)
 _DEADLINE = typer.Option(
     "--directory-timeout", min=0.1, max=600.0,
     help="Seconds each directory operation may take in all (default 5).",
@@ -109,6 +150,7 @@ def _client(
     passphrase_file: Path | None,
     trust_file: Path | None,
     deadline: float | None = None,
+    tls_ca: Path | None = None,
 ):
     from secchat import pki
     from secchat.app.cli_pki import PASSPHRASE_ENV, default_identity_dir, read_passphrase
@@ -128,10 +170,14 @@ def _client(
         store = TrustStore(trust_file or default_trust_path())
     except (pki.PkiError, TrustStoreError) as exc:
         raise fail_for(exc) from None
-    from .client import DEFAULT_DEADLINE
+    from .client import DEFAULT_DEADLINE, DirectoryError
 
     try:
-        return DirectoryClient.for_identity(url, local, store, deadline=deadline or DEFAULT_DEADLINE)
+        return DirectoryClient.for_identity(
+            url, local, store, deadline=deadline or DEFAULT_DEADLINE, tls_ca=tls_ca
+        )
+    except DirectoryError as exc:
+        raise fail_for(exc) from None
     except ValueError as exc:
         raise _fail(str(exc)) from None
 
@@ -154,11 +200,12 @@ def register(
     passphrase_file: Annotated[Path | None, _PASSFILE] = None,
     trust_file: Annotated[Path | None, _TRUST] = None,
     deadline: Annotated[float | None, _DEADLINE] = None,
+    tls_ca: Annotated[Path | None, _TLS_CA] = None,
 ) -> None:
     """Register this identity's certificate with a directory (the thesis's Add Participant)."""
     from secchat.text import safe
 
-    with _client(url, directory, passphrase_file, trust_file, deadline) as client:
+    with _client(url, directory, passphrase_file, trust_file, deadline, tls_ca) as client:
         me = _run(client.register)
     typer.echo(f"registered {safe(me.identity)} ({me.fingerprint})")
 
@@ -170,11 +217,12 @@ def participants(
     passphrase_file: Annotated[Path | None, _PASSFILE] = None,
     trust_file: Annotated[Path | None, _TRUST] = None,
     deadline: Annotated[float | None, _DEADLINE] = None,
+    tls_ca: Annotated[Path | None, _TLS_CA] = None,
 ) -> None:
     """List the participants whose certificates verify, and whether you accepted them."""
     from secchat.text import safe
 
-    with _client(url, directory, passphrase_file, trust_file, deadline) as client:
+    with _client(url, directory, passphrase_file, trust_file, deadline, tls_ca) as client:
         found = _run(client.list_participants)
     for p in found:
         contact = safe(f"{p.contact.host}:{p.contact.port}") if p.contact else "-"

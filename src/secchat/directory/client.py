@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import os
 import re
+import ssl
 import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ __all__ = [
     "RolledBack",
     "UnacceptedCertificates",
     "UntrustedResponse",
+    "directory_tls",
     "verify_conference",
     "verify_participant",
 ]
@@ -119,6 +121,31 @@ class DirectoryUnavailable(DirectoryError):
 
 class UntrustedResponse(DirectoryError):
     """The directory returned data that fails verification: it is faulty or malicious."""
+
+
+def directory_tls(ca_file: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """How an ``https://`` directory is verified: its certificate chain against ``ca_file`` (a
+    PEM bundle), or the system's trust store when None, and its name against the URL's host.
+    ``DirectoryError`` ``no_directory_ca`` if the bundle cannot be read."""
+    try:
+        return ssl.create_default_context(cafile=os.fspath(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise DirectoryError(
+            "no_directory_ca", f"cannot read the directory's CA bundle {ca_file}: {reason}"
+        ) from None
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a transport error, if one is (httpx wraps it twice)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class RolledBack(UntrustedResponse):
@@ -781,7 +808,9 @@ class AsyncDirectoryClient:
     """The directory client (asyncio, httpx): every operation within one total ``deadline``.
 
     ``directory_name`` is what requests are signed for (see :mod:`.auth`): by default the
-    authority of ``base_url``; ``versions`` is the version memory (default: in memory only).
+    authority of ``base_url``; ``versions`` is the version memory (default: in memory only);
+    ``tls_ca`` the PEM bundle an ``https://`` directory's certificate must verify against
+    (default: the system's trust store, see :func:`directory_tls`).
     """
 
     def __init__(
@@ -797,16 +826,21 @@ class AsyncDirectoryClient:
         directory_name: str | None = None,
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
     ) -> None:
         if not deadline > 0:
             raise ValueError("the directory deadline must be positive")
+        if tls_ca is not None and not base_url.startswith("https://"):
+            raise ValueError(f"a CA bundle for the directory is used only with an https:// URL, not {base_url}")
+        verify: ssl.SSLContext | bool = directory_tls(tls_ca) if base_url.startswith("https://") else True
         authority = authority_of(directory_name or base_url)
         self._core = _Core(
             trusted_cas, signer_key, cert, trust_store, versions if versions is not None else VersionMemory(None),
             authority, clock,
         )
         self.deadline = deadline
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=deadline, transport=transport)
+        self.base_url = base_url
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=deadline, transport=transport, verify=verify)
 
     @classmethod
     def for_identity(
@@ -841,6 +875,17 @@ class AsyncDirectoryClient:
             finally:
                 await response.aclose()
         except httpx.TransportError as exc:
+            tls = _tls_failure(exc)
+            if isinstance(tls, ssl.SSLCertVerificationError):
+                raise UntrustedResponse(
+                    "untrusted_directory",
+                    f"the TLS certificate of the directory at {self.base_url} failed verification"
+                    f" ({tls.verify_message or tls.reason}): not the directory you configured",
+                ) from None
+            if tls is not None:
+                raise DirectoryUnavailable(
+                    "unreachable", f"no TLS connection to the directory at {self.base_url}: {tls.reason or tls}"
+                ) from None
             raise DirectoryUnavailable("unreachable", f"the directory is unreachable: {exc}") from None
 
     async def _run(self, op: _Op[T]) -> T:

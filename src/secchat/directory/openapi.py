@@ -71,7 +71,13 @@ OPENAPI: dict[str, Any] = {
         "creator-signed conference records. Clients verify everything it returns.",
     },
     "paths": {
-        "/v1/health": {"get": _op("Liveness", {"200": {"description": "up"}})},
+        "/v1/health": {"get": _op("Liveness: the process answers (the database is not asked)", {"200": {"description": "up"}})},
+        "/v1/ready": {
+            "get": _op(
+                "Readiness: a query of the directory's tables succeeded within a few seconds",
+                {"200": {"description": "ready"}, "503": {**_ERROR, "description": "database_unavailable"}},
+            )
+        },
         "/v1/participants": {
             "post": _op(
                 "Register a participant (proof of possession: the request is signed by the certificate's key)",

@@ -61,6 +61,8 @@ log = logging.getLogger("secchat.directory")
 T = TypeVar("T")
 
 DEFAULT_MAX_BODY = 512 * 1024
+#: Seconds the readiness check (``GET /v1/ready``) waits for the database before it says 503.
+READY_TIMEOUT = 3.0
 #: Entries per page of a listing (``?after=<last key>`` gives the next page).
 PAGE = PAGE_SIZE
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -107,6 +109,7 @@ STATUS: dict[str, int] = {
     "no_name": 422,
     "unsupported_key": 422,
     "unavailable": 503,
+    "database_unavailable": 503,
     "internal": 500,
 }
 
@@ -153,6 +156,7 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     clock: Callable[[], float] = time.time,
     db_threads: int = 8,
+    ready_timeout: float = READY_TIMEOUT,
 ) -> Starlette:
     """The directory app on ``engine`` (schema created now), admitting certificates of
     ``trusted_cas``, answering signed requests made for one of ``names`` (its URLs as clients
@@ -231,6 +235,36 @@ def create_app(
 
     async def health(_request: Request) -> Response:
         return _json({"status": "ok"})
+
+    # At most one readiness query at a time: a probe abandoned after ``ready_timeout`` may still
+    # hold a database thread, and probes repeated against a hung database must not pile up.
+    probe = {"busy": False, "started": False}
+
+    def ping() -> None:
+        probe["started"] = True
+        try:
+            store.ping()
+        finally:
+            probe["busy"] = False
+
+    async def ready(_request: Request) -> Response:
+        """Readiness, not liveness: 200 only when a query of the directory's tables succeeds."""
+        if probe["busy"]:
+            return _error("database_unavailable", "the database has not answered the previous readiness check yet", 503)
+        probe["busy"], probe["started"] = True, False
+        try:
+            with anyio.fail_after(ready_timeout):
+                await anyio.to_thread.run_sync(ping, limiter=limiter, abandon_on_cancel=True)
+        except TimeoutError:
+            if not probe["started"]:  # timed out waiting for a database thread: none will run it
+                probe["busy"] = False
+            log.warning("not ready: the database did not answer within %g s", ready_timeout)
+            return _error("database_unavailable", f"the database did not answer within {ready_timeout:g} s", 503)
+        except SQLAlchemyError as exc:
+            # the driver's message (hosts, ports, roles) goes to the log, not to any caller
+            log.warning("not ready: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return _error("database_unavailable", f"the database is unavailable ({type(exc).__name__})", 503)
+        return _json({"status": "ready", "database": engine.dialect.name})
 
     async def openapi(_request: Request) -> Response:
         return _json(OPENAPI)
@@ -413,6 +447,7 @@ def create_app(
 
     routes = [
         Route("/v1/health", health, methods=["GET"]),
+        Route("/v1/ready", ready, methods=["GET"]),
         Route("/v1/openapi.json", openapi, methods=["GET"]),
         Route("/v1/participants", register, methods=["POST"]),
         Route("/v1/participants", list_participants, methods=["GET"]),

@@ -44,6 +44,7 @@ from sqlalchemy import (
     inspect,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -157,6 +158,10 @@ class Rejected(Exception):
 # --------------------------------------------------------------------------- engine
 
 
+#: The PostgreSQL advisory lock taken while the schema is checked and created.
+SCHEMA_LOCK = 0x5EC_C4A7
+
+
 def default_database_path() -> Path:
     return Path(platformdirs.user_data_dir("secchat")) / "directory.sqlite3"
 
@@ -221,6 +226,10 @@ class Store:
 
     def create_schema(self) -> None:
         with self._write_conn() as conn:
+            if conn.dialect.name == "postgresql":
+                # several directory processes on one database may start at once: one creates
+                # the schema, the others wait and find it (SQLite: BEGIN IMMEDIATE serialises)
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
             columns = {c["name"] for c in inspect(conn).get_columns("conferences")} if inspect(
                 conn
             ).has_table("conferences") else set()
@@ -232,6 +241,12 @@ class Store:
                 conn.exec_driver_sql("DROP TABLE conference_members")
                 conn.exec_driver_sql("DROP TABLE conferences")
             metadata.create_all(conn)
+
+    def ping(self) -> None:
+        """One read of the schema (the readiness check): raises the database's error if the
+        database cannot be reached or does not hold the directory's tables."""
+        with self._read_conn() as conn:
+            conn.execute(select(participants.c.name).limit(1)).first()
 
     # ---------------------------------------------------------------- transactions
 
