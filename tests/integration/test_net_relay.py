@@ -1,0 +1,183 @@
+"""Links through a real nats-server (and a three-server cluster): the relay as the insecure channel.
+
+Covers: members with no known address reach each other through the relay; nothing on the relay
+names a member or a conference, and what it carries is ciphertext; a direct link replaces the
+relay when it becomes possible, losing and duplicating nothing; a cluster server killed in the
+middle of a stream loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from secchat.net.links import LinkConfig, LinkManager
+from secchat.net.provision import credentials, make_identities, pins
+from secchat.net.relay import RelayConfig
+from tests.nats_support import NatsServer, cluster
+
+from .test_net_links import Inbox, until
+
+FAST = LinkConfig(
+    retry_initial=0.02, retry_factor=2.0, retry_max=0.2, connect_timeout=2.0, hello_timeout=2.0
+)
+NAMES = ("alice-secret", "bob-secret", "carol-secret")
+GROUP = "room-of-the-secret-conference"
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 90))
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_identities(list(NAMES))
+
+
+@pytest.fixture
+def nats_server():
+    server = NatsServer().start()
+    yield server
+    server.stop()
+
+
+async def member(world, name, relay: RelayConfig, *, listen=False, addresses=None):
+    ca, ids = world
+    me = next(m for m in ids if m.name == name)
+    inbox = Inbox()
+    lm = LinkManager(
+        name, credentials(me, ca), pins(ids), inbox, config=FAST, relay=relay, addresses=addresses
+    )
+    addr = await lm.start() if listen else None
+    if not listen:
+        await lm.start_relay()
+    return lm, inbox, addr
+
+
+def payloads(inbox, sender):
+    return [p for s, _, p in inbox.items if s == sender]
+
+
+def test_members_without_addresses_talk_through_the_relay_and_it_learns_no_name(world, nats_server):
+    async def main():
+        import nats
+
+        seen: list[tuple[str, bytes]] = []
+        spy = await nats.connect(nats_server.url)
+
+        async def record(msg):
+            seen.append((msg.subject, msg.data))
+
+        await spy.subscribe(">", cb=record)
+        relay = RelayConfig(servers=(nats_server.url,))
+        ms = [await member(world, n, relay) for n in NAMES]
+        try:
+            for i in range(300):
+                for j, (lm, _, _) in enumerate(ms):
+                    for k, other in enumerate(NAMES):
+                        if k != j:
+                            lm.send(other, GROUP, b"secret-text-%d" % i)
+            for _j, (_, inbox, _) in enumerate(ms):
+                await inbox.wait(600, 30)
+            for j, (lm, inbox, _) in enumerate(ms):
+                for k, other in enumerate(NAMES):
+                    if k != j:
+                        assert payloads(inbox, other) == [b"secret-text-%d" % i for i in range(300)]
+                        assert lm.path(other) == "relay"
+            await spy.flush()
+            assert len(seen) > 10
+            for subject, data in seen:
+                for secret in (*NAMES, GROUP, "secret"):
+                    assert secret not in subject
+                    assert secret.encode() not in data  # TLS: the relay carries ciphertext only
+        finally:
+            for lm, _, _ in ms:
+                await lm.aclose()
+            await spy.close()
+
+    run(main())
+
+
+def test_a_direct_link_replaces_the_relay_and_switching_loses_nothing(world, nats_server):
+    async def main():
+        relay = RelayConfig(servers=(nats_server.url,), direct_probe_interval=0.3)
+        a, a_in, a_addr = await member(world, NAMES[0], relay, listen=True)
+        b, b_in, _ = await member(world, NAMES[1], relay, listen=True)
+        try:
+            sent = 0
+
+            async def pump(count):
+                nonlocal sent
+                for _ in range(count):
+                    b.send(NAMES[0], GROUP, b"%d" % sent)
+                    a.send(NAMES[1], GROUP, b"%d" % sent)
+                    sent += 1
+                    if sent % 20 == 0:
+                        await asyncio.sleep(0.005)
+
+            await pump(200)
+            await until(lambda: b.path(NAMES[0]) == "relay" and a.path(NAMES[1]) == "relay", 20)
+            b.set_address(NAMES[0], a_addr)  # now b can reach a directly
+            while not (b.path(NAMES[0]) == "direct" and a.path(NAMES[1]) == "direct"):
+                await pump(20)
+                assert sent < 100_000
+            await pump(200)
+            expected = [b"%d" % i for i in range(sent)]
+            await until(lambda: len(a_in.items) >= sent and len(b_in.items) >= sent, 30)
+            await asyncio.sleep(0.2)  # anything duplicated would have arrived by now
+            assert payloads(a_in, NAMES[1]) == expected
+            assert payloads(b_in, NAMES[0]) == expected
+            # the relay pipes were retired once the direct link was up
+            await until(lambda: all(not c.relay for c in a._peers[NAMES[1]].conns), 10)
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    run(main())
+
+
+def test_a_cluster_server_killed_mid_stream_loses_nothing(world):
+    servers = cluster(3)
+    try:
+
+        async def main():
+            urls = tuple(s.url for s in servers)
+            a, _, _ = await member(world, NAMES[0], RelayConfig(servers=urls))
+            b, b_in, _ = await member(world, NAMES[1], RelayConfig(servers=urls[::-1]))
+            try:
+                total = 3000
+                for i in range(total // 2):
+                    a.send(NAMES[1], GROUP, b"%d" % i)
+                    if i % 50 == 0:
+                        await asyncio.sleep(0.005)
+                await until(lambda: len(b_in.items) >= 100, 30)
+                on = a.relay.nats.connected_url.port
+                victim = next(s for s in servers if s.port == on)
+                victim.kill()  # a's server, mid-stream
+                for i in range(total // 2, total):
+                    a.send(NAMES[1], GROUP, b"%d" % i)
+                    if i % 50 == 0:
+                        await asyncio.sleep(0.005)
+                await b_in.wait(total, 60)
+                await asyncio.sleep(0.2)
+                assert payloads(b_in, NAMES[0]) == [b"%d" % i for i in range(total)]
+                assert a.relay.nats.connected_url.port != on
+            finally:
+                await a.aclose()
+                await b.aclose()
+
+        run(main())
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_relay_config_checks_itself():
+    with pytest.raises(ValueError, match="nats://"):
+        RelayConfig(servers=("http://relay",))
+    with pytest.raises(ValueError, match="prefix"):
+        RelayConfig(prefix="a.b")
+    assert not RelayConfig().enabled
+    with pytest.raises(ValueError, match="chunk"):
+        RelayConfig(chunk=10)
