@@ -197,12 +197,16 @@ class RelayPipe(asyncio.Transport):
             self._wake.set()
 
     def abort(self) -> None:
+        self._force_close(None)
+
+    def _force_close(self, exc: Exception | None) -> None:
+        # asyncio's SSLProtocol calls this on a fatal TLS error (e.g. a record the relay altered)
         if self._lost:
             return
         self._closing = True
         self._out.clear()
         self._send_close()
-        self._connection_lost(None)
+        self._connection_lost(exc)
 
     # -- from the client
     def received(self, data: bytes) -> None:
@@ -453,6 +457,8 @@ async def tls_over(
         server_hostname=None,
         ssl_handshake_timeout=timeout,
     )
-    assert transport is not None
+    if transport is None or pipe.is_closing():  # the pipe closed before the handshake ended
+        pipe.abort()
+        raise ConnectionResetError("the relay pipe closed during the TLS handshake")
     protocol.connection_made(transport)
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
