@@ -42,6 +42,7 @@ def write_config(
     stack: Mapping[str, Any] | None = None,
     mode: str = "signed",
     listen: str = "127.0.0.1:0",
+    relay: Mapping[str, Any] | None = None,
 ) -> Path:
     config: dict[str, Any] = {
         "identity": {
@@ -66,6 +67,8 @@ def write_config(
         config["links"] = dict(links)
     if stack:
         config["stack"] = dict(stack)
+    if relay:
+        config["relay"] = dict(relay)
     path.write_text(tomli_w.dumps(config))
     return path
 

@@ -9,6 +9,7 @@ middle of a stream loses nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -17,6 +18,8 @@ from secchat.net.provision import credentials, make_identities, pins
 from secchat.net.relay import RelayConfig
 from tests.nats_support import NatsServer, cluster
 
+from .netproc import Member, write_config
+from .netproc import world as proc_world
 from .test_net_links import Inbox, until
 
 FAST = LinkConfig(
@@ -181,3 +184,49 @@ def test_relay_config_checks_itself():
     assert not RelayConfig().enabled
     with pytest.raises(ValueError, match="chunk"):
         RelayConfig(chunk=10)
+
+
+def test_member_processes_form_a_conference_through_the_relay_only(tmp_path, nats_server):
+    """Five real member processes, none knowing another's address: they form the conference
+    through the relay, chat, and say in their events that each peer is reached by the relay."""
+    names = [f"m{i}" for i in range(5)]
+    _, _, ca_path, files = proc_world(tmp_path, names)
+
+    async def main():
+        members = []
+        try:
+            for n in names:
+                config = write_config(
+                    tmp_path / f"{n}.toml",
+                    files[n],
+                    ca_path,
+                    [files[m] for m in names],
+                    relay={"url": nats_server.url, "only": True},
+                )
+                members.append(await Member.start(n, config, tmp_path / f"{n}.log"))
+            for m in members:
+                await m.wait_for(lambda e: e["event"] == "established", 60)
+            fingerprints = {m.of("established")[0][1]["fingerprint"] for m in members}
+            assert len(fingerprints) == 1
+            members[0].command(cmd="send", text="hello through the relay")
+            for m in members[1:]:
+                await m.wait_for(
+                    lambda e: e["event"] == "delivered" and e["text"] == "hello through the relay",
+                    30,
+                )
+            for m in members:
+                paths = {e["peer"]: e["path"] for _, e in m.of("path")}
+                assert paths == {n: "relay" for n in names if n != m.name}, (m.name, paths)
+                stats = (await m.stats())["links"]
+                assert stats["relay_pipes_opened"] + stats["relay_pipes_accepted"] >= 4
+                assert stats["connections_accepted"] + stats["connections_opened"] >= 4
+        finally:
+            for m in members:
+                m.command(cmd="quit")
+            for m in members:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(m.proc.wait(), 20)
+                if m.proc.returncode is None:
+                    m.proc.kill()
+
+    run(main())

@@ -253,6 +253,7 @@ class _Peer:
         "next_attempt",
         "next_probe",
         "next_relay_attempt",
+        "path",
         "relay_attempt",
         "retry_delay",
         "sending",
@@ -280,6 +281,7 @@ class _Peer:
         self.relay_attempt: asyncio.Task[None] | None = None
         self.next_relay_attempt = 0.0
         self.next_probe = 0.0  # while on the relay: when to try a direct connection again
+        self.path: str | None = None  # last reported to on_path
         self.tokens = float(config.session_burst)  # inbound connections we still accept now
         self.tokens_at = 0.0
 
@@ -363,6 +365,8 @@ class LinkManager:
             own = credentials.cert.public_bytes(serialization.Encoding.DER)
             self.relay = RelayClient(relay, own, self._on_relay_open, self.stats)
         self._relay_task: asyncio.Task[None] | None = None
+        #: ``on_path(peer, path)`` when the path to a peer changes ("direct", "relay" or None)
+        self.on_path: Callable[[str, str | None], None] | None = None
         self._peers: dict[str, _Peer] = {}
         for name in pins.names():
             if name != me:
@@ -575,6 +579,16 @@ class LinkManager:
         if conn is None:
             return None
         return "relay" if conn.relay else "direct"
+
+    def _path_changed(self, peer: _Peer) -> None:
+        path = self.path(peer.name)
+        if path != peer.path and not self._closing:
+            peer.path = path
+            if self.on_path is not None:
+                try:
+                    self.on_path(peer.name, path)
+                except Exception:  # a bug above us must not kill the link
+                    log.exception("path handler failed")
 
     # ------------------------------------------------------------------ sending
 
@@ -1050,6 +1064,7 @@ class LinkManager:
         else:
             self._retire(conn)  # redundant: the peer's choice and ours is the other one
         conn.ready.set()
+        self._path_changed(peer)
         self._poke(peer, True)
 
     def _retire(self, conn: _Conn) -> None:
@@ -1157,6 +1172,7 @@ class LinkManager:
             if peer.sending is not None:
                 peer.channel.new_path(asyncio.get_running_loop().time())  # may have died with it
         conn.ready.set()  # wake a connect() waiting for the hello
+        self._path_changed(peer)
         if error is None:
             conn.writer.close()
         else:

@@ -27,6 +27,7 @@ from ..protocols.stack import GroupId, Member, epoch_of, smc_tag
 from .errors import AuthenticationError
 from .journal import UNREADABLE, StateError, StateStore, established_state, plan_join
 from .links import Address, LinkConfig, LinkManager
+from .relay import RelayConfig
 from .runtime import Runtime
 from .tls import PinSet, TlsCredentials
 
@@ -77,6 +78,7 @@ class Node:
         rng: Rng | None = None,
         incarnation: int | None = None,
         state: StateStore | None = None,
+        relay: RelayConfig | None = None,
     ) -> None:
         self.credentials = credentials
         self.name = pki.verify_certificate(credentials.cert, list(credentials.ca_certs)).name
@@ -85,7 +87,8 @@ class Node:
         #: one the node refuses to start a key exchange
         self.state = state
         self.runtime = Runtime(self._stack_event)
-        self.links = LinkManager(self.name, credentials, PinSet(), self.runtime.on_message, config=link_config)
+        self.links = LinkManager(self.name, credentials, PinSet(), self.runtime.on_message,
+                                 config=link_config, relay=relay)
         self.runtime.attach(self.links)
         self.stack_config = stack_config
         self.rng = rng or SystemRng()
@@ -103,6 +106,10 @@ class Node:
 
     def set_address(self, name: str, address: Address) -> None:
         self.links.set_address(name, address)
+
+    def path(self, name: str) -> str | None:
+        """How we reach ``name`` now: ``"direct"`` (TLS over TCP), ``"relay"``, or None."""
+        return self.links.path(name)
 
     def add_conference(
         self,
