@@ -239,6 +239,17 @@ def init(
             "--advertise-host", help="Host published for peers (default: the listen host)."
         ),
     ] = "",
+    relay: Annotated[
+        str,
+        typer.Option(
+            "--relay",
+            help="An untrusted NATS relay to reach peers through (nats://HOST:PORT;"
+            " comma-separated for a cluster).",
+        ),
+    ] = "",
+    relay_only: Annotated[
+        bool, typer.Option("--relay-only", help="Reach peers only through the relay.")
+    ] = False,
     replace: Annotated[
         bool,
         typer.Option(
@@ -289,6 +300,8 @@ def init(
                 listen_host=listen_host,
                 listen_port=listen_port,
                 advertise_host=advertise_host,
+                relay=relay,
+                relay_only=relay_only,
                 replace=replace,
             )
         else:
@@ -300,6 +313,8 @@ def init(
                 listen_host=listen_host,
                 listen_port=listen_port,
                 advertise_host=advertise_host,
+                relay=relay,
+                relay_only=relay_only,
                 replace=replace,
             )
     except ProfileError as exc:

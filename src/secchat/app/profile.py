@@ -21,6 +21,8 @@ that is looser is tightened when it is opened).
     listen_port = 0                # 0: any free port, published in the directory on join
     advertise_host = "127.0.0.1"   # the host published (default: listen_host)
     directory_timeout = 5.0        # seconds each directory operation may take in all
+    relay = "nats://relay:4222"    # optional: an untrusted NATS relay (comma-separated: a cluster)
+    relay_only = false             # true: reach peers only through the relay
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .. import pki
+from ..net.relay import RelayConfig
 from ..passphrase import WeakPassphrase, check_new_passphrase
 
 __all__ = [
@@ -82,8 +85,11 @@ class Settings:
     listen_port: int = 0
     advertise_host: str = ""
     directory_timeout: float = 5.0
+    relay: str = ""
+    relay_only: bool = False
 
     def __post_init__(self) -> None:
+        self.relay_config()  # a bad relay URL is refused here, with the reason
         if not 0.1 <= self.directory_timeout <= 600:
             raise ValueError("directory_timeout must be in 0.1..600 seconds")
         if not self.directory.startswith(("http://", "https://")):
@@ -96,6 +102,15 @@ class Settings:
     @property
     def advertised(self) -> str:
         return self.advertise_host or self.listen_host
+
+    def relay_config(self) -> RelayConfig | None:
+        """The relay of this profile (:mod:`secchat.net.relay`), or None."""
+        servers = tuple(u.strip() for u in self.relay.split(",") if u.strip())
+        if not servers:
+            if self.relay_only:
+                raise ValueError("relay_only needs a relay URL")
+            return None
+        return RelayConfig(servers=servers, only=self.relay_only)
 
 
 def default_home() -> Path:
@@ -118,7 +133,7 @@ def load_settings(home: Path) -> Settings:
 
 
 def save_settings(home: Path, settings: Settings) -> None:
-    data = {k: v for k, v in asdict(settings).items() if v != ""}
+    data = {k: v for k, v in asdict(settings).items() if v != "" and not (k == "relay_only" and not v)}
     pki.make_private_dir(Path(home))
     pki.write_file_atomically(Path(home) / CONFIG_FILE, tomli_w.dumps(data).encode("utf-8"), 0o600)
 
@@ -173,6 +188,8 @@ def create_profile(
     listen_host: str = "127.0.0.1",
     listen_port: int = 0,
     advertise_host: str = "",
+    relay: str = "",
+    relay_only: bool = False,
     replace: bool = False,
 ) -> x509.CertificateSigningRequest:
     """Make the user's key (stored under ``passphrase``), a certificate signing request for it
@@ -185,7 +202,8 @@ def create_profile(
     home = Path(home)
     _may_create(home, passphrase, replace)
     try:
-        settings = Settings(name, directory, listen_host, listen_port, advertise_host)
+        settings = Settings(name, directory, listen_host, listen_port, advertise_host,
+                            relay=relay, relay_only=relay_only)
     except ValueError as exc:
         raise ProfileError("bad_config", str(exc)) from None
     key = pki.generate_key()
@@ -292,6 +310,8 @@ def init_profile(
     listen_host: str = "127.0.0.1",
     listen_port: int = 0,
     advertise_host: str = "",
+    relay: str = "",
+    relay_only: bool = False,
     replace: bool = False,
 ) -> str:
     """The one-machine shortcut: :func:`create_profile`, signed at once by the CA in ``ca_dir``
@@ -304,7 +324,7 @@ def init_profile(
     ca_key, ca_cert = read_ca(ca_dir, ca_passphrase)
     request = create_profile(
         home, name, passphrase, directory, listen_host=listen_host, listen_port=listen_port,
-        advertise_host=advertise_host, replace=replace,
+        advertise_host=advertise_host, relay=relay, relay_only=relay_only, replace=replace,
     )
     try:
         cert = pki.sign_request(ca_key, ca_cert, request)

@@ -502,7 +502,7 @@ class ChatApp:
             self.claim_profile()
             creds = TlsCredentials(self.local.key, self.local.cert, self.local.trusted)
             node = Node(creds, self._on_stack_event, stack_config=self._stack_config, link_config=self._link_config,
-                        state=self.history_store)
+                        state=self.history_store, relay=self.settings.relay_config())
             try:
                 _host, port = await node.start(self.settings.listen_host, self.settings.listen_port)
             except OSError as exc:
