@@ -230,3 +230,66 @@ def test_member_processes_form_a_conference_through_the_relay_only(tmp_path, nat
                     m.proc.kill()
 
     run(main())
+
+
+def test_a_member_that_was_away_gets_what_was_sent_from_the_relay_store_alone(
+    tmp_path, nats_server
+):
+    """m2 leaves; m0 sends 20 messages and leaves too; m2 comes back and gets all 20 from the
+    relay's JetStream store, verified and in order, and says it caught up.  Nobody online has
+    them: SMC resends only a sender's own frames, and m0 is gone.  (m1 stays: a member outside
+    the decided contributors needs one of them online for the key itself.)"""
+    names = ["m0", "m1", "m2"]
+    _, _, ca_path, files = proc_world(tmp_path, names)
+    configs = {
+        n: write_config(
+            tmp_path / f"{n}.toml",
+            files[n],
+            ca_path,
+            [files[m] for m in names],
+            relay={"url": nats_server.url, "only": True},
+        )
+        for n in names
+    }
+
+    async def stop(m):
+        m.command(cmd="quit")
+        await asyncio.wait_for(m.proc.wait(), 20)
+
+    async def main():
+        members = {n: await Member.start(n, configs[n], tmp_path / f"{n}.log") for n in names}
+        back = None
+        try:
+            for m in members.values():
+                await m.wait_for(lambda e: e["event"] == "established", 60)
+            for m in members.values():
+                await m.wait_for(lambda e: e["event"] == "caught_up", 30)
+            await stop(members["m2"])
+            texts = [f"while you were away {i}" for i in range(20)]
+            for t in texts:
+                members["m0"].command(cmd="send", text=t)
+            await members["m1"].wait_for(
+                lambda e: e["event"] == "delivered" and e["text"] == texts[-1], 30
+            )
+            async with asyncio.timeout(30):  # m0's frames are in the store
+                while (await members["m0"].stats())["links"]["store_published"] < 20:
+                    await asyncio.sleep(0.1)
+            await stop(members["m0"])
+            back = await Member.start("m2", configs["m2"], tmp_path / "m2-back.log")
+            caught = await back.wait_for(lambda e: e["event"] == "caught_up", 60)
+            got = [e for _, e in back.of("delivered") if e["sender"] == "m0"]
+            assert [e["text"] for e in got] == texts
+            assert [e["seq"] for e in got] == sorted(e["seq"] for e in got)
+            assert caught["frames"] >= 20
+            assert not back.of("lost")
+            assert not [e for _, e in back.of("path") if e["peer"] == "m0" and e["path"]]
+            stats = await back.stats()
+            assert stats["runtime"]["frames_stored_in"] >= 20
+            assert stats["stack"].get("member.stored.received", 0) >= 20
+        finally:
+            for m in [*members.values(), back]:
+                if m is not None and m.proc.returncode is None:
+                    m.proc.kill()
+                    await m.proc.wait()
+
+    run(main())

@@ -15,6 +15,7 @@ stdout (events), always with ``"event"`` and the member ``"name"``::
     {"event": "undelivered", "group": ..., "peer": "m2", "first": 40, "end": 52, "count": 12}
     {"event": "fork", "group": ..., "peer": "m2", "ours": "9f..", "fingerprint": "48.."}  (two keys: we stop sending)
     {"event": "path", "peer": "m2", "path": "direct" | "relay" | null}  (how we reach the peer now)
+    {"event": "caught_up", "group": ..., "frames": 20}  (the relay's store had nothing more for us)
     {"event": "stats", "links": {...}, "runtime": {...}, "stack": {...}, "queues": {...}, "rss_kb": ..}
     {"event": "error", "message": "..."}
 
@@ -57,6 +58,7 @@ from .config import ConfigError, MemberConfig, load_config
 from .errors import LinkError
 from .journal import StateDir, StateError
 from .node import Node
+from .store import CaughtUp
 from .tls import TlsCredentials
 
 __all__ = ["MemberProcess", "main"]
@@ -374,6 +376,8 @@ class MemberProcess:
         elif isinstance(event, Undelivered):
             emit({"event": "undelivered", "name": self.name, "group": group, "peer": names[event.peer],
                   "first": event.first, "end": event.end, "count": event.count})
+        elif isinstance(event, CaughtUp):
+            emit({"event": "caught_up", "name": self.name, "group": group, "frames": event.frames})
         elif isinstance(event, KeyFork):
             emit({"event": "fork", "name": self.name, "group": group, "peer": names[event.peer],
                   "ours": event.ours, "fingerprint": event.fingerprint})

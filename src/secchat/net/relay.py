@@ -54,8 +54,9 @@ class RelayConfig:
     holds while its reader is paused.  ``pending_msgs`` / ``pending_bytes``: NATS's bound on
     messages our subscription has not handled yet.  ``direct_probe_interval``: while a peer is
     reached through the relay, a direct connection to its known address is tried this often.
-    ``stream_*``: the JetStream store of secure multicast frames (``stream_max_age`` seconds,
-    ``stream_max_bytes`` per conference; 0 disables the store).
+    ``stream_*``: the JetStream store of secure multicast frames (:mod:`.store`;
+    ``stream_max_age`` seconds, ``stream_max_bytes`` per conference, 0 disables the store;
+    ``stream_replicas`` copies in a cluster).
     """
 
     servers: tuple[str, ...] = ()
@@ -69,6 +70,7 @@ class RelayConfig:
     connect_timeout: float = 5.0
     stream_max_age: float = 7 * 24 * 3600.0
     stream_max_bytes: int = 64 << 20
+    stream_replicas: int = 1
 
     def __post_init__(self) -> None:
         for url in self.servers:
@@ -84,6 +86,8 @@ class RelayConfig:
             raise ValueError("direct_probe_interval and connect_timeout must be positive")
         if self.stream_max_age <= 0 or self.stream_max_bytes < 0:
             raise ValueError("need stream_max_age > 0 and stream_max_bytes >= 0")
+        if not 1 <= self.stream_replicas <= 5:
+            raise ValueError("stream_replicas must be in 1..5 (JetStream's limit)")
 
     @property
     def enabled(self) -> bool:
