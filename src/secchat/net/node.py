@@ -28,8 +28,8 @@ from .errors import AuthenticationError
 from .journal import UNREADABLE, StateError, StateStore, established_state, plan_join
 from .links import Address, LinkConfig, LinkManager
 from .relay import RelayConfig
-from .store import FrameStore
 from .runtime import Runtime
+from .store import FrameStore
 from .tls import PinSet, TlsCredentials
 
 __all__ = ["ConferenceInfo", "Joined", "Node", "members_digest"]
