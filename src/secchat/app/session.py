@@ -572,7 +572,8 @@ class ChatApp:
             raise _untrusted_error(_unaccepted(record.unaccepted), f"conference {conference_id!r}")
         node = await self._ensure_node()
         assert self._address is not None
-        await self._dir(self.client.publish_contact(*self._address))
+        if not self.settings.relay_only:  # relay only: peers never connect to us directly
+            await self._dir(self.client.publish_contact(*self._address))
         try:
             node.add_conference(
                 conference_id,
