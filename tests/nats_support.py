@@ -58,9 +58,15 @@ class NatsServer:
     """One nats-server with JetStream in its own directory; ``routes``: cluster peers."""
 
     def __init__(
-        self, name: str = "n0", *, cluster_port: int | None = None, routes: tuple[int, ...] = ()
+        self,
+        name: str = "n0",
+        *,
+        cluster_port: int | None = None,
+        routes: tuple[int, ...] = (),
+        host: str = "127.0.0.1",
     ) -> None:
         self.binary = require_nats()
+        self.host = host
         self.name = name
         self.port = free_port()
         self.cluster_port = cluster_port
@@ -76,7 +82,7 @@ class NatsServer:
         args = [
             self.binary,
             "-a",
-            "127.0.0.1",
+            self.host,
             "-p",
             str(self.port),
             "-js",

@@ -85,7 +85,10 @@ class Member:
         self.address: tuple[str, int] | None = None
 
     @classmethod
-    async def start(cls, name: str, config: Path, log: Path) -> Member:
+    async def start(
+        cls, name: str, config: Path, log: Path, *, prefix: Sequence[str] = ()
+    ) -> Member:
+        """Start the member (``prefix``: e.g. ``ip netns exec NS`` to run it elsewhere)."""
         env = dict(
             os.environ,
             TEST_PASSPHRASE=PASSPHRASE,
@@ -93,6 +96,7 @@ class Member:
         )
         with open(log, "wb") as err:
             proc = await asyncio.create_subprocess_exec(
+                *prefix,
                 sys.executable,
                 "-m",
                 "secchat.net.member_process",
