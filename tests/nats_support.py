@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.directory_support import kill_process, stop_process
+
 NATS_SERVER = shutil.which("nats-server") or (
     "/usr/sbin/nats-server" if os.access("/usr/sbin/nats-server", os.X_OK) else None
 )
@@ -107,12 +109,10 @@ class NatsServer:
         return self
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        kill_process(self.proc)
 
     def stop(self) -> None:
-        self.kill()
+        stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
