@@ -232,22 +232,16 @@ def test_member_processes_form_a_conference_through_the_relay_only(tmp_path, nat
     run(main())
 
 
-def test_a_member_that_was_away_gets_what_was_sent_from_the_relay_store_alone(
-    tmp_path, nats_server
-):
-    """m2 leaves; m0 sends 20 messages and leaves too; m2 comes back and gets all 20 from the
-    relay's JetStream store, verified and in order, and says it caught up.  Nobody online has
-    them: SMC resends only a sender's own frames, and m0 is gone.  (m1 stays: a member outside
-    the decided contributors needs one of them online for the key itself.)"""
+def _away_and_back(tmp_path, relay: dict, *, midway=None) -> None:
+    """m2 leaves; m0 sends 20 messages (``midway()`` after the first 10) and leaves too; m2 comes
+    back and must get all 20 from the relay's JetStream store, verified and in order, and say it
+    caught up.  Nobody online has them: SMC resends only a sender's own frames, and m0 is gone.
+    (m1 stays: a member outside the decided contributors needs one of them for the key itself.)"""
     names = ["m0", "m1", "m2"]
     _, _, ca_path, files = proc_world(tmp_path, names)
     configs = {
         n: write_config(
-            tmp_path / f"{n}.toml",
-            files[n],
-            ca_path,
-            [files[m] for m in names],
-            relay={"url": nats_server.url, "only": True},
+            tmp_path / f"{n}.toml", files[n], ca_path, [files[m] for m in names], relay=relay
         )
         for n in names
     }
@@ -266,12 +260,15 @@ def test_a_member_that_was_away_gets_what_was_sent_from_the_relay_store_alone(
                 await m.wait_for(lambda e: e["event"] == "caught_up", 30)
             await stop(members["m2"])
             texts = [f"while you were away {i}" for i in range(20)]
-            for t in texts:
+            for i, t in enumerate(texts):
+                if i == 10 and midway is not None:
+                    await asyncio.sleep(0.5)
+                    midway()
                 members["m0"].command(cmd="send", text=t)
             await members["m1"].wait_for(
-                lambda e: e["event"] == "delivered" and e["text"] == texts[-1], 30
+                lambda e: e["event"] == "delivered" and e["text"] == texts[-1], 60
             )
-            async with asyncio.timeout(30):  # m0's frames are in the store
+            async with asyncio.timeout(60):  # m0's frames are in the store
                 while (await members["m0"].stats())["links"]["store_published"] < 20:
                     await asyncio.sleep(0.1)
             await stop(members["m0"])
@@ -293,3 +290,23 @@ def test_a_member_that_was_away_gets_what_was_sent_from_the_relay_store_alone(
                     await m.proc.wait()
 
     run(main())
+
+
+def test_a_member_that_was_away_gets_what_was_sent_from_the_relay_store_alone(
+    tmp_path, nats_server
+):
+    _away_and_back(tmp_path, {"url": nats_server.url, "only": True})
+
+
+def test_the_store_in_a_three_server_cluster_survives_a_server_killed_mid_conference(tmp_path):
+    """The same with the stream replicated on three routed servers, one killed halfway."""
+    servers = cluster(3)
+    try:
+        _away_and_back(
+            tmp_path,
+            {"servers": [s.url for s in servers], "only": True, "stream_replicas": 3},
+            midway=servers[1].kill,
+        )
+    finally:
+        for s in servers:
+            s.stop()
