@@ -310,3 +310,26 @@ def test_the_store_in_a_three_server_cluster_survives_a_server_killed_mid_confer
     finally:
         for s in servers:
             s.stop()
+
+
+def test_relay_only_takes_no_direct_connection(world, nats_server):
+    async def main():
+        only = RelayConfig(servers=(nats_server.url,), only=True)
+        a, a_in, a_addr = await member(world, NAMES[0], only, listen=True)
+        b, _, _ = await member(
+            world,
+            NAMES[1],
+            RelayConfig(servers=(nats_server.url,)),
+            listen=True,
+            addresses={NAMES[0]: a_addr},
+        )
+        try:
+            b.send(NAMES[0], GROUP, b"hi")
+            await a_in.wait(1, 20)
+            assert b.path(NAMES[0]) == "relay" and a.path(NAMES[1]) == "relay"
+            assert a.stats["connections_refused"] >= 1  # b's direct attempts
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    run(main())

@@ -869,6 +869,10 @@ class LinkManager:
         remote = writer.get_extra_info("peername")
         host = str(remote[0]) if remote else "?"
         where = f"{remote[0]}:{remote[1]}" if remote else "?"
+        if self.relay is not None and self.relay.config.only:
+            writer.transport.abort()  # everything through the relay, as configured
+            self._refuse(where, host, "only the relay is used here", "relay_only")
+            return
         cfg = self.config
         known = host in self._known_hosts
         reserved = min(cfg.reserved_handshakes, cfg.max_pending_handshakes - 1)
