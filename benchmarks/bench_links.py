@@ -263,8 +263,45 @@ def cpu_bound(n: int, size: int, signed: bool, repeat: int) -> tuple[float, floa
     return min(1e6 / send_us, 1e6 / recv_us, cores * 1e6 / per_message), per_message
 
 
+def link_latency(relay: str | None, rounds: int = 200) -> float:
+    """Median round trip (ms) of a 64-byte frame between two link managers in this process:
+    direct TLS over loopback, or (``relay``) through the relay only."""
+    from secchat.net.links import LinkManager
+    from secchat.net.provision import credentials, make_identities, pins
+    from secchat.net.relay import RelayConfig
+
+    ca, ids = make_identities(["a", "b"])
+    config = RelayConfig(servers=(relay,), only=True) if relay else None
+
+    async def main() -> float:
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+        a = LinkManager("a", credentials(ids[0], ca), pins(ids),
+                        lambda _p, _g, data: a.send("b", "g", data), relay=config)
+        addr = await a.start()
+        b = LinkManager("b", credentials(ids[1], ca), pins(ids), lambda _p, _g, d: got.put_nowait(d),
+                        addresses=None if relay else {"a": addr}, relay=config)
+        await b.start()
+        try:
+            rtts = []
+            for i in range(rounds + 20):  # the first 20 warm the path up
+                t0 = time.perf_counter()
+                b.send("a", "g", b"%064d" % i)
+                await asyncio.wait_for(got.get(), 30)
+                if i >= 20:
+                    rtts.append((time.perf_counter() - t0) * 1000)
+            return statistics.median(rtts)
+        finally:
+            await b.aclose()
+            await a.aclose()
+
+    return asyncio.run(main())
+
+
 def relay_rows(relay: str, counts: dict[int, int], repeat: int) -> None:
     """n = 3, signed: direct TLS links against the same members through the relay only."""
+    for path in ("direct", "relay"):
+        rtt = link_latency(relay if path == "relay" else None)
+        print(f"link round trip, 64 B, {path}: {rtt:.2f} ms median (one process, two link managers)")
     print(f"{'n':>3} {'path':6} {'size':>7} {'msg/s':>8} {'MB/s/rcv':>9} {'ms/msg':>7}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
