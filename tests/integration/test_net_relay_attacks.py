@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from secchat.net.links import LinkConfig, LinkManager
 from secchat.net.provision import credentials, make_identities, pins
@@ -141,3 +142,44 @@ def test_a_malicious_relay_delays_but_never_forges(nats_server):
             await evil.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 240))
+
+
+def test_a_flood_of_forged_pipe_opens_stays_bounded_and_honest_traffic_flows(nats_server):
+    """Anyone on the relay can write to a member's subject under a peer's token (tokens are
+    hashes of public certificates): 3000 forged opens cost at most ``max_pipes`` pipes."""
+    conf = make_identities(["a", "b"])
+
+    async def main():
+        import nats
+
+        from secchat.net.relay import OPEN, member_token
+
+        relay = RelayConfig(servers=(nats_server.url,), max_pipes=16)
+        a, b = Run(conf, "a", relay), Run(conf, "b", relay)
+        await a.links.start_relay()
+        await b.links.start_relay()
+        flood = await nats.connect(nats_server.url)
+        try:
+            _, ids = conf
+            der = {m.name: m.cert.public_bytes(serialization.Encoding.DER) for m in ids}
+            subject = f"secchat.{member_token(der['a'])}.{member_token(der['b'])}"
+            peak = 0
+            for i in range(3000):
+                await flood.publish(subject, i.to_bytes(8, "big") + bytes((OPEN,)) + b"\x16junk")
+                if i % 100 == 0:
+                    await flood.flush()
+                    peak = max(peak, len(a.links.relay._pipes))
+            await flood.flush()
+            await until(lambda: a.links.stats["relay_pipes_refused"] > 0, 20)
+            assert peak <= 16
+            for i in range(50):
+                b.links.send("a", "g", b"%d" % i)
+            await a.inbox.wait(50, 60)
+            assert [p for _, _, p in a.inbox.items] == [b"%d" % i for i in range(50)]
+            assert len(a.links.relay._pipes) <= 16
+        finally:
+            await flood.close()
+            await a.links.aclose()
+            await b.links.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 120))

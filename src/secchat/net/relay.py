@@ -52,7 +52,9 @@ class RelayConfig:
     direct links, everything goes through the relay.  ``prefix``: first subject token.
     ``chunk``: bytes of TLS stream per relay message.  ``max_buffered``: incoming bytes a pipe
     holds while its reader is paused.  ``pending_msgs`` / ``pending_bytes``: NATS's bound on
-    messages our subscription has not handled yet.  ``direct_probe_interval``: while a peer is
+    messages our subscription has not handled yet.  ``max_pipes``: pipes at once, ours and the
+    peers' (further opens are dropped and counted: a flood of forged opens costs at most this
+    many pipes' state).  ``direct_probe_interval``: while a peer is
     reached through the relay, a direct connection to its known address is tried this often.
     ``stream_*``: the JetStream store of secure multicast frames (:mod:`.store`;
     ``stream_max_age`` seconds, ``stream_max_bytes`` per conference, 0 disables the store;
@@ -66,6 +68,7 @@ class RelayConfig:
     max_buffered: int = 32 << 20
     pending_msgs: int = 65536
     pending_bytes: int = 64 << 20
+    max_pipes: int = 256
     direct_probe_interval: float = 10.0
     connect_timeout: float = 5.0
     stream_max_age: float = 7 * 24 * 3600.0
@@ -82,6 +85,8 @@ class RelayConfig:
             raise ValueError("need chunk >= 1024 and max_buffered >= chunk")
         if self.pending_msgs < 1 or self.pending_bytes < self.chunk:
             raise ValueError("need pending_msgs >= 1 and pending_bytes >= chunk")
+        if self.max_pipes < 2:
+            raise ValueError("max_pipes must be at least 2")
         if self.direct_probe_interval <= 0 or self.connect_timeout <= 0:
             raise ValueError("direct_probe_interval and connect_timeout must be positive")
         if self.stream_max_age <= 0 or self.stream_max_bytes < 0:
@@ -299,6 +304,7 @@ class RelayClient:
             "relay_overflows",
             "relay_pipes_opened",
             "relay_pipes_accepted",
+            "relay_pipes_refused",
         ):
             stats.setdefault(key, 0)
 
@@ -431,6 +437,9 @@ class RelayClient:
         if pipe is None:
             if kind != OPEN:
                 self.stats["relay_unknown_pipe"] += 1
+                return
+            if len(self._pipes) >= self.config.max_pipes:
+                self.stats["relay_pipes_refused"] += 1
                 return
             pipe = RelayPipe(self, peer, conn_id, opener=False)
             self._pipes[key] = pipe
