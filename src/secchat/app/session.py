@@ -36,7 +36,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -316,13 +316,21 @@ class ChatApp:
         *,
         stack_config: StackConfig | None = None,
         link_config: LinkConfig | None = None,
+        relay: str | None = None,
+        relay_only: bool | None = None,
     ) -> ChatApp:
-        """Open the profile in ``home``; the passphrase defaults to ``$SECCHAT_PASSPHRASE``."""
+        """Open the profile in ``home``; the passphrase defaults to ``$SECCHAT_PASSPHRASE``.
+        ``relay`` / ``relay_only``: this run's relay instead of the profile's."""
         home = Path(home) if home is not None else default_home()
         try:
             settings = load_settings(home)
+            if relay is not None or relay_only is not None:
+                settings = replace(settings, relay=settings.relay if relay is None else relay,
+                                   relay_only=settings.relay_only if relay_only is None else relay_only)
         except ProfileError as exc:
             raise AppError(str(exc), exc.code) from None
+        except ValueError as exc:
+            raise AppError(f"bad relay: {exc}", "bad_config") from None
         if passphrase is None:
             passphrase = os.environ.get(PASSPHRASE_ENV) or None
         if not passphrase:
