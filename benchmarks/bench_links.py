@@ -40,7 +40,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
-PASSPHRASE = "bench"
+PASSPHRASE = "bench pass phrase"  # the key store refuses passphrases under 8 characters
 
 
 # ---------------------------------------------------------------------- the member child
@@ -131,9 +131,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_members(n: int, size: int, count: int, signed: bool, tmp: Path) -> tuple[float, float]:
+def run_members(
+    n: int, size: int, count: int, signed: bool, tmp: Path, relay: str | None = None
+) -> tuple[float, float]:
     """Seconds from m0's send command until every other member delivered ``count`` messages, and
-    the CPU seconds all n member processes spent meanwhile."""
+    the CPU seconds all n member processes spent meanwhile.  With ``relay`` (a NATS URL) the
+    members know no address of each other and go through the relay only."""
     import tomli_w
 
     from secchat.net.provision import make_identities, write_identities
@@ -154,7 +157,7 @@ def run_members(n: int, size: int, count: int, signed: bool, tmp: Path) -> tuple
                     "passphrase_env": "BENCH_PASSPHRASE",
                 },
                 "listen": {"address": "127.0.0.1:0"},
-                "peers": dict(addresses),
+                "peers": {} if relay else dict(addresses),
                 "conference": [
                     {
                         "id": "bench",
@@ -164,6 +167,8 @@ def run_members(n: int, size: int, count: int, signed: bool, tmp: Path) -> tuple
                     }
                 ],
             }
+            if relay:
+                config["relay"] = {"url": relay, "only": True}
             path = tmp / f"{f.name}.toml"
             path.write_text(tomli_w.dumps(config))
             proc = _spawn(["--member", str(path), str(count)], stderr=subprocess.DEVNULL)
@@ -258,6 +263,62 @@ def cpu_bound(n: int, size: int, signed: bool, repeat: int) -> tuple[float, floa
     return min(1e6 / send_us, 1e6 / recv_us, cores * 1e6 / per_message), per_message
 
 
+def link_latency(relay: str | None, rounds: int = 200) -> float:
+    """Median round trip (ms) of a 64-byte frame between two link managers in this process:
+    direct TLS over loopback, or (``relay``) through the relay only."""
+    from secchat.net.links import LinkManager
+    from secchat.net.provision import credentials, make_identities, pins
+    from secchat.net.relay import RelayConfig
+
+    ca, ids = make_identities(["a", "b"])
+    config = RelayConfig(servers=(relay,), only=True) if relay else None
+
+    async def main() -> float:
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+        a = LinkManager("a", credentials(ids[0], ca), pins(ids),
+                        lambda _p, _g, data: a.send("b", "g", data), relay=config)
+        addr = await a.start()
+        b = LinkManager("b", credentials(ids[1], ca), pins(ids), lambda _p, _g, d: got.put_nowait(d),
+                        addresses=None if relay else {"a": addr}, relay=config)
+        await b.start()
+        try:
+            rtts = []
+            for i in range(rounds + 20):  # the first 20 warm the path up
+                t0 = time.perf_counter()
+                b.send("a", "g", b"%064d" % i)
+                await asyncio.wait_for(got.get(), 30)
+                if i >= 20:
+                    rtts.append((time.perf_counter() - t0) * 1000)
+            return statistics.median(rtts)
+        finally:
+            await b.aclose()
+            await a.aclose()
+
+    return asyncio.run(main())
+
+
+def relay_rows(relay: str, counts: dict[int, int], repeat: int) -> None:
+    """n = 3, signed: direct TLS links against the same members through the relay only."""
+    for path in ("direct", "relay"):
+        rtt = link_latency(relay if path == "relay" else None)
+        print(f"link round trip, 64 B, {path}: {rtt:.2f} ms median (one process, two link managers)")
+    print(f"{'n':>3} {'path':6} {'size':>7} {'msg/s':>8} {'MB/s/rcv':>9} {'ms/msg':>7}")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for size, count in counts.items():
+            for path in ("direct", "relay"):
+                url = relay if path == "relay" else None
+                runs = sorted(run_members(3, size, count, True, tmp, url) for _ in range(repeat))
+                elapsed, _cpu = runs[len(runs) // 2]
+                rate = count / elapsed
+                # ms/msg: the whole stream's time per message (a throughput figure, not latency)
+                print(
+                    f"{3:3d} {path:6} {size:7d} {rate:8.0f} {rate * size / 1e6:9.2f} "
+                    f"{1000 / rate:7.2f}",
+                    flush=True,
+                )
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--member":
         return member_main(sys.argv[2], int(sys.argv[3]))
@@ -267,6 +328,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer messages and repeats")
     parser.add_argument("--repeat", type=int, default=3, help="runs per row (median)")
     parser.add_argument("--csv", help="also write the CSV to this file")
+    parser.add_argument(
+        "--relay",
+        metavar="URL",
+        help="also measure n=3 through this NATS relay (e.g. nats://127.0.0.1:4222)",
+    )
+    parser.add_argument("--relay-only", action="store_true", help="only the relay comparison")
     args = parser.parse_args()
     repeat = 1 if args.quick else args.repeat
     counts = {1024: 1000 if args.quick else 4000, 125_000: 60 if args.quick else 240}
@@ -283,6 +350,10 @@ def main() -> int:
         "cpu_us_per_msg,stack_us_per_msg,pct_cpu_time,raw_tls_mb_s,pct_raw"
     ]
     rows = []
+    if args.relay:
+        relay_rows(args.relay, counts, repeat)
+        if args.relay_only:
+            return 0
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         raw = {

@@ -210,6 +210,13 @@ def spawn_serving(cmd: list[str], env: dict[str, str], sock: socket.socket, read
     raise RuntimeError(f"{cmd[2:4]} did not become ready")
 
 
+def kill_process(proc: subprocess.Popen | None) -> None:
+    """SIGKILL now (a crash), and reap it."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
 def stop_process(proc: subprocess.Popen | None) -> None:
     """SIGTERM, then SIGKILL after 10 s; close its stderr pipe."""
     if proc is not None and proc.poll() is None:
@@ -314,9 +321,7 @@ class ServerProcess:
         return self
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        kill_process(self.proc)
 
     def stop(self) -> None:
         stop_process(self.proc)

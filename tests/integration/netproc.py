@@ -42,6 +42,7 @@ def write_config(
     stack: Mapping[str, Any] | None = None,
     mode: str = "signed",
     listen: str = "127.0.0.1:0",
+    relay: Mapping[str, Any] | None = None,
 ) -> Path:
     config: dict[str, Any] = {
         "identity": {
@@ -66,6 +67,8 @@ def write_config(
         config["links"] = dict(links)
     if stack:
         config["stack"] = dict(stack)
+    if relay:
+        config["relay"] = dict(relay)
     path.write_text(tomli_w.dumps(config))
     return path
 
@@ -82,7 +85,10 @@ class Member:
         self.address: tuple[str, int] | None = None
 
     @classmethod
-    async def start(cls, name: str, config: Path, log: Path) -> Member:
+    async def start(
+        cls, name: str, config: Path, log: Path, *, prefix: Sequence[str] = ()
+    ) -> Member:
+        """Start the member (``prefix``: e.g. ``ip netns exec NS`` to run it elsewhere)."""
         env = dict(
             os.environ,
             TEST_PASSPHRASE=PASSPHRASE,
@@ -90,6 +96,7 @@ class Member:
         )
         with open(log, "wb") as err:
             proc = await asyncio.create_subprocess_exec(
+                *prefix,
                 sys.executable,
                 "-m",
                 "secchat.net.member_process",

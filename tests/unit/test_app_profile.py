@@ -135,3 +135,45 @@ def test_renewal_keeps_the_key(tmp_path):
     with pytest.raises(ProfileError) as err:
         renewal_request(home, "not dan's passphrase")
     assert err.value.code == "wrong_passphrase"
+
+
+def test_a_profile_can_name_a_relay(tmp_path):
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    make_ca(ca)
+    home = tmp_path / "alice"
+    init_profile(home, "alice", PW, "http://127.0.0.1:9", ca, CA_PASSPHRASE,
+                 relay="nats://10.0.0.1:4222, nats://10.0.0.2:4222", relay_only=True)
+    relay = load_settings(home).relay_config()
+    assert relay is not None and relay.only
+    assert relay.servers == ("nats://10.0.0.1:4222", "nats://10.0.0.2:4222")
+    assert Settings("a", "http://x").relay_config() is None
+    with pytest.raises(ProfileError, match="nats://") as err:
+        init_profile(tmp_path / "b", "bob", PW, "http://127.0.0.1:9", ca, CA_PASSPHRASE,
+                     relay="http://relay")
+    assert err.value.code == "bad_config" and not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="relay_only needs a relay URL"):
+        Settings("a", "http://x", relay_only=True)
+
+
+def test_a_run_can_name_another_relay(tmp_path):
+    import asyncio
+
+    from secchat.app.session import AppError, ChatApp
+
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    make_ca(ca)
+    home = tmp_path / "alice"
+    init_profile(home, "alice", PW, "http://127.0.0.1:9", ca, CA_PASSPHRASE)
+
+    async def main():
+        async with await ChatApp.open(home, PW, relay="nats://10.0.0.9:4222", relay_only=True) as app:
+            relay = app.settings.relay_config()
+            assert relay is not None and relay.only and relay.servers == ("nats://10.0.0.9:4222",)
+        with pytest.raises(AppError, match="bad relay") as err:
+            await ChatApp.open(home, PW, relay="http://relay")
+        assert err.value.code == "bad_config"
+        assert load_settings(home).relay == ""  # the profile is unchanged
+
+    asyncio.run(main())

@@ -87,3 +87,17 @@ def test_passphrase_sources(tmp_path, monkeypatch):
 
 def test_parse_address_ipv6():
     assert parse_address("[::1]:80", "x") == ("::1", 80)
+
+
+def test_relay_table():
+    cfg = parse_config(base() | {"relay": {"url": "nats://10.0.0.1:4222", "only": True}})
+    assert cfg.relay.servers == ("nats://10.0.0.1:4222",) and cfg.relay.only
+    assert not parse_config(base()).relay.enabled
+    for table, message in (
+        ({"url": "http://x"}, "nats://"),
+        ({"url": "nats://a", "servers": ["nats://b"]}, "not both"),
+        ({"servers": "nats://a"}, "list of nats:// URLs"),
+        ({"url": "nats://a", "bogus": 1}, "unknown settings"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_config(base() | {"relay": table})

@@ -367,3 +367,40 @@ def test_a_resumed_stream_without_marks_starts_at_its_first_authenticated_frame(
     assert _got(net, 1, 0) == [3, *range(1500, 2000)]
     assert _lost(net, 1, 0) == [(4, 1500)]
     assert net.members[1].stats["smc.dropped.decrypt_failed"] == 1
+
+
+def test_frames_from_a_store_are_accepted_only_when_authentic_and_credit_nobody() -> None:
+    """The relay's store (net/store.py) is no member: Member.receive_stored takes only SMC
+    frames of our record, checked like any other, and none of them counts as a heartbeat."""
+    sim = _group()
+    sim.keep_wire_log = True
+    sim.nodes[0].member.store_out = []
+    data = _frame(sim, 0, b"kept for you")
+    assert sim.nodes[0].member.take_stored() == [data]  # only the broadcast SMC frame
+    assert sim.nodes[0].member.take_stored() == []
+    m1 = sim.nodes[1].member
+    received = m1.stats["member.received"]
+    msg = decode_message(data)
+    flipped = bytearray(data)
+    flipped[-3] ^= 1
+    other_record = Member("other", 1, 3, None, [None] * 3, random.Random(1), 0.0)  # type: ignore[arg-type]
+    junk = [
+        bytes(flipped),
+        encode_message(SmcData(msg.tag, 2, msg.incarnation, msg.seq, msg.nonce, msg.ciphertext)),
+        encode_message(SmcData(msg.tag, 1, msg.incarnation, msg.seq, msg.nonce, msg.ciphertext)),
+        encode_message(SmcData(smc_tag("elsewhere"), 0, msg.incarnation, 0, msg.nonce, msg.ciphertext)),
+        encode_message(other_record._record_hello(reply=False)),
+        b"\x00junk",
+    ]
+    for frame in [data, data, *junk]:  # the authentic one twice: the second is a replay
+        sim.call(1, lambda m, now, f=frame: m.receive_stored(f, now))
+    sim.call(2, lambda m, now: m.receive_stored(data, now))
+    assert [ev.payload for ev in _delivered(sim, 2)] == [b"kept for you"]
+    assert [ev.payload for ev in _delivered(sim, 1)] == [b"kept for you"]
+    stats = m1.stats
+    assert stats["member.received"] == received  # nothing from the store is a heartbeat
+    assert stats["member.stored.received"] == 4  # the frame, its replay, flipped, re-attributed
+    assert stats["smc.dropped.replay"] == 2 and stats["smc.dropped.decrypt_failed"] == 1
+    assert stats["member.stored.dropped.sender"] == 1  # "our own" frame
+    assert stats["member.stored.dropped.not_ours"] == 2  # another record's tag; a hello
+    assert sum(v for k, v in stats.items() if k.startswith("member.stored.dropped.")) == 4

@@ -181,11 +181,17 @@ _register()
 def demo(
     n: int = typer.Option(5, "--n", min=2, max=11, help="Number of participants (each its own process)."),
     timeout: float = typer.Option(20.0, "--timeout", min=1.0, help="Longest wait for any step, in seconds."),
+    relay: bool = typer.Option(
+        False, "--relay", help="No addresses published: everything through a NATS relay (started here)."
+    ),
+    relay_url: str | None = typer.Option(
+        None, "--relay-url", help="With --relay: use this running NATS server (nats://HOST:PORT)."
+    ),
 ) -> None:
     """Run a real conference on this machine: local CA, directory, n member processes over TLS."""
     from secchat.app.demo import run_demo
 
-    raise typer.Exit(run_demo(n=n, timeout=timeout))
+    raise typer.Exit(run_demo(n=n, timeout=timeout, relay=relay or relay_url is not None, relay_url=relay_url))
 
 
 

@@ -58,12 +58,12 @@ def _run(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         raise fail(f"unexpected failure ({type(exc).__name__}: {exc}); SECCHAT_DEBUG=1 shows the details") from None
 
 
-async def _open(home: Path | None, passphrase_file: Path | None):
+async def _open(home: Path | None, passphrase_file: Path | None, **relay: Any):
     from .session import ChatApp
 
     settings = _settings(home)  # "there is no profile here" comes before any passphrase prompt
     prompt = f"passphrase for {settings.name}'s profile in {_home(home)}"
-    return await ChatApp.open(_home(home), read_passphrase(passphrase_file, (PASSPHRASE_ENV,), prompt))
+    return await ChatApp.open(_home(home), read_passphrase(passphrase_file, (PASSPHRASE_ENV,), prompt), **relay)
 
 
 def _settings(home: Path | None):
@@ -339,6 +339,13 @@ def join(
     show_history: Annotated[bool, typer.Option("--history", help="Print the locally kept messages first.")] = False,
     home: Annotated[Path | None, _HOME] = None,
     passphrase_file: Annotated[Path | None, _PASSFILE] = None,
+    relay: Annotated[
+        str | None,
+        typer.Option("--relay", help="This run's NATS relay (nats://HOST:PORT[,...]) instead of the profile's."),
+    ] = None,
+    relay_only: Annotated[
+        bool | None, typer.Option("--relay-only/--direct-too", help="Only through the relay (or not).")
+    ] = None,
 ) -> None:
     """Join a conference and stay until Ctrl-C or the end of stdin.
 
@@ -352,7 +359,7 @@ def join(
         typer.echo(text)
 
     async def go() -> None:
-        async with await _open(home, passphrase_file) as app:
+        async with await _open(home, passphrase_file, relay=relay, relay_only=relay_only) as app:
             try:
                 conf = await app.join(conference_id, creator=creator, accept_new=accept_new)
             except AppError as exc:

@@ -247,6 +247,17 @@ def init(
             "--advertise-host", help="Host published for peers (default: the listen host)."
         ),
     ] = "",
+    relay: Annotated[
+        str,
+        typer.Option(
+            "--relay",
+            help="An untrusted NATS relay to reach peers through (nats://HOST:PORT;"
+            " comma-separated for a cluster).",
+        ),
+    ] = "",
+    relay_only: Annotated[
+        bool, typer.Option("--relay-only", help="Reach peers only through the relay.")
+    ] = False,
     replace: Annotated[
         bool,
         typer.Option(
@@ -299,6 +310,8 @@ def init(
                 listen_port=listen_port,
                 advertise_host=advertise_host,
                 directory_ca=tls_ca,
+                relay=relay,
+                relay_only=relay_only,
                 replace=replace,
             )
         else:
@@ -311,6 +324,8 @@ def init(
                 listen_port=listen_port,
                 advertise_host=advertise_host,
                 directory_ca=tls_ca,
+                relay=relay,
+                relay_only=relay_only,
                 replace=replace,
             )
     except ProfileError as exc:

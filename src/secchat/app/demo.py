@@ -6,6 +6,10 @@ its own profile (key store, accepted certificates, encrypted history) and its ow
 messages flow, the other members start late and catch up on the same key and every message.
 Everything lives in a temporary directory that is removed at the end, and every process is
 stopped.  The exit status is 0 only if every member ends on the same key with every message.
+
+With ``--relay`` the members publish no address and reach each other only through an untrusted
+NATS relay (a ``nats-server`` with JetStream started for the demo, or the URL given); then one
+member goes away, the others talk, and it comes back to everything said meanwhile.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,7 +66,8 @@ class _Member:
 
 
 class _Demo:
-    def __init__(self, n: int, console: Console, timeout: float) -> None:
+    def __init__(self, n: int, console: Console, timeout: float, relay: str | None = None) -> None:
+        self.relay = relay
         self.n = n
         self.t = majority(n)
         self.console = console
@@ -222,7 +229,8 @@ class _Demo:
         self.members = [_Member(_name(i), root / _name(i), late=i >= t) for i in range(n)]
 
         async def enroll(m: _Member) -> str:
-            await asyncio.to_thread(init_profile, m.home, m.name, self.passphrase, url, ca_dir, ca_pass)
+            await asyncio.to_thread(init_profile, m.home, m.name, self.passphrase, url, ca_dir, ca_pass,
+                                    relay=self.relay or "", relay_only=self.relay is not None)
             async with await ChatApp.open(m.home, self.passphrase) as app:
                 return await app.register()
 
@@ -266,8 +274,28 @@ class _Demo:
                 self.send(m, f"{m.name} caught up")
             await self.until("everyone getting every message",
                              lambda: all(len(m.received) >= n - 1 for m in self.members))
+        if self.relay is not None:
+            await self.away_and_back()
         total = time.monotonic() - self.t_start
         return self.summary(key_time, launch_to_key, total)
+
+    async def away_and_back(self) -> None:
+        """One member leaves; the others talk; it comes back to everything said meanwhile."""
+        away, speaker = self.members[1], self.members[0]
+        others = [m for m in self.members if m is not away]
+        self.say(f"[bold]{away.name}[/] goes away")
+        assert away.proc is not None and away.proc.stdin is not None
+        away.proc.stdin.close()
+        await asyncio.wait_for(away.proc.wait(), self.timeout)
+        texts = [f"said while {away.name} was away ({i})" for i in range(3)]
+        for text in texts:
+            self.send(speaker, text)
+        await self.until("the others getting it",
+                         lambda: all(set(texts) <= set(m.received) for m in others if m is not speaker))
+        self.say(f"[bold]{away.name}[/] comes back")
+        await self.spawn(away)
+        await self.until(f"{away.name} catching up", lambda: set(texts) <= set(away.received))
+        self.say(f"[bold green]{away.name}[/] caught up on {len(texts)} messages said while away")
 
     def summary(self, key_time: float, launch_to_key: float, total: float) -> bool:
         table = Table(title="SecChat demo", show_lines=False)
@@ -290,12 +318,46 @@ class _Demo:
         return ok
 
 
-def run_demo(n: int = 5, *, timeout: float = 20.0, console: Console | None = None, keep: Path | None = None) -> int:
-    """Run the demo with ``n`` participants; 0 when every member ends on one key with every message."""
+def _start_relay(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A nats-server with JetStream on a port the OS chose, for the demo's relay."""
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not os.access(binary, os.X_OK):
+        raise RuntimeError("--relay needs nats-server installed (or --relay-url of a running one)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(root / "relay")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return proc, f"nats://127.0.0.1:{port}"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("the relay (nats-server) did not start")
+
+
+def run_demo(n: int = 5, *, timeout: float = 20.0, console: Console | None = None, keep: Path | None = None,
+             relay: bool = False, relay_url: str | None = None) -> int:
+    """Run the demo with ``n`` participants; 0 when every member ends on one key with every message.
+
+    ``relay``: through a NATS relay only (``relay_url``, or a nats-server started here)."""
     console = console or Console(highlight=False)
 
     async def main(root: Path) -> bool:
-        demo = _Demo(n, console, timeout)
+        server: subprocess.Popen[bytes] | None = None
+        url = relay_url
+        if relay and url is None:
+            try:
+                server, url = _start_relay(root)
+            except RuntimeError as exc:
+                console.print(f"[red]demo failed:[/] {exc}")
+                return False
+        if url is not None:
+            console.print(f"relay {url}: members publish no address and reach each other only through it")
+        demo = _Demo(n, console, timeout, url)
         try:
             return await demo.run(root)
         except RuntimeError as exc:
@@ -303,6 +365,9 @@ def run_demo(n: int = 5, *, timeout: float = 20.0, console: Console | None = Non
             return False
         finally:
             await demo.stop()
+            if server is not None:
+                server.kill()
+                server.wait()
 
     with tempfile.TemporaryDirectory(prefix="secchat-demo-") as tmp:
         root = Path(keep) if keep is not None else Path(tmp)

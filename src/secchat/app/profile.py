@@ -24,6 +24,8 @@ that is looser is tightened when it is opened).
     directory_ca = "/etc/secchat/directory-ca.pem"   # https:// directory: the PEM bundle its
                                    # certificate must verify against (default: system trust);
                                    # a relative path is relative to the profile
+    relay = "nats://relay:4222"    # optional: an untrusted NATS relay (comma-separated: a cluster)
+    relay_only = false             # true: reach peers only through the relay
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .. import pki
+from ..net.relay import RelayConfig
 from ..passphrase import WeakPassphrase, check_new_passphrase
 
 __all__ = [
@@ -86,8 +89,11 @@ class Settings:
     advertise_host: str = ""
     directory_timeout: float = 5.0
     directory_ca: str = ""
+    relay: str = ""
+    relay_only: bool = False
 
     def __post_init__(self) -> None:
+        self.relay_config()  # a bad relay URL is refused here, with the reason
         if not 0.1 <= self.directory_timeout <= 600:
             raise ValueError("directory_timeout must be in 0.1..600 seconds")
         if not self.directory.startswith(("http://", "https://")):
@@ -106,6 +112,15 @@ class Settings:
     def directory_ca_file(self, home: Path) -> Path | None:
         """The CA bundle of an https:// directory (relative to the profile), None: system trust."""
         return Path(home) / self.directory_ca if self.directory_ca else None
+
+    def relay_config(self) -> RelayConfig | None:
+        """The relay of this profile (:mod:`secchat.net.relay`), or None."""
+        servers = tuple(u.strip() for u in self.relay.split(",") if u.strip())
+        if not servers:
+            if self.relay_only:
+                raise ValueError("relay_only needs a relay URL")
+            return None
+        return RelayConfig(servers=servers, only=self.relay_only)
 
 
 def default_home() -> Path:
@@ -128,7 +143,7 @@ def load_settings(home: Path) -> Settings:
 
 
 def save_settings(home: Path, settings: Settings) -> None:
-    data = {k: v for k, v in asdict(settings).items() if v != ""}
+    data = {k: v for k, v in asdict(settings).items() if v != "" and not (k == "relay_only" and not v)}
     pki.make_private_dir(Path(home))
     pki.write_file_atomically(Path(home) / CONFIG_FILE, tomli_w.dumps(data).encode("utf-8"), 0o600)
 
@@ -184,6 +199,8 @@ def create_profile(
     listen_port: int = 0,
     advertise_host: str = "",
     directory_ca: str = "",
+    relay: str = "",
+    relay_only: bool = False,
     replace: bool = False,
 ) -> x509.CertificateSigningRequest:
     """Make the user's key (stored under ``passphrase``), a certificate signing request for it
@@ -196,9 +213,8 @@ def create_profile(
     home = Path(home)
     _may_create(home, passphrase, replace)
     try:
-        settings = Settings(
-            name, directory, listen_host, listen_port, advertise_host, directory_ca=directory_ca
-        )
+        settings = Settings(name, directory, listen_host, listen_port, advertise_host,
+                            directory_ca=directory_ca, relay=relay, relay_only=relay_only)
     except ValueError as exc:
         raise ProfileError("bad_config", str(exc)) from None
     key = pki.generate_key()
@@ -306,6 +322,8 @@ def init_profile(
     listen_port: int = 0,
     advertise_host: str = "",
     directory_ca: str = "",
+    relay: str = "",
+    relay_only: bool = False,
     replace: bool = False,
 ) -> str:
     """The one-machine shortcut: :func:`create_profile`, signed at once by the CA in ``ca_dir``
@@ -318,7 +336,8 @@ def init_profile(
     ca_key, ca_cert = read_ca(ca_dir, ca_passphrase)
     request = create_profile(
         home, name, passphrase, directory, listen_host=listen_host, listen_port=listen_port,
-        advertise_host=advertise_host, directory_ca=directory_ca, replace=replace,
+        advertise_host=advertise_host, directory_ca=directory_ca, relay=relay, relay_only=relay_only,
+        replace=replace,
     )
     try:
         cert = pki.sign_request(ca_key, ca_cert, request)

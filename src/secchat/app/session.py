@@ -32,7 +32,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -243,13 +243,21 @@ class ChatApp:
         *,
         stack_config: StackConfig | None = None,
         link_config: LinkConfig | None = None,
+        relay: str | None = None,
+        relay_only: bool | None = None,
     ) -> ChatApp:
-        """Open the profile in ``home``; the passphrase defaults to ``$SECCHAT_PASSPHRASE``."""
+        """Open the profile in ``home``; the passphrase defaults to ``$SECCHAT_PASSPHRASE``.
+        ``relay`` / ``relay_only``: this run's relay instead of the profile's."""
         home = Path(home) if home is not None else default_home()
         try:
             settings = load_settings(home)
+            if relay is not None or relay_only is not None:
+                settings = replace(settings, relay=settings.relay if relay is None else relay,
+                                   relay_only=settings.relay_only if relay_only is None else relay_only)
         except ProfileError as exc:
             raise AppError(str(exc), exc.code) from None
+        except ValueError as exc:
+            raise AppError(f"bad relay: {exc}", "bad_config") from None
         if passphrase is None:
             passphrase = os.environ.get(PASSPHRASE_ENV) or None
         if not passphrase:
@@ -435,7 +443,7 @@ class ChatApp:
             self.claim_profile()
             creds = TlsCredentials(self.local.key, self.local.cert, self.local.trusted)
             node = Node(creds, self._on_stack_event, stack_config=self._stack_config, link_config=self._link_config,
-                        state=self.history_store)
+                        state=self.history_store, relay=self.settings.relay_config())
             try:
                 _host, port = await node.start(self.settings.listen_host, self.settings.listen_port)
             except OSError as exc:
@@ -505,7 +513,8 @@ class ChatApp:
             raise _untrusted_error(_unaccepted(record.unaccepted), f"conference {conference_id!r}")
         node = await self._ensure_node()
         assert self._address is not None
-        await self._dir(self.client.publish_contact(*self._address))
+        if not self.settings.relay_only:  # relay only: peers never connect to us directly
+            await self._dir(self.client.publish_contact(*self._address))
         try:
             node.add_conference(
                 conference_id,

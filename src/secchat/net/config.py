@@ -21,6 +21,11 @@ Example (every path may be relative to the file)::
     join = "start"                    # or "command": wait for {"cmd": "join"} on stdin
     members = [{name = "m0", cert = "m0.pem"}, {name = "m1", cert = "m1.pem"}]
 
+    [relay]                           # optional: reach peers through an untrusted NATS relay
+    url = "nats://relay.example:4222" # or: servers = ["nats://a:4222", "nats://b:4222"]
+    only = false                      # true: never try direct links
+                                      # any other field of secchat.net.relay.RelayConfig
+
     [links]                           # optional: any field of secchat.net.links.LinkConfig
     retry_initial = 0.05
 
@@ -44,6 +49,7 @@ from typing import Any
 
 from .framing import MAX_GROUP_ID
 from .links import LinkConfig
+from .relay import RelayConfig
 
 __all__ = ["ConferenceConfig", "ConfigError", "IdentityConfig", "MemberConfig", "load_config", "parse_address"]
 
@@ -101,6 +107,8 @@ class MemberConfig:
     #: the write-ahead key-exchange state (:mod:`secchat.net.journal`): a restart from this
     #: config finds it here and never votes twice; default ``<config name>.state`` beside it
     state_dir: Path = Path("member.state")
+    #: the relay, if any (:mod:`secchat.net.relay`)
+    relay: RelayConfig = field(default_factory=RelayConfig)
 
 
 def parse_address(text: str, where: str) -> tuple[str, int]:
@@ -230,6 +238,7 @@ def parse_config(data: dict, *, base: Path = Path("."), stem: str | None = None)
         links = LinkConfig(**links_table)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"[links]: {exc}") from None
+    relay = parse_relay(_table(data, "relay", required=False))
     stack = _table(data, "stack", required=False)
     state = _table(data, "state", required=False)
     unknown = set(state) - {"dir"}
@@ -239,4 +248,27 @@ def parse_config(data: dict, *, base: Path = Path("."), stem: str | None = None)
     return MemberConfig(
         identity, listen_address, fd, peers, tuple(conferences), links, dict(stack),
         p(state_dir) if state_dir else base / f"{stem or name}.state",
+        relay,
     )
+
+
+def parse_relay(table: dict[str, Any]) -> RelayConfig:
+    """The ``[relay]`` table: ``url`` (or ``servers``), ``only``, any field of RelayConfig."""
+    table = dict(table)
+    url = table.pop("url", None)
+    if url is not None:
+        if "servers" in table:
+            raise ConfigError("[relay]: give 'url' or 'servers', not both")
+        table["servers"] = [url]
+    servers = table.get("servers", [])
+    if not isinstance(servers, list) or not all(isinstance(u, str) for u in servers):
+        raise ConfigError("[relay]: 'servers' must be a list of nats:// URLs")
+    table["servers"] = tuple(servers)
+    known = {f.name for f in dataclasses.fields(RelayConfig)}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"[relay]: unknown settings {sorted(unknown)}")
+    try:
+        return RelayConfig(**table)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[relay]: {exc}") from None

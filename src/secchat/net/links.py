@@ -63,6 +63,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cryptography.hazmat.primitives import serialization
+
 from .channel import Channel, ChannelConfig, Transport
 from .errors import (
     AuthenticationError,
@@ -82,6 +84,7 @@ from .framing import (
     encode_goodbye,
     encode_hello,
 )
+from .relay import RelayClient, RelayConfig, RelayPipe, tls_over
 from .tls import (
     PinSet,
     TlsCredentials,
@@ -194,6 +197,7 @@ class _Conn:
         "peer_session",
         "reader",
         "ready",
+        "relay",
         "remote",
         "said_goodbye",
         "writer",
@@ -213,6 +217,7 @@ class _Conn:
         self.peer_session = 0  # from the peer's Hello
         remote = writer.get_extra_info("peername")
         self.remote: Address | None = (remote[0], remote[1]) if remote else None
+        self.relay = bool(writer.get_extra_info("relay"))  # a pipe through the relay, not TCP
 
     def write(self, frames: Sequence[bytes]) -> None:
         self.writer.writelines(frames)  # one TLS write (and usually one send) for all of them
@@ -230,7 +235,8 @@ class _Conn:
         self.writer.transport.abort()
 
     def __repr__(self) -> str:
-        return f"<conn {'to' if self.outbound else 'from'} {self.peer} {self.remote}>"
+        where = "relay" if self.relay else self.remote
+        return f"<conn {'to' if self.outbound else 'from'} {self.peer} {where}>"
 
 
 if TYPE_CHECKING:
@@ -245,6 +251,10 @@ class _Peer:
         "conns",
         "name",
         "next_attempt",
+        "next_probe",
+        "next_relay_attempt",
+        "path",
+        "relay_attempt",
         "retry_delay",
         "sending",
         "task",
@@ -268,6 +278,10 @@ class _Peer:
         self.attempts: set[asyncio.Task[None]] = set()
         self.retry_delay = config.retry_initial
         self.next_attempt = 0.0
+        self.relay_attempt: asyncio.Task[None] | None = None
+        self.next_relay_attempt = 0.0
+        self.next_probe = 0.0  # while on the relay: when to try a direct connection again
+        self.path: str | None = None  # last reported to on_path
         self.tokens = float(config.session_burst)  # inbound connections we still accept now
         self.tokens_at = 0.0
 
@@ -302,7 +316,10 @@ class LinkManager:
     ``pins`` names every peer we may talk to and its certificate; ``addresses`` the peers whose
     listening address we know.  ``on_message(peer, group, payload)`` is called for each data frame
     that arrives on an authenticated connection.  ``session`` names this run (it must grow from
-    run to run of the same identity; default: from the clock).
+    run to run of the same identity; default: from the clock).  With a ``relay``
+    (:mod:`.relay`), peers are also reached through it: a pipe is opened alongside every
+    direct attempt (or alone: ``relay.only``), a direct connection is preferred whenever both
+    exist, and while on the relay a direct one is tried every ``relay.direct_probe_interval``.
     """
 
     def __init__(
@@ -315,6 +332,7 @@ class LinkManager:
         addresses: Mapping[str, Address] | None = None,
         config: LinkConfig | None = None,
         session: int | None = None,
+        relay: RelayConfig | None = None,
     ) -> None:
         self.me = me
         self.config = config or LinkConfig()
@@ -342,6 +360,13 @@ class LinkManager:
             ),
             0,
         )
+        self.relay: RelayClient | None = None
+        if relay is not None and relay.enabled:
+            own = credentials.cert.public_bytes(serialization.Encoding.DER)
+            self.relay = RelayClient(relay, own, self._on_relay_open, self.stats)
+        self._relay_task: asyncio.Task[None] | None = None
+        #: ``on_path(peer, path)`` when the path to a peer changes ("direct", "relay" or None)
+        self.on_path: Callable[[str, str | None], None] | None = None
         self._peers: dict[str, _Peer] = {}
         for name in pins.names():
             if name != me:
@@ -362,6 +387,8 @@ class LinkManager:
         peer = self._peers[name] = _Peer(
             name, Channel(self.session, self.config, self.stats), self.config
         )
+        if self.relay is not None:
+            self.relay.add_peer(name, self.pins.der(name))
         return peer
 
     # ------------------------------------------------------------------ lifecycle
@@ -381,7 +408,38 @@ class LinkManager:
         addr = self._server.sockets[0].getsockname()
         self._listen_port = addr[1]
         log.info("%s listening on %s:%d", self.me, addr[0], addr[1])
+        await self.start_relay()
         return (addr[0], addr[1])
+
+    async def start_relay(self) -> None:
+        """Connect to the relay, if one is configured (without listening: a member behind NAT).
+
+        Waits up to the relay's connect timeout; if it is not reachable yet, keeps trying in
+        the background (peers are reached directly meanwhile).
+        """
+        if self.relay is None or self._relay_task is not None:
+            return
+        self._relay_task = asyncio.get_running_loop().create_task(
+            self._relay_loop(self.relay), name="secchat-relay"
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.shield(self.relay.connected.wait()), self.relay.config.connect_timeout
+            )
+
+    async def _relay_loop(self, relay: RelayClient) -> None:
+        delay = self.config.retry_initial
+        while not self._closing:
+            try:
+                await relay.start()
+            except LinkError as exc:
+                log.warning("%s; retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * self.config.retry_factor, 5.0)
+                continue
+            for peer in self._peers.values():
+                peer.wakeup.set()
+            return
 
     async def aclose(self) -> None:
         """Stop listening, stop every sender, close every connection."""
@@ -402,6 +460,8 @@ class LinkManager:
         if self._server is not None:
             self._server.close()
         tasks = [t for t in self._tasks if not t.done()]
+        if self._relay_task is not None:
+            tasks.append(self._relay_task)
         for peer in self._peers.values():
             if peer.timer is not None:
                 peer.timer.cancel()
@@ -410,6 +470,8 @@ class LinkManager:
             if peer.task is not None:
                 tasks.append(peer.task)
             tasks.extend(peer.attempts)
+            if peer.relay_attempt is not None:
+                tasks.append(peer.relay_attempt)
             for conn in list(peer.conns):
                 self._drop(conn, None)
         for t in tasks:
@@ -417,6 +479,9 @@ class LinkManager:
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
+        if self.relay is not None:
+            await asyncio.sleep(0)  # let the pipes' flushers write what the closes left
+            await self.relay.aclose()
 
     # ------------------------------------------------------------------ public API
 
@@ -507,6 +572,24 @@ class LinkManager:
         peer = self._peers.get(name)
         return peer is not None and peer.sending is not None
 
+    def path(self, name: str) -> str | None:
+        """How frames to ``name`` go now: ``"direct"``, ``"relay"``, or None (no link)."""
+        peer = self._peers.get(name)
+        conn = peer.sending if peer is not None else None
+        if conn is None:
+            return None
+        return "relay" if conn.relay else "direct"
+
+    def _path_changed(self, peer: _Peer) -> None:
+        path = self.path(peer.name)
+        if path != peer.path and not self._closing:
+            peer.path = path
+            if self.on_path is not None:
+                try:
+                    self.on_path(peer.name, path)
+                except Exception:  # a bug above us must not kill the link
+                    log.exception("path handler failed")
+
     # ------------------------------------------------------------------ sending
 
     def _peer(self, name: str) -> _Peer:
@@ -596,14 +679,18 @@ class LinkManager:
             conn = peer.sending
             if conn is None:
                 wake = ch.get_timer()
-                if ch.has_pending() and peer.address is not None:
-                    attempt = self._maybe_connect(peer, now)
-                    if attempt is not None:
-                        wake = attempt if wake is None else min(wake, attempt)
+                if ch.has_pending():
+                    for attempt in (self._maybe_connect(peer, now), self._maybe_relay(peer, now)):
+                        if attempt is not None:
+                            wake = attempt if wake is None else min(wake, attempt)
                 await self._sleep(peer, wake)
                 continue
+            probe = self._maybe_probe(peer, conn, now)
             if not ch.wants_to_send():
-                await self._sleep(peer, ch.get_timer())
+                wake = ch.get_timer()
+                if probe is not None:
+                    wake = probe if wake is None else min(wake, probe)
+                await self._sleep(peer, wake)
                 continue
             overflowing = ch.overflowing
             frames = ch.frames_to_send(now, cfg.send_burst)
@@ -622,9 +709,38 @@ class LinkManager:
                 self._drop(conn, exc)
             await asyncio.sleep(0)  # let the other peers' senders and readers run
 
+    def _direct(self, peer: _Peer) -> bool:
+        return peer.address is not None and not (self.relay is not None and self.relay.config.only)
+
+    def _maybe_probe(self, peer: _Peer, conn: _Conn, now: float) -> float | None:
+        """On the relay with a known address: try a direct connection now and then."""
+        if not conn.relay or not self._direct(peer) or self.relay is None:
+            return None
+        if now >= peer.next_probe:
+            if peer.next_probe:  # not on the first turn: the relay came up alongside a try
+                self._maybe_connect(peer, now)
+            peer.next_probe = now + self.relay.config.direct_probe_interval
+        return peer.next_probe
+
+    def _maybe_relay(self, peer: _Peer, now: float) -> float | None:
+        """Open a pipe through the relay if one is due; when the next may start."""
+        relay = self.relay
+        if relay is None or not relay.up or peer.relay_attempt is not None:
+            return None
+        if now < peer.next_relay_attempt:
+            return peer.next_relay_attempt
+        task = asyncio.get_running_loop().create_task(
+            self._attempt(peer, relay=True), name=f"secchat-relay-connect-{peer.name}"
+        )
+        peer.relay_attempt = task
+        peer.next_relay_attempt = now + self.config.retry_max
+        return None
+
     def _maybe_connect(self, peer: _Peer, now: float) -> float | None:
         """Start a connection attempt if one is due; when the next may start (None: when one ends)."""
         cfg = self.config
+        if not self._direct(peer):
+            return None
         if len(peer.attempts) >= cfg.max_connect_attempts:
             return None
         if now < peer.next_attempt:
@@ -638,11 +754,17 @@ class LinkManager:
         peer.retry_delay = min(peer.retry_delay * cfg.retry_factor, cfg.retry_max)
         return peer.next_attempt if len(peer.attempts) < cfg.max_connect_attempts else None
 
-    async def _attempt(self, peer: _Peer) -> None:
+    async def _attempt(self, peer: _Peer, *, relay: bool = False) -> None:
         try:
-            await self._connect(peer)
+            if relay:
+                await self._connect_relay(peer)
+            else:
+                await self._connect(peer)
         except LinkError as exc:
             self.stats["connect_failures"] += 1
+            if relay:
+                log.info("cannot reach %s through the relay (%s); retrying", peer.name, exc)
+                return
             assert peer.address is not None
             # the first failure of an outage at INFO, the retries at DEBUG
             level = (
@@ -653,7 +775,33 @@ class LinkManager:
             )
             log.log(level, "cannot reach %s at %s:%d (%s); retrying", peer.name, *peer.address, exc)
         finally:
+            if relay:
+                peer.relay_attempt = None
             peer.wakeup.set()
+
+    async def _connect_relay(self, peer: _Peer) -> _Conn:
+        assert self.relay is not None
+        pipe = self.relay.open(peer.name)
+        cfg = self.config
+        try:
+            with map_exceptions(connecting=True):
+                reader, writer = await asyncio.wait_for(
+                    tls_over(
+                        pipe,
+                        self._client_ctx,
+                        server_side=False,
+                        timeout=cfg.connect_timeout,
+                        limit=cfg.read_chunk,
+                    ),
+                    cfg.connect_timeout * 2,
+                )
+        except LinkError as exc:
+            pipe.abort()
+            if isinstance(exc, AuthenticationError):
+                self.stats["connections_refused"] += 1
+                log.warning("refused relay connection to %s: %s", peer.name, exc)
+            raise
+        return await self._established(peer, reader, writer, "through the relay")
 
     async def _connect(self, peer: _Peer) -> _Conn:
         assert peer.address is not None
@@ -676,12 +824,19 @@ class LinkManager:
             self.stats["connections_refused"] += 1
             log.warning("refused connection to %s at %s:%d: %s", peer.name, host, port, exc)
             raise
+        return await self._established(peer, reader, writer, f"at {host}:{port}")
+
+    async def _established(
+        self, peer: _Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
+    ) -> _Conn:
+        """Our TLS handshake to ``peer`` is done: check the pin, open, wait for its Hello."""
+        cfg = self.config
         der = peer_certificate(writer.get_extra_info("ssl_object"))
         try:
             self.pins.check(peer.name, der)
         except AuthenticationError as exc:
             self.stats["connections_refused"] += 1
-            log.warning("refused connection to %s at %s:%d: %s", peer.name, host, port, exc)
+            log.warning("refused connection to %s %s: %s", peer.name, where, exc)
             writer.transport.abort()
             raise
         conn = self._open(peer.name, reader, writer, outbound=True)
@@ -714,6 +869,10 @@ class LinkManager:
         remote = writer.get_extra_info("peername")
         host = str(remote[0]) if remote else "?"
         where = f"{remote[0]}:{remote[1]}" if remote else "?"
+        if self.relay is not None and self.relay.config.only:
+            writer.transport.abort()  # everything through the relay, as configured
+            self._refuse(where, host, "only the relay is used here", "relay_only")
+            return
         cfg = self.config
         known = host in self._known_hosts
         reserved = min(cfg.reserved_handshakes, cfg.max_pending_handshakes - 1)
@@ -735,12 +894,7 @@ class LinkManager:
                 await writer.start_tls(
                     self._server_ctx, ssl_handshake_timeout=cfg.handshake_timeout
                 )
-            der = peer_certificate(writer.get_extra_info("ssl_object"))
-            name = self.pins.identify(der)
-            if name == self.me or name not in self._peers:
-                raise AuthenticationError(
-                    f"certificate of {describe_certificate(der)} is our own", code="self"
-                )
+            name = self._inbound_identity(writer)
         except LinkError as exc:
             error = exc.with_traceback(None)  # no frame -> error -> traceback -> frame cycle
         finally:
@@ -762,6 +916,71 @@ class LinkManager:
             return
         conn = self._open(name, reader, writer, outbound=False)
         if conn is not None:
+            self.stats["connections_accepted"] += 1
+
+    def _inbound_identity(self, writer: asyncio.StreamWriter, claimed: str | None = None) -> str:
+        """The pinned member behind an inbound TLS connection (``claimed``: the relay's word)."""
+        der = peer_certificate(writer.get_extra_info("ssl_object"))
+        name = self.pins.identify(der)
+        if name == self.me or name not in self._peers:
+            raise AuthenticationError(
+                f"certificate of {describe_certificate(der)} is our own", code="self"
+            )
+        if claimed is not None and claimed != name:
+            raise AuthenticationError(
+                f"{name} wrote on the relay subject of {claimed}", code="wrong_subject"
+            )
+        return name
+
+    def _on_relay_open(self, pipe: RelayPipe) -> None:
+        """A peer opened a pipe to us through the relay: run the TLS server side over it."""
+        if self._closing:
+            pipe.abort()
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._accept_relay(pipe), name=f"secchat-relay-accept-{pipe.peer}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept_relay(self, pipe: RelayPipe) -> None:
+        cfg = self.config
+        source = "relay"  # one source for the budget: the relay can name any token
+        if (
+            self._handshakes >= cfg.max_pending_handshakes
+            or self._handshakes_from.get(source, 0) >= cfg.max_handshakes_per_source
+        ):
+            pipe.abort()
+            self._refuse(f"the relay (as {pipe.peer})", source, "too many handshakes", "busy")
+            return
+        self._handshakes += 1
+        self._handshakes_from[source] = self._handshakes_from.get(source, 0) + 1
+        try:
+            with map_exceptions(connecting=True):
+                reader, writer = await tls_over(
+                    pipe,
+                    self._server_ctx,
+                    server_side=True,
+                    timeout=cfg.handshake_timeout,
+                    limit=cfg.read_chunk,
+                )
+            name = self._inbound_identity(writer, pipe.peer)
+        except LinkError as exc:
+            pipe.abort()
+            self._refuse(f"the relay (as {pipe.peer})", source, exc.with_traceback(None), exc.code)
+            return
+        finally:
+            self._handshakes -= 1
+            left = self._handshakes_from.pop(source) - 1
+            if left:
+                self._handshakes_from[source] = left
+        peer = self._peers[name]
+        if not self._take_token(peer):
+            writer.transport.abort()
+            self.stats["connections_rate_limited"] += 1
+            self._refuse("the relay", source, f"{name} reconnects too often", "rate")
+            return
+        if self._open(name, reader, writer, outbound=False) is not None:
             self.stats["connections_accepted"] += 1
 
     def _take_token(self, peer: _Peer) -> bool:
@@ -807,9 +1026,10 @@ class LinkManager:
         task.add_done_callback(self._tasks.discard)
         return conn
 
-    def _preferred(self, conn: _Conn) -> bool:
-        """Was ``conn`` opened by the smaller name of the pair (the one both sides keep)?"""
-        return conn.outbound == (self.me < conn.peer)
+    def _rank(self, conn: _Conn) -> tuple[bool, bool]:
+        """Which connection both sides keep: a direct one over the relay, then the one opened
+        by the smaller name of the pair."""
+        return (not conn.relay, conn.outbound == (self.me < conn.peer))
 
     def _on_ready(self, conn: _Conn, hello: Hello) -> None:
         peer = self._peers[conn.peer]
@@ -834,20 +1054,21 @@ class LinkManager:
         current = peer.sending
         # a connection to an earlier run of the peer is dead even if we have not noticed yet
         stale = current is not None and current.peer_session != hello.session
-        if (
-            current is None
-            or current.closed
-            or stale
-            or (self._preferred(conn) and not self._preferred(current))
-        ):
+        if current is None or current.closed or stale or self._rank(conn) > self._rank(current):
             peer.sending = conn
-            log.info("link to %s up (%s)", peer.name, "outbound" if conn.outbound else "inbound")
+            log.info(
+                "link to %s up (%s%s)",
+                peer.name,
+                "outbound" if conn.outbound else "inbound",
+                ", through the relay" if conn.relay else "",
+            )
             if current is not None and not current.closed:
                 self._retire(current)
             ch.new_path(now)  # what a lost connection swallowed goes again, at once
         else:
             self._retire(conn)  # redundant: the peer's choice and ours is the other one
         conn.ready.set()
+        self._path_changed(peer)
         self._poke(peer, True)
 
     def _retire(self, conn: _Conn) -> None:
@@ -948,13 +1169,14 @@ class LinkManager:
                 and not c.said_goodbye
                 and c.peer_session == conn.peer_session
             ]
-            others.sort(key=self._preferred, reverse=True)
+            others.sort(key=self._rank, reverse=True)
             peer.sending = others[0] if others else None
             if error is not None and not self._closing:
                 log.info("link to %s lost (%s)", peer.name, error)
             if peer.sending is not None:
                 peer.channel.new_path(asyncio.get_running_loop().time())  # may have died with it
         conn.ready.set()  # wake a connect() waiting for the hello
+        self._path_changed(peer)
         if error is None:
             conn.writer.close()
         else:

@@ -14,6 +14,8 @@ stdout (events), always with ``"event"`` and the member ``"name"``::
     {"event": "lost", "group": ..., "sender": "m1", "incarnation": .., "first": 40, "end": 52, "count": 12}
     {"event": "undelivered", "group": ..., "peer": "m2", "first": 40, "end": 52, "count": 12}
     {"event": "fork", "group": ..., "peer": "m2", "ours": "9f..", "fingerprint": "48.."}  (two keys: we stop sending)
+    {"event": "path", "peer": "m2", "path": "direct" | "relay" | null}  (how we reach the peer now)
+    {"event": "caught_up", "group": ..., "frames": 20}  (the relay's store had nothing more for us)
     {"event": "stats", "links": {...}, "runtime": {...}, "stack": {...}, "queues": {...}, "rss_kb": ..}
     {"event": "error", "message": "..."}
 
@@ -56,6 +58,7 @@ from .config import ConfigError, MemberConfig, load_config
 from .errors import LinkError
 from .journal import StateDir, StateError
 from .node import Node
+from .store import CaughtUp
 from .tls import TlsCredentials
 
 __all__ = ["MemberProcess", "main"]
@@ -170,7 +173,9 @@ class MemberProcess:
         except StateError as exc:
             return self._fail(f"cannot keep key-exchange state: {exc}")
         node = self.node = Node(creds, self._on_event, link_config=self.config.links,
-                                stack_config=stack_config, rng=rng, state=state)
+                                stack_config=stack_config, rng=rng, state=state,
+                                relay=self.config.relay)
+        node.links.on_path = self._on_path
         try:
             if self.config.listen_fd is not None:
                 address = await node.start(sock=socket.socket(fileno=self.config.listen_fd))
@@ -193,7 +198,8 @@ class MemberProcess:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
         emit({"event": "ready", "name": self.name, "address": list(address), "pid": os.getpid(),
-              "conferences": [c.id for c in self.config.conferences]})
+              "conferences": [c.id for c in self.config.conferences],
+              "relay": node.links.relay is not None and node.links.relay.up})
         for conf in self.config.conferences:
             if conf.join == "start":
                 self.join(conf.id)
@@ -207,6 +213,9 @@ class MemberProcess:
             self.emit_stats()
             await node.aclose()
         return 0
+
+    def _on_path(self, peer: str, path: str | None) -> None:
+        emit({"event": "path", "name": self.name, "peer": peer, "path": path})
 
     def _fail(self, message: str) -> int:
         emit({"event": "error", "name": self.name, "message": message})
@@ -367,6 +376,8 @@ class MemberProcess:
         elif isinstance(event, Undelivered):
             emit({"event": "undelivered", "name": self.name, "group": group, "peer": names[event.peer],
                   "first": event.first, "end": event.end, "count": event.count})
+        elif isinstance(event, CaughtUp):
+            emit({"event": "caught_up", "name": self.name, "group": group, "frames": event.frames})
         elif isinstance(event, KeyFork):
             emit({"event": "fork", "name": self.name, "group": group, "peer": names[event.peer],
                   "ours": event.ours, "fingerprint": event.fingerprint})

@@ -27,7 +27,9 @@ from ..protocols.stack import GroupId, Member, epoch_of, smc_tag
 from .errors import AuthenticationError
 from .journal import UNREADABLE, StateError, StateStore, established_state, plan_join
 from .links import Address, LinkConfig, LinkManager
+from .relay import RelayConfig
 from .runtime import Runtime
+from .store import FrameStore
 from .tls import PinSet, TlsCredentials
 
 __all__ = ["ConferenceInfo", "Joined", "Node", "members_digest"]
@@ -77,6 +79,7 @@ class Node:
         rng: Rng | None = None,
         incarnation: int | None = None,
         state: StateStore | None = None,
+        relay: RelayConfig | None = None,
     ) -> None:
         self.credentials = credentials
         self.name = pki.verify_certificate(credentials.cert, list(credentials.ca_certs)).name
@@ -85,8 +88,14 @@ class Node:
         #: one the node refuses to start a key exchange
         self.state = state
         self.runtime = Runtime(self._stack_event)
-        self.links = LinkManager(self.name, credentials, PinSet(), self.runtime.on_message, config=link_config)
+        self.links = LinkManager(self.name, credentials, PinSet(), self.runtime.on_message,
+                                 config=link_config, relay=relay)
         self.runtime.attach(self.links)
+        #: the relay's store of SMC frames for members who were away (:mod:`.store`), if any
+        self.store: FrameStore | None = None
+        if self.links.relay is not None and self.links.relay.config.stream_max_bytes > 0:
+            self.store = FrameStore(self.links.relay, self.links.stats)
+            self.runtime.store_sink = self.store.publish
         self.stack_config = stack_config
         self.rng = rng or SystemRng()
         # separates the sequence numbers of successive runs of this identity
@@ -103,6 +112,10 @@ class Node:
 
     def set_address(self, name: str, address: Address) -> None:
         self.links.set_address(name, address)
+
+    def path(self, name: str) -> str | None:
+        """How we reach ``name`` now: ``"direct"`` (TLS over TCP), ``"relay"``, or None."""
+        return self.links.path(name)
 
     def add_conference(
         self,
@@ -155,6 +168,8 @@ class Node:
         member = Member(gid, me, len(names), self._signer, verifiers, self.rng, self.runtime.now(),
                         self.stack_config,
                         incarnation=self.incarnation if incarnation is None else incarnation)
+        if self.store is not None:
+            member.store_out = []  # our broadcast frames go to the relay's store as well
         self.runtime.add_conference(group, names, me, member)
         info = ConferenceInfo(group, names, me, signed, gid)
         self.conferences[group] = info
@@ -185,6 +200,9 @@ class Node:
             self.state.save_state(key, plan.save_first)  # durable before the first message
         self.runtime.smc_init(group, smc_tag(info.gid, plan.epoch), signed=info.signed, **plan.restore)
         self._joined.add((group, plan.epoch))
+        if self.store is not None:  # what was sent while we were away, then what others send
+            self.store.add(group, info.gid.record, lambda data: self.runtime.on_stored(group, data),
+                           lambda event: self._on_event(group, event))
         return Joined(plan.epoch, plan.restored, plan.abstains)
 
     def saved_epoch(self, group: str) -> int | None:
@@ -272,6 +290,8 @@ class Node:
 
     async def aclose(self) -> None:
         self.runtime.close()
+        if self.store is not None:
+            await self.store.aclose()
         await self.links.aclose()
 
     def _info(self, group: str) -> ConferenceInfo:

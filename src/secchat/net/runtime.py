@@ -81,8 +81,11 @@ class Runtime:
         self._on_event = on_event
         self._loop = loop
         self._links: LinkManager | None = None
+        #: ``store_sink(group, frame)``: our broadcast SMC frames, for the relay's store
+        self.store_sink: Callable[[str, bytes], None] | None = None
         self.conferences: dict[str, Conference] = {}
         self.stats: dict[str, int] = {
+            "frames_stored_in": 0,
             "frames_in": 0,
             "frames_out": 0,
             "frames_unknown_group": 0,
@@ -153,6 +156,17 @@ class Runtime:
 
     # ------------------------------------------------------------------ inputs
 
+    def on_stored(self, group: str, payload: bytes) -> None:
+        """An SMC frame of ``group`` from the relay's store (no member vouches for it)."""
+        conf = self.conferences.get(group)
+        receive = getattr(conf.member, "receive_stored", None) if conf is not None else None
+        if conf is None or receive is None:
+            self.stats["frames_unknown_group"] += 1
+            return
+        self.stats["frames_stored_in"] += 1
+        receive(payload, self.now())
+        self._pump(conf)
+
     def on_message(self, peer: str, group: str, payload: bytes) -> None:
         """Link handler: one data frame from ``peer`` for conference ``group``."""
         conf = self.conferences.get(group)
@@ -182,6 +196,10 @@ class Runtime:
     def _pump(self, conf: Conference) -> None:
         pump(conf.member, conf.me, len(conf.names), lambda to, data: self._send(conf, to, data),
              lambda event: self._emit(conf, event))
+        if self.store_sink is not None:
+            take = getattr(conf.member, "take_stored", None)
+            for data in take() if take is not None else ():
+                self.store_sink(conf.group, data)
         self._arm(conf)
 
     def _send(self, conf: Conference, targets: Sequence[int], data: bytes) -> None:

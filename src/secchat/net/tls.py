@@ -139,6 +139,10 @@ class PinSet:
     def names(self) -> list[str]:
         return list(self._by_name)
 
+    def der(self, name: str) -> bytes:
+        """The certificate pinned for ``name`` (``KeyError`` if none)."""
+        return self._by_name[name]
+
     def identify(self, der: bytes | None) -> str:
         """The peer name pinned to this certificate, for an accepted connection."""
         name = self._by_der.get(bytes(der or b""))

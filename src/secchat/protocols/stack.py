@@ -34,7 +34,7 @@ from .events import (
 )
 from .failure_detector import DetectorConfig, FailureDetector
 from .gke import GroupKeyExchange
-from .messages import Alive, Message, RecordHello, decode_message, encode_message
+from .messages import Alive, Message, RecordHello, SmcData, decode_message, encode_message
 from .smc import SecureMulticast, SmcLimits
 
 __all__ = [
@@ -195,12 +195,49 @@ class Member:
         self._epoch_floor = 0
         self._seen_told: dict[int, set[int]] = {}  # epoch (above _epoch_high) -> senders
         self._closed_told: dict[tuple[int, int], None] = {}
+        #: our own SMC frames as broadcast, for a store of ciphertexts (a relay's JetStream) when
+        #: the driver sets a list here; it takes them with :meth:`take_stored`
+        self.store_out: list[bytes] | None = None
 
     # ----------------------------------------------------------------- driver interface
 
     def take_outgoing(self) -> list[Outgoing]:
         out, self._outgoing = self._outgoing, []
         return out
+
+    def take_stored(self) -> list[bytes]:
+        """Our SMC frames broadcast since the last call (for the store; see ``store_out``)."""
+        out = self.store_out or []
+        if self.store_out is not None:
+            self.store_out = []
+        return out
+
+    def receive_stored(self, data: bytes, now: float) -> None:
+        """An SMC frame from a store of ciphertexts: another member's, sent while we were away.
+
+        The store is not a member and proves nothing about who sent it: only ``SmcData`` of
+        our record is accepted (it is authenticated by its own AEAD and signature, bound to its
+        sender, incarnation and sequence number), nothing counts as a heartbeat, and anything
+        else is dropped and counted.
+        """
+        self._now = now
+        try:
+            msg = decode_message(data)
+        except CodecError as exc:
+            self.stats[f"member.stored.dropped.{exc.code}"] += 1
+            return
+        if not isinstance(msg, SmcData) or msg.tag[:2] != self.prefix:
+            self.stats["member.stored.dropped.not_ours"] += 1
+            return
+        if msg.sender == self.me or not 0 <= msg.sender < self.n:
+            self.stats["member.stored.dropped.sender"] += 1  # our own frames come back too
+            return
+        smc = self.demux.get("smc", tuple(msg.tag))
+        if smc is None:
+            self.stats["member.stored.dropped.no_instance"] += 1
+            return
+        self.stats["member.stored.received"] += 1
+        self._deliver(smc, msg.sender, msg, now)
 
     def take_events(self) -> list[Output]:
         out, self._events = self._events, []
@@ -519,6 +556,8 @@ class Member:
     def _send(self, to: int | None, msg: Message) -> None:
         data = encode_message(msg)
         self._outgoing.append(Outgoing(to, data))
+        if to is None and self.store_out is not None and isinstance(msg, SmcData):
+            self.store_out.append(data)
         kind = type(msg).__name__
         if to is None:
             self.stats["member.sent"] += self.n - 1
