@@ -273,7 +273,7 @@ def _line(event: Any, as_json: bool) -> str:
             return json.dumps({"event": "key", "established": event.established, "epoch": event.epoch,
                                "fingerprint": event.fingerprint, "contributors": list(event.contributors)})
         if isinstance(event, MemberStatus):
-            return json.dumps({"event": "member", "name": event.name, "up": event.up})
+            return json.dumps({"event": "member", "name": event.name, "up": event.up, "path": event.path})
         if isinstance(event, OtherRecord):
             return json.dumps({"event": "other_record", "member": event.member, "creator": event.creator,
                                "members": event.members, "text": event.text})
@@ -289,7 +289,8 @@ def _line(event: Any, as_json: bool) -> str:
                     f"contributors {safe(', '.join(event.contributors))})")
         return f"* waiting for the key of epoch {event.epoch} (a majority must join)"
     if isinstance(event, MemberStatus):
-        return f"* {safe(event.name)} is {'live' if event.up else 'suspected'}"
+        via = f" ({event.path})" if event.up and event.path else ""
+        return f"* {safe(event.name)} is {'live' if event.up else 'suspected'}{via}"
     if isinstance(event, Notice):
         return f"* {safe(event.text)}"
     return f"* {safe(repr(event))}"

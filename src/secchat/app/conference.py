@@ -85,6 +85,8 @@ MAX_EPOCH = 1 << 48
 class MemberStatus:
     name: str
     up: bool
+    #: how we reach the member while it is up: "direct" (TLS over TCP) or "relay" (None: unknown)
+    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -352,6 +354,7 @@ class ConferenceCore:
         self._hint_due = False
         self._last_hint = -1e18
         self._up: dict[str, bool] = {}
+        self._paths: dict[str, str | None] = {}
         self._left = False
         self._now = now
         self.sent = 0
@@ -519,13 +522,18 @@ class ConferenceCore:
         if not self._left and epoch < self.epoch:
             self._hint_due = True
 
-    def on_peer(self, name: str, up: bool, now: float) -> None:
+    def on_peer(self, name: str, up: bool, now: float, path: str | None = None) -> None:
         self._now = now
-        if name == self.me or name not in self.members or self._up.get(name) == up:
+        if name == self.me or name not in self.members:
             return
+        path = path if up else None
+        if self._up.get(name) == up and self._paths.get(name) == path:
+            return
+        came_up = up and not self._up.get(name)
         self._up[name] = up
-        self._show(MemberStatus(name, up))
-        if up:
+        self._paths[name] = path
+        self._show(MemberStatus(name, up, path))
+        if came_up:
             self._hint_due = True
 
     def multicast_failed(self, epoch: int, mids: Sequence[int], reason: str) -> None:

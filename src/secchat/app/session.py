@@ -55,6 +55,7 @@ from ..directory.versions import VERSIONS_FILE, VersionMemory, VersionMemoryErro
 from ..net.journal import StateError
 from ..net.links import LinkConfig
 from ..net.node import Node
+from ..net.store import CaughtUp
 from ..net.tls import TlsCredentials
 from ..protocols.events import (
     ClosedEpochFrame,
@@ -714,7 +715,7 @@ class Conference:
                 for i, name in enumerate(self.members):
                     if name != self.me:
                         up = self._node.links.connected(name) and not member.detector.suspects(i)
-                        self.core.on_peer(name, up, now)
+                        self.core.on_peer(name, up, now, self._node.path(name))
                 self._run_actions()
             await asyncio.sleep(STATUS_PERIOD)
 
@@ -834,6 +835,9 @@ class Conference:
             core.on_instance_seen(ev.epoch, ev.sender, now)
         elif isinstance(ev, ClosedEpochFrame):
             core.on_closed_epoch_frame(ev.epoch, ev.sender, now)
+        elif isinstance(ev, CaughtUp):
+            kept = f"{ev.frames} message{'s' if ev.frames != 1 else ''}"
+            self._emit(Notice(f"caught up on {self.id}: {kept} kept by the relay while you were away"))
         elif isinstance(ev, RecordMismatch):
             self._on_other_record(ev)
         elif isinstance(ev, KeyFork):

@@ -220,6 +220,8 @@ class ConferenceModel:
     me: str
     members: tuple[str, ...]
     up: dict[str, bool] = field(default_factory=dict)
+    #: how each live peer is reached: "direct" or "relay" (None: not known)
+    paths: dict[str, str | None] = field(default_factory=dict)
     key: KeyStatus | None = None
     #: message key -> message, in order of first appearance (dicts keep insertion order)
     messages: dict[tuple[Any, ...], ChatMessage] = field(default_factory=dict)
@@ -231,6 +233,7 @@ class ConferenceModel:
         """Fold ``event`` in; returns what changed, or None for an event this UI does not show."""
         if isinstance(event, MemberStatus):
             self.up[event.name] = event.up
+            self.paths[event.name] = event.path
             return Change(Changed.MEMBERS)
         if isinstance(event, KeyStatus):
             self.key = event
@@ -256,6 +259,8 @@ class ConferenceModel:
             else:
                 text.append("○ ", style="red")
             text.append(safe(name) + (" (you)" if name == self.me else ""), style="bold" if name == self.me else "")
+            if state and self.paths.get(name) == "relay":
+                text.append(" via relay", style="dim")
         live = sum(1 for name in self.members if self.up.get(name))
         text.append(f"   {live} of {len(self.members)} up", style="dim")
         return text
