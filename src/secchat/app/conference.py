@@ -209,6 +209,10 @@ class ConferenceState(msgspec.Struct):
     delivered: dict[str, int] = msgspec.field(default_factory=dict)
     #: per member name: the highest of our mids it confirmed
     acked: dict[str, int] = msgspec.field(default_factory=dict)
+    #: secure multicast's per-sender high-water marks (incarnation, seq) in epoch
+    #: ``marks_epoch``, kept by the driver: a rejoin of that epoch accepts nothing at or below
+    marks_epoch: int = -1
+    marks: dict[int, tuple[int, int]] = msgspec.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- actions
@@ -810,7 +814,8 @@ class ConferenceCore:
         if self._dirty:
             self._dirty = False
             state = msgspec.structs.replace(
-                self.state, delivered=dict(self.state.delivered), acked=dict(self.state.acked)
+                self.state, delivered=dict(self.state.delivered), acked=dict(self.state.acked),
+                marks=dict(self.state.marks),
             )
             self._actions.append(Persist(state, tuple(self._outbox_add), self._outbox_drop))
             self._outbox_add = []

@@ -660,6 +660,10 @@ class Conference:
         self._wake.set()
 
     def _persist(self, action: Persist | None, messages: list[ChatMessage]) -> None:
+        if action is not None:  # the stack's marks of the current epoch go with the core's state
+            smc = self._node.smc(self.id, self.core.epoch)
+            if smc is not None:
+                action.state.marks_epoch, action.state.marks = self.core.epoch, smc.high_water()
         rows = [StoredMessage(m.sender, m.sent_at.timestamp(), m.text, m.state, m.epoch, m.mid or 0)
                 for m in messages]
         try:
@@ -677,8 +681,14 @@ class Conference:
         """Start ``epoch``'s key exchange: the node saves the state needed to rejoin *before*
         the first message (write-ahead, :mod:`secchat.net.journal`), so a member that crashed
         mid-exchange and comes back never votes twice in that exchange's consensus."""
+        state = self.core.state
+        marks = state.marks if state.marks_epoch == epoch else None
         try:
-            joined = self._node.join(self.id, epoch=epoch)
+            try:
+                joined = self._node.join(self.id, epoch=epoch, high_water=marks)
+            except ValueError as exc:  # saved marks that do not fit this run: start without
+                log.warning("%s: saved stream marks of epoch %d unusable (%s)", self.id, epoch, exc)
+                joined = self._node.join(self.id, epoch=epoch)
         except StateError as exc:
             self._emit(Notice(f"cannot keep the key-exchange state of {self.id!r}: {exc}"))
             return

@@ -175,13 +175,18 @@ class Node:
         self.conferences[group] = info
         return info
 
-    def join(self, group: str, *, epoch: int | None = None, resume: bool = False) -> Joined | None:
+    def join(
+        self, group: str, *, epoch: int | None = None, resume: bool = False,
+        high_water: dict[int, tuple[int, int]] | None = None,
+    ) -> Joined | None:
         """Start the conference's secure multicast of ``epoch`` (default: the epoch of the saved
         state, else 0), and so its key exchange, following the write-ahead rule of
         :mod:`secchat.net.journal`: a saved state of this record and epoch is restored (no second
         vote; the same key), a new one is made durable *before* anything is sent.  ``resume``:
         we may have run this epoch before without keeping state (abstain; take each sender's
-        stream up where we find it).  None if that epoch runs already.  Raises ``ValueError``
+        stream up where we find it).  ``high_water``: the secure multicast marks saved in an
+        earlier run of this epoch (:meth:`SecureMulticast.high_water`), given back on a rejoin
+        of it: nothing at or below them is accepted again.  None if that epoch runs already.  Raises ``ValueError``
         without a state store, and
         :class:`~secchat.net.journal.StateError` if the state cannot be written."""
         info = self._info(group)
@@ -198,7 +203,10 @@ class Node:
             return None
         if plan.save_first is not None:
             self.state.save_state(key, plan.save_first)  # durable before the first message
-        self.runtime.smc_init(group, smc_tag(info.gid, plan.epoch), signed=info.signed, **plan.restore)
+        restore = dict(plan.restore)
+        if high_water and plan.restored:
+            restore["high_water"] = high_water
+        self.runtime.smc_init(group, smc_tag(info.gid, plan.epoch), signed=info.signed, **restore)
         self._joined.add((group, plan.epoch))
         if self.store is not None:  # what was sent while we were away, then what others send
             self.store.add(group, info.gid.record, lambda data: self.runtime.on_stored(group, data),
