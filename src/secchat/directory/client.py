@@ -449,6 +449,14 @@ def verify_conference(
         out.id, out.t0, out.t1, tuple(out.members), tuple(fp for _, _, fp in checked), out.creator,
         out.version, out.created_at,
     )
+    if set(out.rotations) - set(out.members):
+        raise UntrustedResponse("malformed_record", f"conference {out.id!r} lists rotations of non-members")
+    # each member's key against the one accepted first: a key swapped without proof is said as such
+    members = []
+    for name, (cert, identity, fp) in zip(out.members, checked, strict=True):
+        earlier = _earlier_keys(identity, out.rotations.get(name, ()), cert)
+        acceptance = trust.acceptance(identity, fp, public_key(cert), earlier)
+        members.append(Member(name, identity, cert, fp, acceptance, earlier))
     creator_cert = checked[out.members.index(out.creator)][0]
     try:
         pki.verifier_of(creator_cert).verify(record.signed_bytes(), signature)
@@ -457,13 +465,6 @@ def verify_conference(
             "bad_record_signature",
             f"conference {out.id!r} is not signed by its creator {out.creator!r}: the directory altered it",
         ) from None
-    if set(out.rotations) - set(out.members):
-        raise UntrustedResponse("malformed_record", f"conference {out.id!r} lists rotations of non-members")
-    members = []
-    for name, (cert, identity, fp) in zip(out.members, checked, strict=True):
-        earlier = _earlier_keys(identity, out.rotations.get(name, ()), cert)
-        acceptance = trust.acceptance(identity, fp, public_key(cert), earlier)
-        members.append(Member(name, identity, cert, fp, acceptance, earlier))
     return Conference(
         out.id, out.t0, out.t1, tuple(members), out.creator, signature, out.version, out.created_at
     )
