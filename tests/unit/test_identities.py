@@ -274,3 +274,30 @@ def test_names_are_accepted_as_name_and_name_at_issuer():
     assert split_identity("carol", ["SecChat CA"]) == ("carol", None)
     assert split_identity("me@home", ["SecChat CA"]) == ("me@home", None)  # '@' in a plain name
     assert split_identity("@SecChat CA", ["SecChat CA"]) == ("@SecChat CA", None)
+
+
+def test_a_directory_database_of_before_gets_the_new_column_and_table(tmp_path, world):
+    """A participants table without ``unregistered_at`` (an older directory) is upgraded in
+    place; its entries stay registered."""
+    import sqlite3
+
+    from secchat.directory.storage import Store
+
+    path = tmp_path / "old.sqlite3"
+    alice = world.user("alice")
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE participants (name VARCHAR(64) PRIMARY KEY, issuer VARCHAR(64) NOT NULL,"
+            " fingerprint VARCHAR(64) NOT NULL UNIQUE, cert_pem TEXT NOT NULL, registered_at BIGINT NOT NULL)"
+        )
+        conn.execute("INSERT INTO participants VALUES ('alice', 'Test CA', ?, ?, 1)",
+                     (pki.fingerprint(alice.cert), alice.pem))
+    engine = make_engine(f"sqlite:///{path}", pool_size=2)
+    try:
+        store = Store(engine)
+        store.create_schema()
+        assert [p.name for p in store.list_participants()] == ["alice"]
+        store.unregister_participant(name="alice", nonce=("0" * 32, 10**9), now=5)
+        assert store.list_participants() == [] and store.get_participant("alice") is None
+    finally:
+        engine.dispose()

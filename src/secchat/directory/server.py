@@ -295,12 +295,18 @@ def create_app(
         )
         return _json(participant, 200)
 
-    async def unregister(request: Request) -> Response:
+    async def by_owner(request: Request, what: str) -> tuple[str, bytes, x509.Certificate, tuple[str, int]]:
+        """A request on ``/v1/participants/{name}/...`` that only ``name`` may sign: the name,
+        the body, the signer's certificate and the nonce to consume."""
         name = request.path_params["name"]
         body = await read_body(request)
-        auth, _, nonce = await authenticate(request, body)
+        auth, cert, nonce = await authenticate(request, body)
         if auth.name != name:
-            raise ApiError("not_owner", "only a participant may unregister itself")
+            raise ApiError("not_owner", f"only a participant may {what}")
+        return name, body, cert, nonce
+
+    async def unregister(request: Request) -> Response:
+        name, _, _, nonce = await by_owner(request, "unregister itself")
         await write(store.unregister_participant, name=name, nonce=nonce, now=int(clock()))
         return Response(status_code=204)
 
@@ -316,11 +322,7 @@ def create_app(
         return _json(found)
 
     async def publish_contact(request: Request) -> Response:
-        name = request.path_params["name"]
-        body = await read_body(request)
-        auth, cert, nonce = await authenticate(request, body)
-        if auth.name != name:
-            raise ApiError("not_owner", "only a participant may publish its own contact address")
+        name, body, cert, nonce = await by_owner(request, "publish its own contact address")
         data = _decode(body, ContactIn)
         try:
             pki.verifier_of(cert).verify(
