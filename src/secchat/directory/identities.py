@@ -123,8 +123,9 @@ def verify_chain(
 ) -> tuple[bytes, ...]:
     """Check a participant's rotations as the directory served them (oldest first): each signed
     by the key before it, each following the one before, the last ending at ``current_key``.
-    Returns the keys the chain proves were this identity's before (oldest first), ``()`` for no
-    rotations; :class:`IdentityError` for a chain that does not hold."""
+    Returns the keys the chain proves were this identity's before (oldest first); ``()`` for no
+    rotations, or a chain that ends at another key (it proves nothing about this one);
+    :class:`IdentityError` for a chain that does not hold (a bad signature, a gap)."""
     if not rotations:
         return ()
     if len(rotations) > MAX_ROTATIONS:
@@ -144,9 +145,7 @@ def verify_chain(
         keys.append(old)
         previous_new = new
     if previous_new != current_key:
-        raise IdentityError(
-            "bad_rotation_signature", f"the key rotations of {name} do not end at its certificate's key"
-        )
+        return ()  # rotations to another key than this certificate's prove nothing about it
     return tuple(keys)
 
 
