@@ -49,7 +49,8 @@ __all__ = [
 
 ca_app = typer.Typer(help="Run a conference certificate authority.", no_args_is_help=True)
 identity_app = typer.Typer(
-    help="This peer's identity: show it, install its certificate.", no_args_is_help=True
+    help="This peer's identity: show it, install its certificate, renew it, rotate its key.",
+    no_args_is_help=True,
 )
 
 
@@ -60,7 +61,7 @@ def _ca() -> None:
 
 @identity_app.callback()
 def _identity() -> None:
-    """This peer's identity: show it, install its certificate."""
+    """This peer's identity: show it, install its certificate, renew it, rotate its key."""
 
 
 PASSPHRASE_ENV = "SECCHAT_PASSPHRASE"
