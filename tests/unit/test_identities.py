@@ -301,3 +301,25 @@ def test_a_directory_database_of_before_gets_the_new_column_and_table(tmp_path, 
         assert store.list_participants() == [] and store.get_participant("alice") is None
     finally:
         engine.dispose()
+
+
+def test_trust_list_json_and_revoke_by_name(tmp_path):
+    from typer.testing import CliRunner
+
+    from secchat.app.cli import app
+
+    home = tmp_path / "bob"
+    home.mkdir()
+    store = TrustStore(home / "accepted-certificates.json")
+    store.accept("carol@SecChat CA", "ab" * 32, now=7)
+    runner = CliRunner()
+    listed = runner.invoke(app, ["trust", "list", "--json", "--home", str(home)])
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout) == [
+        {"identity": "carol@SecChat CA", "fingerprint": "ab" * 32, "key": None, "accepted_at": 7}
+    ]
+    missing = runner.invoke(app, ["trust", "revoke", "dave", "--home", str(home)])
+    assert missing.exit_code == 6 and len(TrustStore(home / "accepted-certificates.json")) == 1
+    done = runner.invoke(app, ["trust", "revoke", "carol", "--home", str(home)])
+    assert done.exit_code == 0 and "revoked carol@SecChat CA" in done.stdout
+    assert len(TrustStore(home / "accepted-certificates.json")) == 0
