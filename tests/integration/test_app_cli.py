@@ -50,12 +50,13 @@ def secchat(*args: str, env: dict[str, str] | None = None, check: bool = True) -
 class Member:
     """``secchat join ID --send --json`` running; its event lines collected by a thread."""
 
-    def __init__(self, home: Path, conference: str, *extra: str, wrap=lambda cmd: cmd) -> None:
+    def __init__(self, home: Path, conference: str, *extra: str, wrap=lambda cmd: cmd,
+                 env: dict[str, str] | None = None) -> None:
         """``wrap``: how to run the command (e.g. inside a network namespace, ``Host.command``)."""
         self.name = home.name
         self.proc = subprocess.Popen(
             wrap([*CMD, "join", conference, "--send", "--json", "--home", str(home), *extra]),
-            env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env or _env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.events: list[dict] = []
         self._lines: queue.Queue[dict] = queue.Queue()

@@ -48,7 +48,7 @@ def test_register_and_list_from_the_command_line(tmp_path, monkeypatch):
     r = runner.invoke(directory_app, ["trust", "revoke", "bob@CLI CA", "--trust-file", str(trust)])
     assert r.exit_code == 0 and len(TrustStore(trust)) == 0
     r = runner.invoke(directory_app, ["trust", "revoke", "bob@CLI CA", "--trust-file", str(trust)])
-    assert r.exit_code == 1
+    assert r.exit_code == ExitCode.REFUSED  # nothing to revoke: refused, not a bug (1)
 
 
 def test_unreachable_directory_is_one_sentence(tmp_path, monkeypatch):

@@ -73,8 +73,19 @@ def test_parse_time():
     assert parse_time("+1d", now) == now + timedelta(days=1)
     assert parse_time("2026-02-01T10:00", now) == datetime(2026, 2, 1, 10, 0, tzinfo=UTC)
     assert parse_time("2026-02-01T10:00+01:00", now).utcoffset() == timedelta(hours=1)
-    with pytest.raises(typer.Exit):
-        parse_time("tomorrow-ish", now)
+    assert parse_time("+1h30m", now) == now + timedelta(hours=1, minutes=30)
+    assert parse_time("+1d2h3m4s", now) == now + timedelta(days=1, hours=2, minutes=3, seconds=4)
+    local = now.astimezone()
+    tomorrow = parse_time("tomorrow 09:00", now)
+    assert tomorrow.astimezone().date() == local.date() + timedelta(days=1)
+    assert (tomorrow.astimezone().hour, tomorrow.astimezone().minute) == (9, 0)
+    assert parse_time("Tomorrow 9:05", now).astimezone().minute == 5
+    assert parse_time("today 17:30", now).astimezone().date() == local.date()
+    assert parse_time("tomorrow", now).astimezone().hour == 0
+    for bad in ("tomorrow-ish", "+1h30", "+h", "tomorrow 25:00", "today 10:61", "+1y"):
+        with pytest.raises(typer.Exit) as info:
+            parse_time(bad, now)
+        assert info.value.exit_code == 2, bad
 
 
 def test_request_then_install_and_what_install_refuses(tmp_path):

@@ -93,9 +93,13 @@ def register(
                            settings.directory_timeout, settings.directory_ca_file(h))
 
 
+_JSON = typer.Option("--json", help="Print one JSON document (for scripts).")
+
+
 def participants(
     home: Annotated[Path | None, _HOME] = None,
     passphrase_file: Annotated[Path | None, _PASSFILE] = None,
+    as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """List the registered participants: identity, whether you accepted them, fingerprint, address."""
     from secchat.directory import cli as directory_cli
@@ -105,27 +109,79 @@ def participants(
     settings = _settings(home)
     h = _home(home)
     directory_cli.participants(settings.directory, h / IDENTITY_DIR, passphrase_file, h / TRUST_FILE,
-                               settings.directory_timeout, settings.directory_ca_file(h))
+                               settings.directory_timeout, settings.directory_ca_file(h), as_json)
 
 
-_RELATIVE = re.compile(r"^\+(\d+)([smhd])$")
+def unregister(
+    home: Annotated[Path | None, _HOME] = None,
+    passphrase_file: Annotated[Path | None, _PASSFILE] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask to confirm.")] = False,
+) -> None:
+    """Remove your name from the directory (a request signed by your key): peers no longer find
+    you, and the name is free.  Your profile, key and history stay."""
+    from secchat.directory import cli as directory_cli
+
+    from .profile import IDENTITY_DIR, TRUST_FILE
+
+    settings = _settings(home)
+    h = _home(home)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise fail(f"unregister removes {settings.name} from the directory; add --yes to confirm",
+                       ExitCode.USAGE)
+        answer = typer.prompt(f"Type your name ({settings.name}) to unregister it", default="",
+                              show_default=False)
+        if answer.strip() != settings.name:
+            raise fail("not confirmed: nothing changed", ExitCode.USAGE)
+    directory_cli.unregister(settings.directory, h / IDENTITY_DIR, passphrase_file, h / TRUST_FILE,
+                             settings.directory_timeout, settings.directory_ca_file(h))
+
+
+_RELATIVE = re.compile(r"^\+((?:\d+[smhd])+)$")
+_PART = re.compile(r"(\d+)([smhd])")
+_DAY = re.compile(r"^(today|tomorrow)(?:\s+(\d{1,2}):(\d{2}))?$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """``now``, ``+30m`` / ``+2h`` / ``+1d`` / ``+90s``, or ISO 8601 (UTC when no zone is given)."""
+    """``now``; ``+30m``, ``+1h30m``, ``+1d``, ``+90s`` (from now); ``today 17:00``,
+    ``tomorrow 09:00`` or ``tomorrow`` (00:00), in local time; or ISO 8601 (UTC when no zone)."""
     now = now or datetime.now(UTC)
     text = text.strip()
     if text == "now":
         return now
     m = _RELATIVE.match(text)
     if m:
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
-        return now + timedelta(**{unit: int(m.group(1))})
+        delta = timedelta()
+        for amount, unit in _PART.findall(m.group(1)):
+            delta += timedelta(**{_UNITS[unit]: int(amount)})
+        return now + delta
+    m = _DAY.match(text.lower())
+    if m:
+        local = now.astimezone()
+        day = local.date() + timedelta(days=1 if m.group(1) == "tomorrow" else 0)
+        hour, minute = int(m.group(2) or 0), int(m.group(3) or 0)
+        if hour > 23 or minute > 59:
+            raise fail(f"cannot read the time {text!r}: hours 0-23, minutes 0-59", ExitCode.USAGE)
+        naive = datetime(day.year, day.month, day.day, hour, minute)
+        return naive.astimezone()  # the local zone on that day (daylight saving included)
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
-        raise fail(f"cannot read the time {text!r}: use now, +30m, +2h, +1d or ISO 8601") from None
+        raise fail(
+            f"cannot read the time {text!r}: use now, +30m, +1h30m, +1d, tomorrow 09:00 or ISO 8601",
+            ExitCode.USAGE,
+        ) from None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _name(text: str, app: Any) -> str:
+    """A participant's name given as ``name`` or ``name@issuer`` (issuer: one of our CAs), as
+    every listing prints it."""
+    from secchat import pki
+    from secchat.directory.trust import split_identity
+
+    return split_identity(text, [pki.identity_of(c).name for c in app.local.trusted])[0]
 
 
 def _untrusted_hint(exc: Any) -> typer.Exit:
@@ -140,8 +196,10 @@ def _untrusted_hint(exc: Any) -> typer.Exit:
 def create(
     conference_id: Annotated[str, typer.Argument(help="A unique conference id (letters, digits, . _ ~ -).")],
     member: Annotated[list[str], typer.Option("--member", "-m", help="A member's name (repeat; you are added).")],
-    start: Annotated[str, typer.Option("--from", help="Start: now, +30m, ISO 8601.")] = "now",
-    end: Annotated[str, typer.Option("--to", help="End: +2h, +1d, ISO 8601.")] = "+1d",
+    start: Annotated[
+        str, typer.Option("--from", help="Start: now, +30m, +1h30m, tomorrow 09:00 (local), ISO 8601.")
+    ] = "now",
+    end: Annotated[str, typer.Option("--to", help="End: +2h, +1d, today 18:00 (local), ISO 8601.")] = "+1d",
     accept_new: Annotated[
         bool, typer.Option("--accept-new", help="Accept members' certificates not seen before (prints them).")
     ] = False,
@@ -152,10 +210,14 @@ def create(
 
     t0, t1 = parse_time(start), parse_time(end)
     if t1 <= t0:
-        raise fail("the conference must end after it starts (--to after --from)")
+        raise fail("the conference must end after it starts (--to after --from)", ExitCode.USAGE)
+    if t1 <= datetime.now(UTC):
+        raise fail(f"the conference would be over already (it ends {_when(t1)}): give a later --to",
+                   ExitCode.USAGE)
 
     async def go():
         async with await _open(home, passphrase_file) as app:
+            member[:] = [_name(m, app) for m in member]
             new = await app.unaccepted_participants(member) if accept_new else []
             # accepted by create itself, and only if the conference is created
             return new, await app.create(conference_id, member, t0, t1, accept_new=accept_new)
@@ -191,6 +253,7 @@ def _when(t: datetime) -> str:
 def conferences(
     home: Annotated[Path | None, _HOME] = None,
     passphrase_file: Annotated[Path | None, _PASSFILE] = None,
+    as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """List your conferences (verified records): id and creator, time frame, open now, members."""
 
@@ -199,6 +262,13 @@ def conferences(
             return await app.conferences()
 
     views = _run(go)
+    if as_json:
+        typer.echo(json.dumps([
+            {"id": v.id, "creator": v.creator, "key": v.key, "from": v.t0.isoformat(), "to": v.t1.isoformat(),
+             "open_now": v.joinable_now, "members": list(v.members)}
+            for v in views
+        ]))
+        return
     if not views:
         typer.echo("no conferences")
     for v in views:
@@ -219,18 +289,18 @@ def _trust() -> None:
 
 
 @trust_app.command("list")
-def trust_list(home: Annotated[Path | None, _HOME] = None) -> None:
+def trust_list(home: Annotated[Path | None, _HOME] = None, as_json: Annotated[bool, _JSON] = False) -> None:
     """Show accepted identities and their certificate fingerprints."""
     from secchat.directory import cli as directory_cli
 
     from .profile import TRUST_FILE
 
-    directory_cli.trust_list(_home(home) / TRUST_FILE)
+    directory_cli.trust_list(_home(home) / TRUST_FILE, as_json)
 
 
 @trust_app.command("accept")
 def trust_accept(
-    name: Annotated[str, typer.Argument(help="The participant's name.")],
+    name: Annotated[str, typer.Argument(help="The participant's name, or name@issuer as listings show it.")],
     fingerprint: Annotated[str, typer.Argument(help="Its certificate's SHA-256 fingerprint (>= 32 hex digits).")],
     home: Annotated[Path | None, _HOME] = None,
     passphrase_file: Annotated[Path | None, _PASSFILE] = None,
@@ -239,15 +309,17 @@ def trust_accept(
 
     async def go():
         async with await _open(home, passphrase_file) as app:
-            await app.accept(name, fingerprint)
+            who = _name(name, app)
+            await app.accept(who, fingerprint)
+            return who
 
-    _run(go)
-    typer.echo(f"accepted {safe(name)} {safe(fingerprint)}")
+    who = _run(go)
+    typer.echo(f"accepted {safe(who)} {safe(fingerprint)}")
 
 
 @trust_app.command("revoke")
 def trust_revoke(
-    identity: Annotated[str, typer.Argument(help="name@issuer, as `secchat trust list` shows it.")],
+    identity: Annotated[str, typer.Argument(help="name@issuer, as `secchat trust list` shows it, or a name.")],
     home: Annotated[Path | None, _HOME] = None,
 ) -> None:
     """Forget an accepted certificate (you will be asked again next time)."""
@@ -261,23 +333,34 @@ def trust_revoke(
 # --------------------------------------------------------------------------- join
 
 
-def _line(event: Any, as_json: bool) -> str:
+def message_id(event: Any) -> str:
+    """A message's id in ``join --json``: ``SENDER/EPOCH/SENT_AT`` (the sender's signed time, in
+    microseconds) -- the same at every member; our own messages also carry ``local_id``, the
+    same from ``sending`` to ``delivered``."""
+    return f"{event.sender}/{event.epoch}/{int(event.sent_at.timestamp() * 1_000_000)}"
+
+
+def _line(event: Any, as_json: bool, conference: dict[str, str] | None = None) -> str:
+    """One event as a line; with ``as_json``, a JSON object that carries ``conference`` (id and
+    creator) when given."""
     from .session import MAX_TEXT, ChatMessage, KeyStatus, MemberStatus, Notice, OtherRecord
 
     if as_json:
+        where = conference or {}
         if isinstance(event, ChatMessage):
-            return json.dumps({"event": "message", "sender": event.sender, "text": event.text, "state": event.state,
+            return json.dumps({"event": "message", **where, "id": message_id(event), "local_id": event.local_id,
+                               "sender": event.sender, "text": event.text, "state": event.state,
                                "epoch": event.epoch, "sent_at": event.sent_at.isoformat(), "mid": event.mid,
                                "seen_by": list(event.seen_by)})
         if isinstance(event, KeyStatus):
-            return json.dumps({"event": "key", "established": event.established, "epoch": event.epoch,
+            return json.dumps({"event": "key", **where, "established": event.established, "epoch": event.epoch,
                                "fingerprint": event.fingerprint, "contributors": list(event.contributors)})
         if isinstance(event, MemberStatus):
-            return json.dumps({"event": "member", "name": event.name, "up": event.up, "path": event.path})
+            return json.dumps({"event": "member", **where, "name": event.name, "up": event.up, "path": event.path})
         if isinstance(event, OtherRecord):
-            return json.dumps({"event": "other_record", "member": event.member, "creator": event.creator,
+            return json.dumps({"event": "other_record", **where, "member": event.member, "creator": event.creator,
                                "members": event.members, "text": event.text})
-        return json.dumps({"event": "notice", "text": event.text})
+        return json.dumps({"event": "notice", **where, "text": event.text})
     # Names, texts and notices quote peers and the directory: terminal-safe, one line each.
     if isinstance(event, ChatMessage):
         when = event.sent_at.astimezone().strftime("%H:%M:%S")
@@ -336,7 +419,12 @@ def join(
     accept_new: Annotated[
         bool, typer.Option("--accept-new", help="Accept members' certificates not seen before (prints them).")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print events as JSON lines.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print events as JSON lines (each with the conference id and creator).")
+    ] = False,
+    json_input: Annotated[
+        bool, typer.Option("--json-input", help="Read JSON commands from stdin (send, rekey, leave): for scripts.")
+    ] = False,
     show_history: Annotated[bool, typer.Option("--history", help="Print the locally kept messages first.")] = False,
     home: Annotated[Path | None, _HOME] = None,
     passphrase_file: Annotated[Path | None, _PASSFILE] = None,
@@ -353,6 +441,8 @@ def join(
     Prints when the key is established, each message (sender, time, state) and who is live or suspected.
 
     Lines on stdin: text (with --send) is multicast; /rekey starts a new epoch with a fresh key; /leave saves the key state and leaves (joining again gives the same key); /quit leaves too.
+
+    With --json-input each line is a JSON command: {"cmd": "send", "text": "..."}, {"cmd": "rekey"} or {"cmd": "leave"}; each gets {"event": "ok", "cmd": ...} or {"event": "error", "cmd": ..., "code": ..., "text": ...}.
     """
     from .session import AppError, ChatMessage, MemberStatus
 
@@ -361,8 +451,13 @@ def join(
 
     async def go() -> None:
         async with await _open(home, passphrase_file, relay=relay, relay_only=relay_only) as app:
+            who = _name(creator, app) if creator is not None else None
+            new = []
+            if accept_new:  # to print what --accept-new accepts (only once the join succeeded)
+                with contextlib.suppress(AppError):
+                    new = await app.unaccepted(conference_id, creator=who)
             try:
-                conf = await app.join(conference_id, creator=creator, accept_new=accept_new)
+                conf = await app.join(conference_id, creator=who, accept_new=accept_new)
             except AppError as exc:
                 if not (show_history and exc.details.get("ended")):
                     raise
@@ -371,12 +466,17 @@ def join(
                     out(_line(msg, as_json))
                 out(_line_notice(str(exc), as_json))
                 return
+            where = {"conference": conf.id, "creator": conf.creator}
+            for c in new:
+                out(json.dumps({"event": "accepted", **where, "identity": c.identity, "fingerprint": c.fingerprint})
+                    if as_json else f"* accepted {safe(c.identity)} {safe(c.fingerprint)}")
+            for text in await _rotations(app, conf):
+                out(_line_notice(text, as_json, where))
             if show_history:
                 for msg in conf.history():
-                    out(_line(msg, as_json))
+                    out(_line(msg, as_json, where))
             if as_json:
-                out(json.dumps({"event": "joined", "conference": conf.id, "creator": conf.creator, "me": conf.me,
-                                "members": list(conf.members)}))
+                out(json.dumps({"event": "joined", **where, "me": conf.me, "members": list(conf.members)}))
             else:
                 out(f"* joined {safe(conf.id)} by {safe(conf.creator)} as {safe(conf.me)}; "
                     f"members {safe(', '.join(conf.members))}; "
@@ -399,8 +499,27 @@ def join(
                         if states.get(event.local_id) == event.state:
                             continue  # one more receipt, same state
                         states[event.local_id] = event.state
-                    out(_line(event, as_json))
+                    out(_line(event, as_json, where))
                 stop.set()
+
+            async def command(line: str) -> bool:
+                """Run one line of stdin; False: leave."""
+                if json_input:
+                    return await _json_command(conf, line, out, where)
+                if line.strip() in ("/leave", "/quit"):
+                    return False
+                if line.strip() == "/rekey":
+                    await conf.rekey()
+                elif not line.strip():
+                    pass
+                elif send:
+                    try:
+                        await conf.send(line)
+                    except AppError as exc:
+                        out(_line_notice(str(exc), as_json, where))
+                else:
+                    out(_line_notice("not sending: start with --send to multicast stdin", as_json, where))
+                return True
 
             async def commands() -> None:
                 lines: asyncio.Queue[str | None] = asyncio.Queue(64)
@@ -408,21 +527,8 @@ def join(
                 try:
                     while True:
                         line = await lines.get()
-                        if line is None:
+                        if line is None or not await command(line):
                             break
-                        if line.strip() in ("/leave", "/quit"):
-                            break
-                        if line.strip() == "/rekey":
-                            await conf.rekey()
-                        elif not line.strip():
-                            continue
-                        elif send:
-                            try:
-                                await conf.send(line)
-                            except AppError as exc:
-                                out(_line_notice(str(exc), as_json))
-                        else:
-                            out(_line_notice("not sending: start with --send to multicast stdin", as_json))
                 finally:
                     feeder.cancel()
                 await conf.leave()
@@ -439,15 +545,68 @@ def join(
     _run(go)
 
 
-def _line_notice(text: str, as_json: bool) -> str:
+async def _rotations(app: Any, conf: Any) -> list[str]:
+    """Members of the conference just joined whose accepted key signed the rotation to the one
+    listed: one line each ("alice rotated her key (signed by her old one)"); their new key is
+    accepted from now on (so it is said once)."""
+    from secchat.directory.client import DirectoryError
+
+    try:
+        record = await asyncio.wait_for(app.client.get_conference(conf.id, conf.creator),
+                                        app.settings.directory_timeout)
+    except (DirectoryError, TimeoutError):
+        return []  # the join itself verified the record: only the notice is missed
+    rotated = record.rotated
+    if rotated:
+        app.trust.accept_all((m.identity, m.fingerprint) for m in rotated)
+    return [f"{m.name} rotated her key (signed by her old one); fingerprint now {m.fingerprint}"
+            for m in rotated]
+
+
+_JSON_COMMANDS = ("send", "rekey", "leave")
+
+
+async def _json_command(conf: Any, line: str, out: Callable[[str], None], where: dict[str, str]) -> bool:
+    """One ``--json-input`` command; False: leave."""
+    from .session import AppError
+
+    if not line.strip():
+        return True
+    cmd: Any = None
+    try:
+        request = json.loads(line)
+        cmd = request.get("cmd") if isinstance(request, dict) else None
+        if cmd not in _JSON_COMMANDS:
+            raise ValueError(f"a command is a JSON object with cmd one of {', '.join(_JSON_COMMANDS)}")
+        if cmd == "leave":
+            out(json.dumps({"event": "ok", **where, "cmd": cmd}))
+            return False
+        if cmd == "rekey":
+            await conf.rekey()
+        else:
+            text = request.get("text")
+            if not isinstance(text, str) or not text:
+                raise ValueError('"send" needs a non-empty "text"')
+            await conf.send(text)
+    except (ValueError, AppError) as exc:  # json.JSONDecodeError is a ValueError
+        code = exc.code if isinstance(exc, AppError) else "bad_command"
+        out(json.dumps({"event": "error", **where, "cmd": cmd if isinstance(cmd, str) else None,
+                        "code": code, "text": str(exc)}))
+        return True
+    out(json.dumps({"event": "ok", **where, "cmd": cmd}))
+    return True
+
+
+def _line_notice(text: str, as_json: bool, conference: dict[str, str] | None = None) -> str:
     from .session import Notice
 
-    return _line(Notice(text), as_json)
+    return _line(Notice(text), as_json, conference)
 
 
 def register_commands(app: typer.Typer) -> None:
     """Add these commands to the root ``secchat`` app."""
     app.command("register")(register)
+    app.command("unregister")(unregister)
     app.command("participants")(participants)
     app.command("create")(create)
     app.command("delete")(delete)

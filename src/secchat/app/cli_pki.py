@@ -49,7 +49,8 @@ __all__ = [
 
 ca_app = typer.Typer(help="Run a conference certificate authority.", no_args_is_help=True)
 identity_app = typer.Typer(
-    help="This peer's identity: show it, install its certificate.", no_args_is_help=True
+    help="This peer's identity: show it, install its certificate, renew it, rotate its key.",
+    no_args_is_help=True,
 )
 
 
@@ -60,7 +61,7 @@ def _ca() -> None:
 
 @identity_app.callback()
 def _identity() -> None:
-    """This peer's identity: show it, install its certificate."""
+    """This peer's identity: show it, install its certificate, renew it, rotate its key."""
 
 
 PASSPHRASE_ENV = "SECCHAT_PASSPHRASE"
@@ -528,13 +529,14 @@ def identity_install(
     typer.echo(f"next: secchat register{home_hint(given_home)}")
 
 
-@identity_app.command("request")
-def identity_request(
-    home: Annotated[Path | None, HOME_OPTION] = None,
-    passphrase_file: Annotated[Path | None, PASSFILE_OPTION] = None,
-) -> None:
-    """Make a new certificate request for your current key (to renew your certificate)."""
-    from .profile import IDENTITY_DIR, ProfileError, load_settings, renewal_request
+def _next_request(home: Path | None, passphrase_file: Path | None, rotate: bool) -> None:
+    from .profile import (
+        IDENTITY_DIR,
+        ProfileError,
+        load_settings,
+        renewal_request,
+        rotation_request,
+    )
 
     given_home = home
     home = resolve_home(home)
@@ -546,15 +548,44 @@ def identity_request(
         passphrase_file, (PASSPHRASE_ENV,), f"passphrase for {name}'s profile in {home}"
     )
     try:
-        renewal_request(home, passphrase)
+        (rotation_request if rotate else renewal_request)(home, passphrase)
     except ProfileError as exc:
         raise fail_for(exc) from None
     request = home / IDENTITY_DIR / pki.IDENTITY_REQUEST_FILE
-    typer.echo(f"certificate request {request} for {name}'s current key")
+    hint = home_hint(given_home)
+    if rotate:
+        typer.echo(f"new key made; certificate request {request} for it")
+        typer.echo("the rotation to it is signed by your current key, which stays in use until then")
+    else:
+        typer.echo(f"certificate request {request} for {name}'s current key")
     typer.echo(
         f"next: the CA operator runs `secchat ca sign {shlex.quote(str(request))} --out {name}.pem`;"
-        f" then: secchat identity install {name}.pem{home_hint(given_home)}"
+        f" then: secchat identity install {name}.pem{hint}; secchat register{hint}"
     )
+
+
+@identity_app.command("renew")
+def identity_renew(
+    home: Annotated[Path | None, HOME_OPTION] = None,
+    passphrase_file: Annotated[Path | None, PASSFILE_OPTION] = None,
+) -> None:
+    """Make a certificate request for your current key, to renew your certificate (peers pin
+    your key: a renewal changes nothing for them)."""
+    _next_request(home, passphrase_file, rotate=False)
+
+
+identity_app.command("request", help="The same as `secchat identity renew`.")(identity_renew)
+
+
+@identity_app.command("rotate")
+def identity_rotate(
+    home: Annotated[Path | None, HOME_OPTION] = None,
+    passphrase_file: Annotated[Path | None, PASSFILE_OPTION] = None,
+) -> None:
+    """Replace your key: a new key and a request for it; your current key signs the rotation, so
+    the directory takes the new certificate and peers see "NAME rotated her key (signed by her
+    old one)".  The old key is set aside (not deleted) when the new certificate is installed."""
+    _next_request(home, passphrase_file, rotate=True)
 
 
 @identity_app.command("show")

@@ -33,7 +33,8 @@ class ExitCode(enum.IntEnum):
 MEANING: dict[ExitCode, str] = {
     ExitCode.OK: "success",
     ExitCode.FAILURE: "unexpected failure, a bug (SECCHAT_DEBUG=1 shows the traceback)",
-    ExitCode.USAGE: "bad command line: unknown option, missing or invalid argument",
+    ExitCode.USAGE: "bad command line: unknown option, missing or invalid argument (a time, a name),"
+    " not confirmed",
     ExitCode.SETUP: "no profile, identity, key store or CA here, or unreadable files",
     ExitCode.PASSPHRASE: "passphrase wrong, missing, or (a new one) too short",
     ExitCode.UNREACHABLE: "the directory is unreachable or failing: try again later",
@@ -50,6 +51,7 @@ _CODES: dict[ExitCode, str] = {
     ExitCode.SETUP: "no_profile bad_config no_identity no_key_store no_ca bad_pem corrupt"
     " bad_trust_store no_request listen_failed no_directory_ca",
     ExitCode.UNTRUSTED: "untrusted untrusted_directory bad_signature unknown_ca expired"
+    " bad_rotation_signature"
     " not_yet_valid not_a_ca not_a_leaf no_name unsupported_key key_mismatch"
     " fingerprint_mismatch not_accepted certificate_mismatch certificate_changed rollback deleted"
     " bad_record_signature unsigned_record malformed_record malformed_response wrong_conference"

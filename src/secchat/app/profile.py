@@ -5,6 +5,8 @@ Layout of ``home`` (default: the platform's user data directory, ``platformdirs`
     config.toml                  name, directory URL, listen / advertised address (below)
     identity/identity.key        Ed25519 key, encrypted under the passphrase (scrypt, see pki)
     identity/request.pem         the certificate signing request ``secchat init`` made for the CA
+    identity/next.key            after ``secchat identity rotate``: the new key, until installed
+    identity/rotation.json       the rotation to it, signed by the old key (sent by ``register``)
     identity/identity.pem        certificate from the conference CA
     identity/ca.pem              the CA(s) this peer trusts
     accepted-certificates.json   the certificates the user accepted (directory.trust)
@@ -60,6 +62,7 @@ __all__ = [
     "profile_exists",
     "read_ca",
     "renewal_request",
+    "rotation_request",
     "save_settings",
     "set_aside",
 ]
@@ -68,6 +71,8 @@ CONFIG_FILE = "config.toml"
 IDENTITY_DIR = "identity"
 TRUST_FILE = "accepted-certificates.json"
 HISTORY_FILE = "history.sqlite3"
+#: The key ``secchat identity rotate`` made, until its certificate is installed.
+NEXT_KEY_FILE = "next.key"
 
 
 class ProfileError(Exception):
@@ -267,6 +272,11 @@ def install_certificate(
             "key_mismatch",
             f"this certificate names {identity.name!r}, the profile is {settings.name!r}",
         )
+    if (ident / NEXT_KEY_FILE).exists() and _rotated_to(ident, cert):
+        # the certificate of a rotation (the request is for next.key): the old key and
+        # certificate are set aside, never deleted, and the new key takes their place
+        set_aside(home, (f"{IDENTITY_DIR}/{pki.IDENTITY_KEY_FILE}", f"{IDENTITY_DIR}/{pki.IDENTITY_CERT_FILE}"))
+        os.replace(ident / NEXT_KEY_FILE, ident / pki.IDENTITY_KEY_FILE)
     pki.write_file_atomically(ident / pki.CA_CERT_FILE, pki.certs_to_pem(trusted), 0o600)
     pki.write_file_atomically(ident / pki.IDENTITY_CERT_FILE, pki.cert_to_pem(cert), 0o600)
     return cert
@@ -283,6 +293,52 @@ def renewal_request(home: Path, passphrase: str) -> x509.CertificateSigningReque
     except pki.PkiError as exc:
         raise ProfileError(exc.code, str(exc)) from None
     request = pki.make_request(key, settings.name)
+    set_aside(home, (f"{IDENTITY_DIR}/{NEXT_KEY_FILE}",))  # a rotation started before: cancelled
+    pki.write_file_atomically(ident / pki.IDENTITY_REQUEST_FILE, pki.request_to_pem(request), 0o600)
+    return request
+
+
+def _rotated_to(ident: Path, cert: x509.Certificate) -> bool:
+    from ..directory.identities import IdentityError, proof_for
+
+    try:
+        return proof_for(ident, cert) is not None
+    except IdentityError as exc:
+        raise ProfileError(exc.code, str(exc)) from None
+
+
+def rotation_request(home: Path, passphrase: str, *, now: int | None = None) -> x509.CertificateSigningRequest:
+    """Start a key rotation: a new key (``identity/next.key``, under the same passphrase), a
+    request for it (``request.pem``, for the CA) and the rotation to it signed by the current
+    key (``rotation.json``, which ``register`` sends).  The current key stays in use until the
+    new certificate is installed (:func:`install_certificate`); a rotation started before and not
+    installed is set aside."""
+    import time
+
+    from ..directory.identities import ROTATION_FILE, save_proof
+    from ..directory.models import IdentityRotation
+
+    home = Path(home)
+    settings = load_settings(home)
+    ident = home / IDENTITY_DIR
+    try:
+        current = pki.load_identity(ident, passphrase)
+    except pki.PkiError as exc:
+        raise ProfileError(exc.code, str(exc)) from None
+    key = pki.generate_key()
+    request = pki.make_request(key, settings.name)
+    set_aside(home, (f"{IDENTITY_DIR}/{NEXT_KEY_FILE}",))
+    identity = current.identity
+    rotation = IdentityRotation(
+        identity.name,
+        identity.issuer,
+        pki.verifier_of(current.cert).public_bytes,
+        pki.signer_of(key).public_bytes,
+        int(now if now is not None else time.time()),
+    )
+    signature = pki.signer_of(current.key).sign(rotation.signed_bytes())
+    pki.save_private_key(ident / NEXT_KEY_FILE, key, passphrase)
+    save_proof(ident / ROTATION_FILE, rotation, signature)
     pki.write_file_atomically(ident / pki.IDENTITY_REQUEST_FILE, pki.request_to_pem(request), 0o600)
     return request
 

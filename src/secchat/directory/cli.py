@@ -138,6 +138,7 @@ _TRUST = typer.Option("--trust-file", help="Accepted certificates (default: <use
 _TLS_CA = typer.Option(
     "--directory-ca", help="PEM bundle an https:// directory must verify against (default: system trust)."
 )
+_JSON = typer.Option("--json", help="Print one JSON document.")
 _DEADLINE = typer.Option(
     "--directory-timeout", min=0.1, max=600.0,
     help="Seconds each directory operation may take in all (default 5).",
@@ -203,11 +204,37 @@ def register(
     tls_ca: Annotated[Path | None, _TLS_CA] = None,
 ) -> None:
     """Register this identity's certificate with a directory (the thesis's Add Participant)."""
+    from secchat.app.cli_pki import default_identity_dir
+    from secchat.app.exit_codes import fail_for
+    from secchat.text import safe
+
+    from .identities import IdentityError, proof_for
+
+    with _client(url, directory, passphrase_file, trust_file, deadline, tls_ca) as client:
+        try:
+            proof = proof_for(directory or default_identity_dir(), client.cert)
+        except IdentityError as exc:
+            raise fail_for(exc) from None
+        me = _run(lambda: client.register(proof))
+    rotated = " (key rotation, signed by your old key)" if proof is not None else ""
+    typer.echo(f"registered {safe(me.identity)} ({me.fingerprint}){rotated}")
+
+
+def unregister(
+    url: str,
+    directory: Path | None,
+    passphrase_file: Path | None,
+    trust_file: Path | None,
+    deadline: float | None,
+    tls_ca: Path | None = None,
+) -> None:
+    """Remove this identity's entry from the directory (a request signed by its key)."""
     from secchat.text import safe
 
     with _client(url, directory, passphrase_file, trust_file, deadline, tls_ca) as client:
-        me = _run(client.register)
-    typer.echo(f"registered {safe(me.identity)} ({me.fingerprint})")
+        _run(client.unregister)
+        me = client.identity
+    typer.echo(f"unregistered {safe(me)}: the directory no longer lists you, and the name is free")
 
 
 @directory_app.command("participants")
@@ -218,12 +245,29 @@ def participants(
     trust_file: Annotated[Path | None, _TRUST] = None,
     deadline: Annotated[float | None, _DEADLINE] = None,
     tls_ca: Annotated[Path | None, _TLS_CA] = None,
+    as_json: Annotated[bool, _JSON] = False,
 ) -> None:
     """List the participants whose certificates verify, and whether you accepted them."""
+    import json
+
     from secchat.text import safe
 
     with _client(url, directory, passphrase_file, trust_file, deadline, tls_ca) as client:
         found = _run(client.list_participants)
+    if as_json:  # names and addresses quote the directory: json.dumps escapes control characters
+        typer.echo(json.dumps([
+            {
+                "identity": str(p.identity),
+                "name": p.identity.name,
+                "issuer": p.identity.issuer,
+                "acceptance": p.acceptance.value,
+                "fingerprint": p.fingerprint,
+                "contact": {"host": p.contact.host, "port": p.contact.port} if p.contact else None,
+                "rotations": len(p.earlier_keys),
+            }
+            for p in found
+        ]))
+        return
     for p in found:
         contact = safe(f"{p.contact.host}:{p.contact.port}") if p.contact else "-"
         typer.echo(f"{safe(p.identity):40} {p.acceptance.value:9} {p.fingerprint[:16]}  {contact}")
@@ -248,22 +292,37 @@ def _store(trust_file: Path | None):
 
 
 @trust_app.command("list")
-def trust_list(trust_file: Annotated[Path | None, _TRUST] = None) -> None:
-    """Show accepted identities and their certificate fingerprints."""
+def trust_list(
+    trust_file: Annotated[Path | None, _TRUST] = None, as_json: Annotated[bool, _JSON] = False
+) -> None:
+    """Show accepted identities, their keys and certificate fingerprints."""
+    import json
+
     from secchat.text import safe
 
-    for entry in _store(trust_file).list():
+    entries = _store(trust_file).list()
+    if as_json:
+        typer.echo(json.dumps([
+            {"identity": e.identity, "fingerprint": e.fingerprint, "key": e.key, "accepted_at": e.accepted_at}
+            for e in entries
+        ]))
+        return
+    for entry in entries:
         typer.echo(f"{safe(entry.identity):40} {safe(entry.fingerprint)}")
 
 
 @trust_app.command("revoke")
 def trust_revoke(
-    identity: Annotated[str, typer.Argument(help="name@issuer")],
+    identity: Annotated[str, typer.Argument(help="name@issuer, or a name")],
     trust_file: Annotated[Path | None, _TRUST] = None,
 ) -> None:
     """Forget an accepted certificate (you will be asked again next time)."""
     from secchat.text import safe
 
-    if not _store(trust_file).revoke(identity):
-        raise _fail(f"{identity} is not among the accepted certificates")
-    typer.echo(f"revoked {safe(identity)}")
+    store = _store(trust_file)
+    resolved = store.resolve(identity)  # name@issuer, or a name accepted under one issuer
+    if resolved is None or not store.revoke(resolved):
+        from secchat.app.exit_codes import ExitCode, fail
+
+        raise fail(f"{identity} is not among the accepted certificates", ExitCode.REFUSED)
+    typer.echo(f"revoked {safe(resolved)}")

@@ -51,12 +51,14 @@ from secchat.crypto import CryptoError
 from secchat.text import safe
 
 from .auth import authority_of, sign_request
+from .identities import IdentityError, public_key, verify_chain
 from .models import (
     PAGE_SIZE,
     ConferenceOut,
     ConferenceRecord,
     ConferenceTombstone,
     ParticipantOut,
+    RotationIn,
     TombstoneOut,
     conference_key,
     contact_message,
@@ -190,8 +192,11 @@ class CertificateChanged(UntrustedResponse):
     def __init__(self, identity: pki.Identity, fingerprint: str, accepted: str | None) -> None:
         super().__init__(
             "certificate_changed",
-            f"the certificate of {identity} ({fingerprint[:16]}...) is not the one you accepted"
-            + (f" ({accepted[:16]}...)" if accepted else ""),
+            f"the certificate of {identity} ({fingerprint[:16]}...) has another key than the one"
+            " you accepted"
+            + (f" ({accepted[:16]}...)" if accepted else "")
+            + ", and no rotation signed by that key proves it: check it with its owner"
+            " (`secchat trust accept NAME FINGERPRINT` accepts it)",
         )
         self.identity = identity
         self.fingerprint = fingerprint
@@ -223,6 +228,8 @@ class Participant:
     fingerprint: str
     acceptance: Acceptance
     contact: Contact | None = None
+    #: keys a verified chain of rotations says were this identity's before (oldest first)
+    earlier_keys: tuple[bytes, ...] = ()
 
     @property
     def name(self) -> str:
@@ -236,6 +243,7 @@ class Member:
     cert: x509.Certificate
     fingerprint: str
     acceptance: Acceptance
+    earlier_keys: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +272,11 @@ class Conference:
     @property
     def unaccepted(self) -> tuple[Member, ...]:
         return tuple(m for m in self.members if m.acceptance is Acceptance.NEW)
+
+    @property
+    def rotated(self) -> tuple[Member, ...]:
+        """Members whose accepted key signed the rotation to the key listed (followed)."""
+        return tuple(m for m in self.members if m.acceptance is Acceptance.ROTATED)
 
     def require_accepted(self) -> Conference:
         """Raise :class:`UnacceptedCertificates` unless every member's certificate is accepted."""
@@ -297,12 +310,24 @@ class _Trust:
         self.cas = list(trusted_cas)
         self.store = store
         self.own = (pki.identity_of(own), pki.fingerprint(own)) if own is not None else None
+        self.own_key = public_key(own) if own is not None else None
 
-    def acceptance(self, identity: pki.Identity, fingerprint: str) -> Acceptance:
+    def acceptance(
+        self,
+        identity: pki.Identity,
+        fingerprint: str,
+        key: bytes | None = None,
+        earlier_keys: Sequence[bytes] = (),
+    ) -> Acceptance:
+        """How this certificate of ``identity`` stands (its ``key``; ``earlier_keys`` from a
+        verified chain of rotations); :class:`CertificateChanged` for a key not accepted."""
+        if key is not None:
+            self.store.note_key(fingerprint, key)
         if self.own is not None and identity == self.own[0]:
-            status = Acceptance.ACCEPTED if fingerprint == self.own[1] else Acceptance.CHANGED
+            same = key == self.own_key if key is not None else fingerprint == self.own[1]
+            status = Acceptance.ACCEPTED if same else Acceptance.CHANGED
         else:
-            status = self.store.status(identity, fingerprint)
+            status = self.store.status(identity, fingerprint, key, earlier_keys)
         if status is Acceptance.CHANGED:
             if self.own is not None and identity == self.own[0]:
                 accepted: str | None = self.own[1]
@@ -389,10 +414,18 @@ class _Skipped:
             )
 
 
+def _earlier_keys(identity: pki.Identity, rotations: Sequence[Any], cert: x509.Certificate) -> tuple[bytes, ...]:
+    try:
+        return verify_chain(identity.name, identity.issuer, rotations, public_key(cert))
+    except IdentityError as exc:
+        raise UntrustedResponse(exc.code, f"the directory's key rotations of {identity}: {exc}") from None
+
+
 def verify_participant(
     out: ParticipantOut, trust: _Trust, *, name: str | None = None, checks: _Checks | None = None
 ) -> Participant:
     cert, identity, fp = (checks or trust).check_cert(out.cert_pem, name or out.name)
+    earlier = _earlier_keys(identity, out.rotations, cert)
     contact = None
     if out.contact is not None:
         c = out.contact
@@ -403,7 +436,8 @@ def verify_participant(
             contact = Contact(c.host, c.port, c.issued_at)
         except (CryptoError, ValueError, pki.PkiError):
             log.warning("ignoring a contact address of %s that it did not sign", safe(identity))
-    return Participant(identity, cert, fp, trust.acceptance(identity, fp), contact)
+    acceptance = trust.acceptance(identity, fp, public_key(cert), earlier)
+    return Participant(identity, cert, fp, acceptance, contact, earlier)
 
 
 def verify_conference(
@@ -442,6 +476,14 @@ def verify_conference(
         out.id, out.t0, out.t1, tuple(out.members), tuple(fp for _, _, fp in checked), out.creator,
         out.version, out.created_at,
     )
+    if set(out.rotations) - set(out.members):
+        raise UntrustedResponse("malformed_record", f"conference {out.id!r} lists rotations of non-members")
+    # each member's key against the one accepted first: a key swapped without proof is said as such
+    members = []
+    for name, (cert, identity, fp) in zip(out.members, checked, strict=True):
+        earlier = _earlier_keys(identity, out.rotations.get(name, ()), cert)
+        acceptance = trust.acceptance(identity, fp, public_key(cert), earlier)
+        members.append(Member(name, identity, cert, fp, acceptance, earlier))
     creator_cert = checked[out.members.index(out.creator)][0]
     try:
         pki.verifier_of(creator_cert).verify(record.signed_bytes(), signature)
@@ -450,12 +492,8 @@ def verify_conference(
             "bad_record_signature",
             f"conference {out.id!r} is not signed by its creator {out.creator!r}: the directory altered it",
         ) from None
-    members = tuple(
-        Member(name, identity, cert, fp, trust.acceptance(identity, fp))
-        for name, (cert, identity, fp) in zip(out.members, checked, strict=True)
-    )
     return Conference(
-        out.id, out.t0, out.t1, members, out.creator, signature, out.version, out.created_at
+        out.id, out.t0, out.t1, tuple(members), out.creator, signature, out.version, out.created_at
     )
 
 
@@ -465,7 +503,7 @@ def verify_tombstone(out: TombstoneOut, trust: _Trust, expected: tuple[str, str]
     if (out.creator, out.id) != expected or not 1 <= out.version < 1 << 62:
         raise UntrustedResponse("wrong_conference", "the directory answered with another conference's tombstone")
     cert, identity, fp = trust.check_cert(out.cert_pem, out.creator)
-    trust.acceptance(identity, fp)  # a certificate other than the accepted one: CertificateChanged
+    trust.acceptance(identity, fp, public_key(cert))  # another key than accepted: CertificateChanged
     tombstone = ConferenceTombstone(out.creator, out.id, out.version, out.deleted_at)
     try:
         pki.verifier_of(cert).verify(tombstone.signed_bytes(), bytes.fromhex(out.signature))
@@ -605,14 +643,24 @@ class _Core:
 
     # -- operations
 
-    def register(self) -> _Op[Participant]:
-        body = msgspec.json.encode({"cert_pem": pki.cert_to_pem(self.cert).decode("ascii")})
+    def register(self, rotation: RotationIn | None = None) -> _Op[Participant]:
+        """Register our certificate: new, the same again, a renewal, or -- with ``rotation``, the
+        proof signed by the registered key -- a key rotation."""
+        fields: dict[str, Any] = {"cert_pem": pki.cert_to_pem(self.cert).decode("ascii")}
+        if rotation is not None:
+            fields["rotation"] = rotation
+        body = msgspec.json.encode(fields)
         response = yield _Request("POST", "/v1/participants", body, signed=True)
         out = self.parse(self.check(response, 200, 201), ParticipantOut)
         participant = verify_participant(out, self.trust, name=self.identity.name)
         if participant.fingerprint != pki.fingerprint(self.cert):
             raise UntrustedResponse("certificate_changed", "the directory registered another certificate for us")
         return participant
+
+    def unregister(self) -> _Op[None]:
+        """Remove our entry from the directory (a request signed by our key)."""
+        response = yield _Request("DELETE", f"/v1/participants/{_seg(self.identity.name)}", b"", signed=True)
+        self.check(response, 204)
 
     def publish_contact(self, host: str, port: int) -> _Op[None]:
         issued_at = int(self.clock())
@@ -658,7 +706,7 @@ class _Core:
         for m in members:
             if isinstance(m, Participant):
                 # re-check acceptance now: the trust store may have changed since it was fetched
-                acceptance = self.trust.acceptance(m.identity, m.fingerprint)
+                acceptance = self.trust.acceptance(m.identity, m.fingerprint, public_key(m.cert), m.earlier_keys)
                 resolved.append(dataclasses.replace(m, acceptance=acceptance))
             elif m == self.identity.name:
                 fp = pki.fingerprint(self.cert)
@@ -855,6 +903,15 @@ class AsyncDirectoryClient:
     def versions(self) -> VersionMemory:
         return self._core.versions
 
+    @property
+    def cert(self) -> x509.Certificate:
+        """Our certificate (what requests are signed for)."""
+        return self._core.cert
+
+    @property
+    def identity(self) -> pki.Identity:
+        return self._core.identity
+
     def _build(self, request: _Request) -> httpx.Request:
         """The HTTP request for one step of an operation, signed.  Every request is: the server
         checks the signature where it must (``request.signed``); on a read it only says who
@@ -904,8 +961,11 @@ class AsyncDirectoryClient:
         finally:
             op.close()
 
-    async def register(self) -> Participant:
-        return await self._run(self._core.register())
+    async def register(self, rotation: RotationIn | None = None) -> Participant:
+        return await self._run(self._core.register(rotation))
+
+    async def unregister(self) -> None:
+        return await self._run(self._core.unregister())
 
     async def publish_contact(self, host: str, port: int) -> None:
         return await self._run(self._core.publish_contact(host, port))
@@ -966,8 +1026,19 @@ class DirectoryClient:
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(coro)
 
-    def register(self) -> Participant:
-        return self._call(self._async.register())
+    @property
+    def cert(self) -> x509.Certificate:
+        return self._async.cert
+
+    @property
+    def identity(self) -> pki.Identity:
+        return self._async.identity
+
+    def register(self, rotation: RotationIn | None = None) -> Participant:
+        return self._call(self._async.register(rotation))
+
+    def unregister(self) -> None:
+        return self._call(self._async.unregister())
 
     def publish_contact(self, host: str, port: int) -> None:
         return self._call(self._async.publish_contact(host, port))

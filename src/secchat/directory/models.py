@@ -22,6 +22,7 @@ __all__ = [
     "CONFERENCE_ID_PATTERN",
     "MAX_CERT_PEM",
     "MAX_MEMBERS",
+    "MAX_ROTATIONS",
     "NAME_PATTERN",
     "PAGE_SIZE",
     "ConferenceIn",
@@ -30,8 +31,11 @@ __all__ = [
     "ConferenceTombstone",
     "ContactIn",
     "ContactOut",
+    "IdentityRotation",
     "ParticipantIn",
     "ParticipantOut",
+    "RotationIn",
+    "RotationOut",
     "TombstoneIn",
     "TombstoneOut",
     "conference_key",
@@ -47,12 +51,16 @@ MAX_MEMBERS = 500
 #: Entries per page of a listing (``?after=<last key>`` gives the next page); clients refuse more.
 PAGE_SIZE = 1000
 MAX_CERT_PEM = 8192
+#: Key rotations kept (and served) per participant, newest last; a client refuses more.
+MAX_ROTATIONS = 16
 _SIG_HEX = r"^[0-9a-f]{128}$"
+_KEY_HEX = r"^[0-9a-f]{64}$"
 
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 ConferenceId = Annotated[str, msgspec.Meta(pattern=CONFERENCE_ID_PATTERN)]
 CertPem = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CERT_PEM)]
 SignatureHex = Annotated[str, msgspec.Meta(pattern=_SIG_HEX)]
+KeyHex = Annotated[str, msgspec.Meta(pattern=_KEY_HEX)]
 UnixTime = Annotated[int, msgspec.Meta(ge=0, lt=1 << 62)]
 Host = Annotated[str, msgspec.Meta(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]_-]+$")]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -113,6 +121,24 @@ class ConferenceTombstone:
         return canonical("conference-tombstone/v1", self.creator, self.id, self.version, self.deleted_at)
 
 
+@dataclass(frozen=True, slots=True)
+class IdentityRotation:
+    """A participant's statement, signed by its *old* key, that ``name@issuer`` now has the key
+    ``new_key`` (raw Ed25519 public keys).  The directory accepts a certificate with another key
+    for a registered name only with this proof; peers who accepted the old key follow it."""
+
+    name: str
+    issuer: str
+    old_key: bytes
+    new_key: bytes
+    rotated_at: int
+
+    def signed_bytes(self) -> bytes:
+        return canonical(
+            "identity-rotation/v1", self.name, self.issuer, self.old_key, self.new_key, self.rotated_at
+        )
+
+
 def conference_key(creator: str, id: str) -> str:
     """``creator/id``: one string naming a conference (neither a name nor an id has a slash)."""
     return f"{creator}/{id}"
@@ -135,8 +161,17 @@ def contact_message(name: str, host: str, port: int, issued_at: int) -> bytes:
 # --------------------------------------------------------------------------- requests
 
 
+class RotationIn(msgspec.Struct, forbid_unknown_fields=True):
+    """The proof of a key rotation: :class:`IdentityRotation` signed by the registered key."""
+
+    old_key: KeyHex
+    rotated_at: UnixTime
+    signature: SignatureHex
+
+
 class ParticipantIn(msgspec.Struct, forbid_unknown_fields=True):
     cert_pem: CertPem
+    rotation: RotationIn | None = None
 
 
 class ContactIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -176,6 +211,15 @@ class ContactOut(msgspec.Struct, frozen=True):
     signature: str
 
 
+class RotationOut(msgspec.Struct, frozen=True):
+    """One key rotation of a participant (clients check the signature by ``old_key``)."""
+
+    old_key: str
+    new_key: str
+    rotated_at: int
+    signature: str
+
+
 class ParticipantOut(msgspec.Struct, frozen=True):
     name: str
     issuer: str
@@ -183,6 +227,8 @@ class ParticipantOut(msgspec.Struct, frozen=True):
     cert_pem: str
     registered_at: int
     contact: ContactOut | None = None
+    #: the participant's key rotations, oldest first (at most :data:`MAX_ROTATIONS`)
+    rotations: tuple[RotationOut, ...] = ()
 
 
 class ConferenceOut(msgspec.Struct, frozen=True):
@@ -197,6 +243,9 @@ class ConferenceOut(msgspec.Struct, frozen=True):
     signature: str
     version: int
     created_at: int
+    #: members' key rotations (name -> oldest first), so that a peer who accepted a member's
+    #: old key can follow it to the certificate listed
+    rotations: dict[str, tuple[RotationOut, ...]] = msgspec.field(default_factory=dict)
 
 
 class TombstoneOut(msgspec.Struct, frozen=True):

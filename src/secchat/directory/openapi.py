@@ -80,8 +80,13 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/participants": {
             "post": _op(
-                "Register a participant (proof of possession: the request is signed by the certificate's key)",
-                {"201": _ok("Participant", "registered"), "200": _ok("Participant", "already registered with this certificate")},
+                "Register a participant (proof of possession: the request is signed by the certificate's key); "
+                "for a registered name: a renewal (same key and CA, newer certificate) or a key rotation "
+                "(`rotation` signed by the registered key), else 409 identity_taken",
+                {
+                    "201": _ok("Participant", "registered"),
+                    "200": _ok("Participant", "already registered with this certificate, renewed or rotated"),
+                },
                 body="ParticipantIn",
                 signed=True,
             ),
@@ -94,6 +99,11 @@ OPENAPI: dict[str, Any] = {
         "/v1/participants/{name}": {
             "parameters": [_NAME],
             "get": _op("Get a participant", {"200": _ok("Participant", "the participant")}),
+            "delete": _op(
+                "Unregister (a request signed by the participant): the entry goes, the name is free",
+                {"204": _ok(None, "unregistered")},
+                signed=True,
+            ),
         },
         "/v1/participants/{name}/contact": {
             "parameters": [_NAME],
@@ -170,7 +180,8 @@ OPENAPI: dict[str, Any] = {
                                     "unknown_member", "certificate_mismatch", "name_mismatch",
                                     "bad_record_signature", "bad_contact_signature", "unknown_ca", "expired",
                                     "not_yet_valid", "bad_signature", "not_a_ca", "not_a_leaf", "no_name",
-                                    "unsupported_key", "unavailable", "internal",
+                                    "unsupported_key", "unavailable", "internal", "identity_changed",
+                                    "stale_certificate", "bad_rotation_signature",
                                 ],
                             },
                             "message": {"type": "string"},
@@ -182,7 +193,21 @@ OPENAPI: dict[str, Any] = {
                 "type": "object",
                 "required": ["cert_pem"],
                 "additionalProperties": False,
-                "properties": {"cert_pem": {"type": "string", "maxLength": 8192}},
+                "properties": {
+                    "cert_pem": {"type": "string", "maxLength": 8192},
+                    "rotation": {
+                        "type": "object",
+                        "description": "identity-rotation/v1 (name, issuer, old_key, new_key, rotated_at) "
+                        "signed by the registered (old) key",
+                        "required": ["old_key", "rotated_at", "signature"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "old_key": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                            "rotated_at": {"type": "integer", "minimum": 0},
+                            "signature": {"type": "string", "pattern": "^[0-9a-f]{128}$"},
+                        },
+                    },
+                },
             },
             "ContactIn": {
                 "type": "object",

@@ -39,6 +39,7 @@ from .auth import (
     check_request,
     parse_auth_headers,
 )
+from .identities import IdentityError, Update, classify, public_key
 from .models import (
     NAME_PATTERN,
     PAGE_SIZE,
@@ -85,6 +86,9 @@ STATUS: dict[str, int] = {
     "unknown_conference": 404,
     "method_not_allowed": 405,
     "identity_taken": 409,
+    "identity_changed": 409,
+    "stale_certificate": 409,
+    "bad_rotation_signature": 422,
     "duplicate_conference": 409,
     "stale_version": 409,
     "conference_deleted": 410,
@@ -279,16 +283,66 @@ def create_app(
             raise ApiError("signer_mismatch", "the request is not signed in the certificate's name")
         if not _NAME_RE.match(identity.name):
             raise ApiError("invalid_request", "the certificate's common name is not a valid participant name")
+        fingerprint = pki.fingerprint(cert)
+        cert_pem = pki.cert_to_pem(cert).decode("ascii")
+        current = await run_in_threadpool(store.get_participant, identity.name)
+        if current is not None and current.fingerprint != fingerprint:
+            return await update_certificate(current, cert, data, nonce)
         participant, created = await write(
             store.register_participant,
             name=identity.name,
             issuer=identity.issuer,
-            fingerprint=pki.fingerprint(cert),
-            cert_pem=pki.cert_to_pem(cert).decode("ascii"),
+            fingerprint=fingerprint,
+            cert_pem=cert_pem,
             nonce=nonce,
             now=int(clock()),
         )
         return _json(participant, 201 if created else 200)
+
+    async def update_certificate(
+        current: Any, cert: x509.Certificate, data: ParticipantIn, nonce: tuple[str, int]
+    ) -> Response:
+        """A new certificate for a registered name: a renewal or a proven rotation (identities.py)."""
+        proof = None
+        if data.rotation is not None:
+            proof = (bytes.fromhex(data.rotation.old_key), data.rotation.rotated_at,
+                     bytes.fromhex(data.rotation.signature))
+        try:
+            kind = classify(parse_cert(current.cert_pem), cert, proof)
+        except IdentityError as exc:
+            await run_in_threadpool(store.burn_nonce, nonce)
+            raise ApiError(exc.code, str(exc)) from None
+        rotation = None
+        if kind is Update.ROTATION:
+            assert data.rotation is not None
+            rotation = (data.rotation.old_key, public_key(cert).hex(), data.rotation.rotated_at,
+                        data.rotation.signature)
+        participant = await write(
+            store.update_certificate,
+            name=current.name,
+            expected_fingerprint=current.fingerprint,
+            fingerprint=pki.fingerprint(cert),
+            cert_pem=pki.cert_to_pem(cert).decode("ascii"),
+            rotation=rotation,
+            nonce=nonce,
+            now=int(clock()),
+        )
+        return _json(participant, 200)
+
+    async def by_owner(request: Request, what: str) -> tuple[str, bytes, x509.Certificate, tuple[str, int]]:
+        """A request on ``/v1/participants/{name}/...`` that only ``name`` may sign: the name,
+        the body, the signer's certificate and the nonce to consume."""
+        name = request.path_params["name"]
+        body = await read_body(request)
+        auth, cert, nonce = await authenticate(request, body)
+        if auth.name != name:
+            raise ApiError("not_owner", f"only a participant may {what}")
+        return name, body, cert, nonce
+
+    async def unregister(request: Request) -> Response:
+        name, _, _, nonce = await by_owner(request, "unregister itself")
+        await write(store.unregister_participant, name=name, nonce=nonce, now=int(clock()))
+        return Response(status_code=204)
 
     async def list_participants(request: Request) -> Response:
         after = request.query_params.get("after", "")
@@ -302,11 +356,7 @@ def create_app(
         return _json(found)
 
     async def publish_contact(request: Request) -> Response:
-        name = request.path_params["name"]
-        body = await read_body(request)
-        auth, cert, nonce = await authenticate(request, body)
-        if auth.name != name:
-            raise ApiError("not_owner", "only a participant may publish its own contact address")
+        name, body, cert, nonce = await by_owner(request, "publish its own contact address")
         data = _decode(body, ContactIn)
         try:
             pki.verifier_of(cert).verify(
@@ -452,6 +502,7 @@ def create_app(
         Route("/v1/participants", register, methods=["POST"]),
         Route("/v1/participants", list_participants, methods=["GET"]),
         Route("/v1/participants/{name}", get_participant, methods=["GET"]),
+        Route("/v1/participants/{name}", unregister, methods=["DELETE"]),
         Route("/v1/participants/{name}/contact", publish_contact, methods=["PUT"]),
         Route("/v1/participants/{name}/conferences", conferences_of, methods=["GET"]),
         Route("/v1/conferences", create_conference, methods=["POST"]),

@@ -51,7 +51,14 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .models import ConferenceOut, ContactOut, ParticipantOut, TombstoneOut
+from .models import (
+    MAX_ROTATIONS,
+    ConferenceOut,
+    ContactOut,
+    ParticipantOut,
+    RotationOut,
+    TombstoneOut,
+)
 
 __all__ = [
     "Rejected",
@@ -80,7 +87,23 @@ participants = Table(
     Column("fingerprint", String(64), nullable=False, unique=True),
     Column("cert_pem", Text, nullable=False),
     Column("registered_at", BigInteger, nullable=False),
+    # set by a signed unregister: the entry is gone for clients, the name free again; the row
+    # stays while conference records name its certificate
+    Column("unregistered_at", BigInteger, nullable=True),
     UniqueConstraint("name", "issuer", name="participants_identity"),
+)
+
+#: Key rotations of participants, each signed by the key before (identities.py), oldest first.
+rotations = Table(
+    "participant_rotations",
+    metadata,
+    Column("name", _key(64), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("old_key", String(64), nullable=False),
+    Column("new_key", String(64), nullable=False),
+    Column("rotated_at", BigInteger, nullable=False),
+    Column("signature", String(128), nullable=False),
+    PrimaryKeyConstraint("name", "seq"),
 )
 
 contacts = Table(
@@ -144,7 +167,7 @@ nonces = Table(
 )
 
 #: The tables that hold the directory's data (``nonces`` is bookkeeping).
-DOMAIN_TABLES = (participants, contacts, conferences, conference_members, tombstones)
+DOMAIN_TABLES = (participants, contacts, conferences, conference_members, tombstones, rotations)
 
 
 class Rejected(Exception):
@@ -240,6 +263,10 @@ class Store:
                 log.warning("dropping the conference records of an older directory schema")
                 conn.exec_driver_sql("DROP TABLE conference_members")
                 conn.exec_driver_sql("DROP TABLE conferences")
+            if inspect(conn).has_table("participants") and "unregistered_at" not in {
+                c["name"] for c in inspect(conn).get_columns("participants")
+            }:  # a directory of before signed unregistering: every entry is registered
+                conn.exec_driver_sql("ALTER TABLE participants ADD COLUMN unregistered_at BIGINT")
             metadata.create_all(conn)
 
     def ping(self) -> None:
@@ -294,6 +321,10 @@ class Store:
         except IntegrityError:
             raise Rejected("replayed_request", "this request was already received once") from None
 
+    def burn_nonce(self, nonce: tuple[str, int]) -> None:
+        """Keep the nonce of a request refused before any write (it cannot be replayed later)."""
+        self._burn_nonce(nonce)
+
     def _burn_nonce(self, nonce: tuple[str, int]) -> None:
         """Keep a refused request's nonce too, so that it cannot be replayed later."""
         try:
@@ -314,33 +345,119 @@ class Store:
         nonce: tuple[str, int],
         now: int,
     ) -> tuple[ParticipantOut, bool]:
-        """Add a participant; the same certificate again is a no-op (``created`` False)."""
+        """Add a participant; the same certificate again is a no-op (``created`` False).  A name
+        registered with another certificate is ``identity_taken`` (see :meth:`update_certificate`);
+        an unregistered one is free again."""
 
         def run(conn: Connection) -> tuple[ParticipantOut, bool]:
             row = conn.execute(select(participants).where(participants.c.name == name)).first()
-            if row is not None:
+            if row is not None and row.unregistered_at is None:
                 if row.fingerprint == fingerprint and row.issuer == issuer:
                     return self._participants(conn, participants.c.name == name, limit=1)[0], False
                 raise Rejected(
                     "identity_taken", f"the name {name!r} is already registered with another certificate"
                 )
-            conn.execute(
-                insert(participants).values(
-                    name=name, issuer=issuer, fingerprint=fingerprint, cert_pem=cert_pem, registered_at=now
-                )
-            )
+            values = {
+                "issuer": issuer, "fingerprint": fingerprint, "cert_pem": cert_pem, "registered_at": now,
+                "unregistered_at": None,
+            }
+            if row is None:
+                conn.execute(insert(participants).values(name=name, **values))
+            else:  # the name was given up: it starts afresh, without the old one's rotations
+                conn.execute(delete(rotations).where(rotations.c.name == name))
+                conn.execute(update(participants).where(participants.c.name == name).values(**values))
             return ParticipantOut(name, issuer, fingerprint, cert_pem, now, None), True
 
         return self._write(nonce, now, run)
+
+    def update_certificate(
+        self,
+        *,
+        name: str,
+        expected_fingerprint: str,
+        fingerprint: str,
+        cert_pem: str,
+        rotation: tuple[str, str, int, str] | None,
+        nonce: tuple[str, int],
+        now: int,
+    ) -> ParticipantOut:
+        """Replace ``name``'s certificate, registered as ``expected_fingerprint`` (else
+        ``identity_changed``: another update came first), by a renewal (``rotation`` None: the
+        same key, the contact address stays) or a rotation the caller verified (``(old_key,
+        new_key, rotated_at, signature)``, kept with the newest :data:`MAX_ROTATIONS`; the
+        contact address, signed by the old key, goes)."""
+
+        def run(conn: Connection) -> ParticipantOut:
+            row = conn.execute(
+                select(participants.c.fingerprint).where(
+                    participants.c.name == name, participants.c.unregistered_at.is_(None)
+                )
+            ).first()
+            if row is None or row.fingerprint != expected_fingerprint:
+                raise Rejected("identity_changed", f"the entry of {name!r} changed meanwhile: try again")
+            conn.execute(
+                update(participants)
+                .where(participants.c.name == name)
+                .values(fingerprint=fingerprint, cert_pem=cert_pem)
+            )
+            if rotation is not None:
+                old_key, new_key, rotated_at, signature = rotation
+                conn.execute(delete(contacts).where(contacts.c.name == name))
+                last = conn.execute(
+                    select(func.max(rotations.c.seq)).where(rotations.c.name == name)
+                ).scalar()
+                seq = 0 if last is None else last + 1
+                conn.execute(
+                    insert(rotations).values(
+                        name=name, seq=seq, old_key=old_key, new_key=new_key, rotated_at=rotated_at,
+                        signature=signature,
+                    )
+                )
+                conn.execute(
+                    delete(rotations).where(rotations.c.name == name, rotations.c.seq <= seq - MAX_ROTATIONS)
+                )
+            return self._participants(conn, participants.c.name == name, limit=1)[0]
+
+        return self._write(nonce, now, run)
+
+    def unregister_participant(self, *, name: str, nonce: tuple[str, int], now: int) -> None:
+        """The participant's signed unregister: its entry, contact and rotations go; the name is
+        free again (conference records that name its certificate keep it)."""
+
+        def run(conn: Connection) -> None:
+            done = conn.execute(
+                update(participants)
+                .where(participants.c.name == name, participants.c.unregistered_at.is_(None))
+                .values(unregistered_at=now)
+            )
+            if done.rowcount == 0:
+                raise Rejected("unknown_participant", f"no participant is named {name!r}")
+            conn.execute(delete(contacts).where(contacts.c.name == name))
+            conn.execute(delete(rotations).where(rotations.c.name == name))
+
+        self._write(nonce, now, run)
+
+    def _rotations(self, conn: Connection, names: Iterable[str]) -> dict[str, tuple[RotationOut, ...]]:
+        names = list(set(names))
+        if not names:
+            return {}
+        rows = conn.execute(
+            select(rotations).where(rotations.c.name.in_(names)).order_by(rotations.c.name, rotations.c.seq)
+        ).all()
+        return {
+            name: tuple(RotationOut(r.old_key, r.new_key, r.rotated_at, r.signature) for r in group)
+            for name, group in itertools.groupby(rows, key=lambda r: r.name)
+        }
 
     def _participants(self, conn: Connection, where: Any, *, limit: int) -> list[ParticipantOut]:
         rows = conn.execute(
             select(participants, contacts.c.host, contacts.c.port, contacts.c.issued_at, contacts.c.signature)
             .join(contacts, contacts.c.name == participants.c.name, isouter=True)
-            .where(where)
+            .where(where, participants.c.unregistered_at.is_(None))
             .order_by(participants.c.name)
             .limit(limit)
         ).all()
+        chains = self._rotations(conn, [r.name for r in rows])
         return [
             ParticipantOut(
                 r.name,
@@ -349,6 +466,7 @@ class Store:
                 r.cert_pem,
                 r.registered_at,
                 None if r.host is None else ContactOut(r.host, r.port, r.issued_at, r.signature),
+                chains.get(r.name, ()),
             )
             for r in rows
         ]
@@ -366,7 +484,8 @@ class Store:
         self, *, name: str, host: str, port: int, issued_at: int, signature: str, nonce: tuple[str, int], now: int
     ) -> None:
         def run(conn: Connection) -> None:
-            if conn.execute(select(participants.c.name).where(participants.c.name == name)).first() is None:
+            registered = participants.c.name == name, participants.c.unregistered_at.is_(None)
+            if conn.execute(select(participants.c.name).where(*registered)).first() is None:
                 raise Rejected("unknown_participant", f"no participant is named {name!r}")
             values = {"host": host, "port": port, "issued_at": issued_at, "signature": signature}
             done = conn.execute(update(contacts).where(contacts.c.name == name).values(**values))
@@ -410,7 +529,7 @@ class Store:
                 )
             rows = conn.execute(
                 select(participants.c.name, participants.c.fingerprint, participants.c.cert_pem).where(
-                    participants.c.name.in_(members)
+                    participants.c.name.in_(members), participants.c.unregistered_at.is_(None)
                 )
             ).all()
             registered = {r.name: r for r in rows}
@@ -438,7 +557,7 @@ class Store:
             )
             return ConferenceOut(
                 id, t0, t1, list(members), [registered[m].cert_pem for m in members], creator, signature,
-                version, created_at,
+                version, created_at, self._rotations(conn, members),
             )
 
         return self._write(nonce, now, run)
@@ -466,6 +585,7 @@ class Store:
             .where(tuple_(conferences.c.creator, conferences.c.id).in_(keys))
             .order_by(conferences.c.creator, conferences.c.id, conference_members.c.position)
         ).all()
+        chains = self._rotations(conn, [r.member for r in rows])
         result: list[ConferenceOut] = []
         for _, grouped in itertools.groupby(rows, key=lambda r: (r.creator, r.id)):
             group = list(grouped)
@@ -481,6 +601,7 @@ class Store:
                     h.signature,
                     h.version,
                     h.created_at,
+                    {r.member: chains[r.member] for r in group if r.member in chains},
                 )
             )
         return result

@@ -1,10 +1,15 @@
-"""The user's accepted certificates: identity -> certificate fingerprint (the thesis's key store).
+"""The user's accepted identities: ``name@issuer`` -> public key (the thesis's key store).
 
 Why: the directory is untrusted, and even a CA-valid certificate is only used for a conference
 once the user accepted it (§4.2: "the user will be asked if he trusts these certificates").
-Later, a *different* certificate for an accepted identity is refused outright: that is what a
-directory (or a CA) swapping a member's key would look like.  The store is a small JSON file,
-written atomically; ``TrustStore(None)`` keeps it in memory.
+What is pinned is the identity's *key* (and the fingerprint of the certificate accepted), not the
+whole certificate: a renewal (a new certificate for the same key) is silent; a key rotation
+signed by the accepted key (:mod:`.identities`) is :attr:`Acceptance.ROTATED`, shown as such and
+followed; any other key for an accepted identity is refused (:attr:`Acceptance.CHANGED`) until
+the user accepts it again -- that is what a directory (or a CA) swapping a member's key would
+look like.  Entries of before key pins (a fingerprint only) match by fingerprint until the key
+is known.  The store is a small JSON file, written atomically; ``TrustStore(None)`` keeps it in
+memory.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from __future__ import annotations
 import enum
 import json
 import time
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -21,7 +27,15 @@ import platformdirs
 
 from secchat import pki
 
-__all__ = ["Acceptance", "JsonStateFile", "TrustEntry", "TrustStore", "TrustStoreError", "default_trust_path"]
+__all__ = [
+    "Acceptance",
+    "JsonStateFile",
+    "TrustEntry",
+    "TrustStore",
+    "TrustStoreError",
+    "default_trust_path",
+    "split_identity",
+]
 
 
 def default_trust_path() -> Path:
@@ -81,9 +95,14 @@ class JsonStateFile(Generic[E]):
 
 
 class Acceptance(enum.Enum):
-    ACCEPTED = "accepted"  # this exact certificate was accepted before
-    NEW = "new"  # no certificate of this identity was accepted yet
-    CHANGED = "changed"  # another certificate of this identity was accepted: refuse
+    ACCEPTED = "accepted"  # this key (or, for an old entry, this certificate) was accepted
+    ROTATED = "rotated"  # the accepted key signed the rotation to this one: followed
+    NEW = "new"  # nothing of this identity was accepted yet
+    CHANGED = "changed"  # another key of this identity was accepted, and no proof: refuse
+
+
+#: Certificates' keys learnt while verifying, kept for :meth:`TrustStore.accept` (bounded).
+MAX_KNOWN_KEYS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,26 +110,59 @@ class TrustEntry:
     identity: str
     fingerprint: str
     accepted_at: int
+    #: the accepted public key, hex (None: an entry of before key pins)
+    key: str | None = None
 
 
 class TrustStore(JsonStateFile[TrustEntry]):
-    """Identity (``name@issuer``) -> accepted certificate fingerprint."""
+    """Identity (``name@issuer``) -> accepted public key (and certificate fingerprint)."""
 
     FIELD = "accepted"
     WHAT = "trust store"
     error = TrustStoreError
 
+    def __init__(self, path: Path | None) -> None:
+        super().__init__(path)
+        self._keys: OrderedDict[str, str] = OrderedDict()  # fingerprint -> key hex
+
     def _decode(self, key: str, value: Any) -> TrustEntry:
-        return TrustEntry(key, str(value["fingerprint"]), int(value["accepted_at"]))
+        pinned = value.get("key")
+        if pinned is not None and (not isinstance(pinned, str) or len(bytes.fromhex(pinned)) != 32):
+            raise ValueError(f"bad key of {key!r}")
+        return TrustEntry(key, str(value["fingerprint"]), int(value["accepted_at"]), pinned)
 
     def _encode(self, entry: TrustEntry) -> Any:
-        return {"fingerprint": entry.fingerprint, "accepted_at": entry.accepted_at}
+        out: dict[str, Any] = {"fingerprint": entry.fingerprint, "accepted_at": entry.accepted_at}
+        if entry.key is not None:
+            out["key"] = entry.key
+        return out
 
-    def status(self, identity: pki.Identity | str, fingerprint: str) -> Acceptance:
+    def note_key(self, fingerprint: str, key: bytes) -> None:
+        """Remember a verified certificate's key, so that accepting it by fingerprint pins the key."""
+        self._keys[fingerprint] = key.hex()
+        self._keys.move_to_end(fingerprint)
+        while len(self._keys) > MAX_KNOWN_KEYS:
+            self._keys.popitem(last=False)
+
+    def status(
+        self,
+        identity: pki.Identity | str,
+        fingerprint: str,
+        key: bytes | None = None,
+        earlier_keys: Sequence[bytes] = (),
+    ) -> Acceptance:
+        """How a certificate (``fingerprint``, its ``key``) of ``identity`` stands; ``earlier_keys``
+        are the keys a verified chain of rotations says were this identity's before."""
         entry = self._entries.get(str(identity))
         if entry is None:
             return Acceptance.NEW
-        return Acceptance.ACCEPTED if entry.fingerprint == fingerprint else Acceptance.CHANGED
+        if entry.key is None or key is None:
+            return Acceptance.ACCEPTED if entry.fingerprint == fingerprint else Acceptance.CHANGED
+        if entry.key == key.hex():
+            return Acceptance.ACCEPTED
+        if entry.key in (k.hex() for k in earlier_keys):
+            return Acceptance.ROTATED
+        return Acceptance.CHANGED
 
     def get(self, identity: pki.Identity | str) -> TrustEntry | None:
         return self._entries.get(str(identity))
@@ -124,9 +176,20 @@ class TrustStore(JsonStateFile[TrustEntry]):
         stamp = int(time.time()) if now is None else now
         entries = dict(self._entries)
         for identity, fingerprint in accepted:
-            entries[str(identity)] = TrustEntry(str(identity), fingerprint, stamp)
+            entries[str(identity)] = TrustEntry(str(identity), fingerprint, stamp, self._keys.get(fingerprint))
+        for name, entry in entries.items():  # an old entry whose key is known now gets it
+            if entry.key is None and entry.fingerprint in self._keys:
+                entries[name] = TrustEntry(name, entry.fingerprint, entry.accepted_at, self._keys[entry.fingerprint])
         if entries != self._entries:
             self._replace(entries)
+
+    def resolve(self, text: str) -> str | None:
+        """The accepted identity ``text`` names: ``name@issuer`` as listed, or a bare name
+        accepted under one issuer only."""
+        if text in self._entries:
+            return text
+        found = [k for k in self._entries if k.rpartition("@")[0] == text]
+        return found[0] if len(found) == 1 else None
 
     def revoke(self, identity: pki.Identity | str) -> bool:
         if str(identity) not in self._entries:
@@ -136,3 +199,12 @@ class TrustStore(JsonStateFile[TrustEntry]):
 
     def list(self) -> list[TrustEntry]:
         return sorted(self._entries.values(), key=lambda e: e.identity)
+
+
+def split_identity(text: str, issuers: Iterable[str]) -> tuple[str, str | None]:
+    """``"carol@SecChat CA"`` -> ``("carol", "SecChat CA")`` when the part after the last ``@``
+    is one of ``issuers``; otherwise ``(text, None)``: a plain name (which may hold an ``@``)."""
+    name, at, issuer = text.rpartition("@")
+    if at and name and issuer in set(issuers):
+        return name, issuer
+    return text, None
