@@ -15,7 +15,7 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path):
     env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.run(
         [sys.executable, "-c", "from secchat.app.cli import main; main()", "demo", "--n", "3"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "fingerprints all equal" in proc.stdout

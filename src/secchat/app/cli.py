@@ -180,7 +180,7 @@ _register()
 @app.command()
 def demo(
     n: int = typer.Option(5, "--n", min=2, max=11, help="Number of participants (each its own process)."),
-    timeout: float = typer.Option(20.0, "--timeout", min=1.0, help="Longest wait for any step, in seconds."),
+    timeout: float = typer.Option(60.0, "--timeout", min=1.0, help="Longest wait for any step, in seconds."),
     relay: bool = typer.Option(
         False, "--relay", help="No addresses published: everything through a NATS relay (started here)."
     ),

@@ -339,7 +339,7 @@ def _start_relay(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("the relay (nats-server) did not start")
 
 
-def run_demo(n: int = 5, *, timeout: float = 20.0, console: Console | None = None, keep: Path | None = None,
+def run_demo(n: int = 5, *, timeout: float = 60.0, console: Console | None = None, keep: Path | None = None,
              relay: bool = False, relay_url: str | None = None) -> int:
     """Run the demo with ``n`` participants; 0 when every member ends on one key with every message.
 
