@@ -470,8 +470,6 @@ def join(
             for c in new:
                 out(json.dumps({"event": "accepted", **where, "identity": c.identity, "fingerprint": c.fingerprint})
                     if as_json else f"* accepted {safe(c.identity)} {safe(c.fingerprint)}")
-            for text in await _rotations(app, conf):
-                out(_line_notice(text, as_json, where))
             if show_history:
                 for msg in conf.history():
                     out(_line(msg, as_json, where))
@@ -543,24 +541,6 @@ def join(
                 await asyncio.wait_for(tasks[0], 2)
 
     _run(go)
-
-
-async def _rotations(app: Any, conf: Any) -> list[str]:
-    """Members of the conference just joined whose accepted key signed the rotation to the one
-    listed: one line each ("alice rotated her key (signed by her old one)"); their new key is
-    accepted from now on (so it is said once)."""
-    from secchat.directory.client import DirectoryError
-
-    try:
-        record = await asyncio.wait_for(app.client.get_conference(conf.id, conf.creator),
-                                        app.settings.directory_timeout)
-    except (DirectoryError, TimeoutError):
-        return []  # the join itself verified the record: only the notice is missed
-    rotated = record.rotated
-    if rotated:
-        app.trust.accept_all((m.identity, m.fingerprint) for m in rotated)
-    return [f"{m.name} rotated her key (signed by her old one); fingerprint now {m.fingerprint}"
-            for m in rotated]
 
 
 _JSON_COMMANDS = ("send", "rekey", "leave")

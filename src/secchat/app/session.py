@@ -536,6 +536,15 @@ class ChatApp:
         self._migrate_state(conference_id, _record_digest(record))
         conf = Conference(self, record)
         self._conferences[conference_id] = conf
+        rotated = list(getattr(record, "rotated", ()))
+        if rotated:  # keys that the key we accepted signed over to: accepted from now on, said once
+            try:
+                self.trust.accept_all((m.identity, m.fingerprint) for m in rotated)
+            except OSError as exc:
+                log.warning("cannot save the rotated keys of %s: %s", conference_id, exc)
+            for m in rotated:
+                conf._emit(Notice(f"{safe(m.name)} rotated her key (signed by her old one); "
+                                  f"fingerprint now {m.fingerprint}"))
         conf._start()
         return conf
 
