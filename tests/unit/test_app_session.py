@@ -51,7 +51,10 @@ class FakeNode:
         self.runtime = SimpleNamespace(conferences={"room": self.conf})
         self.links = SimpleNamespace(connected=lambda name: True, set_address=lambda *a: None)
 
-    def join(self, group, *, epoch=None, resume=False):
+    def path(self, name):
+        return "direct"
+
+    def join(self, group, *, epoch=None, resume=False, high_water=None):
         self.joined.append((epoch, resume))
         return Joined(epoch or 0, False, resume)
 
