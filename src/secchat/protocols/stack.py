@@ -33,6 +33,7 @@ from .events import (
 from .failure_detector import DetectorConfig, FailureDetector
 from .gke import GroupKeyExchange
 from .messages import Alive, Message, RecordHello, decode_message, encode_message
+from .auth import Authenticator
 from .smc import SecureMulticast, SmcLimits
 
 __all__ = [
@@ -178,16 +179,28 @@ class Member:
         # the record each peer says it holds: None = ours; peers we told about ours unasked
         self._peer_records: dict[int, str | None] = {}
         self._hinted: set[int] = set()
+        # burst-mode instances with messages to seal, in the order they got them (deterministic)
+        self._bursting: dict[SecureMulticast, None] = {}
 
     # ----------------------------------------------------------------- driver interface
 
     def take_outgoing(self) -> list[Outgoing]:
+        self._flush()
         out, self._outgoing = self._outgoing, []
         return out
 
     def take_events(self) -> list[Output]:
+        self._flush()
         out, self._events = self._events, []
         return out
+
+    def _flush(self) -> None:
+        """The end of a turn: SMC instances in burst mode seal what was multicast during it (so
+        a burst is what one turn multicast, and an isolated message leaves at once)."""
+        while self._bursting:
+            smc = next(iter(self._bursting))
+            del self._bursting[smc]
+            self._dispatch(smc, smc.flush(), self._now)
 
     def next_deadline(self) -> float | None:
         return min(self._timers.values(), default=None)
@@ -263,9 +276,19 @@ class Member:
         return gke
 
     def smc_init(
-        self, tag: Tag, now: float, *, signed: bool = True, resume: bool = False, **restore: Any
+        self,
+        tag: Tag,
+        now: float,
+        *,
+        auth: str | type[Authenticator] | None = None,
+        signed: bool = True,
+        resume: bool = False,
+        **restore: Any,
     ) -> SecureMulticast:
         """Join SMC instance ``tag``: starts its GKE session (and that session's consensus).
+
+        ``auth`` names the authentication mode (:data:`secchat.protocols.auth.MODES`: ``signed``,
+        ``burst``, ``pairwise``, ``group``); without it ``signed`` chooses ``signed`` or ``group``.
 
         ``restore`` (``contribution``, ``session_seed``) rejoins with a saved GKE state.  ``resume``
         marks a rejoin of an instance this member may have run before: each sender's messages are
@@ -284,7 +307,7 @@ class Member:
             self._rng,
             self.stats,
             gke,
-            signed=signed,
+            auth=auth if auth is not None else ("signed" if signed else "group"),
             incarnation=self.incarnation,
             limits=self.config.smc,
             resume=resume,
@@ -303,6 +326,8 @@ class Member:
         if smc is None:
             raise KeyError(f"no SMC instance {tag!r}: call smc_init first")
         self._dispatch(smc, smc.multicast(payload, now), now)
+        if smc.pending:
+            self._bursting[smc] = None
 
     def smc(self, tag: Tag) -> SecureMulticast | None:
         return self.demux.get("smc", tag)
@@ -314,6 +339,7 @@ class Member:
         self.demux.unregister("gke", gke_tag(tag))
         self.demux.unregister("consensus", consensus_tag(gke_tag(tag)))
         if smc is not None:
+            self._bursting.pop(smc, None)
             smc.close()
 
     # ----------------------------------------------------------------- the record we hold

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import CodecError, canonical
-from ..crypto import digest
+from ..crypto import Signer, digest
 from ..protocols.consensus import majority
 from ..protocols.events import (
     Decided,
@@ -54,6 +54,7 @@ from ..protocols.events import (
     SessionKey,
 )
 from ..protocols.gke import MODULUS
+from ..protocols.smc import SecureMulticast
 from ..protocols.messages import Ack, Estimate, Proposal, SmcData, decode_message, encode_message
 from ..protocols.stack import GroupId, Member, consensus_tag, gke_tag, group_id, smc_tag
 from .simulator import NetworkModel, Simulation
@@ -375,6 +376,32 @@ def _check_smc(run: _Run, messages: int = 3, signed: bool = True) -> None:
     unfinished = [i for i in correct if pending_sends[i] != 0]
     if unfinished:
         run.violation(f"members {unfinished} could not multicast all their messages")
+
+
+# --------------------------------------------------------------------------- an insider's forgeries
+
+
+def impersonate(smc: SecureMulticast, signer: Signer, sender: int, incarnation: int, seq: int, payload: bytes) -> SmcData:
+    """What a member holding ``smc``'s group key and ``signer`` (its own identity key) can build
+    claiming to be ``sender``: the mode's trailer made with the insider's secrets only."""
+    trailer = smc.make_authenticator(sender, signer).seal(incarnation, seq, [payload])[0]
+    return _seal(smc, sender, incarnation, seq, payload + trailer)
+
+
+def retarget(smc: SecureMulticast, frame: SmcData, payload: bytes, original: bytes) -> SmcData:
+    """``frame`` (whose payload was ``original``) with ``payload`` instead and the same trailer:
+    a signature, root and path, or MACs that an insider tries on another message."""
+    aead = smc._aead  # god view: the insider's group key
+    assert aead is not None
+    plain = aead.open(frame.nonce, frame.ciphertext, smc._aad(frame.sender, frame.incarnation, frame.seq))
+    return _seal(smc, frame.sender, frame.incarnation, frame.seq, payload + plain[len(original) :])
+
+
+def _seal(smc: SecureMulticast, sender: int, incarnation: int, seq: int, plain: bytes) -> SmcData:
+    aead = smc._aead
+    assert aead is not None
+    nonce = digest(canonical("insider-nonce", sender, incarnation, seq, plain))[:12]
+    return SmcData(smc.tag, sender, incarnation, seq, nonce, aead.seal(nonce, plain, smc._aad(sender, incarnation, seq)))
 
 
 def _draw_records(n: int, rng: random.Random) -> tuple[str, list[tuple[int, ...]]]:
