@@ -146,7 +146,7 @@ def merkle_tree(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
     split = 1 << ((len(leaves) - 1).bit_length() - 1)  # largest power of two below the count
     left, left_paths = merkle_tree(leaves[:split])
     right, right_paths = merkle_tree(leaves[split:])
-    return _node(left, right), [p + [right] for p in left_paths] + [p + [left] for p in right_paths]
+    return _node(left, right), [[*p, right] for p in left_paths] + [[*p, left] for p in right_paths]
 
 
 def merkle_root_from_path(leaf: bytes, index: int, count: int, path: list[bytes]) -> bytes:

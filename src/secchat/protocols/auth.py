@@ -63,8 +63,8 @@ __all__ = [
 #: Largest group for pairwise MACs: each frame carries 16 bytes per receiver.
 PAIRWISE_MAX = 64
 MAC_SIZE = 16
-#: Burst trailer: path (32 bytes a node) ‖ signature ‖ path length (1) ‖ index (2) ‖ count (2).
-_BURST_FIXED = SIGNATURE_SIZE + 5
+#: Burst trailer, fixed part: root ‖ signature ‖ path length (1) ‖ index (2) ‖ count (2).
+_BURST_FIXED = MERKLE_HASH_SIZE + SIGNATURE_SIZE + 5
 #: Most messages under one burst signature (a path of at most 8 hashes).
 MAX_BURST = 256
 
@@ -136,7 +136,13 @@ class Signatures(Authenticator):
 
 
 class BurstSignatures(Authenticator):
-    """``burst``: one signature on the Merkle root of the messages sealed together."""
+    """``burst``: one signature on the Merkle root of the messages sealed together.
+
+    Trailer: ``path (32 bytes a node) ‖ root ‖ signature ‖ depth (1) ‖ index (2) ‖ count (2)``;
+    the message is leaf ``index`` of ``count``, so the burst starts at ``seq - index``.  The root
+    travels along so that a wrong path (``bad_path``) and a wrong signature (``bad_signature``)
+    are told apart; it is recomputed from the message and the path all the same.
+    """
 
     batches: ClassVar[bool] = True
 
@@ -157,37 +163,45 @@ class BurstSignatures(Authenticator):
         if not 0 < count <= MAX_BURST:
             raise ValueError(f"a burst has 1 to {MAX_BURST} messages")
         root, paths = merkle_tree([merkle_leaf(p) for p in payloads])
-        sig = self._signer.sign(self._statement(self.me, incarnation, first_seq, count, root))
+        signed = root + self._signer.sign(self._statement(self.me, incarnation, first_seq, count, root))
         tail = count.to_bytes(2, "big")
         return [
-            b"".join(path) + sig + bytes((len(path),)) + k.to_bytes(2, "big") + tail for k, path in enumerate(paths)
+            b"".join(path) + signed + bytes((len(path),)) + k.to_bytes(2, "big") + tail
+            for k, path in enumerate(paths)
         ]
 
     def open(self, sender: int, incarnation: int, seq: int, plain: bytes) -> bytes:
-        if len(plain) < _BURST_FIXED:
+        size = len(plain)
+        if size < _BURST_FIXED:
             raise AuthError("bad_trailer")
         depth, index, count = plain[-5], int.from_bytes(plain[-4:-2], "big"), int.from_bytes(plain[-2:], "big")
-        end = len(plain) - _BURST_FIXED - depth * MERKLE_HASH_SIZE
+        end = size - _BURST_FIXED - depth * MERKLE_HASH_SIZE
         if end < 0 or not index < count <= MAX_BURST or index > seq:
             raise AuthError("bad_trailer")
         payload = plain[:end]
+        at = size - _BURST_FIXED
+        root, sig = plain[at : at + MERKLE_HASH_SIZE], plain[at + MERKLE_HASH_SIZE : size - 5]
         path = [plain[end + k * MERKLE_HASH_SIZE : end + (k + 1) * MERKLE_HASH_SIZE] for k in range(depth)]
-        try:
-            root = merkle_root_from_path(merkle_leaf(payload), index, count, path)
-        except CryptoError:
-            raise AuthError("bad_path") from None
+        self._check_path(payload, index, count, path, root)
         statement = self._statement(sender, incarnation, seq - index, count, root)
         if statement not in self._verified:
-            sig = plain[len(plain) - 5 - SIGNATURE_SIZE : len(plain) - 5]
             try:
                 self._verifiers[sender].verify(statement, sig)
             except CryptoError:
-                # a path to another root (the message is not the one signed), or a bad signature
                 raise AuthError("bad_signature") from None
             if len(self._verified) >= self._cache_size:
                 del self._verified[next(iter(self._verified))]
             self._verified[statement] = None
         return payload
+
+    @staticmethod
+    def _check_path(payload: bytes, index: int, count: int, path: list[bytes], root: bytes) -> None:
+        """``bad_path`` unless ``path`` leads from ``payload`` at ``index`` of ``count`` to ``root``."""
+        try:
+            if merkle_root_from_path(merkle_leaf(payload), index, count, path) != root:
+                raise AuthError("bad_path")
+        except CryptoError:
+            raise AuthError("bad_path") from None
 
 
 class PairwiseMacs(Authenticator):

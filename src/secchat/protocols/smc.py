@@ -53,7 +53,7 @@ from ..crypto import (
     derive_group_keys,
     hmac_sha256,
 )
-from .auth import MAX_BURST, AuthError, Authenticator, authenticator_class
+from .auth import MAX_BURST, Authenticator, AuthError, authenticator_class
 from .events import (
     Broadcast,
     Delivered,

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..codec import CodecError, Tag, canonical, check_tag
 from ..crypto import Rng, Signer, Verifier, digest
+from .auth import Authenticator
 from .consensus import Consensus
 from .demux import Demux
 from .events import (
@@ -33,7 +34,6 @@ from .events import (
 from .failure_detector import DetectorConfig, FailureDetector
 from .gke import GroupKeyExchange
 from .messages import Alive, Message, RecordHello, decode_message, encode_message
-from .auth import Authenticator
 from .smc import SecureMulticast, SmcLimits
 
 __all__ = [
