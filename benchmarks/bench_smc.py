@@ -152,6 +152,36 @@ class _MegolmContender:
         return send / count * 1e6, recv / count * 1e6
 
 
+class _VerifyContender:
+    """One Ed25519 verification alone (receive column): the floor of a signed message's receive
+    cost; libsodium (what SecChat uses) and, if installed, vodozemac's ed25519-dalek."""
+
+    def __init__(self, backend: str) -> None:
+        from secchat.crypto import Signer
+
+        signer = Signer.generate()
+        self.message = os.urandom(120)
+        sig = signer.sign(self.message)
+        if backend == "sodium":
+            verifier = signer.verifier()
+            self._verify = lambda: verifier.verify(self.message, sig)
+        else:
+            import base64
+
+            import vodozemac
+
+            key = vodozemac.Ed25519PublicKey.from_base64(base64.b64encode(signer.public_bytes).decode().rstrip("="))
+            signature = vodozemac.Ed25519Signature.from_base64(base64.b64encode(sig).decode().rstrip("="))
+            self._verify = lambda: key.verify_signature(self.message, signature)
+
+    def round(self, count: int) -> tuple[float, float]:
+        verify = self._verify
+        t0 = time.perf_counter()
+        for _ in range(count):
+            verify()
+        return 0.0, (time.perf_counter() - t0) / count * 1e6
+
+
 def _load() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
@@ -165,8 +195,10 @@ def versus_megolm(size: int, rounds: int, count: int) -> list[str]:
     for mode in MODES:
         contenders[f"{mode}" if mode != "burst" else "burst-1"] = _StackContender(mode, 1, size).round
     contenders[f"burst-{BURST}"] = _StackContender("burst", BURST, size).round
+    contenders["ed25519-sodium"] = _VerifyContender("sodium").round
     try:
         contenders["megolm"] = _MegolmContender(size).round
+        contenders["ed25519-dalek"] = _VerifyContender("dalek").round
     except ImportError:
         print("Megolm skipped: vodozemac is not installed (pip install vodozemac, or secchat[peers])")
     times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in contenders}
@@ -180,11 +212,11 @@ def versus_megolm(size: int, rounds: int, count: int) -> list[str]:
     med = {name: (statistics.median(s), statistics.median(r)) for name, (s, r) in times.items()}
     ref = med.get("megolm")
     print(f"{size} B per message, medians of {rounds} interleaved rounds of {count} messages")
-    print(f"{'contender':10} {'send µs':>9} {'recv µs':>9} {'send ×megolm':>13} {'recv ×megolm':>13}")
+    print(f"{'contender':14} {'send µs':>9} {'recv µs':>9} {'send ×megolm':>13} {'recv ×megolm':>13}")
     lines = ["contender,size_bytes,send_us,receive_us,send_vs_megolm,receive_vs_megolm"]
     for name, (s, r) in med.items():
         rs, rr = (s / ref[0], r / ref[1]) if ref else (float("nan"), float("nan"))
-        print(f"{name:10} {s:9.1f} {r:9.1f} {rs:13.2f} {rr:13.2f}")
+        print(f"{name:14} {s:9.1f} {r:9.1f} {rs:13.2f} {rr:13.2f}")
         lines.append(f"{name},{size},{s:.2f},{r:.2f},{rs:.3f},{rr:.3f}")
     return lines
 
