@@ -3,11 +3,7 @@
 Why these choices (measured on the 2-core development machine, medians of 5 x 2000 calls):
 
 * Signatures: Ed25519 through libsodium (PyNaCl) -- sign 24 us, verify 58 us, against 32 / 106 us
-  for the OpenSSL binding.  Verification goes through ed25519-dalek (Rust, in the ``vodozemac``
-  package: about 0.75x libsodium's time, measured side by side) because a receiver verifies one
-  signature per isolated message and that bounds its cost; keys that libsodium calls weak
-  (small order, or not on the curve) are left to libsodium, which refuses every signature
-  under them, so both give the same verdict on every key a member can hold.  Certificates are X.509 (``cryptography``); their Ed25519 keys are
+  for the OpenSSL binding.  Certificates are X.509 (``cryptography``); their Ed25519 keys are
   converted to raw 32-byte keys for libsodium.
 * Large payloads are never signed directly: Ed25519 hashes its input twice with SHA-512, so the
   SMC layer signs a SHA-256 digest (77 us for 125 KB) instead of the payload (about 320 us).
@@ -32,7 +28,6 @@ The thesis's own suite (RSA, AES-128-CBC, HMAC-MD5) lives apart in :mod:`secchat
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 import hmac
 import os
@@ -46,10 +41,6 @@ from nacl.exceptions import BadSignatureError
 from nacl.exceptions import RuntimeError as NaclRuntimeError
 from nacl.exceptions import ValueError as NaclValueError
 from nacl.signing import VerifyKey
-from vodozemac import Ed25519PublicKey as _DalekKey
-from vodozemac import Ed25519Signature as _DalekSignature
-from vodozemac import KeyException as _DalekKeyError
-from vodozemac import SignatureException as _DalekSignatureError
 
 from .codec import canonical
 
@@ -231,9 +222,9 @@ class Signer:
 
 
 class Verifier:
-    """An Ed25519 public key (checked by libsodium; verified by ed25519-dalek, see above)."""
+    """An Ed25519 public key (libsodium)."""
 
-    __slots__ = ("_dalek", "public_bytes")
+    __slots__ = ("public_bytes",)
 
     def __init__(self, public_bytes: bytes) -> None:
         if len(public_bytes) != PUBLIC_KEY_SIZE:
@@ -243,12 +234,6 @@ class Verifier:
         except (NaclValueError, TypeError) as exc:
             raise CryptoError(f"invalid Ed25519 public key: {exc}") from None
         self.public_bytes = bytes(public_bytes)
-        self._dalek: _DalekKey | None = None
-        if _nacl.crypto_core_ed25519_is_valid_point(self.public_bytes):
-            try:
-                self._dalek = _DalekKey.from_base64(_b64(self.public_bytes))
-            except _DalekKeyError:
-                pass
 
     @classmethod
     def from_public_key(cls, key) -> Verifier:
@@ -261,12 +246,6 @@ class Verifier:
         """Raise :class:`CryptoError` unless ``signature`` is valid on ``data``."""
         if len(signature) != SIGNATURE_SIZE:
             raise CryptoError("bad signature length")
-        if self._dalek is not None:
-            try:
-                self._dalek.verify_signature(data, _DalekSignature.from_base64(_b64(signature)))
-            except _DalekSignatureError:
-                raise CryptoError("bad signature") from None
-            return
         try:
             _nacl.crypto_sign_open(signature + data, self.public_bytes)
         except (BadSignatureError, NaclValueError):
@@ -278,11 +257,6 @@ class Verifier:
         except CryptoError:
             return False
         return True
-
-
-def _b64(data: bytes) -> str:
-    """Unpadded base64, the only form vodozemac's key and signature types take."""
-    return binascii.b2a_base64(data, newline=False).decode().rstrip("=")
 
 
 # --------------------------------------------------------------------------- AEAD

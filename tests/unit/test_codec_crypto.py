@@ -102,7 +102,7 @@ def test_verification_refuses_malleated_and_weak_key_signatures() -> None:
     with pytest.raises(CryptoError):
         verifier.verify(b"m", sig[:32] + s_plus_order)  # the same signature, S not reduced
     # the identity as a public key: (R = identity, S = 0) satisfies the equation for any message;
-    # libsodium refuses weak keys, and so does our verification
+    # libsodium refuses weak keys
     identity = bytes([1]) + bytes(31)
     with pytest.raises(CryptoError):
         Verifier(identity).verify(b"anything", identity + bytes(32))
