@@ -149,22 +149,26 @@ def merkle_tree(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
     return _node(left, right), [[*p, right] for p in left_paths] + [[*p, left] for p in right_paths]
 
 
-def merkle_root_from_path(leaf: bytes, index: int, count: int, path: list[bytes]) -> bytes:
-    """The root that ``path`` proves leaf ``index`` of ``count`` under (RFC 9162, 2.1.3.2);
-    :class:`CryptoError` if the path's shape does not fit the position."""
+def merkle_root_from_path(leaf: bytes, index: int, count: int, path: bytes) -> bytes:
+    """The root that ``path`` (its nodes concatenated, leaf upwards) proves leaf ``index`` of
+    ``count`` under (RFC 9162, 2.1.3.2); :class:`CryptoError` if the path's shape does not fit
+    the position."""
     if not 0 <= index < count:
         raise CryptoError("leaf index out of range")
+    if len(path) % MERKLE_HASH_SIZE:
+        raise CryptoError("audit path of a partial node")
     fn, sn, r = index, count - 1, leaf
-    for p in path:
+    for at in range(0, len(path), MERKLE_HASH_SIZE):
         if sn == 0:
             raise CryptoError("audit path too long")
+        p = path[at : at + MERKLE_HASH_SIZE]
         if fn & 1 or fn == sn:
-            r = _node(p, r)
+            r = _sha256(b"\x01" + p + r).digest()
             while fn and not fn & 1:
                 fn >>= 1
                 sn >>= 1
         else:
-            r = _node(r, p)
+            r = _sha256(b"\x01" + r + p).digest()
         fn >>= 1
         sn >>= 1
     if sn != 0:

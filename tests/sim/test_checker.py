@@ -79,8 +79,8 @@ class SkipsThePath(BurstSignatures):
     """A burst receiver that checks the root's signature but not the path from the message to it."""
 
     @staticmethod
-    def _check_path(payload, index, count, path, root):
-        return None
+    def _path_leads_to(payload, index, count, path, root):
+        return True
 
 
 class PairKeysFromTheGroupKey(PairwiseMacs):

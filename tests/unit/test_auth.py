@@ -197,8 +197,8 @@ def test_merkle_paths_fit_their_trees() -> None:
         root, paths = merkle_tree(leaves)
         assert all(len(p) <= (count - 1).bit_length() for p in paths)
         for k in range(count):
-            assert merkle_root_from_path(leaves[k], k, count, paths[k]) == root
+            assert merkle_root_from_path(leaves[k], k, count, b"".join(paths[k])) == root
             if count > 1:
-                assert merkle_root_from_path(leaves[(k + 1) % count], k, count, paths[k]) != root
+                assert merkle_root_from_path(leaves[(k + 1) % count], k, count, b"".join(paths[k])) != root
         with pytest.raises(CryptoError):
-            merkle_root_from_path(leaves[0], 0, count, [*paths[0], bytes(MERKLE_HASH_SIZE)])
+            merkle_root_from_path(leaves[0], 0, count, b"".join(paths[0]) + bytes(MERKLE_HASH_SIZE))

@@ -152,8 +152,9 @@ class BurstSignatures(Authenticator):
     ) -> None:
         super().__init__(tag, me, n, signer, verifiers, keys)
         self._cache_size = root_cache
-        #: statements whose signature we verified (insertion order: the oldest go first)
-        self._verified: dict[bytes, None] = {}
+        #: (sender, incarnation, first seq, count, root) of the signatures we verified, in
+        #: insertion order: the oldest go first
+        self._verified: dict[tuple[int, int, int, int, bytes], None] = {}
 
     def _statement(self, sender: int, incarnation: int, first_seq: int, count: int, root: bytes) -> bytes:
         return canonical("smc-burst", self.tag, sender, incarnation, first_seq, count, root)
@@ -175,33 +176,34 @@ class BurstSignatures(Authenticator):
         if size < _BURST_FIXED:
             raise AuthError("bad_trailer")
         depth, index, count = plain[-5], int.from_bytes(plain[-4:-2], "big"), int.from_bytes(plain[-2:], "big")
-        end = size - _BURST_FIXED - depth * MERKLE_HASH_SIZE
+        at = size - _BURST_FIXED  # root, then signature
+        end = at - depth * MERKLE_HASH_SIZE  # end of the payload, start of the path
         if end < 0 or not index < count <= MAX_BURST or index > seq:
             raise AuthError("bad_trailer")
         payload = plain[:end]
-        at = size - _BURST_FIXED
-        root, sig = plain[at : at + MERKLE_HASH_SIZE], plain[at + MERKLE_HASH_SIZE : size - 5]
-        path = [plain[end + k * MERKLE_HASH_SIZE : end + (k + 1) * MERKLE_HASH_SIZE] for k in range(depth)]
-        self._check_path(payload, index, count, path, root)
-        statement = self._statement(sender, incarnation, seq - index, count, root)
-        if statement not in self._verified:
+        root = plain[at : at + MERKLE_HASH_SIZE]
+        if not self._path_leads_to(payload, index, count, plain[end:at], root):
+            raise AuthError("bad_path")
+        first = seq - index
+        key = (sender, incarnation, first, count, root)
+        if key not in self._verified:
+            statement = self._statement(sender, incarnation, first, count, root)
             try:
-                self._verifiers[sender].verify(statement, sig)
+                self._verifiers[sender].verify(statement, plain[at + MERKLE_HASH_SIZE : size - 5])
             except CryptoError:
                 raise AuthError("bad_signature") from None
             if len(self._verified) >= self._cache_size:
                 del self._verified[next(iter(self._verified))]
-            self._verified[statement] = None
+            self._verified[key] = None
         return payload
 
     @staticmethod
-    def _check_path(payload: bytes, index: int, count: int, path: list[bytes], root: bytes) -> None:
-        """``bad_path`` unless ``path`` leads from ``payload`` at ``index`` of ``count`` to ``root``."""
+    def _path_leads_to(payload: bytes, index: int, count: int, path: bytes, root: bytes) -> bool:
+        """Does ``path`` lead from ``payload`` at ``index`` of ``count`` to ``root``?"""
         try:
-            if merkle_root_from_path(merkle_leaf(payload), index, count, path) != root:
-                raise AuthError("bad_path")
+            return merkle_root_from_path(merkle_leaf(payload), index, count, path) == root
         except CryptoError:
-            raise AuthError("bad_path") from None
+            return False
 
 
 class PairwiseMacs(Authenticator):
