@@ -15,6 +15,12 @@ Why these choices (measured on the 2-core development machine, medians of 5 x 20
   both indices and both public keys -- cheaper than an HPKE seal + open and as strong here,
   because the links below are authenticated.
 * HKDF-SHA256 and HMAC-SHA256 are built on the standard library's C ``hmac.digest``.
+* Burst signing (SMC ``auth="burst"``) signs one Merkle root over a burst: the tree is RFC 9162's
+  (SHA-256, leaf prefix 0x00, node prefix 0x01, unbalanced trees split at the largest power of
+  two), so a path is at most ``ceil(log2 count)`` hashes and its verification is the RFC's.
+* Pairwise MACs (SMC ``auth="pairwise"``) use a static X25519 secret per pair of members, from
+  their Ed25519 identity keys converted by libsodium (``crypto_sign_ed25519_*_to_curve25519``):
+  always available, with no exchange, for every pair; SMC binds it to the instance tag by HKDF.
 
 Nothing here logs or formats key material; :func:`fingerprint` is the only printable view of a key.
 The thesis's own suite (RSA, AES-128-CBC, HMAC-MD5) lives apart in :mod:`secchat.crypto_legacy`.
@@ -55,6 +61,9 @@ __all__ = [
     "fingerprint",
     "hkdf",
     "hmac_sha256",
+    "merkle_leaf",
+    "merkle_root_from_path",
+    "merkle_tree",
 ]
 
 AEAD_KEY_SIZE = 32
@@ -112,6 +121,61 @@ def fingerprint(key: bytes) -> str:
     return hmac.digest(key, b"secchat fingerprint v1", "sha256")[:8].hex()
 
 
+# --------------------------------------------------------------------------- Merkle trees (RFC 9162)
+
+_sha256 = hashlib.sha256
+MERKLE_HASH_SIZE = 32
+
+
+def merkle_leaf(data: bytes) -> bytes:
+    h = _sha256(b"\x00")
+    h.update(data)
+    return h.digest()
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return _sha256(b"\x01" + left + right).digest()
+
+
+def merkle_tree(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    """The root over ``leaves`` (at least one) and each leaf's audit path, leaf upwards."""
+    if not leaves:
+        raise ValueError("a Merkle tree has at least one leaf")
+    if len(leaves) == 1:
+        return leaves[0], [[]]
+    split = 1 << ((len(leaves) - 1).bit_length() - 1)  # largest power of two below the count
+    left, left_paths = merkle_tree(leaves[:split])
+    right, right_paths = merkle_tree(leaves[split:])
+    return _node(left, right), [[*p, right] for p in left_paths] + [[*p, left] for p in right_paths]
+
+
+def merkle_root_from_path(leaf: bytes, index: int, count: int, path: bytes) -> bytes:
+    """The root that ``path`` (its nodes concatenated, leaf upwards) proves leaf ``index`` of
+    ``count`` under (RFC 9162, 2.1.3.2); :class:`CryptoError` if the path's shape does not fit
+    the position."""
+    if not 0 <= index < count:
+        raise CryptoError("leaf index out of range")
+    if len(path) % MERKLE_HASH_SIZE:
+        raise CryptoError("audit path of a partial node")
+    fn, sn, r = index, count - 1, leaf
+    for at in range(0, len(path), MERKLE_HASH_SIZE):
+        if sn == 0:
+            raise CryptoError("audit path too long")
+        p = path[at : at + MERKLE_HASH_SIZE]
+        if fn & 1 or fn == sn:
+            r = _sha256(b"\x01" + p + r).digest()
+            while fn and not fn & 1:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = _sha256(b"\x01" + r + p).digest()
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise CryptoError("audit path too short")
+    return r
+
+
 # --------------------------------------------------------------------------- signatures
 
 
@@ -146,6 +210,16 @@ class Signer:
 
     def verifier(self) -> Verifier:
         return Verifier(self.public_bytes)
+
+    def static_secret(self, peer: Verifier) -> bytes:
+        """The X25519 secret of this identity key and ``peer``'s, both converted from Ed25519
+        (the same 32 bytes on both sides).  Raw: derive keys from it with :func:`hkdf`."""
+        mine = _nacl.crypto_sign_ed25519_sk_to_curve25519(self._secret)
+        try:
+            theirs = _nacl.crypto_sign_ed25519_pk_to_curve25519(peer.public_bytes)
+            return _nacl.crypto_scalarmult(mine, theirs)
+        except (NaclRuntimeError, NaclValueError, TypeError):
+            raise CryptoError("no X25519 secret with this public key") from None
 
     def __repr__(self) -> str:  # never show the seed
         return f"Signer(public={self.public_bytes[:6].hex()}...)"

@@ -13,7 +13,7 @@ from secchat.protocols.consensus import majority
 from secchat.protocols.stack import Member
 from secchat.sim import checker
 
-from .test_checker import DecideOnMinority
+from .test_checker import DecideOnMinority, SkipsThePath
 
 runner = CliRunner()
 
@@ -46,6 +46,21 @@ def test_violations_exit_non_zero_and_print_a_replay_that_reproduces(monkeypatch
     assert checker.run_one("consensus", 5, 0, seed, factory=broken).violations
     again = runner.invoke(app, [*replay.split()[1:], "--jobs", "1", "-q"])
     assert again.exit_code == 1 and "1 runs, 1 violations" in again.output
+
+
+def test_a_broken_mode_prints_a_replay_with_its_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = checker.run_one
+    monkeypatch.setattr(checker, "run_one", lambda *a, **k: real(*a, **{**k, "auth": SkipsThePath}))
+    result = _check("--protocol", "smc", "--n", "4", "--runs", "20", "--seed", "5", "--auth", "burst")
+    assert result.exit_code == 1, result.output
+    replay = next(line for line in result.output.splitlines() if "replay: " in line)
+    assert replay.endswith("--auth burst"), replay
+
+
+def test_an_unknown_mode_is_refused() -> None:
+    result = _check("--protocol", "smc", "--auth", "fast")
+    assert result.exit_code == 2
+    assert "signed, burst, pairwise, group" in result.output
 
 
 def test_too_many_crashes_is_refused() -> None:

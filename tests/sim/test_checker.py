@@ -6,6 +6,9 @@ import functools
 
 import pytest
 
+from secchat.codec import canonical
+from secchat.crypto import hkdf
+from secchat.protocols.auth import BurstSignatures, PairwiseMacs
 from secchat.protocols.consensus import Consensus, majority
 from secchat.protocols.events import PeerSuspected, SessionKey
 from secchat.protocols.gke import MODULUS, GkeState, GroupKeyExchange
@@ -70,6 +73,43 @@ class OwnSetGke(GroupKeyExchange):
 
     def decided_members(self):
         return [u for u, _, _ in self.decided]
+
+
+class SkipsThePath(BurstSignatures):
+    """A burst receiver that checks the root's signature but not the path from the message to it."""
+
+    @staticmethod
+    def _path_leads_to(payload, index, count, path, root):
+        return True
+
+
+class PairKeysFromTheGroupKey(PairwiseMacs):
+    """Pairwise MACs under keys derived from the group key: any member can make any pair's MAC,
+    so a MAC no longer binds the sender."""
+
+    def __init__(self, tag, me, n, signer, verifiers, keys, **kw):
+        super().__init__(tag, me, n, signer, verifiers, keys, **kw)
+        self._group_mac = keys.mac
+
+    def _pair_key(self, peer):
+        lo, hi = sorted((self.me, peer))
+        return hkdf(self._group_mac, salt=b"broken", info=canonical("pair", self.tag, lo, hi), length=32)
+
+
+@pytest.mark.parametrize("auth", ["burst", "pairwise"])
+@pytest.mark.parametrize("n", [3, 4, 7])
+def test_new_smc_modes_have_no_violations(auth: str, n: int) -> None:
+    result = run_campaign("smc", n, 300, seed=77 * n, crash=n - majority(n), jobs=1, auth=auth)
+    assert not result.failures, [f.violations for f in result.failures[:3]]
+
+
+@pytest.mark.parametrize(("mode", "broken"), [("burst", SkipsThePath), ("pairwise", PairKeysFromTheGroupKey)])
+def test_checker_catches_a_mode_that_does_not_bind_the_sender(mode: str, broken: type) -> None:
+    result = run_campaign("smc", 4, 30, seed=5, crash=0, jobs=1, auth=broken)
+    assert len(result.failures) >= 10, len(result.failures)
+    assert any("never multicast" in v for f in result.failures for v in f.violations)
+    # and the same schedules under the real mode are clean
+    assert not run_campaign("smc", 4, 30, seed=5, crash=0, jobs=1, auth=mode).failures
 
 
 def _ignores_the_record(group, *args, **kwargs):

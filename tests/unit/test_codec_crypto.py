@@ -88,3 +88,21 @@ def test_group_keys_are_bound_to_tag_and_members() -> None:
     assert k.encryption != derive_group_keys(12345, ("c", "smc", 0), (0, 1, 3)).encryption
     assert len({k.encryption, k.mac, k.confirmation}) == 3
     assert k.encryption.hex() not in repr(k)
+
+
+def test_verification_refuses_malleated_and_weak_key_signatures() -> None:
+    from secchat.crypto import CryptoError, Signer, Verifier
+
+    order = 2**252 + 27742317777372353535851937790883648493
+    signer = Signer.generate()
+    verifier = signer.verifier()
+    sig = signer.sign(b"m")
+    verifier.verify(b"m", sig)
+    s_plus_order = (int.from_bytes(sig[32:], "little") + order).to_bytes(32, "little")
+    with pytest.raises(CryptoError):
+        verifier.verify(b"m", sig[:32] + s_plus_order)  # the same signature, S not reduced
+    # the identity as a public key: (R = identity, S = 0) satisfies the equation for any message;
+    # libsodium refuses weak keys
+    identity = bytes([1]) + bytes(31)
+    with pytest.raises(CryptoError):
+        Verifier(identity).verify(b"anything", identity + bytes(32))

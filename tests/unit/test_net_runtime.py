@@ -28,8 +28,8 @@ class FakeMember:
     def start(self, now):
         self.calls.append(("start", now))
 
-    def smc_init(self, tag, now, signed=True):
-        self.calls.append(("smc_init", tag, signed))
+    def smc_init(self, tag, now, auth="signed"):
+        self.calls.append(("smc_init", tag, auth))
         self.outgoing.append(Out(None, b"pk"))
 
     def multicast(self, tag, payload, now):

@@ -8,6 +8,7 @@ from secchat.protocols.events import Delivered, KeyEstablished, Lost, Undelivere
 from secchat.protocols.messages import SmcData, decode_message, encode_message
 from secchat.protocols.smc import SendQueueFull, SmcLimits
 from secchat.protocols.stack import Member, StackConfig, smc_tag
+from secchat.sim.checker import impersonate
 from secchat.sim.simulator import Simulation
 
 TAG = smc_tag("sim")
@@ -62,13 +63,7 @@ def test_a_member_cannot_sign_for_another_in_signed_mode() -> None:
     member1 = sim.nodes[1].member
     smc = member1.smc(TAG)
     # member 1 builds a frame claiming to be member 0, valid AEAD, but signed with its own key
-    smc._seq = 0
-    smc.me = 0
-    events = smc._send(b"i am alice")
-    smc.me = 1
-    smc._store.pop()  # crafted aside: not part of member 1's own stream or retransmission store
-    smc._seq = 0
-    frame = events[0].message
+    frame = impersonate(smc, sim.signers[1], 0, 0, 0, b"i am alice")
     sim.inject(1, 2, encode_message(frame))
     sim.run(sim.now + 1.0)
     assert _delivered(sim, 2) == []

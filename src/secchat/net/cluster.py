@@ -37,6 +37,7 @@ from typing import Any
 import tomli_w
 import typer
 
+from ..protocols.auth import MODES
 from .provision import make_identities, write_identities
 
 __all__ = ["ClusterResult", "ClusterSpec", "MemberResult", "cluster", "run_cluster"]
@@ -105,8 +106,8 @@ class ClusterSpec:
             raise ValueError("crash must leave at least one joined member running")
         if not 0 <= self.message_size <= 256 << 10:
             raise ValueError("message size must be in 0..262144")
-        if self.mode not in ("signed", "group"):
-            raise ValueError("mode is 'signed' or 'group'")
+        if self.mode not in MODES:
+            raise ValueError(f"mode is one of {', '.join(MODES)}")
 
 
 @dataclass
@@ -577,7 +578,7 @@ def cluster(
     late: int = typer.Option(0, "--late", help="Members started after the key exists."),
     messages: int = typer.Option(0, "--messages", help="Messages each live member multicasts."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the scenario (which members die, when)."),
-    mode: str = typer.Option("signed", "--mode", help="signed | group"),
+    mode: str = typer.Option("signed", "--mode", help="signed | burst | pairwise | group"),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for each phase."),
     crash: int = typer.Option(0, "--crash", help="Members SIGKILLed after the key and restarted after the others multicast."),
     stall: int = typer.Option(0, "--stall", help="Live members SIGSTOPped (not reading) before the messages."),

@@ -17,7 +17,7 @@ Example (every path may be relative to the file)::
 
     [[conference]]
     id = "conf-1"
-    mode = "signed"                   # or "group" (group-level authentication only)
+    mode = "signed"                   # or "burst", "pairwise", "group" (docs/protocols.md)
     join = "start"                    # or "command": wait for {"cmd": "join"} on stdin
     members = [{name = "m0", cert = "m0.pem"}, {name = "m1", cert = "m1.pem"}]
 
@@ -47,13 +47,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..protocols.auth import MODES as AUTH_MODES
 from .framing import MAX_GROUP_ID
 from .links import LinkConfig
 from .relay import RelayConfig
 
 __all__ = ["ConferenceConfig", "ConfigError", "IdentityConfig", "MemberConfig", "load_config", "parse_address"]
 
-MODES = ("signed", "group")
+MODES = AUTH_MODES  # signed, burst, pairwise, group
 JOIN = ("start", "command")
 
 

@@ -186,7 +186,7 @@ class MemberProcess:
             return self._fail(f"cannot listen: {exc}")
         try:
             for conf in self.config.conferences:
-                node.add_conference(conf.id, members[conf.id], signed=conf.mode == "signed")
+                node.add_conference(conf.id, members[conf.id], mode=conf.mode)
         except (ValueError, pki.PkiError) as exc:
             await node.aclose()
             return self._fail(f"conference refused: {exc}")

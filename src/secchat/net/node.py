@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from .. import pki
 from ..codec import canonical
 from ..crypto import Rng, SystemRng, digest
+from ..protocols.auth import authenticator_class
 from ..protocols.events import KeyEstablished
 from ..protocols.stack import GroupId, Member, epoch_of, smc_tag
 from .errors import AuthenticationError
@@ -45,7 +46,8 @@ class ConferenceInfo:
     group: str
     names: tuple[str, ...]
     me: int
-    signed: bool
+    #: the SMC authentication mode (:data:`secchat.protocols.auth.MODES`)
+    mode: str
     #: the conference as the protocols know it: id and record digest (part of every tag)
     gid: GroupId
 
@@ -122,7 +124,7 @@ class Node:
         group: str,
         members: Sequence[tuple[str, x509.Certificate]],
         *,
-        signed: bool = True,
+        mode: str = "signed",
         incarnation: int | None = None,
         record: bytes | None = None,
         creator: str = "",
@@ -135,12 +137,13 @@ class Node:
         defined by its id and member list (:func:`members_digest`), as in a configuration file.
 
         Every certificate is verified against our trusted CAs and must carry the name it is
-        listed under; ours must be our own.  ``incarnation`` (default: the node's) must grow
+        listed under; ours must be our own.  ``mode`` is the SMC authentication mode.  ``incarnation`` (default: the node's) must grow
         when the same conference is added again after :meth:`remove_conference`.  Raises :class:`secchat.pki.PkiError` or
         ``ValueError`` and changes nothing when a check fails.
         """
         if group in self.conferences:
             raise ValueError(f"conference {group!r} is already running here")
+        authenticator_class(mode)  # ValueError for an unknown mode, before anything changes
         names = tuple(name for name, _ in members)
         if self.name not in names:
             raise ValueError(f"we ({self.name}) are not a member of {group!r}")
@@ -171,7 +174,7 @@ class Node:
         if self.store is not None:
             member.store_out = []  # our broadcast frames go to the relay's store as well
         self.runtime.add_conference(group, names, me, member)
-        info = ConferenceInfo(group, names, me, signed, gid)
+        info = ConferenceInfo(group, names, me, mode, gid)
         self.conferences[group] = info
         return info
 
@@ -206,7 +209,7 @@ class Node:
         restore = dict(plan.restore)
         if high_water and plan.restored:
             restore["high_water"] = high_water
-        self.runtime.smc_init(group, smc_tag(info.gid, plan.epoch), signed=info.signed, **restore)
+        self.runtime.smc_init(group, smc_tag(info.gid, plan.epoch), auth=info.mode, **restore)
         self._joined.add((group, plan.epoch))
         if self.store is not None:  # what was sent while we were away, then what others send
             self.store.add(group, info.gid.record, lambda data: self.runtime.on_stored(group, data),

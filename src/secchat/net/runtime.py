@@ -37,7 +37,7 @@ class MemberLike(Protocol):
     """What the runtime needs of a sans-I/O member (``secchat.protocols.stack.Member``)."""
 
     def start(self, now: float) -> None: ...
-    def smc_init(self, tag: Tag, now: float, *, signed: bool = ...) -> object: ...
+    def smc_init(self, tag: Tag, now: float, *, auth: str = ...) -> object: ...
     def multicast(self, tag: Tag, payload: bytes, now: float) -> Any: ...
     def receive(self, sender: int, data: bytes, now: float) -> None: ...
     def handle_timer(self, now: float) -> None: ...
@@ -123,10 +123,11 @@ class Runtime:
 
     # ------------------------------------------------------------------ API calls
 
-    def smc_init(self, group: str, tag: Tag, *, signed: bool = True, **restore: Any) -> None:
-        """Start SMC instance ``tag``; ``restore`` (contribution, session_seed) rejoins a saved GKE."""
+    def smc_init(self, group: str, tag: Tag, *, auth: str = "signed", **restore: Any) -> None:
+        """Start SMC instance ``tag`` in mode ``auth`` (:data:`secchat.protocols.auth.MODES`);
+        ``restore`` (contribution, session_seed) rejoins a saved GKE."""
         conf = self._conf(group)
-        conf.member.smc_init(tag, self.now(), signed=signed, **restore)
+        conf.member.smc_init(tag, self.now(), auth=auth, **restore)
         self._pump(conf)
 
     def close_instance(self, group: str, tag: Tag) -> None:

@@ -10,7 +10,11 @@ incarnation, seq)``, multicast.  On receipt: hold until the key exists (bounded)
 Only an authenticated frame moves a stream: it starts a new or resumed one, and behind a gap it
 is held however far ahead it is -- when the frames held behind a gap fill the reorder window the
 gap is given up (``Lost``), so a sender is never silenced.
-**Group mode** skips the signature: the AEAD authenticates the group only.
+**Group mode** skips the signature: the AEAD authenticates the group only.  The trailer after
+``m`` is the instance's authentication mode's (:mod:`.auth`: ``signed``, ``burst``, ``pairwise``,
+``group``); in ``burst`` mode :meth:`SecureMulticast.multicast` gathers messages and
+:meth:`SecureMulticast.flush` (the stack calls it whenever the driver takes its output, so an
+isolated message leaves at once) seals them under one signature, ``burst_max`` at most.
 
 ``incarnation`` separates the sequence numbers of successive runs of one member (a member that
 leaves and rejoins with the same key starts again at seq 0): it must grow from run to run (the
@@ -37,7 +41,6 @@ sending under ours, so no bug anywhere can split a conference silently.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
@@ -46,7 +49,6 @@ from typing import Any
 
 from ..codec import Tag, canonical
 from ..crypto import (
-    SIGNATURE_SIZE,
     Aead,
     CryptoError,
     GroupKeys,
@@ -56,6 +58,7 @@ from ..crypto import (
     derive_group_keys,
     hmac_sha256,
 )
+from .auth import MAX_BURST, Authenticator, AuthError, authenticator_class
 from .events import (
     Broadcast,
     Delivered,
@@ -109,8 +112,15 @@ class SmcLimits:
     resend_retry: float = 1.0
     #: position and key confirmation to every member this often (groups above 20: longer)
     status_period: float = 5.0
+    #: burst mode: most messages under one signature (a burst is what was multicast before the
+    #: stack's output was next taken; a full burst is sealed at once)
+    burst_max: int = 64
+    #: burst mode: verified roots remembered (a frame of a remembered root costs hashes only)
+    root_cache: int = 256
 
     def __post_init__(self) -> None:
+        if not 1 <= self.burst_max <= MAX_BURST or self.root_cache < 1:
+            raise ValueError(f"need 1 <= burst_max <= {MAX_BURST} and root_cache >= 1")
         if not 0 < self.resend_after < self.gap_timeout:
             raise ValueError("need 0 < resend_after < gap_timeout")
         if not self.resend_interval < self.resend_retry < self.gap_timeout:
@@ -157,7 +167,7 @@ class SecureMulticast:
         stats: Counter,
         gke: GroupKeyExchange,
         *,
-        signed: bool = True,
+        auth: str | type[Authenticator] = "signed",
         incarnation: int = 0,
         limits: SmcLimits = SmcLimits(),
         resume: bool = False,
@@ -170,7 +180,10 @@ class SecureMulticast:
         self.n = n
         self.gke = gke
         self.parent: Any = None
-        self.signed = signed
+        #: the authentication mode's class (:mod:`.auth`); its instance exists with the key
+        self.auth_class = authenticator_class(auth)
+        self.auth: Authenticator | None = None
+        self._burst: list[bytes] = []  # burst mode: multicast, not sealed yet
         self.incarnation = incarnation
         self.limits = limits
         # a member rejoining with a restored key missed what was sent while it was away.  With
@@ -258,7 +271,30 @@ class SecureMulticast:
                 raise SendQueueFull("too many messages waiting for the group key")
             self._queued.append(bytes(payload))
             return []
-        return self._send(payload)
+        if self.auth_class.batches:
+            self._burst.append(bytes(payload))
+            return self.flush() if len(self._burst) >= self.limits.burst_max else []
+        return self._send([payload])
+
+    def make_authenticator(self, me: int, signer: Signer) -> Authenticator:
+        """This instance's mode for member ``me`` holding ``signer`` (ours; the checker's insider
+        passes another member's index to forge as it, with only its own secrets)."""
+        assert self._keys is not None
+        return self.auth_class(
+            self.tag, me, self.n, signer, self._verifiers, self._keys, root_cache=self.limits.root_cache
+        )
+
+    @property
+    def pending(self) -> bool:
+        """Messages multicast and not sealed yet (burst mode): call :meth:`flush`."""
+        return bool(self._burst)
+
+    def flush(self) -> list[Event]:
+        """Seal and send the burst gathered since the last flush (burst mode; else nothing)."""
+        if not self._burst or self._aead is None or self._closed:
+            return []
+        burst, self._burst = self._burst, []
+        return self._send(burst)
 
     def receive(self, sender: int, msg: Message, now: float) -> list[Event]:
         if self._closed:
@@ -345,6 +381,8 @@ class SecureMulticast:
         self._keys = None
         self._aead = None
         self._closed = True
+        self.auth = None
+        self._burst.clear()
         self._queued.clear()
         self._held.clear()
         self._held_bytes = 0
@@ -358,21 +396,21 @@ class SecureMulticast:
     def _aad(self, sender: int, incarnation: int, seq: int) -> bytes:
         return canonical("smc", self.tag, sender, incarnation, seq)
 
-    def _signed_part(self, sender: int, incarnation: int, seq: int, payload: bytes) -> bytes:
-        return canonical("smc-sig", self.tag, sender, incarnation, seq, hashlib.sha256(payload).digest())
-
-    def _send(self, payload: bytes) -> list[Event]:
-        seq = self._seq
-        self._seq += 1
-        plain = payload
-        if self.signed:
-            plain = payload + self._signer.sign(self._signed_part(self.me, self.incarnation, seq, payload))
-        nonce = self._rng.randbytes(12)
-        assert self._aead is not None  # only called once the key exists
-        ct = self._aead.seal(nonce, plain, self._aad(self.me, self.incarnation, seq))
-        frame = SmcData(self.tag, self.me, self.incarnation, seq, nonce, ct)
-        self._keep(frame)
-        return [Broadcast(frame), Delivered(self.tag, self.me, self.incarnation, seq, bytes(payload))]
+    def _send(self, payloads: Sequence[bytes]) -> list[Event]:
+        """Seal ``payloads`` as our next frames (one burst in burst mode) and send them."""
+        assert self._aead is not None and self.auth is not None  # only called once the key exists
+        first = self._seq
+        self._seq += len(payloads)
+        out: list[Event] = []
+        for seq, payload, trailer in zip(
+            range(first, self._seq), payloads, self.auth.seal(self.incarnation, first, payloads), strict=True
+        ):
+            nonce = self._rng.randbytes(12)
+            ct = self._aead.seal(nonce, payload + trailer, self._aad(self.me, self.incarnation, seq))
+            frame = SmcData(self.tag, self.me, self.incarnation, seq, nonce, ct)
+            self._keep(frame)
+            out += [Broadcast(frame), Delivered(self.tag, self.me, self.incarnation, seq, bytes(payload))]
+        return out
 
     def _keep(self, frame: SmcData) -> None:
         """Into the retransmission store; the oldest frames go beyond its bounds."""
@@ -491,9 +529,12 @@ class SecureMulticast:
         self._keys = derive_group_keys(ev.secret, self.tag, ev.members)
         self._aead = Aead(self._keys.encryption)
         self._confirm = hmac_sha256(self._keys.confirmation, canonical("key-confirm", self.tag))
+        self.auth = self.make_authenticator(self.me, self._signer)
         out: list[Event] = [KeyEstablished(self.tag, self._keys.fingerprint, ev.members)]
+        # what waited for the key goes now: in bursts of burst_max in burst mode
+        size = self.limits.burst_max if self.auth_class.batches else 1
         while self._queued:
-            out += self._send(self._queued.popleft())
+            out += self._send([self._queued.popleft() for _ in range(min(size, len(self._queued)))])
         out += self._status_to(None)
         out.append(SetTimer("status", now + self._status_period, self.tag))
         held, self._held, self._held_bytes = self._held, deque(), 0
@@ -517,18 +558,11 @@ class SecureMulticast:
             plain = self._aead.open(msg.nonce, msg.ciphertext, self._aad(msg.sender, msg.incarnation, msg.seq))
         except CryptoError:
             return self._drop("decrypt_failed")
-        if self.signed:
-            if len(plain) < SIGNATURE_SIZE:
-                return self._drop("bad_signature")
-            payload, sig = plain[:-SIGNATURE_SIZE], plain[-SIGNATURE_SIZE:]
-            try:
-                self._verifiers[msg.sender].verify(
-                    self._signed_part(msg.sender, msg.incarnation, msg.seq, payload), sig
-                )
-            except CryptoError:
-                return self._drop("bad_signature")
-        else:
-            payload = plain
+        assert self.auth is not None
+        try:
+            payload = self.auth.open(msg.sender, msg.incarnation, msg.seq, plain)
+        except AuthError as exc:
+            return self._drop(exc.reason)
         # authentic from here on: only now may the frame move the stream
         if stream is None or msg.incarnation > stream.incarnation:
             stream = self._streams[msg.sender] = _Stream(msg.incarnation)

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..codec import CodecError, Tag, canonical, check_tag
 from ..crypto import Rng, Signer, Verifier, digest
+from .auth import Authenticator
 from .consensus import Consensus
 from .demux import Demux, protocol_of
 from .events import (
@@ -198,10 +199,13 @@ class Member:
         #: our own SMC frames as broadcast, for a store of ciphertexts (a relay's JetStream) when
         #: the driver sets a list here; it takes them with :meth:`take_stored`
         self.store_out: list[bytes] | None = None
+        # burst-mode instances with messages to seal, in the order they got them (deterministic)
+        self._bursting: dict[SecureMulticast, None] = {}
 
     # ----------------------------------------------------------------- driver interface
 
     def take_outgoing(self) -> list[Outgoing]:
+        self._flush()
         out, self._outgoing = self._outgoing, []
         return out
 
@@ -240,8 +244,17 @@ class Member:
         self._deliver(smc, msg.sender, msg, now)
 
     def take_events(self) -> list[Output]:
+        self._flush()
         out, self._events = self._events, []
         return out
+
+    def _flush(self) -> None:
+        """The end of a turn: SMC instances in burst mode seal what was multicast during it (so
+        a burst is what one turn multicast, and an isolated message leaves at once)."""
+        while self._bursting:
+            smc = next(iter(self._bursting))
+            del self._bursting[smc]
+            self._dispatch(smc, smc.flush(), self._now)
 
     def next_deadline(self) -> float | None:
         return min(self._timers.values(), default=None)
@@ -328,12 +341,16 @@ class Member:
         tag: Tag,
         now: float,
         *,
+        auth: str | type[Authenticator] | None = None,
         signed: bool = True,
         resume: bool = False,
         high_water: Mapping[int, tuple[int, int]] | None = None,
         **restore: Any,
     ) -> SecureMulticast:
         """Join SMC instance ``tag``: starts its GKE session (and that session's consensus).
+
+        ``auth`` names the authentication mode (:data:`secchat.protocols.auth.MODES`: ``signed``,
+        ``burst``, ``pairwise``, ``group``); without it ``signed`` chooses ``signed`` or ``group``.
 
         ``restore`` (``contribution``, ``session_seed``, ``decision``) rejoins with a saved GKE
         state.  ``resume`` marks a rejoin of an instance this member may have run before: the
@@ -357,7 +374,7 @@ class Member:
             self._rng,
             self.stats,
             gke,
-            signed=signed,
+            auth=auth if auth is not None else ("signed" if signed else "group"),
             incarnation=self.incarnation,
             limits=self.config.smc,
             resume=resume,
@@ -377,6 +394,8 @@ class Member:
         if smc is None:
             raise KeyError(f"no SMC instance {tag!r}: call smc_init first")
         self._dispatch(smc, smc.multicast(payload, now), now)
+        if smc.pending:
+            self._bursting[smc] = None
 
     def smc(self, tag: Tag) -> SecureMulticast | None:
         return self.demux.get("smc", tag)
@@ -392,6 +411,7 @@ class Member:
         self.demux.unregister("gke", gke_tag(tag))
         self.demux.unregister("consensus", consensus_tag(gke_tag(tag)))
         if smc is not None:
+            self._bursting.pop(smc, None)
             smc.close()
         epoch = epoch_of(tag)
         if epoch is not None:

@@ -16,7 +16,10 @@ Properties:
   contributions, and every correct member (late starters too) finishes;
 * smc -- one key; every message a member that stays up multicasts after establishing is delivered
   exactly once, in per-sender order, to every member that stays up; nothing delivered that its
-  alleged sender did not multicast (forged, tampered and replayed frames never are).
+  alleged sender did not multicast (forged, tampered and replayed frames never are).  In every
+  mode but ``group`` an *insider* (a member holding the group key) races each fresh frame with
+  the same trailer on another payload and with a frame claiming the sender's next seq, made with
+  the insider's own secrets: per-sender authenticity, not just group authenticity.
 * records -- a malicious directory served two records of one conference id: another creator's,
   with one member swapped for an accomplice at the same index, or the same members in another
   order (a split view).  Over n + 1 identities, each member starts the record it was served.
@@ -52,7 +55,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..codec import CodecError, canonical
-from ..crypto import digest
+from ..crypto import Signer, digest
+from ..protocols.auth import Authenticator, GroupOnly, authenticator_class
 from ..protocols.consensus import majority
 from ..protocols.events import (
     Decided,
@@ -65,6 +69,7 @@ from ..protocols.events import (
 )
 from ..protocols.gke import MODULUS
 from ..protocols.messages import Ack, Estimate, Proposal, SmcData, decode_message, encode_message
+from ..protocols.smc import SecureMulticast
 from ..protocols.stack import GroupId, Member, consensus_tag, gke_tag, group_id, smc_tag
 from .simulator import NetworkModel, Simulation
 
@@ -282,8 +287,9 @@ def _check_gke(run: _Run) -> None:
         run.violation(f"termination: correct members {missing} never computed the key")
 
 
-def _check_smc(run: _Run, messages: int = 3, signed: bool = True) -> None:
+def _check_smc(run: _Run, messages: int = 3, auth: str | type[Authenticator] = "signed") -> None:
     sim, sc, rng = run.sim, run.scenario, run.rng
+    insiders = authenticator_class(auth) is not GroupOnly  # group mode: any member may forge
     tag = smc_tag("sim")
     sim.keep_wire_log = True
     fingerprints: dict[int, str] = {}
@@ -298,17 +304,29 @@ def _check_smc(run: _Run, messages: int = 3, signed: bool = True) -> None:
     def multicast(i: int, k: int) -> None:
         sim.call(i, lambda m, now: m.multicast(tag, f"msg {k} from {i} in run {run.result.seed}".encode(), now))
 
+    def multicast_all(i: int) -> None:
+        def burst(m: Member, now: float) -> None:
+            for k in range(messages):
+                m.multicast(tag, f"msg {k} from {i} in run {run.result.seed}".encode(), now)
+
+        sim.call(i, burst)
+
     def on_output(i: int, now: float, ev: Any) -> None:
         if isinstance(ev, KeyEstablished):
             fingerprints[i] = ev.fingerprint
-            for k in range(messages):
-                sim.at(now + rng.uniform(0.0, 1.0), functools.partial(multicast, i, k))
+            if rng.random() < 0.5:  # all in one turn: one burst in burst mode
+                sim.at(now + rng.uniform(0.0, 1.0), functools.partial(multicast_all, i))
+            else:
+                for k in range(messages):
+                    sim.at(now + rng.uniform(0.0, 1.0), functools.partial(multicast, i, k))
             run.finish(i)
         elif isinstance(ev, Delivered):
             key = (ev.sender, ev.incarnation, ev.seq)
             if ev.sender == i:
                 sent[key] = ev.payload
                 sent_by[i].append(key)
+                if insiders:  # the frame has just left: an insider races it with forgeries
+                    sim.at(now, functools.partial(insider, i, ev.incarnation, ev.seq, ev.payload))
                 if i in pending_sends:
                     pending_sends[i] -= 1
             elif sent.get(key) != ev.payload:
@@ -321,7 +339,30 @@ def _check_smc(run: _Run, messages: int = 3, signed: bool = True) -> None:
 
     for node in sim.nodes:
         node.on_output = functools.partial(on_output, node.index)
-    run.schedule(lambda m, now: m.smc_init(tag, now, signed=signed))
+    run.schedule(lambda m, now: m.smc_init(tag, now, auth=auth))
+
+    def insider(s: int, incarnation: int, seq: int, payload: bytes) -> None:
+        """A member with the group key forges for ``s``: ``s``'s fresh frame with another
+        payload and the same trailer, and a frame of its own claiming to be ``s``'s next."""
+        holders = [
+            x for x in range(sc.n) if x != s and sim.nodes[x].up and (m := sim.nodes[x].member) is not None
+            and (smc := m.smc(tag)) is not None and smc.established
+        ]
+        victim = sim.nodes[s].member
+        if not holders or victim is None or (own := victim.smc(tag)) is None:
+            return
+        x = rng.choice(holders)
+        others = [r for r in range(sc.n) if r not in (s, x)]
+        if not others:
+            return
+        ins = sim.nodes[x].member.smc(tag)  # type: ignore[union-attr]
+        assert ins is not None
+        frame = next((f for f in reversed(own._store) if f.seq == seq), None)
+        if frame is not None:
+            forged = retarget(ins, frame, b"retargeted " + payload, payload)
+            sim.inject(x, rng.choice(others), encode_message(forged))
+        fake = impersonate(ins, sim.signers[x], s, incarnation, seq + 1 + rng.randrange(3), b"impersonated " + payload)
+        sim.inject(x, rng.choice(others), encode_message(fake))
 
     def attack(count: int) -> None:
         frames = [(t, s, d) for t, s, d in sim.wire_log if d[1:2] == b"\x1e"]  # SmcData type tag 30
@@ -387,6 +428,32 @@ def _check_smc(run: _Run, messages: int = 3, signed: bool = True) -> None:
     unfinished = [i for i in correct if pending_sends[i] != 0]
     if unfinished:
         run.violation(f"members {unfinished} could not multicast all their messages")
+
+
+# --------------------------------------------------------------------------- an insider's forgeries
+
+
+def impersonate(smc: SecureMulticast, signer: Signer, sender: int, incarnation: int, seq: int, payload: bytes) -> SmcData:
+    """What a member holding ``smc``'s group key and ``signer`` (its own identity key) can build
+    claiming to be ``sender``: the mode's trailer made with the insider's secrets only."""
+    trailer = smc.make_authenticator(sender, signer).seal(incarnation, seq, [payload])[0]
+    return _seal(smc, sender, incarnation, seq, payload + trailer)
+
+
+def retarget(smc: SecureMulticast, frame: SmcData, payload: bytes, original: bytes) -> SmcData:
+    """``frame`` (whose payload was ``original``) with ``payload`` instead and the same trailer:
+    a signature, root and path, or MACs that an insider tries on another message."""
+    aead = smc._aead  # god view: the insider's group key
+    assert aead is not None
+    plain = aead.open(frame.nonce, frame.ciphertext, smc._aad(frame.sender, frame.incarnation, frame.seq))
+    return _seal(smc, frame.sender, frame.incarnation, frame.seq, payload + plain[len(original) :])
+
+
+def _seal(smc: SecureMulticast, sender: int, incarnation: int, seq: int, plain: bytes) -> SmcData:
+    aead = smc._aead
+    assert aead is not None
+    nonce = digest(canonical("insider-nonce", sender, incarnation, seq, plain))[:12]
+    return SmcData(smc.tag, sender, incarnation, seq, nonce, aead.seal(nonce, plain, smc._aad(sender, incarnation, seq)))
 
 
 def _draw_records(n: int, rng: random.Random) -> tuple[str, list[tuple[int, ...]]]:
@@ -642,6 +709,7 @@ def run_one(
     factory: Callable[..., Member] = Member,
     measure_cpu: bool = False,
     signed: bool = True,
+    auth: str | type[Authenticator] | None = None,
     forget_state: bool = False,
     broken: str | None = None,
     forget_marks: bool = False,
@@ -654,7 +722,7 @@ def run_one(
         elif protocol == "gke":
             _check_gke(run)
         elif protocol == "smc":
-            _check_smc(run, signed=signed)
+            _check_smc(run, auth=auth if auth is not None else ("signed" if signed else "group"))
         elif protocol == "records":
             _check_records(run)
         elif protocol == "restarts":
@@ -705,8 +773,8 @@ def _start_own_record(member: Member, now: float) -> None:
     member.smc_init(smc_tag(member.gid), now)
 
 def _worker(args: tuple) -> RunResult:
-    protocol, n, crash, seed, factory, signed, forget_state, forget_marks, broken = args
-    return run_one(protocol, n, crash, seed, factory=factory, signed=signed, forget_state=forget_state,
+    protocol, n, crash, seed, factory, signed, auth, forget_state, forget_marks, broken = args
+    return run_one(protocol, n, crash, seed, factory=factory, signed=signed, auth=auth, forget_state=forget_state,
                    forget_marks=forget_marks, broken=broken)
 
 
@@ -720,6 +788,7 @@ def run_campaign(
     jobs: int | None = None,
     factory: Callable[..., Member] = Member,
     signed: bool = True,
+    auth: str | type[Authenticator] | None = None,
     progress: Callable[[int], None] | None = None,
     forget_state: bool = False,
     forget_marks: bool = False,
@@ -728,8 +797,11 @@ def run_campaign(
     """``runs`` schedules with seeds ``seed .. seed + runs - 1`` over ``jobs`` processes.
     ``forget_state``: restarted members lose their disk too; ``forget_marks``: they keep it but
     do not restore their SMC high-water marks (broken drivers, for ``restarts``); ``broken``
-    names any of :data:`BROKEN`."""
-    work = [(protocol, n, crash, seed + i, factory, signed, forget_state, forget_marks, broken) for i in range(runs)]
+    names any of :data:`BROKEN`.  ``auth``: the SMC mode (a name of
+    :data:`~secchat.protocols.auth.MODES`, or a class: a broken variant); without it ``signed``
+    chooses ``signed`` or ``group``."""
+    work = [(protocol, n, crash, seed + i, factory, signed, auth, forget_state, forget_marks, broken)
+            for i in range(runs)]
     jobs = jobs or os.cpu_count() or 1
     results: list[RunResult] = []
     if jobs == 1 or runs < 4:
