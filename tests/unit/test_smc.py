@@ -367,3 +367,18 @@ def test_a_resumed_stream_without_marks_starts_at_its_first_authenticated_frame(
     assert _got(net, 1, 0) == [3, *range(1500, 2000)]
     assert _lost(net, 1, 0) == [(4, 1500)]
     assert net.members[1].stats["smc.dropped.decrypt_failed"] == 1
+
+
+def test_what_is_asked_for_again_is_reported_undelivered_once() -> None:
+    """A receiver whose SmcGone is slow to arrive asks again (resend_retry): the sender answers
+    again, but tells its user once."""
+    from secchat.protocols.messages import SmcResend
+
+    net = _keyed(StackConfig(smc=SmcLimits(store_frames=10)))
+    _multicast(net, 0, 50, to=1)
+    sender = net.members[0].smc(TAG)
+    ask = SmcResend(TAG, 0, 5, 45)
+    out = sender.receive(1, ask, net.now) + sender.receive(1, ask, net.now + 1.0)
+    gone = [ev.message for ev in out if hasattr(ev, "message") and ev.message.__class__.__name__ == "SmcGone"]
+    assert [(g.first, g.end) for g in gone] == [(5, 40), (5, 40)]
+    assert [(ev.first, ev.end) for ev in out if isinstance(ev, Undelivered)] == [(5, 40)]

@@ -198,6 +198,7 @@ class SecureMulticast:
         self._confirm = b""
         self._status_held: dict[int, SmcStatus] = {}  # statuses that came before our key
         self._resent: dict[int, tuple[float, int]] = {}  # peer -> (burst started, served up to)
+        self._undelivered: dict[int, int] = {}  # peer -> reported Undelivered up to (once each)
         self._forks: set[int] = set()
         self.forked = False
         self._status_period = limits.status_period * max(1.0, n / 20)
@@ -443,8 +444,11 @@ class SecureMulticast:
         if first < oldest:
             gone = min(end, oldest)
             self._stats["smc.resend_gone"] += gone - first
-            out += [Send(sender, SmcGone(self.tag, self.incarnation, first, gone)),
-                    Undelivered(self.tag, sender, first, gone)]
+            out.append(Send(sender, SmcGone(self.tag, self.incarnation, first, gone)))
+            told = max(first, self._undelivered.get(sender, 0))
+            if gone > told:  # asked again (our answer was slow to arrive): reported once
+                out.append(Undelivered(self.tag, sender, told, gone))
+                self._undelivered[sender] = gone
             first = gone
         # one pass over the deque (indexing a deque in its middle costs O(n) each)
         if first < end:
