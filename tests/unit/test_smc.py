@@ -224,7 +224,7 @@ def test_a_reader_that_missed_more_than_the_reorder_window_receives_every_later_
     was paused) and gets 2100..4999; nobody answers its resend requests.  Once 1024 frames are
     held behind the gap it is given up and said, and every later frame is delivered in order:
     the sender is not silenced (it was: every frame 1024 beyond the gap was dropped)."""
-    net = _keyed()
+    net = _keyed(StackConfig(smc=SmcLimits(reorder_window=1024)))
     frames = _multicast(net, 0, 5000, to=1)
     net.frames.clear()  # resend requests and answers are lost: the worst case
     _feed(net, 1, 0, frames[:100] + frames[2100:])
@@ -248,7 +248,7 @@ def test_a_gap_under_the_window_waits_for_the_resend_and_loses_nothing() -> None
 
 
 def test_a_late_joiner_of_a_busy_stream_gets_what_the_store_has_and_every_later_frame() -> None:
-    limits = SmcLimits(store_frames=500)
+    limits = SmcLimits(store_frames=500, reorder_window=1024)
     net = _keyed(StackConfig(smc=limits))
     early = _multicast(net, 0, 3000, to=1)  # member 1's copies are lost: it "joins late"
     assert len(early) == 3000
@@ -357,7 +357,7 @@ def test_a_resumed_stream_without_marks_starts_at_its_first_authenticated_frame(
     1024 and more beyond it, were then dropped (only what its store still had came back).
     Now every live frame is delivered, the gap is reported, and a forged frame (bad AEAD)
     never moves the stream."""
-    net = _keyed(StackConfig(smc=SmcLimits(store_frames=100)))
+    net = _keyed(StackConfig(smc=SmcLimits(store_frames=100, reorder_window=1024)))
     frames = _multicast(net, 0, 2000, to=1)
     _restart(net, 1, incarnation=1, settle=False)
     forged = SmcData(TAG, 0, 0, 1400, b"\0" * 12, b"\0" * 40)
