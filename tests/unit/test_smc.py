@@ -219,7 +219,7 @@ def test_a_reader_that_missed_more_than_the_reorder_window_receives_every_later_
     was paused) and gets 2100..4999; nobody answers its resend requests.  Once 1024 frames are
     held behind the gap it is given up and said, and every later frame is delivered in order:
     the sender is not silenced (it was: every frame 1024 beyond the gap was dropped)."""
-    net = _keyed()
+    net = _keyed(StackConfig(smc=SmcLimits(reorder_window=1024)))
     frames = _multicast(net, 0, 5000, to=1)
     net.frames.clear()  # resend requests and answers are lost: the worst case
     _feed(net, 1, 0, frames[:100] + frames[2100:])
@@ -243,7 +243,7 @@ def test_a_gap_under_the_window_waits_for_the_resend_and_loses_nothing() -> None
 
 
 def test_a_late_joiner_of_a_busy_stream_gets_what_the_store_has_and_every_later_frame() -> None:
-    limits = SmcLimits(store_frames=500)
+    limits = SmcLimits(store_frames=500, reorder_window=1024)
     net = _keyed(StackConfig(smc=limits))
     early = _multicast(net, 0, 3000, to=1)  # member 1's copies are lost: it "joins late"
     assert len(early) == 3000
@@ -352,7 +352,7 @@ def test_a_resumed_stream_without_marks_starts_at_its_first_authenticated_frame(
     1024 and more beyond it, were then dropped (only what its store still had came back).
     Now every live frame is delivered, the gap is reported, and a forged frame (bad AEAD)
     never moves the stream."""
-    net = _keyed(StackConfig(smc=SmcLimits(store_frames=100)))
+    net = _keyed(StackConfig(smc=SmcLimits(store_frames=100, reorder_window=1024)))
     frames = _multicast(net, 0, 2000, to=1)
     _restart(net, 1, incarnation=1, settle=False)
     forged = SmcData(TAG, 0, 0, 1400, b"\0" * 12, b"\0" * 40)
@@ -399,3 +399,18 @@ def test_frames_from_a_store_are_accepted_only_when_authentic_and_credit_nobody(
     assert stats["member.stored.dropped.sender"] == 1  # "our own" frame
     assert stats["member.stored.dropped.not_ours"] == 2  # another record's tag; a hello
     assert sum(v for k, v in stats.items() if k.startswith("member.stored.dropped.")) == 4
+
+
+def test_what_is_asked_for_again_is_reported_undelivered_once() -> None:
+    """A receiver whose SmcGone is slow to arrive asks again (resend_retry): the sender answers
+    again, but tells its user once."""
+    from secchat.protocols.messages import SmcResend
+
+    net = _keyed(StackConfig(smc=SmcLimits(store_frames=10)))
+    _multicast(net, 0, 50, to=1)
+    sender = net.members[0].smc(TAG)
+    ask = SmcResend(TAG, 0, 5, 45)
+    out = sender.receive(1, ask, net.now) + sender.receive(1, ask, net.now + 1.0)
+    gone = [ev.message for ev in out if hasattr(ev, "message") and ev.message.__class__.__name__ == "SmcGone"]
+    assert [(g.first, g.end) for g in gone] == [(5, 40), (5, 40)]
+    assert [(ev.first, ev.end) for ev in out if isinstance(ev, Undelivered)] == [(5, 40)]

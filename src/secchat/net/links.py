@@ -539,9 +539,12 @@ class LinkManager:
         """Wait until the queues of the peers that keep up are at most ``fraction`` full.
 
         Application back-pressure for bulk senders.  Peers that do not keep up are ignored, so
-        they cannot hold everyone back: those whose queue overflowed, and those whose queue has
-        not moved for ``stalled_after`` seconds (down, or not reading).  A slow peer that still
-        reads, or one that is reconnecting, is waited for.
+        they cannot hold everyone back: those whose queue has not moved for ``stalled_after``
+        seconds (down, paused, or not reading).  A slow peer that still reads, or one that is
+        reconnecting, is waited for -- also one whose queue overflowed while it was stalled and
+        that reads again: not pacing it while it drains would tail-drop every burst again, and
+        its SMC layer could not keep up with the holes (issue 9: a reader resumed after SIGSTOP
+        lost 2 of every 32 frames sent after it was back).
         """
         cfg = self.config
         loop = asyncio.get_running_loop()
@@ -549,8 +552,6 @@ class LinkManager:
         def blocking(p: _Peer, now: float) -> bool:
             ch = p.channel
             frames, nbytes = ch.queued
-            if ch.overflowing:
-                return False
             if (
                 frames <= cfg.queue_max_frames * fraction
                 and nbytes <= cfg.queue_max_bytes * fraction

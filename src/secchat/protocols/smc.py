@@ -93,15 +93,18 @@ class SmcLimits:
     max_held: int = 4096  # received frames waiting for the key
     max_held_bytes: int = 32 << 20
     #: out-of-order frames kept per sender behind a gap, and their bytes: when either is
-    #: exceeded the gap is given up (reported as lost) and what is held delivered
-    reorder_window: int = 1024
+    #: exceeded the gap is given up (reported as lost) and what is held delivered.  As many
+    #: frames as a link queue holds (4096): the resend of a gap comes behind what was queued
+    reorder_window: int = 4096
     reorder_bytes: int = 16 << 20
     #: a gap in a sender's sequence still open after this long is given up too (a frame was lost
     #: in a bounded queue: later messages must not wait forever); far above any link delay
     gap_timeout: float = 30.0
     max_payload: int = 512 * 1024
-    #: our recent frames, kept to answer resend requests; beyond either bound the oldest go
-    store_frames: int = 4096
+    #: our recent frames, kept to answer resend requests; beyond either bound the oldest go.
+    #: More frames than a link queue holds (4096): a reader learns of a frame its queue dropped
+    #: only once the queue ahead of it has drained, and we kept sending meanwhile
+    store_frames: int = 16384
     store_bytes: int = 16 << 20
     #: a gap still open this long is asked for (links are FIFO: it is a frame lost in a queue)
     resend_after: float = 0.2
@@ -211,6 +214,7 @@ class SecureMulticast:
         self._confirm = b""
         self._status_held: dict[int, SmcStatus] = {}  # statuses that came before our key
         self._resent: dict[int, tuple[float, int]] = {}  # peer -> (burst started, served up to)
+        self._undelivered: dict[int, int] = {}  # peer -> reported Undelivered up to (once each)
         self._forks: set[int] = set()
         self.forked = False
         self._status_period = limits.status_period * max(1.0, n / 20)
@@ -481,8 +485,11 @@ class SecureMulticast:
         if first < oldest:
             gone = min(end, oldest)
             self._stats["smc.resend_gone"] += gone - first
-            out += [Send(sender, SmcGone(self.tag, self.incarnation, first, gone)),
-                    Undelivered(self.tag, sender, first, gone)]
+            out.append(Send(sender, SmcGone(self.tag, self.incarnation, first, gone)))
+            told = max(first, self._undelivered.get(sender, 0))
+            if gone > told:  # asked again (our answer was slow to arrive): reported once
+                out.append(Undelivered(self.tag, sender, told, gone))
+                self._undelivered[sender] = gone
             first = gone
         # one pass over the deque (indexing a deque in its middle costs O(n) each)
         if first < end:
