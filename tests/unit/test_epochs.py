@@ -58,12 +58,13 @@ def test_a_newer_epoch_is_reported_once_per_sender_and_kept_for_when_we_join_it(
     assert _of(m, InstanceSeen) == []
 
 
-def test_epochs_too_far_ahead_are_dropped_counted_and_not_reported() -> None:
+def test_epochs_too_far_ahead_are_dropped_counted_and_reported_once_a_second() -> None:
     m = _member(StackConfig(epoch_lookahead=4))
     for epoch in range(1, 2000):  # a member flooding re-keys
         for data in _frames(epoch):
             m.receive(1, data, 1.0)
-    assert _of(m, InstanceSeen) == [(e, 1) for e in range(1, 5)]
+    # the lookahead's epochs, then the first one beyond: further ones wait a second
+    assert _of(m, InstanceSeen) == [(e, 1) for e in range(1, 6)]
     assert m.stats["member.dropped.epoch_beyond_lookahead"] == 3 * (2000 - 5)
     assert m.demux.pending_count <= MAX_PENDING_PER_SENDER
 
@@ -123,3 +124,15 @@ def test_bad_epochs_are_refused_and_change_nothing() -> None:
     assert m._epoch_floor == 0
     with pytest.raises(ValueError):
         m.close_instance(smc_tag(GroupId.unbound("other"), 0))
+
+
+def test_a_member_far_behind_hears_where_the_others_are() -> None:
+    """Frames beyond the lookahead are not kept, but the farthest epoch each sender shows is
+    reported (a new high, at most once a second per sender): a member away across many
+    re-keys can follow."""
+    m = _member(StackConfig(epoch_lookahead=4))
+    for epoch, now in ((40, 1.0), (40, 1.1), (30, 2.5), (41, 1.5), (41, 2.6), (42, 2.7)):
+        for data in _frames(epoch):
+            m.receive(1, data, now)
+    assert _of(m, InstanceSeen) == [(40, 1), (41, 1)]
+    assert m.demux.pending_count == 0  # nothing kept for them

@@ -137,9 +137,12 @@ class InstanceSeen:
     """Member ``sender`` sent a frame for ``epoch`` of our group (``group`` is its tag prefix,
     :attr:`~secchat.protocols.stack.GroupId.prefix`), an epoch newer than any this member ran:
     the others may have re-keyed.  The frame is kept (bounded) for when we join that epoch.
-    Once per (epoch, sender), and only for epochs up to ``StackConfig.epoch_lookahead`` above
-    the newest we ran (frames further ahead are dropped and counted), so no peer can make us
-    emit without bound."""
+    Once per (epoch, sender) for epochs up to ``StackConfig.epoch_lookahead`` above the newest
+    we ran; frames further ahead are dropped and counted, and reported only when one is the
+    farthest its sender showed so far, at most once a second per sender (a member far behind
+    still learns where the others are;
+    the application decides whether to believe one member's word).  No peer can make us keep
+    anything for far epochs, and each report costs one frame of its sender."""
 
     group: Tag
     epoch: int

@@ -110,6 +110,8 @@ def consensus_tag(parent: Tag) -> Tag:
 
 #: Largest group: its GKE proposal (t entries of 44 bytes) must fit a consensus value (64 KiB).
 MAX_GROUP = 1024
+#: An epoch beyond the lookahead is reported at most this often per sender (seconds).
+FAR_REPORT_PERIOD = 1.0
 #: (epoch, sender) pairs remembered as told (ClosedEpochFrame), oldest forgotten first.
 MAX_CLOSED_TOLD = 1024
 
@@ -196,6 +198,7 @@ class Member:
         self._epoch_floor = 0
         self._seen_told: dict[int, set[int]] = {}  # epoch (above _epoch_high) -> senders
         self._closed_told: dict[tuple[int, int], None] = {}
+        self._far_told: dict[int, tuple[int, float]] = {}  # sender -> (farthest epoch said, when)
         #: our own SMC frames as broadcast, for a store of ciphertexts (a relay's JetStream) when
         #: the driver sets a list here; it takes them with :meth:`take_stored`
         self.store_out: list[bytes] | None = None
@@ -510,6 +513,12 @@ class Member:
             return
         if epoch > max(self._epoch_high, 0) + self.config.epoch_lookahead:
             self.stats["member.dropped.epoch_beyond_lookahead"] += 1
+            # not kept; but said when it is the farthest this sender showed so far, at most once
+            # a second per sender: a member far behind learns where the others are
+            far, at = self._far_told.get(sender, (-1, -1e18))
+            if epoch > far and self._now >= at + FAR_REPORT_PERIOD:
+                self._far_told[sender] = (epoch, self._now)
+                self._events.append(InstanceSeen(self.prefix, epoch, sender))
             return
         if epoch > self._epoch_high:
             senders = self._seen_told.setdefault(epoch, set())
