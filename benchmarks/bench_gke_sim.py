@@ -18,7 +18,7 @@ from secchat.protocols.events import SessionKey
 from secchat.protocols.stack import gke_tag, smc_tag
 from secchat.sim.simulator import NetworkModel, Simulation
 
-TAG = gke_tag(smc_tag("bench"))
+TAG = gke_tag(smc_tag("sim"))
 
 
 def one(n: int, seed: int) -> tuple[float, int, float, int]:

@@ -37,7 +37,7 @@ def test_thesis_key_formula_equals_the_sum_of_contributions(ys: list[int], pick:
 def _gke(me: int, n: int, seed: int) -> GroupKeyExchange:
     stats: Counter = Counter()
     cons = Consensus((*TAG, "consensus"), me, n, FakeDetector(), stats)
-    return GroupKeyExchange(TAG, me, n, random.Random(seed), stats, cons)
+    return GroupKeyExchange(TAG, me, n, random.Random(seed), stats, cons, detector=FakeDetector())
 
 
 def _exchange(a: GroupKeyExchange, b: GroupKeyExchange) -> Contribution:
