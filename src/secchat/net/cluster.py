@@ -42,6 +42,8 @@ from .provision import make_identities, write_identities
 __all__ = ["ClusterResult", "ClusterSpec", "MemberResult", "cluster", "run_cluster"]
 
 PASSPHRASE_ENV = "SECCHAT_CLUSTER_PASSPHRASE"
+#: Most member processes one launcher starts (the scale target is 201 on one machine).
+MAX_MEMBERS = 256
 #: Longest stdout line read from a member.
 MAX_LINE = 1 << 20
 
@@ -85,8 +87,8 @@ class ClusterSpec:
         return self.n - self.late if self.join is None else self.join
 
     def check(self) -> None:
-        if not 2 <= self.n <= 200:
-            raise ValueError("n must be in 2..200")
+        if not 2 <= self.n <= MAX_MEMBERS:
+            raise ValueError(f"n must be in 2..{MAX_MEMBERS}")
         if min(self.kill, self.late, self.messages) < 0 or self.joiners < 0:
             raise ValueError("counts cannot be negative")
         if self.joiners + self.late > self.n:
@@ -571,7 +573,7 @@ def render(result: ClusterResult) -> None:
 
 
 def cluster(
-    n: int = typer.Option(7, "--n", min=2, max=200, help="Number of members."),
+    n: int = typer.Option(7, "--n", min=2, max=MAX_MEMBERS, help="Number of members."),
     join: int | None = typer.Option(None, "--join", help="Members that join at first (default: all but the late ones)."),
     kill: int = typer.Option(0, "--kill", help="Joined members SIGKILLed during the GKE."),
     late: int = typer.Option(0, "--late", help="Members started after the key exists."),
