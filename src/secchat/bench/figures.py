@@ -47,8 +47,8 @@ def plan(quick: bool) -> Plan:
     if quick:
         return Plan([3, 5, 7], lambda n: 1, [3, 7, 21, 51, 101], lambda n: 1, 101, 51,
                     [0, 1024, 16384, 125_000], 3, lambda size: 40 if size <= 16384 else 10)
-    return Plan([*range(3, 22, 2), 31, 51, 101], lambda n: 3 if n <= 21 else 1,
-                [3, 5, 7, 11, 21, 51, 101, 201, 501, 1001], lambda n: 3 if n <= 101 else 1, 201, 201,
+    return Plan([*range(3, 22, 2), 31, 51, 101], lambda n: 2 if n <= 21 else 1,
+                [3, 5, 7, 11, 21, 51, 101, 201, 501, 1001], lambda n: 3 if n <= 51 else 1, 201, 201,
                 [0, 1024, 4096, 16384, 32768, 65536, 125_000], 7, lambda size: 200 if size <= 16384 else 40)
 
 

@@ -51,7 +51,7 @@ def _megolm(payload: bytes) -> tuple[Send, Receive]:
 
 
 def _mls_clients(n: int):
-    from mls_rs_uniffi import (  # type: ignore[import-untyped]
+    from mls_rs_uniffi import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
         CipherSuite,
         Client,
         client_config_default,
@@ -86,7 +86,7 @@ def mls_setup_cpu(n: int) -> float:
 
 
 def _mls(payload: bytes) -> tuple[Send, Receive]:
-    from mls_rs_uniffi import Message  # type: ignore[import-untyped]
+    from mls_rs_uniffi import Message  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     sender, receiver = _mls_group(_mls_clients(2))
 
