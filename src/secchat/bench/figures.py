@@ -47,7 +47,7 @@ def plan(quick: bool) -> Plan:
     if quick:
         return Plan([3, 5, 7], lambda n: 1, [3, 7, 21, 51, 101], lambda n: 1, 101, 51,
                     [0, 1024, 16384, 125_000], 3, lambda size: 40 if size <= 16384 else 10)
-    return Plan([*range(3, 22, 2), 31, 51, 101], lambda n: 2 if n <= 21 else 1,
+    return Plan([*range(3, 22, 2), 31, 51, 101], lambda n: 2 if n <= 9 else 1,
                 [3, 5, 7, 11, 21, 51, 101, 201, 501, 1001], lambda n: 3 if n <= 51 else 1, 201, 201,
                 [0, 1024, 4096, 16384, 32768, 65536, 125_000], 7, lambda size: 200 if size <= 16384 else 40)
 
@@ -66,12 +66,19 @@ def _write_csv(path: Path, header: list[str], rows: Iterable[list]) -> None:
 # --------------------------------------------------------------------------- Figure 1
 
 
-def figure1(p: Plan, out: Path, advance: Callable[[str], None], tls: bool) -> dict[str, list[dict]]:
+TLS_COLUMNS = ["scenario", "n", "joined", "reps", "median_mean_s", "median_slowest_s", "load1"]
+CPU_COLUMNS = ["system", "n", "reps", "cpu_all_members_ms", "per_member_ms", "messages", "bytes", "wall_s",
+               "max_rss_mb", "load1"]
+
+
+def figure1(p: Plan, out: Path, advance: Callable[[str], None], tls: bool, compute: bool) -> None:
+    """Measure, writing each CSV row as soon as it is known (so a long run keeps what it did;
+    the TLS and compute parts can run as separate commands into one folder)."""
     from . import peers
     from .setup import sim_gke, tls_time_to_key
 
-    results: dict[str, list[dict]] = {"tls": [], "cpu": []}
     if tls:
+        rows: list[dict] = []
         for n in p.tls_sizes:
             for scenario in ("all", "majority"):
                 joined = n if scenario == "all" else n // 2 + 1
@@ -82,10 +89,14 @@ def figure1(p: Plan, out: Path, advance: Callable[[str], None], tls: bool) -> di
                     mean, slowest = tls_time_to_key(n, joined, seed=1000 * n + rep)
                     means.append(mean)
                     worst.append(slowest)
-                results["tls"].append({"scenario": scenario, "n": n, "joined": joined, "reps": len(means),
-                                       "median_mean_s": statistics.median(means),
-                                       "median_slowest_s": statistics.median(worst), "load1": statistics.fmean(loads)})
+                rows.append({"scenario": scenario, "n": n, "joined": joined, "reps": len(means),
+                             "median_mean_s": statistics.median(means),
+                             "median_slowest_s": statistics.median(worst), "load1": statistics.fmean(loads)})
+                _write_csv(out / "fig1_tls.csv", TLS_COLUMNS, [[r[c] for c in TLS_COLUMNS] for r in rows])
+    if not compute:
+        return
     mls = peers.available("mls")
+    cpu_rows: list[dict] = []
     for n in p.cpu_sizes:
         systems = ["secchat"] + (["secchat-all-pairs"] if n <= p.all_pairs_max else []) + (
             ["mls-rs"] if mls and n <= p.mls_max else [])
@@ -109,13 +120,22 @@ def figure1(p: Plan, out: Path, advance: Callable[[str], None], tls: bool) -> di
                         "bytes": statistics.median(s.bytes for s in sims),
                         "wall_s": statistics.median(s.wall for s in sims),
                         "max_rss_mb": max(s.max_rss_kb for s in sims) / 1024}
-            results["cpu"].append(row)
-    if results["tls"]:
-        _write_csv(out / "fig1_tls.csv", list(results["tls"][0]), [list(r.values()) for r in results["tls"]])
-    cols = ["system", "n", "reps", "cpu_all_members_ms", "per_member_ms", "messages", "bytes", "wall_s", "max_rss_mb",
-            "load1"]
-    _write_csv(out / "fig1_cpu.csv", cols, [[r.get(c, "") for c in cols] for r in results["cpu"]])
-    return results
+            cpu_rows.append(row)
+        _write_csv(out / "fig1_cpu.csv", CPU_COLUMNS, [[r.get(c, "") for c in CPU_COLUMNS] for r in cpu_rows])
+
+
+def read_figure1(out: Path) -> dict[str, list[dict]]:
+    """What the CSVs in ``out`` hold (numbers as floats, empty cells dropped)."""
+
+    def read(name: str) -> list[dict]:
+        path = out / name
+        if not path.exists():
+            return []
+        with path.open() as fh:
+            return [{k: (v if k in ("scenario", "system") else float(v)) for k, v in row.items() if v != ""}
+                    for row in csv.DictReader(fh)]
+
+    return {"tls": read("fig1_tls.csv"), "cpu": read("fig1_cpu.csv")}
 
 
 def plot_figure1(results: dict[str, list[dict]], path: Path) -> None:
@@ -205,11 +225,11 @@ def plot_figure2(rows: list[dict], path: Path) -> None:
 # --------------------------------------------------------------------------- the command
 
 
-def _steps(p: Plan, tls: bool, fig1: bool, fig2: bool, chosen: list[MessageMode], mls: bool) -> int:
+def _steps(p: Plan, tls: bool, compute: bool, fig1: bool, fig2: bool, chosen: list[MessageMode], mls: bool) -> int:
     total = 0
-    if fig1:
-        if tls:
-            total += sum(2 * p.tls_reps(n) for n in p.tls_sizes)
+    if fig1 and tls:
+        total += sum(2 * p.tls_reps(n) for n in p.tls_sizes)
+    if fig1 and compute:
         total += sum(p.cpu_reps(n) * (1 + (n <= p.all_pairs_max) + (mls and n <= p.mls_max)) for n in p.cpu_sizes)
     if fig2:
         total += p.msg_reps * len(p.msg_sizes) * len(chosen)
@@ -227,7 +247,7 @@ def _ratios(console, results1: dict[str, list[dict]] | None, rows2: list[dict] |
             table.add_column(col, justify="right")
         for n in sorted({n for _, n in by}):
             ours, before, mls = by.get(("secchat", n)), by.get(("secchat-all-pairs", n)), by.get(("mls-rs", n))
-            table.add_row(str(n), *(f"{v:.1f}" if v else "-" for v in (ours, before, mls)),
+            table.add_row(str(int(n)), *(f"{v:.1f}" if v else "-" for v in (ours, before, mls)),
                           f"×{ours / before:.2f}" if ours and before else "-", f"×{ours / mls:.2f}" if ours and mls else "-")
         console.print(table)
     if rows2:
@@ -247,6 +267,7 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="Fewer sizes and rounds: a few minutes."),
     figure: str = typer.Option("all", "--figure", help="1, 2 or all."),
     tls: bool = typer.Option(True, "--tls/--no-tls", help="Figure 1's runs over real member processes."),
+    compute: bool = typer.Option(True, "--compute/--no-compute", help="Figure 1's compute curves (simulator, MLS)."),
 ) -> None:
     """Reproduce the thesis's Figures 1 and 2 (§3) here: PNG and CSV under --out."""
     from rich.console import Console
@@ -278,10 +299,11 @@ def bench(
     fig1, fig2 = figure in ("1", "all"), figure in ("2", "all")
     if hasattr(os, "sched_setaffinity") and not (fig1 and tls):  # one core, as the thesis's figures
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    results1 = rows2 = None
+    results1: dict[str, list[dict]] | None = None
+    rows2: list[dict] | None = None
     with Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=not console.is_terminal) as bar:
-        task = bar.add_task("secchat bench", total=_steps(p, tls, fig1, fig2, chosen, peers.available("mls")))
+        task = bar.add_task("secchat bench", total=_steps(p, tls, compute, fig1, fig2, chosen, peers.available("mls")))
         state = {"started": False}
 
         def advance(what: str) -> None:
@@ -291,11 +313,12 @@ def bench(
             bar.update(task, description=what)
 
         if fig1:
-            results1 = figure1(p, out, advance, tls)
+            figure1(p, out, advance, tls, compute)
+            results1 = read_figure1(out)
         if fig2:
             rows2 = figure2(p, out, advance, chosen)
         bar.advance(task)
-    if results1:
+    if results1 and (results1["tls"] or results1["cpu"]):
         plot_figure1(results1, out / "fig1_gke.png")
     if rows2:
         plot_figure2(rows2, out / "fig2_messages.png")
