@@ -44,6 +44,8 @@ __all__ = ["ClusterResult", "ClusterSpec", "MemberResult", "cluster", "run_clust
 PASSPHRASE_ENV = "SECCHAT_CLUSTER_PASSPHRASE"
 #: Most member processes one launcher starts (the scale target is 201 on one machine).
 MAX_MEMBERS = 256
+#: Member processes loading (unlocking their key stores) at once.
+MAX_STARTING = 8
 #: Longest stdout line read from a member.
 MAX_LINE = 1 << 20
 
@@ -197,6 +199,7 @@ class _Cluster:
         self._own_workdir = False
         self.passphrase = spec.passphrase or secrets.token_urlsafe(24)
         self.killed_mid_gke = 0
+        self._starting = asyncio.Semaphore(MAX_STARTING)
 
     # ------------------------------------------------------------------ setup
 
@@ -259,15 +262,23 @@ class _Cluster:
         return env
 
     async def spawn(self, proc: _Proc) -> None:
+        """Start ``proc``; returns once it is ready (or gone) when others are starting too: at
+        most :data:`MAX_STARTING` members load at once, since each unlocks its key store with
+        scrypt (128 MiB for a moment) -- 201 at once would want 25 GiB."""
         sock = self.sockets[proc.index]
-        with open(proc.log, "ab") as log:
-            proc.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "secchat.net.member_process", str(proc.config),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
-                pass_fds=(sock.fileno(),), env=self._env(proc), limit=MAX_LINE,
-            )
-        proc.ready.clear()
-        proc.reader = asyncio.get_running_loop().create_task(self._read(proc))
+        async with self._starting:
+            with open(proc.log, "ab") as log:
+                proc.proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "secchat.net.member_process", str(proc.config),
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+                    pass_fds=(sock.fileno(),), env=self._env(proc), limit=MAX_LINE,
+                )
+            proc.ready.clear()
+            proc.reader = asyncio.get_running_loop().create_task(self._read(proc))
+            waits = {asyncio.ensure_future(proc.ready.wait()), asyncio.ensure_future(proc.proc.wait())}
+            _done, pending = await asyncio.wait(waits, timeout=self.spec.timeout, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
 
     async def _read(self, proc: _Proc) -> None:
         assert proc.proc is not None and proc.proc.stdout is not None
