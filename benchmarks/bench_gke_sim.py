@@ -2,10 +2,13 @@
 
 All n members start together; the figure is the CPU time spent inside the members' stacks (every
 ``receive``/``handle_timer``/API call, decoding and crypto included, the simulator's own
-bookkeeping excluded), summed over all members, until every member holds the key.  Also prints
-protocol messages and simulated time to key.  Medians over seeds.
+bookkeeping excluded), summed over all members, until every member holds the key; with the wall
+time of the whole simulation and the peak memory of this process (the scale check of issue 11:
+``--sizes 1001 --repeat 1``: every member of 1001 holds the key; wall and RSS printed).  Also
+messages and simulated time to key.  Medians over seeds.  ``--all-pairs``: the GKE before issue
+11 (every pair exchanges), for a before/after comparison.
 
-    python benchmarks/bench_gke_sim.py [--sizes 3,7,11,21,51,101] [--repeat 5]
+    python benchmarks/bench_gke_sim.py [--sizes 3,7,11,21,51,101] [--repeat 5] [--all-pairs]
 """
 
 from __future__ import annotations
@@ -14,41 +17,25 @@ import argparse
 import os
 import statistics
 
-from secchat.protocols.events import SessionKey
-from secchat.protocols.stack import gke_tag, smc_tag
-from secchat.sim.simulator import NetworkModel, Simulation
-
-TAG = gke_tag(smc_tag("bench"))
-
-
-def one(n: int, seed: int) -> tuple[float, int, float, int]:
-    sim = Simulation(n, seed, network=NetworkModel(min_delay=0.0005, max_delay=0.002), measure_cpu=True)
-    done: set[int] = set()
-    for node in sim.nodes:
-        node.on_output = lambda now, ev, i=node.index: done.add(i) if isinstance(ev, SessionKey) else None
-    for i in range(n):
-        sim.start(i, lambda m, now: m.gke_init(TAG, now))
-    assert sim.run(60.0, stop=lambda: len(done) == n), "GKE did not finish"
-    keys = {ev.secret for node in sim.nodes for _, ev in node.outputs if isinstance(ev, SessionKey)}
-    assert len(keys) == 1
-    return sum(node.cpu for node in sim.nodes), sim.protocol_messages, sim.now, sim.bytes_sent
+from secchat.bench.setup import sim_gke
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="3,7,11,21,51,101")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--all-pairs", action="store_true", help="the GKE before issue 11")
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    print("n,cpu_all_members_ms,cpu_per_member_ms,protocol_messages,bytes,sim_time_to_key_ms")
+    print("n,cpu_all_members_ms,cpu_per_member_ms,protocol_messages,bytes,sim_time_to_key_ms,wall_s,max_rss_mb,load1")
     for n in [int(x) for x in args.sizes.split(",")]:
-        runs = [one(n, seed) for seed in range(args.repeat)]
-        cpu = statistics.median(r[0] for r in runs) * 1e3
-        msgs = statistics.median(r[1] for r in runs)
-        t = statistics.median(r[2] for r in runs) * 1e3
-        size = statistics.median(r[3] for r in runs)
-        print(f"{n},{cpu:.1f},{cpu / n:.2f},{msgs:.0f},{size:.0f},{t:.1f}", flush=True)
+        runs = [sim_gke(n, seed, all_pairs=args.all_pairs) for seed in range(args.repeat)]
+        cpu = statistics.median(r.cpu for r in runs) * 1e3
+        print(f"{n},{cpu:.1f},{cpu / n:.2f},{statistics.median(r.messages for r in runs):.0f},"
+              f"{statistics.median(r.bytes for r in runs):.0f},{statistics.median(r.sim_time for r in runs) * 1e3:.1f},"
+              f"{statistics.median(r.wall for r in runs):.1f},{max(r.max_rss_kb for r in runs) / 1024:.0f},"
+              f"{os.getloadavg()[0]:.1f}", flush=True)
     return 0
 
 

@@ -19,7 +19,6 @@ suspicions, which cost consensus rounds).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import os
 import statistics
@@ -29,15 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from secchat.net.cluster import ClusterSpec, majority, run_cluster
-
-
-def measure(n: int, joined: int, seed: int) -> tuple[float, float]:
-    result = asyncio.run(run_cluster(ClusterSpec(n=n, join=joined, seed=seed, timeout=120, log_level="WARNING")))
-    if not result.ok:
-        raise RuntimeError(f"run n={n} joined={joined} seed={seed} failed: {result.problems}")
-    times = [m.elapsed for m in result.members if m.role == "joined" and m.elapsed is not None]
-    return statistics.fmean(times), max(times)
+from secchat.bench.setup import tls_time_to_key as measure
+from secchat.net.cluster import majority
 
 
 def main(argv: list[str] | None = None) -> int:

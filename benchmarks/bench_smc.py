@@ -1,8 +1,9 @@
 """Per-message CPU cost of secure multicast, sender and receiver, by message size and mode.
 
-Measures the whole member stack (``Member.multicast`` -> frame bytes, ``Member.receive`` frame
-bytes -> ``Delivered``), one core, medians over repeated batches; plus the primitives alone and the
-thesis's legacy suite (RSA + AES-128-CBC + HMAC-MD5) for comparison.  Prints a table and CSV.
+Every mode of :mod:`secchat.bench.modes` (SecChat signed and group through the whole member
+stack, the thesis's legacy suite, and the peers of ``secchat[peers]`` when installed), one
+core, medians over repeated batches, interleaved round by round.  Prints a table and CSV;
+``secchat bench --figure 2`` draws the same as Figure 2.
 
     python benchmarks/bench_smc.py [--repeat 15] [--csv out.csv]
     python benchmarks/bench_smc.py --versus-megolm [--rounds 21] [--size 1024]
@@ -23,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from secchat.bench.modes import measure, modes
 from secchat.protocols.auth import MODES
 from secchat.protocols.stack import Member, smc_tag
 from secchat.sim.simulator import Simulation
@@ -47,50 +49,7 @@ def _batch(fn, count: int) -> float:
         fn()
     return (time.perf_counter() - t0) / count * 1e6
 
-
-def bench_stack(auth: str, size: int, repeat: int) -> tuple[float, float]:
-    sender, receiver = _members(auth)
-    payload = os.urandom(size)
-    count = 400 if size <= 16 * 1024 else 100
-    send_times, recv_times = [], []
-    for _ in range(repeat):
-        frames = []
-
-        def send(frames=frames):
-            sender.multicast(TAG, payload, 1.0)
-            frames.append(sender.take_outgoing()[-1].data)
-            sender.take_events()
-
-        send_times.append(_batch(send, count))
-        it = iter(frames)
-
-        def recv(it=it):
-            receiver.receive(0, next(it), 1.0)
-
-        recv_times.append(_batch(recv, count))
-        got = receiver.take_events()
-        assert sum(type(e).__name__ == "Delivered" for e in got) == count, "not all delivered"
-        receiver.take_outgoing()
-    return statistics.median(send_times), statistics.median(recv_times)
-
-
-def bench_legacy(size: int, repeat: int) -> tuple[float, float, float, float]:
-    from secchat.crypto_legacy import LegacySuite
-
-    suite = LegacySuite()
-    payload = os.urandom(size)
-    count = 100 if size <= 16 * 1024 else 30
-    sig = suite.sign(payload)
-    ct = suite.encrypt(payload + sig)
-    mac_ct = suite.encrypt(payload)
-    tag = suite.mac(mac_ct)
-    rows = {"ss": [], "sr": [], "gs": [], "gr": []}
-    for _ in range(repeat):
-        rows["ss"].append(_batch(lambda: suite.encrypt(payload + suite.sign(payload)), count))
-        rows["sr"].append(_batch(lambda: suite.verify(suite.decrypt(ct)[:-len(sig)], sig), count))
-        rows["gs"].append(_batch(lambda: suite.mac(suite.encrypt(payload)), count))
-        rows["gr"].append(_batch(lambda: (suite.check_mac(mac_ct, tag), suite.decrypt(mac_ct)), count))
-    return tuple(statistics.median(rows[k]) for k in ("ss", "sr", "gs", "gr"))
+SIZES = [0, 1024, 16 * 1024, 125_000]
 
 
 # --------------------------------------------------------------------------- modes against Megolm
@@ -243,20 +202,28 @@ def main() -> int:
             with open(args.csv, "w") as fh:
                 fh.write("\n".join(lines) + "\n")
         return 0
-    lines = ["suite,mode,size_bytes,send_us,receive_us,throughput_send_mbit_s"]
-    print(f"{'suite':8} {'mode':8} {'size':>8} {'send µs':>9} {'recv µs':>9} {'Mbit/s (send)':>14}")
-    for mode in MODES:
+    chosen = []
+    for mode in modes():
+        why = mode.missing()
+        if why:
+            print(f"skipped {why}", file=sys.stderr)
+        else:
+            chosen.append(mode)
+    samples: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for _ in range(args.repeat):
         for size in SIZES:
-            s, r = bench_stack(mode, size, args.repeat)
+            for mode in chosen:
+                count = 200 if size <= 16 * 1024 else 40
+                samples.setdefault((mode.name, size), []).append(measure(mode, size, 1, count))
+    lines = ["mode,size_bytes,send_us,receive_us,throughput_send_mbit_s"]
+    print(f"{'mode':14} {'size':>8} {'send µs':>9} {'recv µs':>9} {'Mbit/s (send)':>14}")
+    for mode in chosen:
+        for size in SIZES:
+            s = statistics.median(x for x, _ in samples[(mode.name, size)])
+            r = statistics.median(y for _, y in samples[(mode.name, size)])
             tput = size * 8 / s if size and s else 0.0
-            print(f"{'secchat':8} {mode:8} {size:8d} {s:9.1f} {r:9.1f} {tput:14.0f}")
-            lines.append(f"secchat,{mode},{size},{s:.2f},{r:.2f},{tput:.1f}")
-    for size in SIZES:
-        ss, sr, gs, gr = bench_legacy(size, max(5, args.repeat // 3))
-        for mode, s, r in (("signed", ss, sr), ("group", gs, gr)):
-            tput = size * 8 / s if size and s else 0.0
-            print(f"{'thesis':8} {mode:8} {size:8d} {s:9.1f} {r:9.1f} {tput:14.0f}")
-            lines.append(f"thesis-legacy,{mode},{size},{s:.2f},{r:.2f},{tput:.1f}")
+            print(f"{mode.name:14} {size:8d} {s:9.1f} {r:9.1f} {tput:14.0f}")
+            lines.append(f"{mode.name},{size},{s:.2f},{r:.2f},{tput:.1f}")
     csv = "\n".join(lines) + "\n"
     print()
     sys.stdout.write(csv)

@@ -112,6 +112,14 @@ def test_checker_catches_a_mode_that_does_not_bind_the_sender(mode: str, broken:
     assert not run_campaign("smc", 4, 30, seed=5, crash=0, jobs=1, auth=mode).failures
 
 
+class RingOnlyGke(GroupKeyExchange):
+    """Skips the exchanges beyond its ring instead of deferring them: never asks anyone else
+    when expected neighbours are suspected (crashed, or never started)."""
+
+    def _ask_more(self):
+        return []
+
+
 def _ignores_the_record(group, *args, **kwargs):
     """A stack whose tags name the conference id only, not the record that defines it."""
     return Member(GroupId.unbound(group.name) if isinstance(group, GroupId) else group, *args, **kwargs)
@@ -169,6 +177,16 @@ def test_checker_catches_a_gke_that_uses_its_own_contribution_set() -> None:
     result = run_campaign("gke", 7, 200, seed=3, crash=3, jobs=1, factory=factory)
     assert result.failures, "the broken GKE went unnoticed"
     assert any("sum of the decided contributions" in v or "agreement" in v for f in result.failures for v in f.violations)
+
+
+def test_checker_catches_a_gke_that_skips_the_exchanges_beyond_its_ring() -> None:
+    """Only t contributions are needed, but when ring neighbours crash the others must be asked:
+    a member that never asks stays short of t and never gets the key."""
+    factory = functools.partial(Member, gke_cls=RingOnlyGke)
+    broken = run_campaign("gke", 7, 200, seed=3, crash=3, jobs=1, factory=factory)
+    stuck = [f for f in broken.failures if any(v.startswith("termination") for v in f.violations)]
+    assert len(stuck) >= 10, len(stuck)
+    assert not run_campaign("gke", 7, 200, seed=3, crash=3, jobs=1).failures
 
 
 # --------------------------------------------------------------------------- determinism

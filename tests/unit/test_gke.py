@@ -15,6 +15,7 @@ from secchat.protocols.gke import (
     decode_proposal,
     encode_proposal,
     key_formula,
+    neighbours,
 )
 from secchat.protocols.messages import Contribution, PublicKey
 
@@ -34,10 +35,11 @@ def test_thesis_key_formula_equals_the_sum_of_contributions(ys: list[int], pick:
     assert key_formula(diffs, m, ys[m]) == sum(ys) % MODULUS
 
 
-def _gke(me: int, n: int, seed: int) -> GroupKeyExchange:
+def _gke(me: int, n: int, seed: int, detector: FakeDetector | None = None) -> GroupKeyExchange:
     stats: Counter = Counter()
-    cons = Consensus((*TAG, "consensus"), me, n, FakeDetector(), stats)
-    return GroupKeyExchange(TAG, me, n, random.Random(seed), stats, cons)
+    detector = detector or FakeDetector()
+    cons = Consensus((*TAG, "consensus"), me, n, detector, stats)
+    return GroupKeyExchange(TAG, me, n, random.Random(seed), stats, cons, detector=detector)
 
 
 def _exchange(a: GroupKeyExchange, b: GroupKeyExchange) -> Contribution:
@@ -84,3 +86,43 @@ def test_low_order_public_key_is_refused() -> None:
 def test_malformed_decisions_are_refused(value: bytes) -> None:
     with pytest.raises(ValueError):
         decode_proposal(value, 3, 2)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 21, 100, 101, 1001])
+def test_ring_neighbours_are_symmetric_and_enough_for_t(n: int) -> None:
+    t = n // 2 + 1
+    ring = {i: {*neighbours(i, n)[0], *neighbours(i, n)[1]} for i in range(n)}
+    for i, near in ring.items():
+        assert i not in near and len(near) >= t - 1
+        assert all(i in ring[j] for j in near)  # j expects i's contribution when i expects j's
+    if n >= 21:  # about half of all pairs
+        assert sum(map(len, ring.values())) <= 0.55 * n * (n - 1)
+
+
+def _sent_keys(events) -> list[int]:
+    return sorted(ev.to for ev in events if isinstance(ev, Send) and isinstance(ev.message, PublicKey))
+
+
+def test_keys_go_to_the_ring_successors_and_further_only_when_an_expected_peer_is_suspected() -> None:
+    n, detector = 9, FakeDetector()  # t = 5, k = 2: neighbours 1, 2 (after) and 8, 7 (before)
+    a = _gke(0, n, 1, detector)
+    assert _sent_keys(a.init(0.0)) == [1, 2]
+    assert a.suspicion_changed() == []
+    detector.suspected = {7}  # 4 expected, one suspected: 1 + 3 < t, ask the nearest other
+    assert _sent_keys(a.suspicion_changed()) == [3]
+    assert a.suspicion_changed() == []  # asked already: nothing more
+    detector.suspected = {7, 8, 1}  # expected 2, 3 (and asked 3): ask two more
+    assert _sent_keys(a.suspicion_changed()) == [4, 6]
+    detector.suspected = set()  # wrongly suspected members still count when they answer
+    for peer in (1, 2, 3, 7):
+        b = _gke(peer, n, 10 + peer)
+        a.receive(peer, _exchange(a, b), 0.0)
+    assert len(a.known_contributions()) == 5 and a.state.value == "proposed"
+
+
+def test_a_rejoining_member_sends_its_key_to_all_its_neighbours() -> None:
+    stats: Counter = Counter()
+    detector = FakeDetector()
+    cons = Consensus((*TAG, "consensus"), 0, 9, detector, stats)
+    a = GroupKeyExchange(TAG, 0, 9, random.Random(1), stats, cons, detector=detector, contribution=5, session_seed=bytes(32))
+    assert _sent_keys(a.init(0.0)) == [1, 2, 7, 8]

@@ -143,6 +143,7 @@ def sim_demo(
 def _register() -> None:
     from secchat.app.cli_chat import register_commands
     from secchat.app.cli_pki import ca_app, identity_app, init
+    from secchat.bench.figures import bench
     from secchat.directory.cli import directory_app
     from secchat.net.cluster import cluster
     from secchat.sim.cli import sim_app
@@ -153,6 +154,7 @@ def _register() -> None:
     app.add_typer(identity_app, name="identity")
     app.add_typer(directory_app, name="directory")
     app.command(name="cluster")(cluster)
+    app.command(name="bench")(bench)
     app.command("init")(init)
     register_commands(app)
 

@@ -43,6 +43,10 @@ from .provision import make_identities, write_identities
 __all__ = ["ClusterResult", "ClusterSpec", "MemberResult", "cluster", "run_cluster"]
 
 PASSPHRASE_ENV = "SECCHAT_CLUSTER_PASSPHRASE"
+#: Most member processes one launcher starts (the scale target is 201 on one machine).
+MAX_MEMBERS = 256
+#: Member processes loading (unlocking their key stores) at once.
+MAX_STARTING = 8
 #: Longest stdout line read from a member.
 MAX_LINE = 1 << 20
 
@@ -86,8 +90,8 @@ class ClusterSpec:
         return self.n - self.late if self.join is None else self.join
 
     def check(self) -> None:
-        if not 2 <= self.n <= 200:
-            raise ValueError("n must be in 2..200")
+        if not 2 <= self.n <= MAX_MEMBERS:
+            raise ValueError(f"n must be in 2..{MAX_MEMBERS}")
         if min(self.kill, self.late, self.messages) < 0 or self.joiners < 0:
             raise ValueError("counts cannot be negative")
         if self.joiners + self.late > self.n:
@@ -196,6 +200,7 @@ class _Cluster:
         self._own_workdir = False
         self.passphrase = spec.passphrase or secrets.token_urlsafe(24)
         self.killed_mid_gke = 0
+        self._starting = asyncio.Semaphore(MAX_STARTING)
 
     # ------------------------------------------------------------------ setup
 
@@ -258,15 +263,23 @@ class _Cluster:
         return env
 
     async def spawn(self, proc: _Proc) -> None:
+        """Start ``proc``; returns once it is ready (or gone) when others are starting too: at
+        most :data:`MAX_STARTING` members load at once, since each unlocks its key store with
+        scrypt (128 MiB for a moment) -- 201 at once would want 25 GiB."""
         sock = self.sockets[proc.index]
-        with open(proc.log, "ab") as log:
-            proc.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "secchat.net.member_process", str(proc.config),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
-                pass_fds=(sock.fileno(),), env=self._env(proc), limit=MAX_LINE,
-            )
-        proc.ready.clear()
-        proc.reader = asyncio.get_running_loop().create_task(self._read(proc))
+        async with self._starting:
+            with open(proc.log, "ab") as log:
+                proc.proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "secchat.net.member_process", str(proc.config),
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
+                    pass_fds=(sock.fileno(),), env=self._env(proc), limit=MAX_LINE,
+                )
+            proc.ready.clear()
+            proc.reader = asyncio.get_running_loop().create_task(self._read(proc))
+            waits = {asyncio.ensure_future(proc.ready.wait()), asyncio.ensure_future(proc.proc.wait())}
+            _done, pending = await asyncio.wait(waits, timeout=self.spec.timeout, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
 
     async def _read(self, proc: _Proc) -> None:
         assert proc.proc is not None and proc.proc.stdout is not None
@@ -572,7 +585,7 @@ def render(result: ClusterResult) -> None:
 
 
 def cluster(
-    n: int = typer.Option(7, "--n", min=2, max=200, help="Number of members."),
+    n: int = typer.Option(7, "--n", min=2, max=MAX_MEMBERS, help="Number of members."),
     join: int | None = typer.Option(None, "--join", help="Members that join at first (default: all but the late ones)."),
     kill: int = typer.Option(0, "--kill", help="Joined members SIGKILLed during the GKE."),
     late: int = typer.Option(0, "--late", help="Members started after the key exists."),

@@ -27,11 +27,11 @@ import msgspec
 
 from ..codec import Tag, canonical
 from ..crypto import Aead, CryptoError, EphemeralKey, Rng, hkdf
-from .consensus import Consensus, majority
-from .events import Broadcast, Decided, Event, Send, SessionKey
+from .consensus import Consensus, Detector, majority
+from .events import Decided, Event, Send, SessionKey
 from .messages import Contribution, Decision, Message, PublicKey
 
-__all__ = ["GkeState", "GroupKeyExchange", "key_formula"]
+__all__ = ["GkeState", "GroupKeyExchange", "key_formula", "neighbours", "ring_reach"]
 
 MODULUS = 1 << 256
 KEY_ID_SIZE = 8
@@ -55,6 +55,21 @@ class GkeState(Enum):
 
 def key_id(public_key: bytes) -> bytes:
     return hashlib.sha256(public_key).digest()[:KEY_ID_SIZE]
+
+
+def ring_reach(n: int) -> int:
+    """k: a member exchanges contributions with the k members on either side of it on the ring,
+    2k ≥ t − 1 of them (all others when the group is small)."""
+    return min(majority(n) // 2, n - 1)  # ⌈(t − 1)/2⌉
+
+
+def neighbours(me: int, n: int) -> tuple[list[int], list[int]]:
+    """The ring neighbours of ``me``: the k after it (we send them our public key), then the k
+    before it (they send us theirs), without repeats."""
+    k = ring_reach(n)
+    after = [(me + d) % n for d in range(1, k + 1)]
+    before = [j for j in ((me - d) % n for d in range(1, k + 1)) if j not in after and j != me]
+    return after, before
 
 
 def key_formula(diffs: list[int], m: int, y_m: int) -> int:
@@ -98,6 +113,7 @@ class GroupKeyExchange:
         session_seed: bytes | None = None,
         decision: bytes | None = None,
         voter: bool = True,
+        detector: Detector,
     ) -> None:
         self.tag = tag
         self.me = me
@@ -118,10 +134,16 @@ class GroupKeyExchange:
         self._pairs: dict[tuple[int, bytes], Aead] = {}
         self._answered: set[tuple[int, bytes]] = set()
         self._pk_seen: set[tuple[int, bytes]] = set()
+        self._detector = detector
+        self._after, before = neighbours(me, n)
+        #: members whose contribution we expect: the ring neighbours, and every member we asked
+        #: since (never shrinks: an expected member suspected wrongly still answers)
+        self._expected: set[int] = {*self._after, *before}
         self.state = GkeState.RUNNING
         #: False for a member that may have voted in this session's consensus before a restart
         self.voter = voter
         self._restored_decision = decision
+        self._restored = contribution is not None
         self.decided: list[tuple[int, bytes, int]] | None = None
         self.members: tuple[int, ...] = ()
         self.secret: int | None = None
@@ -151,8 +173,11 @@ class GroupKeyExchange:
     # ----------------------------------------------------------------- inputs
 
     def init(self, now: float) -> list[Event]:
-        """Local input: start the session (send our session key to all)."""
-        out: list[Event] = [Broadcast(PublicKey(self.tag, self.public_key))]
+        """Local input: start the session (send our session key to the ring neighbours after us;
+        to all our neighbours when we rejoin, since those before us answered our earlier run)."""
+        rejoin = self._restored_decision is not None or not self.voter or self._restored
+        out = self._ask(sorted(self._expected) if rejoin else self._after)
+        out += self._ask_more()
         if self._restored_decision is not None:  # rejoining with the saved decision: same key now
             self.state = GkeState.PROPOSED
             return out + self.absorb(self.consensus.restore(self._restored_decision), now)
@@ -170,6 +195,10 @@ class GroupKeyExchange:
             return self._on_contribution(sender, msg)
         return self._drop("unexpected_message")
 
+    def suspicion_changed(self) -> list[Event]:
+        """The detector's suspect list changed: expected contributions may fall short."""
+        return self._ask_more()
+
     def absorb(self, events: list[Event], now: float) -> list[Event]:
         """Events from our consensus instance: pass actions on, consume the decision."""
         out: list[Event] = []
@@ -179,6 +208,48 @@ class GroupKeyExchange:
             else:
                 out.append(ev)
         return out
+
+    # ----------------------------------------------------------------- whom to ask
+
+    def _ask(self, peers: list[int]) -> list[Event]:
+        """Send our session key to ``peers``: each answers with its contribution."""
+        msg = PublicKey(self.tag, self.public_key)
+        return [Send(j, msg) for j in peers]
+
+    def _ask_more(self) -> list[Event]:
+        """Ask members beyond those expected when the expected ones no longer suffice.
+
+        Running, we need t contributions; decided without a decided contribution, one of the
+        decided members'.  Peers we expect count until the detector suspects them; the members
+        asked next are the nearest round the ring (running) or the decided ones (decided)."""
+        if self.state is GkeState.RUNNING:
+            have = {j for j, keys in self._contrib.items() if keys}
+            need = self.t - len(have)
+            pool = [(self.me + d * s) % self.n for d in range(1, self.n // 2 + 1) for s in (1, -1)]
+        elif self.state is GkeState.DECIDED and self.decided is not None:
+            have, need = set(), 1
+            pool = [u for u, _, _ in self.decided]
+        else:
+            return []
+        if need <= 0:
+            return []
+        suspects = self._detector.suspects
+        wanted = set(pool)
+        need -= sum(
+            1 for j in self._expected if j in wanted and not self._contrib.get(j) and not suspects(j)
+        )
+        asks: list[int] = []
+        for j in pool:
+            if need <= 0:
+                break
+            if j == self.me or j in self._expected or j in have or suspects(j):
+                continue
+            self._expected.add(j)
+            asks.append(j)
+            need -= 1
+        if asks:
+            self._stats["gke.asked_beyond_ring"] += len(asks)
+        return self._ask(asks)
 
     # ----------------------------------------------------------------- contributions
 
@@ -281,7 +352,8 @@ class GroupKeyExchange:
             return []
         self.members = tuple(u for u, _, _ in self.decided)
         self.state = GkeState.DECIDED
-        return self._try_finish()
+        out = self._try_finish()
+        return out if out else self._ask_more()
 
     def _try_finish(self) -> list[Event]:
         assert self.decided is not None

@@ -541,7 +541,7 @@ class Member:
 
     def _new_gke(self, tag: Tag, restore: dict) -> GroupKeyExchange:
         cons = self._new_consensus(consensus_tag(tag))
-        gke = self._gke_cls(tag, self.me, self.n, self._rng, self.stats, cons, **restore)
+        gke = self._gke_cls(tag, self.me, self.n, self._rng, self.stats, cons, detector=self.detector, **restore)
         cons.parent = gke
         return gke
 
@@ -607,6 +607,8 @@ class Member:
         if changed:
             for cons in self.demux.instances("consensus"):
                 self._dispatch(cons, cons.suspicion_changed(), now)
+            for gke in self.demux.instances("gke"):
+                self._dispatch(gke, gke.suspicion_changed(), now)
 
     def _peer_back(self, peer: int, now: float) -> None:
         """``peer`` is back (a partition healed, it restarted): consensus instances send again
