@@ -211,6 +211,19 @@ def test_run_results_replay_exactly() -> None:
     assert (a.messages, a.time_to_finish, a.violations) == (b.messages, b.time_to_finish, b.violations)
 
 
+@pytest.mark.parametrize(
+    ("protocol", "auth"), [("gke", None), ("smc", "signed"), ("smc", "burst"), ("smc", "pairwise"), ("smc", "group")]
+)
+def test_a_decision_lost_with_its_coordinator_is_decided_again(protocol: str, auth: str | None) -> None:
+    """Seed 9853 (n = 5, 2 crash): coordinator 2 decides round 2 and crashes at once, its
+    Decision dying in its link queues.  Member 0, waiting in round 1 for coordinator 1 (up, but
+    slow to start), jumped to round 2 on 2's Proposal and never sent 1 a reply; 1 then waited for
+    0's reply in round 1, 3 for 1's estimate in round 3, 0 for 3's proposal: nobody decided
+    again, so the 3 correct members never had the key."""
+    result = run_one(protocol, 5, 2, 9853, auth=auth)
+    assert result.violations == []
+
+
 def test_agreement_while_every_detector_is_wrong() -> None:
     """Every member suspects every other for a while: consensus is delayed, never wrong."""
     n = 5

@@ -106,6 +106,45 @@ def test_jump_to_a_later_proposal_adopts_and_acks() -> None:
     assert w.nodes[3].round == 7
 
 
+def test_a_jump_answers_the_coordinators_of_the_rounds_it_leaves() -> None:
+    """Jumping from round 1 to round 7 (n = 5): coordinator 1 of the round left gets a nack, each
+    coordinator of a skipped round but ours an estimate (what we held before) and a nack -- as if
+    we had gone through those rounds suspecting them.  Otherwise a coordinator that is up waits
+    for our reply for ever, and with only t members correct, so does everybody after it."""
+    n = 5
+    detector = FakeDetector()
+    node = Consensus(TAG, 3, n, detector, Counter())
+    node.propose(b"mine")
+    detector.suspected.add(0)
+    node.suspicion_changed()  # nack round 0, enter round 1: estimate sent, waiting for 1's proposal
+    assert node.round == 1 and not node._replied
+    out = node.receive(2, Proposal(TAG, 7, b"theirs"))  # 7 mod 5 == 2
+    sent = [(ev.to, type(ev.message).__name__, ev.message.round) for ev in out if isinstance(ev, Send)]
+    skipped = [(q % n, kind, q) for q in (2, 4, 5, 6) for kind in ("Estimate", "Nack")]  # 3 is ours
+    assert sent == [(1, "Nack", 1), *skipped, (2, "Ack", 7)]
+    estimates = [ev.message for ev in out if isinstance(ev, Send) and isinstance(ev.message, Estimate)]
+    assert all((e.value, e.ts) == (b"mine", 0) for e in estimates)
+    assert node.round == 8 and node.estimate == b"theirs"
+
+
+def test_a_coordinator_that_jumps_from_its_own_round_sends_itself_nothing() -> None:
+    """Coordinator 3 proposed round 3 and waits for replies; a proposal of round 5 moves it on:
+    the skipped round 4 gets its estimate (the value it proposed, ts 4) and a nack, round 3 none."""
+    n = 5
+    node = Consensus(TAG, 3, n, FakeDetector(), Counter())
+    node.propose(b"mine")
+    node.receive(0, Proposal(TAG, 0, b"v"))  # ack round 0 and go on to round 1
+    node.receive(1, Proposal(TAG, 1, b"v"))
+    node.receive(2, Proposal(TAG, 2, b"v"))  # now in round 3, which we coordinate
+    for peer in (0, 1):
+        node.receive(peer, Estimate(TAG, 3, 3, b"v"))
+    assert node.round == 3 and node._proposed
+    out = node.receive(0, Proposal(TAG, 5, b"v"))
+    sent = [(ev.to, ev.message) for ev in out if isinstance(ev, Send)]
+    skipped = [(4, Estimate(TAG, 4, 4, b"v")), (4, Nack(TAG, 4))]
+    assert sent == [*skipped, (0, Ack(TAG, 5)), (1, Estimate(TAG, 6, 6, b"v"))]
+
+
 def test_skipping_hundreds_of_suspected_coordinators_on_peer_input_is_a_loop_not_a_recursion() -> None:
     """n = 1001, members 0..499 abstain (peer input): the Abstain of coordinator 0, arriving
     last, makes member 1000 skip 500 rounds at once.  By recursion that raised RecursionError

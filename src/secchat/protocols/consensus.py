@@ -12,7 +12,9 @@ detector; only termination does.
 Two additions keep it live and bounded on a real network:
 
 * a participant that receives a ``Proposal`` of a later round jumps to it (adopts, acks): safe,
-  since acking a proposal is exactly what phase 3 does, and it pulls lagging members along;
+  since acking a proposal is exactly what phase 3 does, and it pulls lagging members along.  It
+  first nacks the round it leaves and sends each skipped round's coordinator an estimate and a
+  nack (``_leave_for``): a coordinator never waits for a reply that will not come;
 * estimates and replies for rounds this member will coordinate later are kept only within a
   window of rounds; a decided instance answers any later message from j with the decision, once
   per j, so a member that starts late, or lost its buffered messages, still decides.
@@ -278,6 +280,7 @@ class Consensus:
         out: list[Event] = []
         if msg.round > self.round:
             self._stats["consensus.jumped_rounds"] += 1
+            out += self._leave_for(msg.round)
             self.round = msg.round
             self._proposed = False
             for old in [r for r in self._boxes if r < msg.round]:
@@ -286,6 +289,28 @@ class Consensus:
         self._replied = True
         out.append(self._to_coord(msg.round, Ack(self.tag, msg.round)))
         return out + self._advance_if_done()
+
+    def _leave_for(self, target: int) -> list[Event]:
+        """Before jumping from the current round to ``target``: send the coordinators of the rounds
+        we leave what they would have had from us, had we gone through those rounds suspecting
+        them -- a nack for the current round (unless we replied already), an estimate and a nack
+        for each skipped round.
+
+        Without this a jump starves them: a coordinator that is up and unsuspected waits for t
+        replies (t estimates in a skipped round) and, with only t members correct, ours is one
+        of them; it never moves on, and neither does anybody who needs it in a later round (a
+        decision broadcast that died with its crashed coordinator then never comes again).
+        Safe: a nack never locks anything, and the estimates carry what we held before adopting
+        ``target``'s proposal, exactly what entering those rounds would have sent.  At most
+        ``WINDOW_TURNS * n`` skipped rounds are answered (a coordinator keeps no more ahead)."""
+        out: list[Event] = []
+        if not self._replied and self.coordinator(self.round) != self.me:
+            out.append(self._to_coord(self.round, Nack(self.tag, self.round)))
+        for q in range(self.round + 1, min(target, self.round + 1 + self._window)):
+            if self.coordinator(q) != self.me:
+                out.append(self._to_coord(q, Estimate(self.tag, q, self.ts, self.estimate)))
+                out.append(self._to_coord(q, Nack(self.tag, q)))
+        return out
 
     def _to_coord(self, round_: int, msg: Estimate | Ack | Nack) -> Send:
         """Send ``msg`` to the coordinator of ``round_``, and remember it for :meth:`peer_back`."""
