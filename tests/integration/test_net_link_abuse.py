@@ -84,6 +84,7 @@ async def _scene(tmp_path, attack, label: str, links: dict | None = None) -> dic
         baseline = _latencies(m0, t0)
         creds = {i.name: credentials(i, ca) for i in ids}
         t1 = time.time()
+        attack_from = time.monotonic()  # suspicions before (m0 starting after m1) are not the attack's
         extra = await asyncio.gather(_pings(m1, ATTACK), attack(m0, creds))
         await asyncio.sleep(0.5)
         under = _latencies(m0, t1)
@@ -91,8 +92,8 @@ async def _scene(tmp_path, attack, label: str, links: dict | None = None) -> dic
         suspected = [
             (m.name, e["peer"])
             for m in (m0, m1)
-            for _, e in m.of("suspected")
-            if e["peer"] in ("m0", "m1")
+            for when, e in m.of("suspected")
+            if e["peer"] in ("m0", "m1") and when >= attack_from
         ]
         growth = stats["rss_kb"] - before
         figures = {
