@@ -306,6 +306,10 @@ class _Held:
     size: int = 0
 
 
+def _mid_of(e: _Entry) -> int:
+    return e.out.mid
+
+
 def _ts(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
@@ -674,6 +678,7 @@ class ConferenceCore:
     def _resend_due(self, now: float) -> None:
         """Multicast again what a live member has not confirmed after its back-off."""
         acked, up = self.state.acked, self._up
+        confirmed = self._min_acked()  # once: every entry at or below it is confirmed by all
         self._resend_at = None
         for e in self._outbox:
             if e.sent_epoch < 0:
@@ -685,7 +690,7 @@ class ConferenceCore:
                 e.next_resend = now + backoff
             elif e.next_resend <= now:
                 e.next_resend = now + e.backoff  # nobody live misses it: look again later
-            if self._unconfirmed(e) and (self._resend_at is None or e.next_resend < self._resend_at):
+            if e.out.mid > confirmed and (self._resend_at is None or e.next_resend < self._resend_at):
                 self._resend_at = e.next_resend
 
     def _own_message(self, e: _Entry) -> ChatMessage:
@@ -695,20 +700,21 @@ class ConferenceCore:
 
     def _trim_outbox(self) -> None:
         """Drop what every other member confirmed, and the oldest sent beyond the bounds."""
-        acked = min((self.state.acked.get(m, 0) for m in self.others), default=1 << 62)
-        drop = 0
+        acked = self._min_acked()
         cfg = self.config
-        while self._outbox and (
-            self._outbox[0].out.mid <= acked
-            or ((len(self._outbox) > cfg.max_outbox or self._outbox_bytes > cfg.max_outbox_bytes)
-                and self._outbox[0].sent_epoch >= 0)
+        outbox, k, size = self._outbox, 0, self._outbox_bytes
+        while k < len(outbox) and (
+            outbox[k].out.mid <= acked
+            or ((len(outbox) - k > cfg.max_outbox or size > cfg.max_outbox_bytes) and outbox[k].sent_epoch >= 0)
         ):
-            e = self._outbox.pop(0)
-            self._outbox_bytes -= e.size
-            drop = e.out.mid
-            if e.out.mid > acked:
+            size -= outbox[k].size
+            if outbox[k].out.mid > acked:
                 self.stats["core.outbox.given_up"] += 1
-        if drop:
+            k += 1
+        if k:
+            drop = outbox[k - 1].out.mid
+            del outbox[:k]  # one shift of the list, not one per message
+            self._outbox_bytes = size
             self._outbox_drop = max(self._outbox_drop, drop)
             self._dirty = True
 
@@ -727,9 +733,8 @@ class ConferenceCore:
             self.state.acked[name] = mid
             self._dirty = True
             # our messages in (before, mid]: each becomes confirmed by this member once
-            mids = [e.out.mid for e in self._outbox]
-            lo = bisect.bisect_right(mids, before)
-            hi = bisect.bisect_right(mids, mid)
+            lo = bisect.bisect_right(self._outbox, before, key=_mid_of)  # the outbox is in mid order
+            hi = bisect.bisect_right(self._outbox, mid, key=_mid_of)
             live = {m for m in self.others if self._up.get(m, True)}
             for e in self._outbox[lo:hi]:
                 if e.sent_epoch < 0:
