@@ -126,3 +126,18 @@ def test_a_rejoining_member_sends_its_key_to_all_its_neighbours() -> None:
     cons = Consensus((*TAG, "consensus"), 0, 9, detector, stats)
     a = GroupKeyExchange(TAG, 0, 9, random.Random(1), stats, cons, detector=detector, contribution=5, session_seed=bytes(32))
     assert _sent_keys(a.init(0.0)) == [1, 2, 7, 8]
+
+
+def test_a_peer_back_from_a_restart_is_sent_our_key_again_while_we_wait_for_it() -> None:
+    """A restarted member lost the session key we sent its earlier run; it is alive, so the
+    detector never makes us ask anyone else in its place: we send it again (and only while we
+    still wait for that member's contribution)."""
+    n = 5  # t = 3: we ask 1 (after); 4 (before) asks us
+    a = _gke(0, n, 1)
+    assert _sent_keys(a.init(0.0)) == [1]
+    assert _sent_keys(a.peer_back(1)) == [1]
+    assert a.peer_back(2) == []  # not a member we wait for
+    b = _gke(1, n, 11)
+    a.receive(1, _exchange(a, b), 0.0)
+    assert a.peer_back(1) == []  # its contribution came: nothing to ask
+    assert a._stats["gke.asked_again"] == 1

@@ -195,6 +195,16 @@ class GroupKeyExchange:
             return self._on_contribution(sender, msg)
         return self._drop("unexpected_message")
 
+    def peer_back(self, peer: int) -> list[Event]:
+        """``peer`` restarted or came back from a partition: the session key we sent its
+        earlier run is lost with it.  Send it again if we still wait for that member's
+        contribution -- it is alive, so the detector will never make us ask anyone else, and
+        the frame also shows it this session exists (it may be in an older epoch)."""
+        if self.state is GkeState.FINISHED or peer not in self._expected or self._contrib.get(peer):
+            return []
+        self._stats["gke.asked_again"] += 1
+        return self._ask([peer])
+
     def suspicion_changed(self) -> list[Event]:
         """The detector's suspect list changed: expected contributions may fall short."""
         return self._ask_more()

@@ -93,10 +93,12 @@ class SmcLimits:
     max_held: int = 4096  # received frames waiting for the key
     max_held_bytes: int = 32 << 20
     #: out-of-order frames kept per sender behind a gap, and their bytes: when either is
-    #: exceeded the gap is given up (reported as lost) and what is held delivered.  As many
-    #: frames as a link queue holds (4096): the resend of a gap comes behind what was queued
-    reorder_window: int = 4096
-    reorder_bytes: int = 16 << 20
+    #: exceeded the gap is given up (reported as lost) and what is held delivered.  The resend
+    #: of a gap comes behind everything a link has ahead of it -- up to 8 MiB in flight and
+    #: 8 MiB queued (:class:`secchat.net.channel.ChannelConfig`) -- and all of that arrives
+    #: meanwhile: twice that, so the answer comes before the window is full
+    reorder_window: int = 16384
+    reorder_bytes: int = 32 << 20
     #: a gap in a sender's sequence still open after this long is given up too (a frame was lost
     #: in a bounded queue: later messages must not wait forever); far above any link delay
     gap_timeout: float = 30.0
@@ -491,9 +493,14 @@ class SecureMulticast:
                 out.append(Undelivered(self.tag, sender, told, gone))
                 self._undelivered[sender] = gone
             first = gone
-        # one pass over the deque (indexing a deque in its middle costs O(n) each)
+        # newest first: a burst larger than the link queue's room is tail-dropped, and what must
+        # get through is the part next to what the reader holds -- the frames we sent while it
+        # was coming back.  If its reorder window fills before the rest comes, it gives up the
+        # oldest part of the gap, never the newest.  (One pass over the deque: indexing a deque
+        # in its middle costs O(n) each.)
         if first < end:
-            out += [Send(sender, frame) for frame in itertools.islice(self._store, first - oldest, end - oldest)]
+            frames = list(itertools.islice(self._store, first - oldest, end - oldest))
+            out += [Send(sender, frame) for frame in reversed(frames)]
         self._stats["smc.resent"] += max(0, end - first)
         return out
 

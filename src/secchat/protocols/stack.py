@@ -611,10 +611,12 @@ class Member:
                 self._dispatch(gke, gke.suspicion_changed(), now)
 
     def _peer_back(self, peer: int, now: float) -> None:
-        """``peer`` is back (a partition healed, it restarted): consensus instances send again
-        what its earlier run may have taken with it, SMC instances tell it their position and
-        confirm their key, so it asks for what it missed and forks show."""
+        """``peer`` is back (a partition healed, it restarted): consensus and GKE instances send
+        again what its earlier run may have taken with it, SMC instances tell it their position
+        and confirm their key, so it asks for what it missed and forks show."""
         for cons in self.demux.instances("consensus"):
             self._dispatch(cons, cons.peer_back(peer), now)
+        for gke in self.demux.instances("gke"):
+            self._dispatch(gke, gke.peer_back(peer), now)
         for smc in self.demux.instances("smc"):
             self._dispatch(smc, smc.peer_restored(peer), now)
