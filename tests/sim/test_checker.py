@@ -129,11 +129,11 @@ def test_checker_catches_a_stack_that_does_not_bind_the_record() -> None:
     """Without the record digest in the tags, a malicious directory's mixed view joins members
     of different records into one key (the accomplice at a member's index) and delivers their
     messages across records."""
-    result = run_campaign("records", 5, 30, seed=11, crash=0, jobs=1, factory=_ignores_the_record)
+    result = run_campaign("records", 5, 30, seed=11, crash=0, jobs=2, factory=_ignores_the_record)
     found = {v.split(":")[0] for f in result.failures for v in f.violations}
     assert len(result.failures) >= 20, len(result.failures)
     assert {"accomplice", "cross-record"} <= found, found
-    assert not run_campaign("records", 5, 30, seed=11, crash=0, jobs=1).failures
+    assert not run_campaign("records", 5, 30, seed=11, crash=0, jobs=2).failures
 
 
 def test_checker_catches_a_driver_that_forgets_the_write_ahead_state() -> None:
@@ -185,10 +185,10 @@ def test_checker_catches_a_gke_that_skips_the_exchanges_beyond_its_ring() -> Non
     """Only t contributions are needed, but when ring neighbours crash the others must be asked:
     a member that never asks stays short of t and never gets the key."""
     factory = functools.partial(Member, gke_cls=RingOnlyGke)
-    broken = run_campaign("gke", 7, 200, seed=3, crash=3, jobs=1, factory=factory)
+    broken = run_campaign("gke", 7, 200, seed=3, crash=3, jobs=2, factory=factory)
     stuck = [f for f in broken.failures if any(v.startswith("termination") for v in f.violations)]
     assert len(stuck) >= 10, len(stuck)
-    assert not run_campaign("gke", 7, 200, seed=3, crash=3, jobs=1).failures
+    assert not run_campaign("gke", 7, 200, seed=3, crash=3, jobs=2).failures
 
 
 # --------------------------------------------------------------------------- determinism
