@@ -175,10 +175,17 @@ def create_app(
     cas = list(trusted_cas)
     # A few database threads, not anyio's default 40: more threads than connections only
     # contend for the GIL and the pool (measured: c=50 throughput fell by two thirds).
-    limiter = anyio.CapacityLimiter(db_threads)
+    # Made on first use, inside the event loop: older anyio (4.1, our floor) cannot make one
+    # outside it (AsyncLibraryNotFoundError).
+    limiters: list[anyio.CapacityLimiter] = []
+
+    def db_limiter() -> anyio.CapacityLimiter:
+        if not limiters:
+            limiters.append(anyio.CapacityLimiter(db_threads))
+        return limiters[0]
 
     async def run_in_threadpool(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=limiter)
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=db_limiter())
 
     # ------------------------------------------------------------ helpers
 
@@ -258,7 +265,7 @@ def create_app(
         probe["busy"], probe["started"] = True, False
         try:
             with anyio.fail_after(ready_timeout):
-                await anyio.to_thread.run_sync(ping, limiter=limiter, abandon_on_cancel=True)
+                await anyio.to_thread.run_sync(ping, limiter=db_limiter(), abandon_on_cancel=True)
         except TimeoutError:
             if not probe["started"]:  # timed out waiting for a database thread: none will run it
                 probe["busy"] = False
