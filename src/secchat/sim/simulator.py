@@ -18,6 +18,7 @@ import hashlib
 import heapq
 import operator
 import random
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,33 @@ from ..protocols.stack import GroupId, Member, StackConfig
 __all__ = ["NetworkModel", "SimNode", "Simulation"]
 
 _SMC_DATA = b"\x1e"  # the wire type of SmcData (tag 30)
+_NOT_PROTOCOL = (b"\x01", b"\x02")  # Alive, RecordHello: neither counts as a protocol message
+
+# queue entry kinds: (when, seq, kind, payload); ``seq`` is unique, so kinds are never compared
+_CALL, _TIMER, _DELIVER, _FANOUT = 0, 1, 2, 3
+#: one trace record per delivery: sender, receiver, time, SHA-256 of the frame
+_TRACE = struct.Struct("<qqd32s")
+
+
+class _Fanout:
+    """The deliveries of one frame sent to several members, in (time, sequence number) order.
+
+    Why: the queue holds one entry per fanout (its next delivery), not one per delivery.  A
+    group's record hellos alone are n(n-1) deliveries, all queued at once: a heap of a million
+    entries costs a cache miss per level on every push and pop, and hundreds of megabytes.  The
+    order of events is unchanged (each delivery keeps the time and sequence number it was given
+    when it was sent), and the frame's digest for the trace is computed once.
+    """
+
+    __slots__ = ("data", "digest", "items", "next", "sender")
+
+    def __init__(self, sender: int, data: bytes, items: list[tuple[float, int, int]]) -> None:
+        self.sender = sender
+        self.data = data
+        self.digest = hashlib.sha256(data).digest()
+        items.sort()
+        self.items = items  # (when, seq, to)
+        self.next = 0
 
 
 @dataclass(frozen=True)
@@ -63,6 +91,8 @@ class SimNode:
     started_at: float | None = None
     crashed_at: float | None = None
     waiting: list[tuple[int, bytes]] = field(default_factory=list)
+    #: this member's send and emit callbacks for :func:`pump` (made once per run of a member)
+    pumps: tuple[Callable[..., object], Callable[[Output], None]] | None = None
     outputs: list[tuple[float, Output]] = field(default_factory=list)
     #: seconds spent inside this member's calls (perf_counter: the simulator is one thread doing
     #: no I/O, so that is CPU time; process_time would cost a system call per event)
@@ -101,7 +131,7 @@ class Simulation:
         self.verifiers = [s.verifier() for s in self.signers]
         self.nodes = [SimNode(i) for i in range(n)]
         self.now = 0.0
-        self._queue: list[tuple[float, int, str, Any]] = []
+        self._queue: list[tuple[float, int, int, Any]] = []
         self._seq = 0
         self._timer_at: dict[int, float] = {}
         self._trace = hashlib.sha256()
@@ -129,9 +159,9 @@ class Simulation:
 
     def at(self, when: float, fn: Callable[[], object]) -> None:
         """Run ``fn`` at simulated time ``when``."""
-        self._push(when, "call", fn)
+        self._push(when, _CALL, fn)
 
-    def _push(self, when: float, kind: str, payload: Any) -> None:
+    def _push(self, when: float, kind: int, payload: Any) -> None:
         self._seq += 1
         heapq.heappush(self._queue, (when, self._seq, kind, payload))
 
@@ -165,13 +195,14 @@ class Simulation:
                 **kwargs,
             )
             node.started_at = self.now
+            node.pumps = None
             node.member.start(self.now)
             self._flush(node)
         if action is not None:
             self._run(node, lambda m: action(m, self.now))
         waiting, node.waiting = node.waiting, []
         for sender, data in waiting:
-            self._push(self.now, "deliver", (sender, i, data, True))
+            self._push(self.now, _DELIVER, (sender, i, data, True))
         return node.member
 
     def place(self, i: int, group: GroupId, roster: tuple[int, ...]) -> None:
@@ -219,7 +250,7 @@ class Simulation:
 
     def inject(self, sender: int, to: int, data: bytes, when: float | None = None) -> None:
         """The adversary puts ``data`` on the link sender -> to."""
-        self._push(self.now if when is None else when, "deliver", (sender, to, data, False))
+        self._push(self.now if when is None else when, _DELIVER, (sender, to, data, False))
 
     def _flush(self, node: SimNode) -> None:
         member = node.member
@@ -229,32 +260,61 @@ class Simulation:
             me, n = node.index, self.n
         else:  # a member of its own group: its indices name the nodes of its roster
             me, n = node.position[node.index], len(roster)
-        deadline = pump(
-            member, me, n,
-            lambda to, data: self._send(node.index, to if roster is None else [roster[t] for t in to], data),
-            lambda ev: self._output(node, ev),
-        )
+        pumps = node.pumps
+        if pumps is None:
+            index = node.index
+            if roster is None:
+                def send(to: Sequence[int], data: bytes) -> None:
+                    self._send(index, to, data)
+            else:
+                def send(to: Sequence[int], data: bytes) -> None:
+                    self._send(index, [roster[t] for t in to], data)
+            pumps = node.pumps = (send, lambda ev: self._output(node, ev))
+        deadline = pump(member, me, n, pumps[0], pumps[1])
         if deadline is not None and self._timer_at.get(node.index) != deadline:
             self._timer_at[node.index] = deadline
-            self._push(deadline, "timer", (node.index, deadline))
+            self._push(deadline, _TIMER, (node.index, deadline))
 
     def _send(self, sender: int, targets: Sequence[int], data: bytes) -> None:
+        now = self.now
         if self.keep_wire_log:
-            self.wire_log.append((self.now, sender, data))
+            self.wire_log.append((now, sender, data))
+        kind = data[1:2]
+        lossy = [i for i, start, end in self.lossy_links if start <= now < end] if kind == _SMC_DATA else ()
+        net = self.network
+        rng = self.rng
+        random_ = rng.random
+        stable = now >= net.stabilisation
+        lo, span = net.min_delay, net.max_delay - net.min_delay
+        partitions = self.partitions
+        items: list[tuple[float, int, int]] = []
+        seq = self._seq
         for to in targets:
-            if data[1:2] == _SMC_DATA and any(i == to and start <= self.now < end for i, start, end in self.lossy_links):
+            if lossy and to in lossy:
                 self.frames_lost += 1
                 continue
-            self.messages_sent += 1
-            # neither a heartbeat nor the record hello that takes the first one's place
-            if data[1:2] not in (b"\x01", b"\x02"):
-                self.protocol_messages += 1
-            self.bytes_sent += len(data)
-            when = self.now + self.delay(sender)
-            for side, start, end in self.partitions:
-                if start <= self.now < end and (sender in side) != (to in side):
+            # self.delay(sender), inlined (random.uniform(a, b) is a + (b - a) * random())
+            when = now + (lo + span * random_()) if stable else now + self.delay(sender)
+            for side, start, end in partitions:
+                if start <= now < end and (sender in side) != (to in side):
                     when = max(when, end + self.delay(sender))
-            self._push(when, "deliver", (sender, to, data, True))
+            seq += 1
+            items.append((when, seq, to))
+        self._seq = seq
+        count = len(items)
+        if not count:
+            return
+        self.messages_sent += count
+        if kind not in _NOT_PROTOCOL:  # neither a heartbeat nor the record hello in its place
+            self.protocol_messages += count
+        self.bytes_sent += len(data) * count
+        if count == 1:
+            when, seq, to = items[0]
+            heapq.heappush(self._queue, (when, seq, _DELIVER, (sender, to, data, True)))
+        else:
+            fanout = _Fanout(sender, data, items)
+            when, seq, _ = fanout.items[0]
+            heapq.heappush(self._queue, (when, seq, _FANOUT, fanout))
 
     def _output(self, node: SimNode, ev: Output) -> None:
         node.outputs.append((self.now, ev))
@@ -272,45 +332,69 @@ class Simulation:
         self._flush(node)
         return result
 
+    def _deliver(self, sender: int, to: int, data: bytes, genuine: bool, when: float, digest: bytes | None) -> None:
+        node = self.nodes[to]
+        if node.crashed_at is not None:
+            if self.restarts:  # the senders' links hold it for the member's next run
+                node.waiting.append((sender, data))
+            return
+        if genuine and self.nodes[sender].crashed_at is not None and self.rng.random() < self.crash_loss:
+            return  # died in the crashed sender's queues: a broadcast cut halfway
+        member = node.member
+        if member is None:
+            node.waiting.append((sender, data))
+            return
+        if node.roster is not None:  # the receiver's links know its group's members only
+            index = node.position.get(sender)
+            if index is None:
+                return
+            sender = index
+        self._trace.update(_TRACE.pack(sender, to, when, digest or hashlib.sha256(data).digest()))
+        if self.measure_cpu:
+            t0 = time.perf_counter()
+            member.receive(sender, data, when)
+            node.cpu += time.perf_counter() - t0
+        else:
+            member.receive(sender, data, when)
+        self._flush(node)
+
     # ----------------------------------------------------------------- main loop
 
     def run(self, until: float, stop: Callable[[], bool] | None = None) -> bool:
         """Process events up to simulated time ``until``; True if ``stop()`` became true."""
-        while self._queue:
-            when, _, kind, payload = self._queue[0]
+        queue = self._queue
+        heappop, heapreplace = heapq.heappop, heapq.heapreplace
+        deliver = self._deliver
+        while queue:
+            when, _, kind, payload = queue[0]
             if when > until:
                 break
-            heapq.heappop(self._queue)
             self.now = when
-            if kind == "deliver":
-                sender, to, data, genuine = payload
-                node = self.nodes[to]
-                if node.crashed_at is not None:
-                    if self.restarts:  # the senders' links hold it for the member's next run
-                        node.waiting.append((sender, data))
-                    continue
-                if genuine and self.nodes[sender].crashed_at is not None and self.rng.random() < self.crash_loss:
-                    continue  # died in the crashed sender's queues: a broadcast cut halfway
-                if node.member is None:
-                    node.waiting.append((sender, data))
-                    continue
-                if node.roster is not None:  # the receiver's links know its group's members only
-                    index = node.position.get(sender)
-                    if index is None:
-                        continue
-                    sender = index
-                self._trace.update(b"%d %d %r " % (sender, to, when))
-                self._trace.update(data)
-                self._run(node, operator.methodcaller("receive", sender, data, when))
-            elif kind == "timer":
-                i, deadline = payload
-                node = self.nodes[i]
-                if not node.up or self._timer_at.get(i) != deadline:
-                    continue
-                del self._timer_at[i]
-                self._run(node, operator.methodcaller("handle_timer", when))
+            if kind == _FANOUT:
+                k = payload.next
+                to = payload.items[k][2]
+                k += 1
+                if k < len(payload.items):  # the fanout's next delivery takes this one's place
+                    payload.next = k
+                    nxt = payload.items[k]
+                    heapreplace(queue, (nxt[0], nxt[1], _FANOUT, payload))
+                else:
+                    heappop(queue)
+                deliver(payload.sender, to, payload.data, True, when, payload.digest)
             else:
-                payload()
+                heappop(queue)
+                if kind == _DELIVER:
+                    sender, to, data, genuine = payload
+                    deliver(sender, to, data, genuine, when, None)
+                elif kind == _TIMER:
+                    i, deadline = payload
+                    node = self.nodes[i]
+                    if not node.up or self._timer_at.get(i) != deadline:
+                        continue
+                    del self._timer_at[i]
+                    self._run(node, operator.methodcaller("handle_timer", when))
+                else:
+                    payload()
             if stop is not None and stop():
                 return True
         self.now = until
