@@ -14,6 +14,7 @@ sender's link queue) and arrive when they start.  A crashed member receives and 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import operator
@@ -395,7 +396,21 @@ class Simulation:
     # ----------------------------------------------------------------- main loop
 
     def run(self, until: float, stop: Callable[[], bool] | None = None) -> bool:
-        """Process events up to simulated time ``until``; True if ``stop()`` became true."""
+        """Process events up to simulated time ``until``; True if ``stop()`` became true.
+
+        The cyclic garbage collector is paused meanwhile (and resumed, if it ran, on return):
+        a run allocates tuples and frames by the million and keeps the members' state, and
+        each full collection walks all of it (~5 s of a 60 s run of 1001 members).  Nothing
+        here depends on cycles being freed; what cycles a run leaves are freed after it."""
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run_events(until, stop)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _run_events(self, until: float, stop: Callable[[], bool] | None) -> bool:
         heappop, heapreplace = heapq.heappop, heapq.heapreplace
         deliver = self._deliver
         next_event = self._next_event
