@@ -108,6 +108,9 @@ def consensus_tag(parent: Tag) -> Tag:
     return (*parent, "consensus")
 
 
+#: the stats key counting frames sent of each message type
+_SENT_KEY: dict[type, str] = {}
+
 #: Largest group: its GKE proposal (t entries of 44 bytes) must fit a consensus value (64 KiB).
 MAX_GROUP = 1024
 #: An epoch beyond the lookahead is reported at most this often per sender (seconds).
@@ -208,7 +211,8 @@ class Member:
     # ----------------------------------------------------------------- driver interface
 
     def take_outgoing(self) -> list[Outgoing]:
-        self._flush()
+        if self._bursting:
+            self._flush()
         out, self._outgoing = self._outgoing, []
         return out
 
@@ -247,7 +251,8 @@ class Member:
         self._deliver(smc, msg.sender, msg, now)
 
     def take_events(self) -> list[Output]:
-        self._flush()
+        if self._bursting:
+            self._flush()
         out, self._events = self._events, []
         return out
 
@@ -587,14 +592,15 @@ class Member:
         self._outgoing.append(Outgoing(to, data))
         if to is None and self.store_out is not None and isinstance(msg, SmcData):
             self.store_out.append(data)
-        kind = type(msg).__name__
+        kind = _SENT_KEY.get(type(msg)) or _SENT_KEY.setdefault(type(msg), f"member.sent.{type(msg).__name__}")
+        stats = self.stats
         if to is None:
-            self.stats["member.sent"] += self.n - 1
-            self.stats[f"member.sent.{kind}"] += self.n - 1
+            stats["member.sent"] += self.n - 1
+            stats[kind] += self.n - 1
             self.detector.sent_to(None, self._now)
         else:
-            self.stats["member.sent"] += 1
-            self.stats[f"member.sent.{kind}"] += 1
+            stats["member.sent"] += 1
+            stats[kind] += 1
             self.detector.sent_to(to, self._now)
 
     def _apply_detector(self, events: list[Event], now: float) -> None:

@@ -80,7 +80,7 @@ class NetworkModel:
     slow_fraction: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class SimNode:
     index: int
     member: Member | None = None
