@@ -189,6 +189,7 @@ class Member:
             max_pending_per_instance=self.config.max_pending_per_instance,
         )
         self._timers: dict[tuple[Tag, str], float] = {}
+        self._timers_changed = False  # since next_deadline() was last asked (see has_output)
         self._outgoing: list[Outgoing] = []
         self._events: list[Output] = []
         self._now = now  # time of the call being handled (for heartbeat suppression)
@@ -265,11 +266,20 @@ class Member:
             self._dispatch(smc, smc.flush(), self._now)
 
     def next_deadline(self) -> float | None:
+        self._timers_changed = False
         return min(self._timers.values(), default=None)
+
+    def has_output(self) -> bool:
+        """Whether :func:`~secchat.protocols.driving.pump` would find anything new: frames,
+        events, messages to seal, or a deadline changed since :meth:`next_deadline` was asked.
+        A driver may skip the pump after an input when not (most frames a member receives
+        change nothing it must act on: a record hello, a contribution it waited for)."""
+        return bool(self._outgoing or self._events or self._bursting or self._timers_changed)
 
     def handle_timer(self, now: float) -> None:
         self._now = now
         due = [key for key, deadline in self._timers.items() if deadline <= now]
+        self._timers_changed = True
         for key in due:
             del self._timers[key]
             tag, name = key
@@ -582,8 +592,10 @@ class Member:
             self._send(None, ev.message)
         elif isinstance(ev, SetTimer):
             self._timers[(ev.tag, ev.name)] = ev.deadline
+            self._timers_changed = True
         elif isinstance(ev, CancelTimer):
             self._timers.pop((ev.tag, ev.name), None)
+            self._timers_changed = True
         else:
             self._events.append(ev)
 

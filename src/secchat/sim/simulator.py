@@ -37,8 +37,10 @@ _NOT_PROTOCOL = (b"\x01", b"\x02")  # Alive, RecordHello: neither counts as a pr
 
 # queue entry kinds: (when, seq, kind, payload); ``seq`` is unique, so kinds are never compared
 _CALL, _TIMER, _DELIVER, _FANOUT = 0, 1, 2, 3
-#: one trace record per delivery: sender, receiver, time, SHA-256 of the frame
-_TRACE = struct.Struct("<qqd32s")
+#: one trace record per delivery: sender, receiver, time, and the frame's length and bytes --
+#: or, for a fanout, _DIGESTED and the frame's SHA-256 (computed once for all its deliveries)
+_TRACE = struct.Struct("<qqdQ")
+_DIGESTED = 1 << 63
 
 
 class _Fanout:
@@ -93,7 +95,7 @@ class SimNode:
     crashed_at: float | None = None
     waiting: list[tuple[int, bytes]] = field(default_factory=list)
     #: this member's send and emit callbacks for :func:`pump` (made once per run of a member)
-    pumps: tuple[Callable[..., object], Callable[[Output], None]] | None = None
+    pumps: tuple[int, int, Callable[..., object], Callable[[Output], None]] | None = None
     outputs: list[tuple[float, Output]] = field(default_factory=list)
     #: seconds spent inside this member's calls (perf_counter: the simulator is one thread doing
     #: no I/O, so that is CPU time; process_time would cost a system call per event)
@@ -147,6 +149,7 @@ class Simulation:
         self._seq = 0
         self._timer_at: dict[int, float] = {}
         self._trace = hashlib.sha256()
+        self._trace_buffer = bytearray()  # records not hashed yet (hashed 64 KiB at a time)
         self.messages_sent = 0
         self.protocol_messages = 0
         self.bytes_sent = 0
@@ -248,6 +251,7 @@ class Simulation:
             raise ValueError("a roster lists distinct nodes, the placed node among them")
         node = self.nodes[i]
         node.group, node.roster = group, tuple(roster)
+        node.pumps = None
         node.position = {p: k for k, p in enumerate(roster)}
 
     def restart(self, i: int, action: Callable[[Member, float], Any] | None = None, **kwargs: Any) -> Member | None:
@@ -290,22 +294,21 @@ class Simulation:
     def _flush(self, node: SimNode) -> None:
         member = node.member
         assert member is not None
-        roster = node.roster
-        if roster is None:
-            me, n = node.index, self.n
-        else:  # a member of its own group: its indices name the nodes of its roster
-            me, n = node.position[node.index], len(roster)
         pumps = node.pumps
         if pumps is None:
-            index = node.index
+            index, roster = node.index, node.roster
             if roster is None:
+                me, n = index, self.n
+
                 def send(to: Sequence[int], data: bytes) -> None:
                     self._send(index, to, data)
-            else:
+            else:  # a member of its own group: its indices name the nodes of its roster
+                me, n = node.position[index], len(roster)
+
                 def send(to: Sequence[int], data: bytes) -> None:
                     self._send(index, [roster[t] for t in to], data)
-            pumps = node.pumps = (send, lambda ev: self._output(node, ev))
-        deadline = pump(member, me, n, pumps[0], pumps[1])
+            pumps = node.pumps = (me, n, send, lambda ev: self._output(node, ev))
+        deadline = pump(member, *pumps)
         if deadline is not None and self._timer_at.get(node.index) != deadline:
             self._timer_at[node.index] = deadline
             self._push(deadline, _TIMER, (node.index, deadline))
@@ -330,7 +333,7 @@ class Simulation:
                 continue
             # self.delay(sender), inlined (random.uniform(a, b) is a + (b - a) * random())
             when = now + (lo + span * random_()) if stable else now + self.delay(sender)
-            for side, start, end in partitions:
+            for side, start, end in partitions or ():
                 if start <= now < end and (sender in side) != (to in side):
                     when = max(when, end + self.delay(sender))
             seq += 1
@@ -384,13 +387,24 @@ class Simulation:
             if index is None:
                 return
             sender = index
-        self._trace.update(_TRACE.pack(sender, to, when, digest or hashlib.sha256(data).digest()))
+        buffer = self._trace_buffer
+        if digest is None:
+            buffer += _TRACE.pack(sender, to, when, len(data))
+            buffer += data
+        else:
+            buffer += _TRACE.pack(sender, to, when, _DIGESTED)
+            buffer += digest
+        if len(buffer) >= 65536:
+            self._trace.update(buffer)
+            buffer.clear()
         if self.measure_cpu:
             t0 = time.perf_counter()
             member.receive(sender, data, when)
             node.cpu += time.perf_counter() - t0
         else:
             member.receive(sender, data, when)
+        if type(member) is Member and not member.has_output():
+            return  # nothing to pump: no frame, no event, the same deadline
         self._flush(node)
 
     # ----------------------------------------------------------------- main loop
@@ -456,4 +470,6 @@ class Simulation:
 
     @property
     def trace_digest(self) -> str:
+        self._trace.update(self._trace_buffer)
+        self._trace_buffer.clear()
         return self._trace.hexdigest()
