@@ -208,6 +208,9 @@ class Member:
         self.store_out: list[bytes] | None = None
         # burst-mode instances with messages to seal, in the order they got them (deterministic)
         self._bursting: dict[SecureMulticast, None] = {}
+        #: the start hello of our record, as sent and as decoded (see :meth:`receive`)
+        self._hello_frame = encode_message(self._record_hello(reply=False))
+        self._hello_msg = decode_message(self._hello_frame)
 
     # ----------------------------------------------------------------- driver interface
 
@@ -294,7 +297,11 @@ class Member:
         if not 0 <= sender < self.n or sender == self.me:
             self.stats["member.dropped.bad_sender"] += 1
             return
-        if type(data) is bytes or isinstance(data, bytearray | memoryview):
+        if type(data) is bytes and data == self._hello_frame:
+            # the start hello of a member holding our record: the frame every such member sends,
+            # n(n-1) of them in a group; equal bytes decode to an equal message
+            msg, size = self._hello_msg, len(data)
+        elif type(data) is bytes or isinstance(data, bytearray | memoryview):
             size = len(data)
             try:
                 msg = decode_message(data)

@@ -43,6 +43,9 @@ _TRACE = struct.Struct("<qqdQ")
 _DIGESTED = 1 << 63
 
 
+_when = operator.itemgetter(0)
+
+
 class _Fanout:
     """The deliveries of one frame sent to several members, in (time, sequence number) order.
 
@@ -59,7 +62,9 @@ class _Fanout:
         self.sender = sender
         self.data = data
         self.digest = hashlib.sha256(data).digest()
-        items.sort()
+        # by time; on equal times by sequence number, which grows along the list: a stable sort
+        # by time alone gives the (time, seq) order, and compares floats, not tuples
+        items.sort(key=_when)
         self.items = items  # (when, seq, to)
         self.next = 0
 
@@ -325,8 +330,13 @@ class Simulation:
         stable = now >= net.stabilisation
         lo, span = net.min_delay, net.max_delay - net.min_delay
         partitions = self.partitions
-        items: list[tuple[float, int, int]] = []
         seq = self._seq
+        if stable and not lossy and not partitions:  # the common case, in one comprehension
+            items = [(now + (lo + span * random_()), seq + k, to) for k, to in enumerate(targets, 1)]
+            seq += len(items)
+            targets = ()
+        else:
+            items = []
         for to in targets:
             if lossy and to in lossy:
                 self.frames_lost += 1
