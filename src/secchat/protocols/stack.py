@@ -108,6 +108,9 @@ def consensus_tag(parent: Tag) -> Tag:
     return (*parent, "consensus")
 
 
+#: the stats key counting frames sent of each message type
+_SENT_KEY: dict[type, str] = {}
+
 #: Largest group: its GKE proposal (t entries of 44 bytes) must fit a consensus value (64 KiB).
 MAX_GROUP = 1024
 #: An epoch beyond the lookahead is reported at most this often per sender (seconds).
@@ -186,6 +189,7 @@ class Member:
             max_pending_per_instance=self.config.max_pending_per_instance,
         )
         self._timers: dict[tuple[Tag, str], float] = {}
+        self._timers_changed = False  # since next_deadline() was last asked (see has_output)
         self._outgoing: list[Outgoing] = []
         self._events: list[Output] = []
         self._now = now  # time of the call being handled (for heartbeat suppression)
@@ -204,11 +208,15 @@ class Member:
         self.store_out: list[bytes] | None = None
         # burst-mode instances with messages to seal, in the order they got them (deterministic)
         self._bursting: dict[SecureMulticast, None] = {}
+        #: the start hello of our record, as sent and as decoded (see :meth:`receive`)
+        self._hello_frame = encode_message(self._record_hello(reply=False))
+        self._hello_msg = decode_message(self._hello_frame)
 
     # ----------------------------------------------------------------- driver interface
 
     def take_outgoing(self) -> list[Outgoing]:
-        self._flush()
+        if self._bursting:
+            self._flush()
         out, self._outgoing = self._outgoing, []
         return out
 
@@ -247,7 +255,8 @@ class Member:
         self._deliver(smc, msg.sender, msg, now)
 
     def take_events(self) -> list[Output]:
-        self._flush()
+        if self._bursting:
+            self._flush()
         out, self._events = self._events, []
         return out
 
@@ -260,11 +269,20 @@ class Member:
             self._dispatch(smc, smc.flush(), self._now)
 
     def next_deadline(self) -> float | None:
+        self._timers_changed = False
         return min(self._timers.values(), default=None)
+
+    def has_output(self) -> bool:
+        """Whether :func:`~secchat.protocols.driving.pump` would find anything new: frames,
+        events, messages to seal, or a deadline changed since :meth:`next_deadline` was asked.
+        A driver may skip the pump after an input when not (most frames a member receives
+        change nothing it must act on: a record hello, a contribution it waited for)."""
+        return bool(self._outgoing or self._events or self._bursting or self._timers_changed)
 
     def handle_timer(self, now: float) -> None:
         self._now = now
         due = [key for key, deadline in self._timers.items() if deadline <= now]
+        self._timers_changed = True
         for key in due:
             del self._timers[key]
             tag, name = key
@@ -279,7 +297,11 @@ class Member:
         if not 0 <= sender < self.n or sender == self.me:
             self.stats["member.dropped.bad_sender"] += 1
             return
-        if type(data) is bytes or isinstance(data, bytearray | memoryview):
+        if type(data) is bytes and data == self._hello_frame:
+            # the start hello of a member holding our record: the frame every such member sends,
+            # n(n-1) of them in a group; equal bytes decode to an equal message
+            msg, size = self._hello_msg, len(data)
+        elif type(data) is bytes or isinstance(data, bytearray | memoryview):
             size = len(data)
             try:
                 msg = decode_message(data)
@@ -577,8 +599,10 @@ class Member:
             self._send(None, ev.message)
         elif isinstance(ev, SetTimer):
             self._timers[(ev.tag, ev.name)] = ev.deadline
+            self._timers_changed = True
         elif isinstance(ev, CancelTimer):
             self._timers.pop((ev.tag, ev.name), None)
+            self._timers_changed = True
         else:
             self._events.append(ev)
 
@@ -587,14 +611,15 @@ class Member:
         self._outgoing.append(Outgoing(to, data))
         if to is None and self.store_out is not None and isinstance(msg, SmcData):
             self.store_out.append(data)
-        kind = type(msg).__name__
+        kind = _SENT_KEY.get(type(msg)) or _SENT_KEY.setdefault(type(msg), f"member.sent.{type(msg).__name__}")
+        stats = self.stats
         if to is None:
-            self.stats["member.sent"] += self.n - 1
-            self.stats[f"member.sent.{kind}"] += self.n - 1
+            stats["member.sent"] += self.n - 1
+            stats[kind] += self.n - 1
             self.detector.sent_to(None, self._now)
         else:
-            self.stats["member.sent"] += 1
-            self.stats[f"member.sent.{kind}"] += 1
+            stats["member.sent"] += 1
+            stats[kind] += 1
             self.detector.sent_to(to, self._now)
 
     def _apply_detector(self, events: list[Event], now: float) -> None:
