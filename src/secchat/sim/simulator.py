@@ -174,6 +174,8 @@ class Simulation:
         #: ``frames_lost``
         self.lossy_links: list[tuple[int, float, float]] = []
         self.frames_lost = 0
+        #: crashes so far (while none, no sender can be down: a delivery need not look)
+        self._crashes = 0
 
     # ----------------------------------------------------------------- scheduling
 
@@ -278,6 +280,7 @@ class Simulation:
     def crash(self, i: int) -> None:
         node = self.nodes[i]
         if node.crashed_at is None:
+            self._crashes += 1
             node.crashed_at = self.now
             if not self.restarts:
                 node.waiting.clear()
@@ -386,7 +389,7 @@ class Simulation:
             if self.restarts:  # the senders' links hold it for the member's next run
                 node.waiting.append((sender, data))
             return
-        if genuine and self.nodes[sender].crashed_at is not None and self.rng.random() < self.crash_loss:
+        if genuine and self._crashes and self.nodes[sender].crashed_at is not None and self.rng.random() < self.crash_loss:
             return  # died in the crashed sender's queues: a broadcast cut halfway
         member = node.member
         if member is None:
