@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import heapq
+import math
 import operator
 import random
 import struct
@@ -44,6 +45,7 @@ _DIGESTED = 1 << 63
 
 
 _when = operator.itemgetter(0)
+_FAR = float(1 << 62)  # buckets beyond share one (see Simulation._bucket)
 
 
 class _Fanout:
@@ -146,9 +148,9 @@ class Simulation:
         # miss per level on every push and pop (~5 us), a bucket's heap fits in the cache.  The
         # order is exactly that of one heap: a bucket holds a time interval, and holds all of it.
         self._queue: list[tuple[float, int, int, Any]] = []
-        self._queue_id = -1  # the bucket ``_queue`` holds; earlier events go there too
-        self._buckets: dict[int, list[tuple[float, int, int, Any]]] = {}
-        self._bucket_ids: list[int] = []
+        self._queue_id: float = -1  # the bucket ``_queue`` holds; earlier events go there too
+        self._buckets: dict[float, list[tuple[float, int, int, Any]]] = {}
+        self._bucket_ids: list[float] = []
         spread = self.network.max_delay - self.network.min_delay
         self._per_bucket = 256.0 / (spread if spread > 0 else self.network.max_delay or 1.0)
         self._seq = 0
@@ -187,8 +189,14 @@ class Simulation:
         self._seq += 1
         self._enqueue((when, self._seq, kind, payload))
 
+    def _bucket(self, when: float) -> float:
+        """The bucket of time ``when``: monotone in time (int() of a non-negative float rounds
+        down); every time too far for an int, infinity included, shares the last bucket."""
+        scaled = when * self._per_bucket
+        return int(scaled) if scaled < _FAR else math.inf
+
     def _enqueue(self, entry: tuple[float, int, int, Any]) -> None:
-        bucket = int(entry[0] * self._per_bucket)  # monotone in time (times are >= 0)
+        bucket = self._bucket(entry[0])
         if bucket <= self._queue_id:
             heapq.heappush(self._queue, entry)
         else:
@@ -454,7 +462,7 @@ class Simulation:
                 if k < len(payload.items):  # the fanout's next delivery takes this one's place
                     payload.next = k
                     nxt = payload.items[k]
-                    if int(nxt[0] * self._per_bucket) <= self._queue_id:
+                    if self._bucket(nxt[0]) <= self._queue_id:
                         heapreplace(queue, (nxt[0], nxt[1], _FANOUT, payload))
                     else:
                         heappop(queue)
