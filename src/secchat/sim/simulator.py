@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import heapq
+import math
 import operator
 import random
 import struct
@@ -44,6 +45,7 @@ _DIGESTED = 1 << 63
 
 
 _when = operator.itemgetter(0)
+_FAR = float(1 << 62)  # buckets beyond share one (see Simulation._bucket)
 
 
 class _Fanout:
@@ -146,9 +148,9 @@ class Simulation:
         # miss per level on every push and pop (~5 us), a bucket's heap fits in the cache.  The
         # order is exactly that of one heap: a bucket holds a time interval, and holds all of it.
         self._queue: list[tuple[float, int, int, Any]] = []
-        self._queue_id = -1  # the bucket ``_queue`` holds; earlier events go there too
-        self._buckets: dict[int, list[tuple[float, int, int, Any]]] = {}
-        self._bucket_ids: list[int] = []
+        self._queue_id: float = -1  # the bucket ``_queue`` holds; earlier events go there too
+        self._buckets: dict[float, list[tuple[float, int, int, Any]]] = {}
+        self._bucket_ids: list[float] = []
         spread = self.network.max_delay - self.network.min_delay
         self._per_bucket = 256.0 / (spread if spread > 0 else self.network.max_delay or 1.0)
         self._seq = 0
@@ -174,6 +176,8 @@ class Simulation:
         #: ``frames_lost``
         self.lossy_links: list[tuple[int, float, float]] = []
         self.frames_lost = 0
+        #: crashes so far (while none, no sender can be down: a delivery need not look)
+        self._crashes = 0
 
     # ----------------------------------------------------------------- scheduling
 
@@ -185,8 +189,14 @@ class Simulation:
         self._seq += 1
         self._enqueue((when, self._seq, kind, payload))
 
+    def _bucket(self, when: float) -> float:
+        """The bucket of time ``when``: monotone in time (int() of a non-negative float rounds
+        down); every time too far for an int, infinity included, shares the last bucket."""
+        scaled = when * self._per_bucket
+        return int(scaled) if scaled < _FAR else math.inf
+
     def _enqueue(self, entry: tuple[float, int, int, Any]) -> None:
-        bucket = int(entry[0] * self._per_bucket)  # monotone in time (times are >= 0)
+        bucket = self._bucket(entry[0])
         if bucket <= self._queue_id:
             heapq.heappush(self._queue, entry)
         else:
@@ -278,6 +288,7 @@ class Simulation:
     def crash(self, i: int) -> None:
         node = self.nodes[i]
         if node.crashed_at is None:
+            self._crashes += 1
             node.crashed_at = self.now
             if not self.restarts:
                 node.waiting.clear()
@@ -386,7 +397,7 @@ class Simulation:
             if self.restarts:  # the senders' links hold it for the member's next run
                 node.waiting.append((sender, data))
             return
-        if genuine and self.nodes[sender].crashed_at is not None and self.rng.random() < self.crash_loss:
+        if genuine and self._crashes and self.nodes[sender].crashed_at is not None and self.rng.random() < self.crash_loss:
             return  # died in the crashed sender's queues: a broadcast cut halfway
         member = node.member
         if member is None:
@@ -451,7 +462,7 @@ class Simulation:
                 if k < len(payload.items):  # the fanout's next delivery takes this one's place
                     payload.next = k
                     nxt = payload.items[k]
-                    if int(nxt[0] * self._per_bucket) <= self._queue_id:
+                    if self._bucket(nxt[0]) <= self._queue_id:
                         heapreplace(queue, (nxt[0], nxt[1], _FANOUT, payload))
                     else:
                         heappop(queue)
