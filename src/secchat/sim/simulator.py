@@ -342,7 +342,9 @@ class Simulation:
         lo, span = net.min_delay, net.max_delay - net.min_delay
         partitions = self.partitions
         seq = self._seq
-        if stable and not lossy and not partitions:  # the common case, in one comprehension
+        # the common case, in one comprehension: self.delay(sender) inlined, the same draws
+        # (random.uniform(a, b) is a + (b - a) * random())
+        if stable and not lossy and not partitions:
             items = [(now + (lo + span * random_()), seq + k, to) for k, to in enumerate(targets, 1)]
             seq += len(items)
             targets = ()
@@ -352,8 +354,7 @@ class Simulation:
             if lossy and to in lossy:
                 self.frames_lost += 1
                 continue
-            # self.delay(sender), inlined (random.uniform(a, b) is a + (b - a) * random())
-            when = now + (lo + span * random_()) if stable else now + self.delay(sender)
+            when = now + self.delay(sender)
             for side, start, end in partitions or ():
                 if start <= now < end and (sender in side) != (to in side):
                     when = max(when, end + self.delay(sender))
