@@ -56,7 +56,10 @@ class _Msg(msgspec.Struct, frozen=True, array_like=True, tag_field="kind"):
 
 
 class Alive(_Msg, tag=1, frozen=True):
-    """Heartbeat of the failure detector (any message counts as one)."""
+    """Heartbeat of the failure detector (any message counts as one); ``calm``: the sender
+    heartbeats at its slow pace (nothing of its own waits on the detector)."""
+
+    calm: bool = False
 
 
 # --------------------------------------------------------------------------- the group itself

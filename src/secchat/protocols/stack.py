@@ -34,7 +34,7 @@ from .events import (
     SetTimer,
 )
 from .failure_detector import DetectorConfig, FailureDetector
-from .gke import GroupKeyExchange
+from .gke import GkeState, GroupKeyExchange
 from .messages import Alive, Message, RecordHello, SmcData, decode_message, encode_message
 from .smc import SecureMulticast, SmcLimits
 
@@ -287,7 +287,8 @@ class Member:
             del self._timers[key]
             tag, name = key
             if tag == ():
-                self._apply_detector(self.detector.handle_timer(now), now)
+                detector = self.detector
+                self._apply_detector(detector.set_calm(self._calm(), now) or detector.handle_timer(now), now)
             elif (smc := self.demux.get("smc", tag)) is not None:
                 self._dispatch(smc, smc.handle_timer(name, now), now)
 
@@ -317,6 +318,7 @@ class Member:
             if restored:
                 self._apply_detector(restored, now)
         if isinstance(msg, Alive):
+            detector.paced(sender, msg.calm)
             return
         if isinstance(msg, RecordHello):
             self._on_record_hello(sender, msg, now)
@@ -478,6 +480,8 @@ class Member:
         if not msg.reply and (not same or restarted):
             self._send(sender, self._record_hello(reply=True))
         if same:
+            if not msg.reply:  # it (re)started and takes us for urgent
+                self._apply_detector(self.detector.greeted(sender, now), now)
             if self._peer_records.get(sender) is not None:  # it came back with our record
                 self._apply_detector(self.detector.readmit(sender, now), now)
             self._peer_records[sender] = None
@@ -556,7 +560,16 @@ class Member:
         epoch = epoch_of(tag)
         if epoch is not None:
             self._ran_epoch(epoch)
+        if protocol != "smc" and self.detector.calm:  # it may wait on the detector: hurry
+            self._apply_detector(self.detector.set_calm(False, self._now), self._now)
         return kept
+
+    def _calm(self) -> bool:
+        """Whether nothing of ours waits on the detector: every consensus instance decided,
+        every key exchange holds its key (see :mod:`.failure_detector`)."""
+        return all(c.decision is not None for c in self.demux.instances("consensus")) and all(
+            g.state is GkeState.FINISHED for g in self.demux.instances("gke")
+        )
 
     def _new_consensus(self, tag: Tag) -> Consensus:
         return self._consensus_cls(tag, self.me, self.n, self.detector, self.stats)
