@@ -488,3 +488,47 @@ def test_a_handshake_flood_from_many_sources_leaves_a_slot_for_known_peers(world
     run(main())
     busy = [r.getMessage() for r in caplog.records if "too many handshakes" in r.getMessage()]
     assert len(busy) == 6  # 10 refusals, logged once per source (6 of them)
+
+
+def test_a_peer_that_answers_slowly_gets_one_handshake_at_a_time_and_ours_are_bounded(world):
+    """A listener that accepts TCP and then says nothing: while our TLS handshake to it waits,
+    no second attempt starts (unbounded, members on one busy machine start more handshakes
+    than it can finish); and at most ``max_outbound_handshakes`` of ours run at once, the
+    others wait connected without a word."""
+    config = LinkConfig(retry_initial=0.02, retry_max=0.1, connect_timeout=1.0, max_outbound_handshakes=1)
+
+    async def main():
+        conns: list[tuple[str, asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+        def listener(name):
+            async def accept(reader, writer):
+                conns.append((name, reader, writer))
+            return accept
+
+        servers = {n: await asyncio.start_server(listener(n), "127.0.0.1", 0) for n in ("b", "c")}
+        addresses = {n: s.sockets[0].getsockname()[:2] for n, s in servers.items()}
+        a, _, _ = await node(world, "a", config=config, addresses=addresses)
+        try:
+            a.send("b", "g", b"x")
+            a.send("c", "g", b"y")
+            await asyncio.sleep(0.6)  # well within one handshake timeout; retries every 0.1 s
+            per_peer = {n: sum(1 for name, _, _ in conns if name == n) for n in ("b", "c")}
+            assert per_peer == {"b": 1, "c": 1}  # one attempt each, however slow
+            # one handshake at a time: one listener got a ClientHello, the other nothing yet
+            spoke = []
+            for _, reader, _ in conns:
+                try:
+                    spoke.append(bool(await asyncio.wait_for(reader.read(1), 0.05)))
+                except TimeoutError:
+                    spoke.append(False)
+            assert sorted(spoke) == [False, True]
+            await asyncio.sleep(1.6)  # the first handshake times out, the second gets its turn
+            assert sum(1 for name, _, _ in conns if name == "b") <= 3
+        finally:
+            await a.aclose()
+            for _, _, writer in conns:
+                writer.transport.abort()
+            for s in servers.values():
+                s.close()
+
+    run(main())

@@ -41,8 +41,13 @@ Why this shape:
   reference cycles of ours (errors are kept without their tracebacks).
 * **Retries**: while a peer with pending frames is unreachable an attempt starts every
   ``retry_delay`` (from ``retry_initial`` by ``retry_factor`` up to ``retry_max``), up to
-  ``max_connect_attempts`` at once, so a handshake hanging in a partition does not hold up the
-  one that will succeed after the heal; the delay resets once a connection is up.
+  ``max_connect_attempts`` at once, so a TCP connect hanging in a partition does not hold up the
+  one that will succeed after the heal; the delay resets once a connection is up.  A peer that
+  answered (TCP connected) is reachable: no further attempt starts while its TLS handshake
+  waits or runs, and at most ``max_outbound_handshakes`` of our TLS handshakes run at once.
+  Why: every member dials every other when a conference starts; unbounded, n members on one
+  machine run n(n−1) handshakes at once, each takes longer than its timeout, and each timeout
+  starts more (at n = 51 here, members waited minutes for links that kept failing).
 * **Sessions grow from run to run** (:func:`new_session`: the clock's microseconds and random
   bits), so a late connection of a peer's previous run is recognised and closed.  A restarted
   peer whose clock stepped back by more than the time between its runs is refused until its
@@ -120,8 +125,10 @@ class LinkConfig(ChannelConfig):
 
     Connecting: ``retry_*`` reconnection backoff (seconds; an attempt starts every
     ``retry_delay`` while the peer is unreachable, at most ``max_connect_attempts`` at once, so
-    one hanging handshake does not hold up the next); ``connect_timeout`` covers our TCP connect
-    and TLS handshake, ``hello_timeout`` the peer's first frame.
+    one hanging TCP connect does not hold up the next, and none while a TLS handshake to it
+    waits or runs); ``max_outbound_handshakes`` our TLS handshakes at once (the others wait,
+    connected); ``connect_timeout`` bounds our TCP connect and, once it has its turn, our TLS
+    handshake; ``hello_timeout`` the peer's first frame.
 
     Accepting (fairness against floods): ``handshake_timeout`` the short deadline for an inbound
     connection to authenticate; ``max_pending_handshakes`` inbound handshakes in progress, of
@@ -140,6 +147,7 @@ class LinkConfig(ChannelConfig):
     retry_factor: float = 2.0
     retry_max: float = 1.0
     max_connect_attempts: int = 6
+    max_outbound_handshakes: int = 4
     connect_timeout: float = 5.0
     hello_timeout: float = 5.0
     handshake_timeout: float = 3.0
@@ -165,8 +173,8 @@ class LinkConfig(ChannelConfig):
             )
         if self.connect_timeout <= 0 or self.hello_timeout <= 0 or self.handshake_timeout <= 0:
             raise ValueError("timeouts must be positive")
-        if self.max_connect_attempts < 1:
-            raise ValueError("max_connect_attempts must be positive")
+        if self.max_connect_attempts < 1 or self.max_outbound_handshakes < 1:
+            raise ValueError("max_connect_attempts and max_outbound_handshakes must be positive")
         if self.max_pending_handshakes < 1 or self.reserved_handshakes < 0:
             raise ValueError("need max_pending_handshakes >= 1 and reserved_handshakes >= 0")
         if self.max_handshakes_per_source < 1:
@@ -247,6 +255,7 @@ class _Peer:
     __slots__ = (
         "address",
         "attempts",
+        "handshaking",
         "channel",
         "conns",
         "name",
@@ -276,6 +285,7 @@ class _Peer:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at: float | None = None
         self.attempts: set[asyncio.Task[None]] = set()
+        self.handshaking = 0  # attempts connected and waiting for, or in, their TLS handshake
         self.retry_delay = config.retry_initial
         self.next_attempt = 0.0
         self.relay_attempt: asyncio.Task[None] | None = None
@@ -378,6 +388,7 @@ class LinkManager:
         self._listen_port = 0
         self._handshakes = 0
         self._handshakes_from: dict[str, int] = {}
+        self._outbound_handshakes = asyncio.Semaphore(self.config.max_outbound_handshakes)
         self._refusals = _RefusalLog(self.config.refusal_log_interval)
         self._room = asyncio.Event()  # set whenever a sender took a frame off a queue
         self._closing = False
@@ -742,8 +753,8 @@ class LinkManager:
         cfg = self.config
         if not self._direct(peer):
             return None
-        if len(peer.attempts) >= cfg.max_connect_attempts:
-            return None
+        if len(peer.attempts) >= cfg.max_connect_attempts or peer.handshaking:
+            return None  # (an attempt ending wakes the sender)
         if now < peer.next_attempt:
             return peer.next_attempt
         task = asyncio.get_running_loop().create_task(
@@ -811,16 +822,24 @@ class LinkManager:
         try:
             with map_exceptions(connecting=True):
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(
-                        host,
-                        port,
-                        ssl=self._client_ctx,
-                        server_hostname=None,
-                        ssl_handshake_timeout=cfg.connect_timeout,
-                        limit=cfg.read_chunk,
-                    ),
-                    cfg.connect_timeout * 2,
+                    asyncio.open_connection(host, port, limit=cfg.read_chunk), cfg.connect_timeout
                 )
+            peer.handshaking += 1
+            try:
+                async with self._outbound_handshakes:
+                    with map_exceptions(connecting=True):
+                        # no wait_for: running start_tls in another task breaks it (CPython
+                        # 3.11); the handshake timeout bounds it instead
+                        await writer.start_tls(
+                            self._client_ctx,
+                            server_hostname=None,
+                            ssl_handshake_timeout=cfg.connect_timeout,
+                        )
+            except BaseException:
+                writer.transport.abort()
+                raise
+            finally:
+                peer.handshaking -= 1
         except AuthenticationError as exc:
             self.stats["connections_refused"] += 1
             log.warning("refused connection to %s at %s:%d: %s", peer.name, host, port, exc)

@@ -35,6 +35,24 @@ __all__ = ["PinSet", "TlsCredentials", "client_context", "describe_certificate",
 
 log = logging.getLogger("secchat.net.tls")
 
+#: Plaintext read at once from a TLS connection, by asyncio's TLS transport.  asyncio allocates
+#: a buffer of ``SSLProtocol.max_size`` (256 KiB) for each connection, ~290 KiB resident per
+#: connection as measured here, and a member holds two connections per peer: ~115 MiB per
+#: member in a group of 201, and 201 members on one machine would not fit in 24 GiB.  32 KiB
+#: (two full TLS records per read) leaves ~65 KiB per connection.  The attribute is asyncio's
+#: own (no public knob); if a later Python drops it, setting it does nothing.
+TLS_READ_BUFFER = 32 << 10
+
+
+def _bound_tls_read_buffers() -> None:
+    from asyncio import sslproto
+
+    if getattr(sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
+        sslproto.SSLProtocol.max_size = TLS_READ_BUFFER  # type: ignore[attr-defined]
+
+
+_bound_tls_read_buffers()
+
 
 @dataclass(frozen=True)
 class TlsCredentials:
