@@ -32,6 +32,8 @@ The thesis's own suite (RSA, AES-128-CBC, HMAC-MD5) lives apart in :mod:`secchat
 from __future__ import annotations
 
 import binascii
+import contextlib
+import functools
 import hashlib
 import hmac
 import os
@@ -257,55 +259,68 @@ SMALL_ORDER_ENCODINGS = frozenset(
 )
 
 
+def _canonical_and_not_small(public_bytes: bytes) -> bool:
+    """libsodium's checks of a key's encoding: y < p, and not on its small-order list."""
+    return (
+        len(public_bytes) == PUBLIC_KEY_SIZE
+        and bytes(public_bytes) not in SMALL_ORDER_ENCODINGS
+        and int.from_bytes(public_bytes, "little") & ((1 << 255) - 1) < _P
+    )
+
+
 def sodium_accepts_key(public_bytes: bytes) -> bool:
     """Whether libsodium verifies anything under this Ed25519 key: its encoding canonical (y < p),
     not of small order, and a point of the curve (libsodium's own checks, made per signature
-    there, once here).  Points with a small-order component (mixed order) pass, as in libsodium."""
-    if len(public_bytes) != PUBLIC_KEY_SIZE or bytes(public_bytes) in SMALL_ORDER_ENCODINGS:
+    there).  Points with a small-order component (mixed order) pass, as in libsodium.  (The
+    reference, in Python; :class:`Verifier` lets its engine decode the point, 50x faster.)"""
+    if not _canonical_and_not_small(public_bytes):
         return False
     y = int.from_bytes(public_bytes, "little") & ((1 << 255) - 1)
-    if y >= _P:
-        return False
     yy = y * y % _P
-    # x^2 = (y^2 - 1) / (d y^2 + 1) must have a root; x = 0 only for y = +-1 (listed above)
-    ratio = (yy - 1) * pow(_D * yy + 1, _P - 2, _P) % _P
-    return pow(ratio, (_P - 1) // 2, _P) == 1
+    # x^2 = u / v with u = y^2 - 1, v = d y^2 + 1 (never 0: d is not a square) must have a
+    # root, x = 0 only for y = +-1 (listed above).  u / v = u v / v^2 is a square iff u v is:
+    # one exponentiation (Euler's criterion), no inverse
+    return pow((yy - 1) * (_D * yy + 1) % _P, (_P - 1) // 2, _P) == 1
 
 
-_Check = Callable[[bytes, bytes], bool]  # (data, signature) -> valid, once the prechecks passed
+#: (data, signature) -> valid, once the prechecks passed.  An engine makes one for a key of
+#: canonical encoding not on the small-order list, and raises :class:`CryptoError` if it can
+#: tell that the key is not a point of the curve (libsodium's engine leaves that to libsodium)
+_Check = Callable[[bytes, bytes], bool]
 
 
-def _sodium_engine() -> Callable[[bytes], _Check]:
-    """libsodium's ``crypto_sign_verify_detached`` itself, from the library PyNaCl loaded (its
-    bindings only offer ``crypto_sign_open``, which copies signature and message twice); else
-    ``crypto_sign_open``."""
+@functools.cache
+def _sodium_detached() -> Callable[[bytes, bytes, int, bytes], int] | None:
+    """libsodium's ``crypto_sign_verify_detached`` from the library PyNaCl loaded (its bindings
+    offer only ``crypto_sign_open``, which copies signature and message twice); None if it is
+    not there.  Looked up when first needed: most runs verify with dalek."""
     try:
-        import cffi
+        import ctypes
+
         from nacl import _sodium
 
-        ffi = cffi.FFI()
-        ffi.cdef(
-            "int crypto_sign_verify_detached(const unsigned char *sig, const unsigned char *m,"
-            " unsigned long long mlen, const unsigned char *pk);"
-        )
-        detached = ffi.dlopen(_sodium.__file__).crypto_sign_verify_detached
+        detached = ctypes.CDLL(_sodium.__file__).crypto_sign_verify_detached
     except (ImportError, OSError, AttributeError):
-        detached = None
+        return None
+    detached.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulonglong, ctypes.c_char_p)
+    detached.restype = ctypes.c_int
+    return detached
 
-    def engine(public: bytes) -> _Check:
-        if detached is not None:
-            return lambda data, sig: detached(sig, data, len(data), public) == 0
 
-        def check(data: bytes, sig: bytes) -> bool:
-            try:
-                _nacl.crypto_sign_open(sig + data, public)
-            except (BadSignatureError, NaclValueError):
-                return False
-            return True
+def _sodium_engine(public: bytes) -> _Check:
+    """libsodium: ``crypto_sign_verify_detached`` if found, else ``crypto_sign_open``."""
+    detached = _sodium_detached()
+    if detached is not None:
+        return lambda data, sig: detached(sig, data, len(data), public) == 0
 
-        return check
+    def check(data: bytes, sig: bytes) -> bool:
+        try:
+            _nacl.crypto_sign_open(sig + data, public)
+        except (BadSignatureError, NaclValueError):
+            return False
+        return True
 
-    return engine
+    return check
 
 
 def _dalek_engine() -> Callable[[bytes], _Check] | None:
@@ -321,7 +336,10 @@ def _dalek_engine() -> Callable[[bytes], _Check] | None:
     errors = (vodozemac.SignatureException, vodozemac.KeyException)
 
     def engine(public: bytes) -> _Check:
-        key = key_from(b64(public, newline=False).decode())
+        try:  # decoding the point: it fails iff libsodium's does (the y of no point)
+            key = key_from(b64(public, newline=False).decode())
+        except errors:
+            raise CryptoError("not a point of the curve") from None
 
         def check(data: bytes, sig: bytes) -> bool:
             try:
@@ -349,7 +367,7 @@ def _dalek_engine() -> Callable[[bytes], _Check] | None:
 ENGINES: dict[str, Callable[[bytes], _Check]] = {}
 if (_dalek := _dalek_engine()) is not None:
     ENGINES["dalek"] = _dalek
-ENGINES["sodium"] = _sodium_engine()
+ENGINES["sodium"] = _sodium_engine
 ENGINE = os.environ.get("SECCHAT_ED25519") or next(iter(ENGINES))
 if ENGINE not in ENGINES:
     raise ImportError(f"SECCHAT_ED25519={ENGINE!r}: choose one of {', '.join(ENGINES)}")
@@ -366,10 +384,12 @@ class Verifier:
         if not isinstance(public_bytes, bytes | bytearray | memoryview):
             raise CryptoError("an Ed25519 public key is bytes")
         self.public_bytes = bytes(public_bytes)
-        # a key libsodium refuses verifies nothing (libsodium checks it with every signature)
-        self._check: _Check | None = (
-            ENGINES[engine or ENGINE](self.public_bytes) if sodium_accepts_key(self.public_bytes) else None
-        )
+        # a key libsodium refuses verifies nothing (libsodium checks it with every signature):
+        # the encoding here, the point by the engine
+        self._check: _Check | None = None
+        if _canonical_and_not_small(self.public_bytes):
+            with contextlib.suppress(CryptoError):  # not a point: it stays None
+                self._check = ENGINES[engine or ENGINE](self.public_bytes)
 
     @classmethod
     def from_public_key(cls, key) -> Verifier:
@@ -407,15 +427,15 @@ class Verifier:
 class Aead:
     """AES-256-GCM with 96-bit nonces."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "seal")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != AEAD_KEY_SIZE:
             raise ValueError("an AEAD key is 32 bytes")
         self._aead = AESGCM(key)
-
-    def seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        return self._aead.encrypt(nonce, plaintext, aad)
+        #: ``seal(nonce, plaintext, aad)``: the ciphertext and its tag.  AESGCM's own method,
+        #: with no Python frame around it (called once per message sent)
+        self.seal: Callable[[bytes, bytes, bytes], bytes] = self._aead.encrypt
 
     def open(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         if len(nonce) != NONCE_SIZE:
