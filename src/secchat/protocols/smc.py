@@ -430,16 +430,13 @@ class SecureMulticast:
         nonce = self._rng.randbytes(NONCE_SIZE)
         ct = self._aead.seal(nonce, payload + trailer, self._aad(me, incarnation, seq))
         frame = SmcData(tag, me, incarnation, seq, nonce, ct)
-        self._keep(frame)
+        # into the retransmission store; the oldest frames go beyond its bounds
+        store, limits = self._store, self.limits
+        store.append(frame)
+        self._store_bytes += len(ct)
+        while store and (len(store) > limits.store_frames or self._store_bytes > limits.store_bytes):
+            self._store_bytes -= len(store.popleft().ciphertext)
         return [Broadcast(frame), Delivered(tag, me, incarnation, seq, bytes(payload))]
-
-    def _keep(self, frame: SmcData) -> None:
-        """Into the retransmission store; the oldest frames go beyond its bounds."""
-        limits = self.limits
-        self._store.append(frame)
-        self._store_bytes += len(frame.ciphertext)
-        while self._store and (len(self._store) > limits.store_frames or self._store_bytes > limits.store_bytes):
-            self._store_bytes -= len(self._store.popleft().ciphertext)
 
     # ----------------------------------------------------------------- status, resend, forks
 
