@@ -117,16 +117,17 @@ class _MegolmContender:
 
 class _VerifyContender:
     """One Ed25519 verification alone (receive column): the floor of a signed message's receive
-    cost; libsodium (what SecChat uses) and, if installed, vodozemac's ed25519-dalek."""
+    cost; libsodium (through :class:`secchat.crypto.Verifier`) and, if installed, vodozemac's
+    ed25519-dalek alone (SecChat's Verifier uses it when installed, with libsodium's checks)."""
 
     def __init__(self, backend: str) -> None:
-        from secchat.crypto import Signer
+        from secchat.crypto import Signer, Verifier
 
         signer = Signer.generate()
         self.message = os.urandom(120)
         sig = signer.sign(self.message)
         if backend == "sodium":
-            verifier = signer.verifier()
+            verifier = Verifier(signer.public_bytes, engine="sodium")
             self._verify = lambda: verifier.verify(self.message, sig)
         else:
             import base64

@@ -14,6 +14,7 @@ way string concatenations ``"a|b" + "c"`` and ``"a" + "|bc"`` could.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
@@ -28,6 +29,7 @@ __all__ = [
     "TagPart",
     "WireTag",
     "canonical",
+    "canonical_tuple",
     "check_tag",
     "decode",
     "encode",
@@ -72,6 +74,11 @@ def encode(value: Any) -> bytes:
 def canonical(*fields: Any) -> bytes:
     """The canonical bytes of a tuple of fields: what signatures, MACs and KDF labels cover."""
     return _encoder.encode(fields)
+
+
+#: ``canonical(*fields)`` for a tuple already made, ``canonical_tuple(fields)``: the encoder's
+#: own method, with no Python frame around it (for what runs once per message)
+canonical_tuple: Callable[[tuple], bytes] = _encoder.encode
 
 
 def check_tag(tag: Tag) -> Tag:

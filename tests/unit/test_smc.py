@@ -3,6 +3,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from secchat.protocols.events import Delivered, KeyEstablished, Lost, Undelivered
 from secchat.protocols.messages import SmcData, decode_message, encode_message
@@ -414,3 +416,37 @@ def test_what_is_asked_for_again_is_reported_undelivered_once() -> None:
     gone = [ev.message for ev in out if hasattr(ev, "message") and ev.message.__class__.__name__ == "SmcGone"]
     assert [(g.first, g.end) for g in gone] == [(5, 40), (5, 40)]
     assert [(ev.first, ev.end) for ev in out if isinstance(ev, Undelivered)] == [(5, 40)]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    schedule=st.lists(
+        st.one_of(
+            st.tuples(st.just("frame"), st.integers(0, 29)),
+            st.tuples(st.just("tick"), st.sampled_from([0.05, 0.3, 1.2, 31.0])),
+        ),
+        max_size=60,
+    )
+)
+def test_the_in_order_shortcut_has_the_general_paths_outcome(schedule: list[tuple[str, float]]) -> None:
+    """Frames of one sender in any order, repeated or missing, with time passing (resend
+    requests, answers from the store, gaps given up): a receiver delivering in-order frames
+    by the shortcut emits, sends, counts, arms and keeps exactly what one without it does."""
+    nets = [_keyed(), _keyed()]
+    nets[1].members[1].smc(TAG)._in_order_shortcut = False
+    frames = [_multicast(net, 0, 30, to=1) for net in nets]
+    assert frames[0] == frames[1]  # same seeds: the same frames
+    for op, arg in schedule:
+        for net in nets:
+            if op == "frame":
+                _feed(net, 1, 0, [frames[0][int(arg)]])
+            else:
+                net.tick(arg)
+    fast, general = (net.members[1] for net in nets)
+    assert nets[0].events[1] == nets[1].events[1]
+    assert nets[0].frames == nets[1].frames
+    assert fast.stats == general.stats and fast._timers == general._timers
+    a, b = fast.smc(TAG)._streams.get(0), general.smc(TAG)._streams.get(0)
+    assert (a is None) == (b is None)
+    if a is not None and b is not None:
+        assert [getattr(a, f) for f in a.__slots__] == [getattr(b, f) for f in b.__slots__]

@@ -33,7 +33,7 @@ import hmac
 from collections.abc import Sequence
 from typing import ClassVar
 
-from ..codec import Tag, canonical
+from ..codec import Tag, canonical, canonical_tuple
 from ..crypto import (
     MERKLE_HASH_SIZE,
     SIGNATURE_SIZE,
@@ -98,6 +98,11 @@ class Authenticator:
         """The trailers of our messages ``first_seq`` .. ``first_seq + len(payloads) - 1``."""
         raise NotImplementedError
 
+    def seal_one(self, incarnation: int, seq: int, payload: bytes) -> bytes:
+        """The trailer of our message ``seq`` sealed alone (every message, in a mode that does
+        not batch): what :meth:`seal` gives for it, without the lists."""
+        return self.seal(incarnation, seq, [payload])[0]
+
     def open(self, sender: int, incarnation: int, seq: int, plain: bytes) -> bytes:
         """The payload of ``plain`` (payload ‖ trailer) from ``sender``, or :class:`AuthError`."""
         raise NotImplementedError
@@ -109,6 +114,9 @@ class GroupOnly(Authenticator):
     def seal(self, incarnation: int, first_seq: int, payloads: Sequence[bytes]) -> list[bytes]:
         return [b""] * len(payloads)
 
+    def seal_one(self, incarnation: int, seq: int, payload: bytes) -> bytes:
+        return b""
+
     def open(self, sender: int, incarnation: int, seq: int, plain: bytes) -> bytes:
         return plain
 
@@ -117,12 +125,13 @@ class Signatures(Authenticator):
     """``signed``: one Ed25519 signature per message, on a digest of it."""
 
     def _statement(self, sender: int, incarnation: int, seq: int, payload: bytes) -> bytes:
-        return canonical("smc-sig", self.tag, sender, incarnation, seq, hashlib.sha256(payload).digest())
+        return canonical_tuple(("smc-sig", self.tag, sender, incarnation, seq, hashlib.sha256(payload).digest()))
 
     def seal(self, incarnation: int, first_seq: int, payloads: Sequence[bytes]) -> list[bytes]:
-        return [
-            self._signer.sign(self._statement(self.me, incarnation, first_seq + k, p)) for k, p in enumerate(payloads)
-        ]
+        return [self.seal_one(incarnation, first_seq + k, p) for k, p in enumerate(payloads)]
+
+    def seal_one(self, incarnation: int, seq: int, payload: bytes) -> bytes:
+        return self._signer.sign(self._statement(self.me, incarnation, seq, payload))
 
     def open(self, sender: int, incarnation: int, seq: int, plain: bytes) -> bytes:
         if len(plain) < SIGNATURE_SIZE:

@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
+
+import msgspec
 
 from ..codec import CodecError, Tag, canonical, check_tag
 from ..crypto import Rng, Signer, Verifier, digest
@@ -136,9 +138,10 @@ class StackConfig:
             raise ValueError("epoch_lookahead >= 1 (the next epoch must be seen)")
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A frame for the network: to member ``to``, or to every other member when ``to`` is None."""
+class Outgoing(msgspec.Struct, frozen=True, gc=False):
+    """A frame for the network: to member ``to``, or to every other member when ``to`` is None.
+    (A frozen struct, one per frame sent: made in a tenth of a frozen dataclass's time, and
+    left out of the cycle collector, as it holds an int and bytes.)"""
 
     to: int | None
     data: bytes
@@ -602,22 +605,28 @@ class Member:
         while parent is not None and events:
             events = parent.absorb(events, now)
             parent = getattr(parent, "parent", None)
-        for ev in events:
-            self._apply(ev)
+        self._act(events)
 
     def _apply(self, ev: Event) -> None:
-        if isinstance(ev, Send):
-            self._send(ev.to, ev.message)
-        elif isinstance(ev, Broadcast):
-            self._send(None, ev.message)
-        elif isinstance(ev, SetTimer):
-            self._timers[(ev.tag, ev.name)] = ev.deadline
-            self._timers_changed = True
-        elif isinstance(ev, CancelTimer):
-            self._timers.pop((ev.tag, ev.name), None)
-            self._timers_changed = True
-        else:
-            self._events.append(ev)
+        self._act((ev,))
+
+    def _act(self, events: Sequence[Event]) -> None:
+        """Frames to the network, timers to the table, outputs to the application."""
+        for ev in events:
+            # exact types (events are final structs): isinstance against a struct class that
+            # does not match costs four times a type comparison, and most events are outputs
+            if type(ev) is Broadcast:
+                self._send(None, ev.message)
+            elif type(ev) is Send:
+                self._send(ev.to, ev.message)
+            elif type(ev) is SetTimer:
+                self._timers[(ev.tag, ev.name)] = ev.deadline
+                self._timers_changed = True
+            elif type(ev) is CancelTimer:
+                self._timers.pop((ev.tag, ev.name), None)
+                self._timers_changed = True
+            else:
+                self._events.append(cast(Output, ev))  # every other event is an output
 
     def _send(self, to: int | None, msg: Message) -> None:
         data = encode_message(msg)
