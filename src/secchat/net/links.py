@@ -255,9 +255,9 @@ class _Peer:
     __slots__ = (
         "address",
         "attempts",
-        "handshaking",
         "channel",
         "conns",
+        "handshaking",
         "name",
         "next_attempt",
         "next_probe",
