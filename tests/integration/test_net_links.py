@@ -490,12 +490,13 @@ def test_a_handshake_flood_from_many_sources_leaves_a_slot_for_known_peers(world
     assert len(busy) == 6  # 10 refusals, logged once per source (6 of them)
 
 
-def test_a_peer_that_answers_slowly_gets_one_handshake_at_a_time_and_ours_are_bounded(world):
-    """A listener that accepts TCP and then says nothing: while our TLS handshake to it waits,
-    no second attempt starts (unbounded, members on one busy machine start more handshakes
-    than it can finish); and at most ``max_outbound_handshakes`` of ours run at once, the
-    others wait connected without a word."""
-    config = LinkConfig(retry_initial=0.02, retry_max=0.1, connect_timeout=1.0, max_outbound_handshakes=1)
+def test_handshakes_are_paced_one_at_a_time_and_never_stacked_on_a_slow_peer(world):
+    """Listeners that accept TCP and then say nothing (busy peers, or a partition's middlebox):
+    with one outbound handshake at a time, we connect to one of them and send it a ClientHello;
+    the other is not even connected until the first turn ends (its deadline would otherwise run
+    while it waits); and no attempt is stacked on a peer whose handshake holds its turn
+    (unpaced, members on one busy machine start more handshakes than it can finish)."""
+    config = LinkConfig(retry_initial=0.02, retry_max=0.5, connect_timeout=2.0, max_outbound_handshakes=1)
 
     async def main():
         conns: list[tuple[str, asyncio.StreamReader, asyncio.StreamWriter]] = []
@@ -511,24 +512,55 @@ def test_a_peer_that_answers_slowly_gets_one_handshake_at_a_time_and_ours_are_bo
         try:
             a.send("b", "g", b"x")
             a.send("c", "g", b"y")
-            await asyncio.sleep(0.6)  # well within one handshake timeout; retries every 0.1 s
-            per_peer = {n: sum(1 for name, _, _ in conns if name == n) for n in ("b", "c")}
-            assert per_peer == {"b": 1, "c": 1}  # one attempt each, however slow
-            # one handshake at a time: one listener got a ClientHello, the other nothing yet
-            spoke = []
-            for _, reader, _ in conns:
-                try:
-                    spoke.append(bool(await asyncio.wait_for(reader.read(1), 0.05)))
-                except TimeoutError:
-                    spoke.append(False)
-            assert sorted(spoke) == [False, True]
-            await asyncio.sleep(1.6)  # the first handshake times out, the second gets its turn
-            assert sum(1 for name, _, _ in conns if name == "b") <= 3
+            # within the first turn (min(2 × retry_max, connect_timeout / 2) = 1 s); retries
+            # are due every 0.5 s
+            await asyncio.sleep(0.8)
+            assert len(conns) == 1
+            first = conns[0][0]
+            assert await asyncio.wait_for(conns[0][1].read(1), 1.0)  # it got a ClientHello
+            # the turn given back, the other peer gets one; the hanging handshakes never get a
+            # second attempt stacked on them before their turn ends
+            await until(lambda: {name for name, _, _ in conns} == {"b", "c"}, timeout=1.0)
+            await asyncio.sleep(1.2)
+            count = {n: sum(1 for name, _, _ in conns if name == n) for n in ("b", "c")}
+            # ~3 s, one turn of 1 s at a time: at most 3 or 4 attempts in all
+            assert sum(count.values()) <= 4, count
+            assert a.stats["handshakes_busy"] == 0  # they hung: no sign of a busy peer
         finally:
             await a.aclose()
             for _, _, writer in conns:
                 writer.transport.abort()
             for s in servers.values():
                 s.close()
+
+    run(main())
+
+
+def test_a_peer_that_turns_handshakes_away_is_retried_less_and_less_often(world):
+    """A listener that closes every connection at once (a member too busy to handshake): the
+    attempts back off from retry_max doubling to busy_retry_max, instead of coming back every
+    retry_max -- each attempt costs the busy peer an accept and a ClientHello."""
+    config = LinkConfig(retry_initial=0.02, retry_max=0.1, busy_retry_max=0.8, connect_timeout=2.0)
+
+    async def main():
+        accepted = 0
+
+        async def accept(reader, writer):
+            nonlocal accepted
+            accepted += 1
+            writer.transport.abort()
+
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        a, _, _ = await node(world, "a", config=config, addresses={"b": server.sockets[0].getsockname()[:2]})
+        try:
+            a.send("b", "g", b"x")
+            await asyncio.sleep(3.0)
+            # every 0.1 s would be ~30; backing off 0.1, 0.2, 0.4, 0.8, 0.8 ... (jittered to
+            # half or more) is at most ~11
+            assert 3 <= accepted <= 12, accepted
+            assert a.stats["handshakes_busy"] >= 3
+        finally:
+            await a.aclose()
+            server.close()
 
     run(main())

@@ -492,8 +492,8 @@ class _Cluster:
 
     async def _stop(self, p: _Proc) -> None:
         assert p.proc is not None
-        try:
-            await asyncio.wait_for(p.proc.wait(), 5)
+        try:  # n members closing ~2n connections each at once on one machine: grace grows with n
+            await asyncio.wait_for(p.proc.wait(), 5 + 0.1 * len(self.procs))
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 p.proc.kill()

@@ -42,12 +42,21 @@ Why this shape:
 * **Retries**: while a peer with pending frames is unreachable an attempt starts every
   ``retry_delay`` (from ``retry_initial`` by ``retry_factor`` up to ``retry_max``), up to
   ``max_connect_attempts`` at once, so a TCP connect hanging in a partition does not hold up the
-  one that will succeed after the heal; the delay resets once a connection is up.  A peer that
-  answered (TCP connected) is reachable: no further attempt starts while its TLS handshake
-  waits or runs, and at most ``max_outbound_handshakes`` of our TLS handshakes run at once.
-  Why: every member dials every other when a conference starts; unbounded, n members on one
-  machine run n(n−1) handshakes at once, each takes longer than its timeout, and each timeout
-  starts more (at n = 51 here, members waited minutes for links that kept failing).
+  one that will succeed after the heal; the delay resets once a connection is up.
+* **Handshakes are paced.**  At most ``max_outbound_handshakes`` of our TLS handshakes run at
+  once.  A peer whose last TCP connect succeeded is reachable: an attempt to it waits for its
+  turn *before* connecting (its handshake deadline then runs only while we handshake), its TCP
+  connect may take ``retry_max`` at most, and no further attempt to it starts while it waits
+  or holds the turn.  A turn lasts min(2·``retry_max``, ``connect_timeout``/2) at most; a
+  handshake still hanging then (a partition that swallows it) goes on without it, and the
+  peer may get another attempt.  A peer that did not answer is unreachable: its attempts
+  connect first and wait for a turn after, so connects hanging in a partition hold no turn.  A
+  handshake the peer turns away (reset, closed, refused: it is busy) backs off from
+  ``retry_max`` doubling to ``busy_retry_max``, jittered; one that merely hangs till our
+  deadline does not (a middlebox swallowing it in a partition looks the same).  Why: every member dials every other when a conference starts;
+  unpaced, n members on one machine run n(n−1) handshakes at once, each takes longer than its
+  deadline, and each failure starts more (members of 51 here waited minutes for links that
+  kept failing; at 101 none came up in 15 minutes).
 * **Sessions grow from run to run** (:func:`new_session`: the clock's microseconds and random
   bits), so a late connection of a peer's previous run is recognised and closed.  A restarted
   peer whose clock stepped back by more than the time between its runs is refused until its
@@ -148,6 +157,7 @@ class LinkConfig(ChannelConfig):
     retry_max: float = 1.0
     max_connect_attempts: int = 6
     max_outbound_handshakes: int = 4
+    busy_retry_max: float = 8.0
     connect_timeout: float = 5.0
     hello_timeout: float = 5.0
     handshake_timeout: float = 3.0
@@ -173,6 +183,8 @@ class LinkConfig(ChannelConfig):
             )
         if self.connect_timeout <= 0 or self.hello_timeout <= 0 or self.handshake_timeout <= 0:
             raise ValueError("timeouts must be positive")
+        if self.busy_retry_max < self.retry_max:
+            raise ValueError("need busy_retry_max >= retry_max")
         if self.max_connect_attempts < 1 or self.max_outbound_handshakes < 1:
             raise ValueError("max_connect_attempts and max_outbound_handshakes must be positive")
         if self.max_pending_handshakes < 1 or self.reserved_handshakes < 0:
@@ -255,6 +267,7 @@ class _Peer:
     __slots__ = (
         "address",
         "attempts",
+        "busy_delay",
         "channel",
         "conns",
         "handshaking",
@@ -263,6 +276,7 @@ class _Peer:
         "next_probe",
         "next_relay_attempt",
         "path",
+        "reachable",
         "relay_attempt",
         "retry_delay",
         "sending",
@@ -285,7 +299,9 @@ class _Peer:
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at: float | None = None
         self.attempts: set[asyncio.Task[None]] = set()
-        self.handshaking = 0  # attempts connected and waiting for, or in, their TLS handshake
+        self.handshaking = 0  # attempts waiting for their turn, or in their TLS handshake
+        self.reachable = True  # its last TCP connect succeeded (or none was tried yet)
+        self.busy_delay = 0.0  # backoff after handshakes that failed with the peer reachable
         self.retry_delay = config.retry_initial
         self.next_attempt = 0.0
         self.relay_attempt: asyncio.Task[None] | None = None
@@ -294,6 +310,45 @@ class _Peer:
         self.path: str | None = None  # last reported to on_path
         self.tokens = float(config.session_burst)  # inbound connections we still accept now
         self.tokens_at = 0.0
+
+
+class _Turn:
+    """One connection attempt's turn among our outbound handshakes (see "Handshakes are paced"
+    in the module docstring).  While the attempt waits for it or holds it, no other attempt to
+    the peer starts.  It is held ``patience`` seconds at most: then given back, the attempt going
+    on without it and the peer open to another attempt, so that a handshake hanging in a
+    partition (a middlebox that swallows it) neither holds up our handshakes to others nor the
+    attempt that will succeed after the heal."""
+
+    __slots__ = ("_held", "_peer", "_timer", "_turns", "taken")
+
+    def __init__(self, turns: asyncio.Semaphore, peer: _Peer) -> None:
+        self._turns = turns
+        self._peer = peer
+        self._held = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.taken = False
+
+    async def take(self, patience: float) -> None:
+        self.taken = True
+        self._peer.handshaking += 1
+        try:
+            await self._turns.acquire()
+        except BaseException:
+            self._peer.handshaking -= 1
+            raise
+        self._held = True
+        self._timer = asyncio.get_running_loop().call_later(patience, self.give_back)
+
+    def give_back(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        if self._timer is not None:
+            self._timer.cancel()
+        self._turns.release()
+        self._peer.handshaking -= 1
+        self._peer.wakeup.set()  # another attempt may be due
 
 
 class _RefusalLog:
@@ -364,6 +419,7 @@ class LinkManager:
                 "connections_refused",
                 "connections_rate_limited",
                 "connect_failures",
+                "handshakes_busy",
                 "bad_frames",
                 "connections_closed",
                 "stalls",
@@ -819,32 +875,58 @@ class LinkManager:
         assert peer.address is not None
         host, port = peer.address
         cfg = self.config
+        turn = _Turn(self._outbound_handshakes, peer)
+        # how long a handshake holds its turn (and keeps the peer from another attempt)
+        patience = min(2 * cfg.retry_max, cfg.connect_timeout / 2)
         try:
+            if peer.reachable:  # our turn first, then connect (see "Handshakes are paced")
+                await turn.take(patience)
             with map_exceptions(connecting=True):
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, port, limit=cfg.read_chunk), cfg.connect_timeout
-                )
-            peer.handshaking += 1
+                try:
+                    reader, writer = await asyncio.wait_for(
+                        asyncio.open_connection(host, port, limit=cfg.read_chunk),
+                        min(cfg.connect_timeout, cfg.retry_max) if turn.taken else cfg.connect_timeout,
+                    )
+                except OSError:
+                    peer.reachable = False
+                    raise
+            peer.reachable = True
             try:
-                async with self._outbound_handshakes:
-                    with map_exceptions(connecting=True):
-                        # no wait_for: running start_tls in another task breaks it (CPython
-                        # 3.11); the handshake timeout bounds it instead
-                        await writer.start_tls(
-                            self._client_ctx,
-                            server_hostname=None,
-                            ssl_handshake_timeout=cfg.connect_timeout,
-                        )
-            except BaseException:
+                if not turn.taken:
+                    await turn.take(patience)
+                started = asyncio.get_running_loop().time()
+                with map_exceptions(connecting=True):
+                    # no wait_for: running start_tls in another task breaks it (CPython 3.11);
+                    # the handshake timeout bounds it instead
+                    await writer.start_tls(
+                        self._client_ctx, server_hostname=None, ssl_handshake_timeout=cfg.connect_timeout
+                    )
+            except BaseException as exc:
                 writer.transport.abort()
+                # turned away (reset, closed, refused) rather than timed out: it is busy.  A
+                # handshake that hangs till our deadline is a partition as likely (a middlebox
+                # swallows it): no backoff then, so the heal is found at the usual pace
+                if isinstance(exc, LinkError) and asyncio.get_running_loop().time() - started < cfg.connect_timeout:
+                    self._busy(peer)
                 raise
-            finally:
-                peer.handshaking -= 1
         except AuthenticationError as exc:
             self.stats["connections_refused"] += 1
             log.warning("refused connection to %s at %s:%d: %s", peer.name, host, port, exc)
             raise
+        finally:
+            turn.give_back()
         return await self._established(peer, reader, writer, f"at {host}:{port}")
+
+    def _busy(self, peer: _Peer) -> None:
+        """Our handshake to a reachable ``peer`` failed: it is busy (or refused us).  Back off,
+        doubling from ``retry_max`` to ``busy_retry_max``, jittered so that the members a busy
+        peer turned away do not all come back at once."""
+        cfg = self.config
+        peer.busy_delay = min(max(peer.busy_delay * 2, cfg.retry_max), cfg.busy_retry_max)
+        now = asyncio.get_running_loop().time()
+        wait = peer.busy_delay * (0.5 + secrets.randbelow(1 << 16) / (1 << 17))
+        peer.next_attempt = max(peer.next_attempt, now + wait)
+        self.stats["handshakes_busy"] += 1
 
     async def _established(
         self, peer: _Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
@@ -1070,6 +1152,7 @@ class LinkManager:
             return
         conn.peer_session = hello.session
         peer.retry_delay = self.config.retry_initial
+        peer.busy_delay = 0.0
         peer.next_attempt = 0.0
         current = peer.sending
         # a connection to an earlier run of the peer is dead even if we have not noticed yet
