@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from secchat.net.cluster import ClusterSpec, run_cluster
 
-
 #: n members on one 2-core machine are a crowd no deployment has (one member per machine): every
 #: process waits seconds for a turn on a core, so the deadlines meant for a network (a 3 s TLS
 #: handshake, 2 s without acknowledgement, a 1 s failure-detector timeout before scaling) are
@@ -33,6 +32,8 @@ CROWDED_LINKS = {
     "connect_timeout": 30.0,
     "hello_timeout": 30.0,
     "stall_timeout": 30.0,
+    "retry_max": 5.0,
+    "busy_retry_max": 30.0,
     "max_handshakes_per_source": 64,
     "max_pending_handshakes": 128,
     "reserved_handshakes": 8,
