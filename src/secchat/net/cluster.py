@@ -493,7 +493,7 @@ class _Cluster:
     async def _stop(self, p: _Proc) -> None:
         assert p.proc is not None
         try:  # n members closing ~2n connections each at once on one machine: grace grows with n
-            await asyncio.wait_for(p.proc.wait(), 5 + 0.1 * len(self.procs))
+            await asyncio.wait_for(p.proc.wait(), 5 + 0.2 * len(self.procs))
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 p.proc.kill()
