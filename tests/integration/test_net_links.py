@@ -524,7 +524,7 @@ def test_handshakes_are_paced_one_at_a_time_and_never_stacked_on_a_slow_peer(wor
             await asyncio.sleep(1.2)
             count = {n: sum(1 for name, _, _ in conns if name == n) for n in ("b", "c")}
             # ~3 s, one turn of 1 s at a time: at most 3 or 4 attempts in all
-            assert sum(count.values()) <= 4, count
+            assert sum(count.values()) <= 4 and count[first] <= 2, count
             assert a.stats["handshakes_busy"] == 0  # they hung: no sign of a busy peer
         finally:
             await a.aclose()
