@@ -53,10 +53,11 @@ Why this shape:
   connect first and wait for a turn after, so connects hanging in a partition hold no turn.  A
   handshake the peer turns away (reset, closed, refused: it is busy) backs off from
   ``retry_max`` doubling to ``busy_retry_max``, jittered; one that merely hangs till our
-  deadline does not (a middlebox swallowing it in a partition looks the same).  Why: every member dials every other when a conference starts;
-  unpaced, n members on one machine run n(n−1) handshakes at once, each takes longer than its
-  deadline, and each failure starts more (members of 51 here waited minutes for links that
-  kept failing; at 101 none came up in 15 minutes).
+  deadline does not (a middlebox swallowing it in a partition looks the same).  Why: every
+  member dials every other when a conference starts; unpaced, n members on one machine run
+  n(n−1) handshakes at once, each takes longer than its deadline, and each failure starts
+  more (members of 51 here waited minutes for links that kept failing; at 101 none came up in
+  15 minutes).
 * **Sessions grow from run to run** (:func:`new_session`: the clock's microseconds and random
   bits), so a late connection of a peer's previous run is recognised and closed.  A restarted
   peer whose clock stepped back by more than the time between its runs is refused until its
@@ -891,10 +892,12 @@ class LinkManager:
                     peer.reachable = False
                     raise
             peer.reachable = True
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             try:
                 if not turn.taken:
                     await turn.take(patience)
-                started = asyncio.get_running_loop().time()
+                    started = loop.time()
                 with map_exceptions(connecting=True):
                     # no wait_for: running start_tls in another task breaks it (CPython 3.11);
                     # the handshake timeout bounds it instead
@@ -906,7 +909,7 @@ class LinkManager:
                 # turned away (reset, closed, refused) rather than timed out: it is busy.  A
                 # handshake that hangs till our deadline is a partition as likely (a middlebox
                 # swallows it): no backoff then, so the heal is found at the usual pace
-                if isinstance(exc, LinkError) and asyncio.get_running_loop().time() - started < cfg.connect_timeout:
+                if isinstance(exc, LinkError) and loop.time() - started < cfg.connect_timeout:
                     self._busy(peer)
                 raise
         except AuthenticationError as exc:

@@ -14,12 +14,12 @@ member tells its peers its pace in its heartbeat (``Alive.calm``, sent unsuppres
 once per change), and a peer's silence is judged against the pace it last told.  Beats go out
 on ticks of the period and a beat is skipped when other traffic went to the peer within the
 period, so two frames to a peer are less than two periods apart: Δ(p) covers that at the fast
-pace (Δ > 2·period), and a calm peer gets ``2·(calm_period − period)`` more.  A member starts urgent, and a peer it has not heard
-say otherwise counts as urgent: the start hello stands for the first heartbeat at no cost.  A
-peer that starts (or restarts) takes us for urgent, so a calm member tells it at once.  Idle, a
-group then costs n(n−1)/calm_period heartbeats a second instead of n(n−1)/period, and a crash is
-noticed within Δ(p) while anybody waits, within Δ(p) + 2·calm_period otherwise.  Only liveness
-depends on any of this, never safety.
+pace (Δ > 2·period), and a calm peer gets ``2·(calm_period − period)`` more.  A member starts
+urgent, and a peer it has not heard say otherwise counts as urgent: the start hello stands for
+the first heartbeat at no cost.  A peer that starts (or restarts) takes us for urgent, so a calm
+member tells it at once.  Idle, a group then costs n(n−1)/calm_period heartbeats a second
+instead of n(n−1)/period, and a crash is noticed within Δ(p) while anybody waits, within
+Δ(p) + 2·calm_period otherwise.  Only liveness depends on any of this, never safety.
 
 The detector owns one timer (``fd``): the earlier of the next heartbeat and the next expiry.
 """
