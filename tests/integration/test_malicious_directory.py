@@ -344,20 +344,36 @@ def _joined(world: World, who: str, *args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+_PENDING: dict[subprocess.Popen, bytes] = {}  # per process: bytes read past its last whole line
+
+
 def _events_until(proc: subprocess.Popen, done, timeout: float) -> list[dict]:
-    """JSON events of a running ``join --json`` until ``done(events)`` (or the timeout)."""
+    """JSON events of a running ``join --json`` until ``done(events)`` (or the timeout).
+
+    Reads the pipe's fd itself: a buffered ``readline`` after ``select`` leaves lines that came
+    in the same chunk in Python's buffer, where ``select`` never sees them (two events written
+    together, the second one waited for in vain)."""
     import selectors
 
+    fd = proc.stdout.fileno()
     events: list[dict] = []
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(fd, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
-    while not done(events) and time.monotonic() < deadline:
-        if sel.select(timeout=0.2):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            events.append(json.loads(line))
+    try:
+        while not done(events) and time.monotonic() < deadline:
+            pending = _PENDING.get(proc, b"")
+            if b"\n" in pending:
+                line, _, _PENDING[proc] = pending.partition(b"\n")
+                events.append(json.loads(line))
+                continue
+            if sel.select(timeout=0.2):
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                _PENDING[proc] = pending + chunk
+    finally:
+        sel.close()
     return events
 
 
