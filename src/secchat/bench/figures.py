@@ -56,6 +56,16 @@ def _load() -> float:
     return os.getloadavg()[0]
 
 
+def _load_range(rows: Iterable[dict]) -> str:
+    """The 1-minute load averages the drawn points were measured at (their CSV rows'), not the
+    load when the figure is drawn: ``load 0.8–48``."""
+    loads = [float(r["load1"]) for r in rows if r.get("load1") not in (None, "")]
+    if not loads:
+        return f"load {_load():.1f}"
+    lo, hi = min(loads), max(loads)
+    return f"load {lo:.1f}" if f"{lo:.1f}" == f"{hi:.1f}" else f"load {lo:.1f}–{hi:.1f}"
+
+
 def _write_csv(path: Path, header: list[str], rows: Iterable[list]) -> None:
     with path.open("w", newline="") as fh:
         out = csv.writer(fh)
@@ -124,18 +134,23 @@ def figure1(p: Plan, out: Path, advance: Callable[[str], None], tls: bool, compu
         _write_csv(out / "fig1_cpu.csv", CPU_COLUMNS, [[r.get(c, "") for c in CPU_COLUMNS] for r in cpu_rows])
 
 
+def _read_csv(path: Path, text: tuple[str, ...]) -> list[dict]:
+    """A CSV this module wrote: columns in ``text`` as strings, the others as floats, empty
+    cells dropped; no file, no rows."""
+    if not path.exists():
+        return []
+    with path.open() as fh:
+        return [{k: (v if k in text else float(v)) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+
 def read_figure1(out: Path) -> dict[str, list[dict]]:
-    """What the CSVs in ``out`` hold (numbers as floats, empty cells dropped)."""
+    """What Figure 1's CSVs in ``out`` hold."""
+    return {"tls": _read_csv(out / "fig1_tls.csv", ("scenario",)), "cpu": _read_csv(out / "fig1_cpu.csv", ("system",))}
 
-    def read(name: str) -> list[dict]:
-        path = out / name
-        if not path.exists():
-            return []
-        with path.open() as fh:
-            return [{k: (v if k in ("scenario", "system") else float(v)) for k, v in row.items() if v != ""}
-                    for row in csv.DictReader(fh)]
 
-    return {"tls": read("fig1_tls.csv"), "cpu": read("fig1_cpu.csv")}
+def read_figure2(out: Path) -> list[dict]:
+    """What Figure 2's CSV in ``out`` holds."""
+    return _read_csv(out / "fig2_messages.csv", ("mode", "label", "family"))
 
 
 def plot_figure1(results: dict[str, list[dict]], path: Path) -> None:
@@ -146,8 +161,12 @@ def plot_figure1(results: dict[str, list[dict]], path: Path) -> None:
         rows = [r for r in results["tls"] if r["scenario"] == scenario]
         if rows:
             left.plot([r["n"] for r in rows], [r["median_mean_s"] for r in rows], style, label=label)
-    left.set(xlabel="group size n", ylabel="mean time from start to key (s)",
+    left.set(xlabel="group size n", ylabel="mean time from start to key (s)", xscale="log",
              title="GKE over TLS, member processes on loopback")
+    sizes = sorted({int(r["n"]) for r in results["tls"]})
+    if sizes:  # the thesis's 3..21 and the sizes beyond, each readable
+        left.set_xticks(sizes, [str(n) if n <= 21 and n % 4 == 1 or n > 21 or n == 3 else "" for n in sizes])
+        left.minorticks_off()
     left.grid(alpha=0.3)
     if results["tls"]:
         left.legend()
@@ -161,7 +180,7 @@ def plot_figure1(results: dict[str, list[dict]], path: Path) -> None:
               title="Group set-up compute (one core)")
     right.grid(alpha=0.3, which="both")
     right.legend()
-    fig.suptitle(f"Figure 1: setting up a multicast channel (load {_load():.1f})")
+    fig.suptitle(f"Figure 1: setting up a multicast channel ({_load_range([*results['tls'], *results['cpu']])})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -216,7 +235,7 @@ def plot_figure2(rows: list[dict], path: Path) -> None:
     for ax in (left, right):
         ax.grid(alpha=0.3, which="both")
     fig.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
-    fig.suptitle(f"Figure 2: continuous overhead of secure multicast (one core, load {_load():.1f})")
+    fig.suptitle(f"Figure 2: continuous overhead of secure multicast (one core, {_load_range(rows)})")
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -258,7 +277,7 @@ def _ratios(console, results1: dict[str, list[dict]] | None, rows2: list[dict] |
         for r in rows2:
             meg = got.get(("megolm", r["size_bytes"]))
             ratios = [f"×{r[k] / meg[k]:.2f}" if meg and r["mode"] != "megolm" else "-" for k in ("send_us", "receive_us")]
-            table.add_row(r["mode"], str(r["size_bytes"]), f"{r['send_us']:.1f}", f"{r['receive_us']:.1f}", *ratios)
+            table.add_row(r["mode"], f"{r['size_bytes']:.0f}", f"{r['send_us']:.1f}", f"{r['receive_us']:.1f}", *ratios)
         console.print(table)
 
 
@@ -268,6 +287,8 @@ def bench(
     figure: str = typer.Option("all", "--figure", help="1, 2 or all."),
     tls: bool = typer.Option(True, "--tls/--no-tls", help="Figure 1's runs over real member processes."),
     compute: bool = typer.Option(True, "--compute/--no-compute", help="Figure 1's compute curves (simulator, MLS)."),
+    redraw: bool = typer.Option(False, "--redraw", help="Measure nothing: draw the figures (and print the ratios) "
+                                "from the CSVs already in --out."),
 ) -> None:
     """Reproduce the thesis's Figures 1 and 2 (§3) here: PNG and CSV under --out."""
     from rich.console import Console
@@ -285,6 +306,16 @@ def bench(
     except ImportError:
         raise fail(f"secchat bench draws with matplotlib, which is not installed: {INSTALL_BENCH}", ExitCode.SETUP) from None
     console = Console(stderr=True)
+    fig1, fig2 = figure in ("1", "all"), figure in ("2", "all")
+    results1: dict[str, list[dict]] | None = None
+    rows2: list[dict] | None = None
+    if redraw:
+        results1 = read_figure1(out) if fig1 else None
+        rows2 = read_figure2(out) if fig2 else None
+        if not ((results1 and (results1["tls"] or results1["cpu"])) or rows2):
+            raise fail(f"no figure CSV in {out} to draw from (run secchat bench --out {out} first)", ExitCode.USAGE)
+        _draw(out, results1, rows2)
+        return
     out.mkdir(parents=True, exist_ok=True)
     p = plan(quick)
     chosen = []
@@ -296,11 +327,8 @@ def bench(
             console.print(f"skipped {why}")
     if not peers.available("mls"):
         console.print(f"skipped MLS in Figure 1: agentvault-mls-rs-uniffi is not installed ({peers.INSTALL} adds it)")
-    fig1, fig2 = figure in ("1", "all"), figure in ("2", "all")
     if hasattr(os, "sched_setaffinity") and not (fig1 and tls):  # one core, as the thesis's figures
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    results1: dict[str, list[dict]] | None = None
-    rows2: list[dict] | None = None
     with Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=not console.is_terminal) as bar:
         task = bar.add_task("secchat bench", total=_steps(p, tls, compute, fig1, fig2, chosen, peers.available("mls")))
@@ -318,10 +346,18 @@ def bench(
         if fig2:
             rows2 = figure2(p, out, advance, chosen)
         bar.advance(task)
+    _draw(out, results1, rows2)
+
+
+def _draw(out: Path, results1: dict[str, list[dict]] | None, rows2: list[dict] | None) -> None:
+    """The PNGs of what was measured (or read back), the ratio tables, and what was written."""
+    from rich.console import Console
+
     if results1 and (results1["tls"] or results1["cpu"]):
         plot_figure1(results1, out / "fig1_gke.png")
     if rows2:
         plot_figure2(rows2, out / "fig2_messages.png")
     _ratios(Console(), results1, rows2)
-    console.print(f"wrote {', '.join(sorted(f.name for f in out.iterdir() if f.suffix in ('.png', '.csv')))} in {out}"
-                  f" (load {_load():.1f})")
+    Console(stderr=True).print(
+        f"wrote {', '.join(sorted(f.name for f in out.iterdir() if f.suffix in ('.png', '.csv')))} in {out}"
+        f" (load {_load():.1f})")
