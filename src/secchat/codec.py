@@ -29,6 +29,7 @@ __all__ = [
     "TagPart",
     "WireTag",
     "canonical",
+    "canonical_int",
     "canonical_tuple",
     "check_tag",
     "decode",
@@ -79,6 +80,9 @@ def canonical(*fields: Any) -> bytes:
 #: ``canonical(*fields)`` for a tuple already made, ``canonical_tuple(fields)``: the encoder's
 #: own method, with no Python frame around it (for what runs once per message)
 canonical_tuple: Callable[[tuple], bytes] = _encoder.encode
+#: the canonical bytes of one integer field: appended to a tuple's encoding made without its
+#: last field (a stream's associated data, :meth:`secchat.protocols.smc.SecureMulticast._aad`)
+canonical_int: Callable[[int], bytes] = _encoder.encode
 
 
 def check_tag(tag: Tag) -> Tag:

@@ -450,3 +450,30 @@ def test_the_in_order_shortcut_has_the_general_paths_outcome(schedule: list[tupl
     assert (a is None) == (b is None)
     if a is not None and b is not None:
         assert [getattr(a, f) for f in a.__slots__] == [getattr(b, f) for f in b.__slots__]
+
+
+@settings(max_examples=300, deadline=None)
+@given(sender=st.integers(0, (1 << 16) - 1), incarnation=st.integers(0, (1 << 63) - 1),
+       seqs=st.lists(st.integers(0, (1 << 63) - 1), min_size=1, max_size=4))
+def test_a_frames_associated_data_is_the_canonical_tuple_whatever_the_numbers(sender, incarnation, seqs) -> None:
+    """The per-stream prefix plus seq's encoding is byte for byte the canonical tuple's."""
+    from secchat.codec import canonical_tuple
+
+    smc = _STREAM_GROUP.nodes[0].member.smc(TAG)
+    for seq in seqs:
+        assert smc._aad(sender, incarnation, seq) == canonical_tuple(("smc", smc.tag, sender, incarnation, seq))
+    assert len(smc._aad_prefix) <= 4 * smc.n  # bounded
+
+
+_STREAM_GROUP = _group(3)
+
+
+def test_a_multicast_bytearray_changed_afterwards_changes_nothing_delivered() -> None:
+    sim = _group(3, signed=False)
+    payload = bytearray(b"before")
+    sim.call(0, lambda m, now: m.multicast(TAG, payload, now))
+    payload[:] = b"AFTER!"
+    sim.run(sim.now + 1.0)
+    mine = [ev for _, ev in sim.nodes[0].outputs if isinstance(ev, Delivered) and ev.sender == 0]
+    assert [ev.payload for ev in mine] == [b"before"] and type(mine[0].payload) is bytes
+    assert [ev.payload for ev in _delivered(sim, 1)] == [b"before"]

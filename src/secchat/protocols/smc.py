@@ -47,7 +47,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..codec import Tag, canonical, canonical_tuple
+from ..codec import Tag, canonical, canonical_int, canonical_tuple
 from ..crypto import (
     NONCE_SIZE,
     Aead,
@@ -226,6 +226,7 @@ class SecureMulticast:
         self.forked = False
         self._status_period = limits.status_period * max(1.0, n / 20)
         self._final_marks: dict[int, tuple[int, int]] | None = None  # high_water() once closed
+        self._aad_prefix: dict[tuple[int, int], bytes] = {}  # see _aad
         for sender, mark in (high_water or {}).items():
             self._restore_mark(sender, mark)
 
@@ -277,13 +278,15 @@ class SecureMulticast:
             raise KeyForked("another member holds another key for this conference epoch")
         if len(payload) > self.limits.max_payload:
             raise ValueError(f"payload of {len(payload)} bytes exceeds {self.limits.max_payload}")
+        if type(payload) is not bytes:  # a bytearray the caller may change later: our copy
+            payload = bytes(payload)
         if self._aead is None:
             if len(self._queued) >= self.limits.max_queued_sends:
                 raise SendQueueFull("too many messages waiting for the group key")
-            self._queued.append(bytes(payload))
+            self._queued.append(payload)
             return []
         if self.auth_class.batches:
-            self._burst.append(bytes(payload))
+            self._burst.append(payload)
             return self.flush() if len(self._burst) >= self.limits.burst_max else []
         assert self.auth is not None  # made with the key
         seq = self._seq
@@ -409,7 +412,18 @@ class SecureMulticast:
     # ----------------------------------------------------------------- sending
 
     def _aad(self, sender: int, incarnation: int, seq: int) -> bytes:
-        return canonical_tuple(("smc", self.tag, sender, incarnation, seq))
+        """``canonical("smc", tag, sender, incarnation, seq)``, the frame's associated data:
+        the canonical encoding of the four fields before ``seq`` (an array header, then each
+        field) is the same for a whole stream, so it is made once per stream and ``seq``'s
+        encoding appended (``tests/unit/test_smc.py`` checks the bytes against the tuple's)."""
+        prefix = self._aad_prefix.get((sender, incarnation))
+        if prefix is None:
+            if len(self._aad_prefix) >= 4 * self.n:  # bounded: incarnations come and go
+                self._aad_prefix.clear()
+            # seq 0 encodes as the one byte 0x00, the last of the tuple's encoding
+            prefix = self._aad_prefix[(sender, incarnation)] = canonical_tuple(
+                ("smc", self.tag, sender, incarnation, 0))[:-1]
+        return prefix + canonical_int(seq)
 
     def _send(self, payloads: Sequence[bytes]) -> list[Event]:
         """Seal ``payloads`` as our next frames (one burst in burst mode) and send them."""
@@ -426,17 +440,19 @@ class SecureMulticast:
         """Our message ``seq`` with its trailer, sealed: kept for resends, broadcast, and
         delivered to us."""
         assert self._aead is not None
-        tag, me, incarnation = self.tag, self.me, self.incarnation
+        me, incarnation = self.me, self.incarnation
         nonce = self._rng.randbytes(NONCE_SIZE)
         ct = self._aead.seal(nonce, payload + trailer, self._aad(me, incarnation, seq))
-        frame = SmcData(tag, me, incarnation, seq, nonce, ct)
+        frame = SmcData(self.tag, me, incarnation, seq, nonce, ct)
         # into the retransmission store; the oldest frames go beyond its bounds
-        store, limits = self._store, self.limits
+        store = self._store
         store.append(frame)
         self._store_bytes += len(ct)
-        while store and (len(store) > limits.store_frames or self._store_bytes > limits.store_bytes):
-            self._store_bytes -= len(store.popleft().ciphertext)
-        return [Broadcast(frame), Delivered(tag, me, incarnation, seq, bytes(payload))]
+        limits = self.limits
+        if len(store) > limits.store_frames or self._store_bytes > limits.store_bytes:
+            while store and (len(store) > limits.store_frames or self._store_bytes > limits.store_bytes):
+                self._store_bytes -= len(store.popleft().ciphertext)
+        return [Broadcast(frame), Delivered(self.tag, me, incarnation, seq, payload)]
 
     # ----------------------------------------------------------------- status, resend, forks
 

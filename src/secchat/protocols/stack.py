@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 
@@ -423,7 +423,7 @@ class Member:
         smc = self.demux.get("smc", tag)
         if smc is None:
             raise KeyError(f"no SMC instance {tag!r}: call smc_init first")
-        self._dispatch(smc, smc.multicast(payload, now), now)
+        self._act(smc.multicast(payload, now))  # an SMC instance has no parent to absorb them
         if smc.pending:
             self._bursting[smc] = None
 
@@ -626,23 +626,22 @@ class Member:
                 self._timers.pop((ev.tag, ev.name), None)
                 self._timers_changed = True
             else:
-                self._events.append(cast(Output, ev))  # every other event is an output
+                self._events.append(ev)  # type: ignore[arg-type]  # every other event is an output (no cast() call)
 
     def _send(self, to: int | None, msg: Message) -> None:
         data = encode_message(msg)
         self._outgoing.append(Outgoing(to, data))
-        if to is None and self.store_out is not None and isinstance(msg, SmcData):
-            self.store_out.append(data)
         kind = _SENT_KEY.get(type(msg)) or _SENT_KEY.setdefault(type(msg), f"member.sent.{type(msg).__name__}")
         stats = self.stats
         if to is None:
-            stats["member.sent"] += self.n - 1
-            stats[kind] += self.n - 1
-            self.detector.sent_to(None, self._now)
+            if self.store_out is not None and type(msg) is SmcData:
+                self.store_out.append(data)
+            count = self.n - 1
         else:
-            stats["member.sent"] += 1
-            stats[kind] += 1
-            self.detector.sent_to(to, self._now)
+            count = 1
+        stats["member.sent"] += count
+        stats[kind] += count
+        self.detector.sent_to(to, self._now)
 
     def _apply_detector(self, events: list[Event], now: float) -> None:
         changed = False
