@@ -272,7 +272,8 @@ class GroupKeyExchange:
         aead = self._pairs.get((peer, peer_key))
         if aead is None:
             shared = self._eph.exchange(peer_key)
-            (lo, lo_key), (hi, hi_key) = sorted(((self.me, self.public_key), (peer, peer_key)))
+            me, my_key = self.me, self.public_key  # ordered by index (never equal: not from us)
+            (lo, lo_key), (hi, hi_key) = ((me, my_key), (peer, peer_key)) if me < peer else ((peer, peer_key), (me, my_key))
             aead = Aead(
                 hkdf(
                     shared,

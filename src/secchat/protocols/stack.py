@@ -213,7 +213,9 @@ class Member:
         self._bursting: dict[SecureMulticast, None] = {}
         #: the start hello of our record, as sent and as decoded (see :meth:`receive`)
         self._hello_frame = encode_message(self._record_hello(reply=False))
-        self._hello_msg = decode_message(self._hello_frame)
+        hello = decode_message(self._hello_frame)
+        assert isinstance(hello, RecordHello)
+        self._hello_msg: RecordHello = hello
 
     # ----------------------------------------------------------------- driver interface
 
@@ -301,25 +303,34 @@ class Member:
         if not 0 <= sender < self.n or sender == self.me:
             self.stats["member.dropped.bad_sender"] += 1
             return
-        if type(data) is bytes and data == self._hello_frame:
-            # the start hello of a member holding our record: the frame every such member sends,
-            # n(n-1) of them in a group; equal bytes decode to an equal message
-            msg, size = self._hello_msg, len(data)
-        elif type(data) is bytes or isinstance(data, bytearray | memoryview):
+        stats, detector = self.stats, self.detector
+        if type(data) is bytes:
+            if data == self._hello_frame:
+                # the start hello of a member holding our record: the frame every such member
+                # sends, n(n-1) of them in a group; equal bytes decode to an equal message
+                stats["member.received"] += 1
+                if detector.started and (restored := detector.heard_from(sender, now)):
+                    self._apply_detector(restored, now)
+                self._on_record_hello(sender, self._hello_msg, now)
+                return
             size = len(data)
             try:
                 msg = decode_message(data)
             except CodecError as exc:
-                self.stats[f"member.dropped.{exc.code}"] += 1
+                stats[f"member.dropped.{exc.code}"] += 1
+                return
+        elif isinstance(data, bytearray | memoryview):
+            size = len(data)
+            try:
+                msg = decode_message(data)
+            except CodecError as exc:
+                stats[f"member.dropped.{exc.code}"] += 1
                 return
         else:
             msg, size = data, 0  # type: ignore[assignment]  # a Message: no isinstance on the hot path
-        self.stats["member.received"] += 1
-        detector = self.detector
-        if detector.started:
-            restored = detector.heard_from(sender, now)
-            if restored:
-                self._apply_detector(restored, now)
+        stats["member.received"] += 1
+        if detector.started and (restored := detector.heard_from(sender, now)):
+            self._apply_detector(restored, now)
         if isinstance(msg, Alive):
             detector.paced(sender, msg.calm)
             return

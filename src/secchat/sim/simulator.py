@@ -45,6 +45,7 @@ _DIGESTED = 1 << 63
 
 
 _when = operator.itemgetter(0)
+_clock = time.perf_counter
 _FAR = float(1 << 62)  # buckets beyond share one (see Simulation._bucket)
 
 
@@ -420,9 +421,9 @@ class Simulation:
             self._trace.update(buffer)
             buffer.clear()
         if self.measure_cpu:
-            t0 = time.perf_counter()
+            t0 = _clock()
             member.receive(sender, data, when)
-            node.cpu += time.perf_counter() - t0
+            node.cpu += _clock() - t0
         else:
             member.receive(sender, data, when)
         if type(member) is Member and not member.has_output():
@@ -450,20 +451,30 @@ class Simulation:
         heappop, heapreplace = heapq.heappop, heapq.heapreplace
         deliver = self._deliver
         next_event = self._next_event
-        while (event := next_event()) is not None:
+        per_bucket = self._per_bucket
+        while True:
+            queue = self._queue
+            if queue:  # the common case of _next_event, without its call
+                event = queue[0]
+            else:
+                first = next_event()
+                if first is None:
+                    break
+                event, queue = first, self._queue
             when, _, kind, payload = event
             if when > until:
                 break
             self.now = when
-            queue = self._queue
             if kind == _FANOUT:
+                items = payload.items
                 k = payload.next
-                to = payload.items[k][2]
+                to = items[k][2]
                 k += 1
-                if k < len(payload.items):  # the fanout's next delivery takes this one's place
+                if k < len(items):  # the fanout's next delivery takes this one's place
                     payload.next = k
-                    nxt = payload.items[k]
-                    if self._bucket(nxt[0]) <= self._queue_id:
+                    nxt = items[k]
+                    scaled = nxt[0] * per_bucket  # self._bucket(nxt[0]), inlined
+                    if (int(scaled) if scaled < _FAR else math.inf) <= self._queue_id:
                         heapreplace(queue, (nxt[0], nxt[1], _FANOUT, payload))
                     else:
                         heappop(queue)
