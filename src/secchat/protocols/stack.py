@@ -304,22 +304,15 @@ class Member:
             self.stats["member.dropped.bad_sender"] += 1
             return
         stats, detector = self.stats, self.detector
-        if type(data) is bytes:
-            if data == self._hello_frame:
-                # the start hello of a member holding our record: the frame every such member
-                # sends, n(n-1) of them in a group; equal bytes decode to an equal message
-                stats["member.received"] += 1
-                if detector.started and (restored := detector.heard_from(sender, now)):
-                    self._apply_detector(restored, now)
-                self._on_record_hello(sender, self._hello_msg, now)
-                return
-            size = len(data)
-            try:
-                msg = decode_message(data)
-            except CodecError as exc:
-                stats[f"member.dropped.{exc.code}"] += 1
-                return
-        elif isinstance(data, bytearray | memoryview):
+        if type(data) is bytes and data == self._hello_frame:
+            # the start hello of a member holding our record: the frame every such member sends,
+            # n(n-1) of them in a group; equal bytes decode to an equal message
+            stats["member.received"] += 1
+            if detector.started and (restored := detector.heard_from(sender, now)):
+                self._apply_detector(restored, now)
+            self._on_record_hello(sender, self._hello_msg, now)
+            return
+        if type(data) is bytes or isinstance(data, bytearray | memoryview):
             size = len(data)
             try:
                 msg = decode_message(data)
