@@ -91,6 +91,9 @@ class World:
         for name in USERS:
             assert f"registered {name}@" in self.run(name, "register").stdout
             self.run(name, "conferences")  # the first opening creates the (encrypted) history
+        # alice's "room" with bob, which several tests ask for: here, so that none depends on
+        # another having run first (pytest -n, -k)
+        self.run("alice", "create", "room", "-m", "bob", "--accept-new")
 
     def run(self, who: str, *args: str, input: str = "", ok: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run([*CMD, *args, "--home", str(self.homes[who])], env=_env(), input=input,
@@ -177,8 +180,7 @@ def test_an_older_version_is_refused(world):
 
 
 def test_a_same_id_record_by_another_creator(world):
-    world.run("alice", "create", "room", "-m", "bob", "--accept-new")
-    world.run("mallory", "create", "room", "-m", "bob", "--accept-new")
+    world.run("mallory", "create", "room", "-m", "bob", "--accept-new")  # alice's "room": the World's
     listing = world.run("bob", "conferences").stdout
     assert "room by alice" in listing and "room by mallory" in listing
     # two creators' "room": bob must say whose
