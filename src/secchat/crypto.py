@@ -474,7 +474,7 @@ class EphemeralKey:
             raise CryptoError("an X25519 public key is 32 bytes")
         try:
             return self._key.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public))
-        except ValueError:  # OpenSSL refuses an all-zero result: a low-order point
+        except (ValueError, TypeError):  # OpenSSL refuses an all-zero result: a low-order point
             raise CryptoError("invalid X25519 public key") from None
 
     def __repr__(self) -> str:

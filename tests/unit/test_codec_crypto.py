@@ -78,8 +78,40 @@ def test_x25519_agrees_and_refuses_low_order_points() -> None:
     rng = random.Random(1)
     a, b = EphemeralKey(rng), EphemeralKey(rng)
     assert a.exchange(b.public_bytes) == b.exchange(a.public_bytes)
-    with pytest.raises(CryptoError):
-        a.exchange(bytes(32))
+    # the points of small order on Curve25519 and its twist (all-zero shared secret), and a
+    # non-canonical encoding of one of them: every one refused
+    low_order = [bytes(32), (1).to_bytes(32, "little"),
+                 bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+                 bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+                 bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+                 bytes.fromhex("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f")]
+    for point in low_order:
+        with pytest.raises(CryptoError):
+            a.exchange(point)
+    for bad in (b"", bytes(31), bytes(33)):
+        with pytest.raises(CryptoError, match="32 bytes"):
+            a.exchange(bad)
+
+
+def test_x25519_in_openssl_gives_libsodiums_keys_and_secrets() -> None:
+    """A session key re-made from its saved seed is the one an earlier run (libsodium) made."""
+    from nacl import bindings
+
+    rng = random.Random(2)
+    for _ in range(20):
+        seed = rng.randbytes(32)
+        key = EphemeralKey(_Fixed(seed))
+        assert key.public_bytes == bindings.crypto_scalarmult_base(seed)
+        peer = bindings.crypto_scalarmult_base(rng.randbytes(32))
+        assert key.exchange(peer) == bindings.crypto_scalarmult(seed, peer)
+
+
+class _Fixed:
+    def __init__(self, seed: bytes) -> None:
+        self.seed = seed
+
+    def randbytes(self, n: int) -> bytes:
+        return self.seed[:n]
 
 
 def test_group_keys_are_bound_to_tag_and_members() -> None:
