@@ -464,9 +464,8 @@ class EphemeralKey:
     __slots__ = ("_key", "public_bytes")
 
     def __init__(self, rng: Rng) -> None:
-        secret = rng.randbytes(32)
-        self._key = x25519.X25519PrivateKey.from_private_bytes(secret)
-        self.public_bytes: bytes = _nacl.crypto_scalarmult_base(secret)
+        self._key = x25519.X25519PrivateKey.from_private_bytes(rng.randbytes(32))
+        self.public_bytes: bytes = self._key.public_key().public_bytes_raw()
 
     def exchange(self, peer_public: bytes) -> bytes:
         """The X25519 shared secret with ``peer_public``; low-order points are refused."""

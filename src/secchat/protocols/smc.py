@@ -449,9 +449,8 @@ class SecureMulticast:
         store.append(frame)
         self._store_bytes += len(ct)
         limits = self.limits
-        if len(store) > limits.store_frames or self._store_bytes > limits.store_bytes:
-            while store and (len(store) > limits.store_frames or self._store_bytes > limits.store_bytes):
-                self._store_bytes -= len(store.popleft().ciphertext)
+        while store and (len(store) > limits.store_frames or self._store_bytes > limits.store_bytes):
+            self._store_bytes -= len(store.popleft().ciphertext)
         return [Broadcast(frame), Delivered(self.tag, me, incarnation, seq, payload)]
 
     # ----------------------------------------------------------------- status, resend, forks

@@ -213,9 +213,7 @@ class Member:
         self._bursting: dict[SecureMulticast, None] = {}
         #: the start hello of our record, as sent and as decoded (see :meth:`receive`)
         self._hello_frame = encode_message(self._record_hello(reply=False))
-        hello = decode_message(self._hello_frame)
-        assert isinstance(hello, RecordHello)
-        self._hello_msg: RecordHello = hello
+        self._hello_msg = decode_message(self._hello_frame)
 
     # ----------------------------------------------------------------- driver interface
 
@@ -307,12 +305,8 @@ class Member:
         if type(data) is bytes and data == self._hello_frame:
             # the start hello of a member holding our record: the frame every such member sends,
             # n(n-1) of them in a group; equal bytes decode to an equal message
-            stats["member.received"] += 1
-            if detector.started and (restored := detector.heard_from(sender, now)):
-                self._apply_detector(restored, now)
-            self._on_record_hello(sender, self._hello_msg, now)
-            return
-        if type(data) is bytes or isinstance(data, bytearray | memoryview):
+            msg, size = self._hello_msg, len(data)
+        elif type(data) is bytes or isinstance(data, bytearray | memoryview):
             size = len(data)
             try:
                 msg = decode_message(data)
@@ -427,7 +421,7 @@ class Member:
         smc = self.demux.get("smc", tag)
         if smc is None:
             raise KeyError(f"no SMC instance {tag!r}: call smc_init first")
-        self._act(smc.multicast(payload, now))  # an SMC instance has no parent to absorb them
+        self._dispatch(smc, smc.multicast(payload, now), now)
         if smc.pending:
             self._bursting[smc] = None
 

@@ -451,20 +451,12 @@ class Simulation:
         heappop, heapreplace = heapq.heappop, heapq.heapreplace
         deliver = self._deliver
         next_event = self._next_event
-        per_bucket = self._per_bucket
-        while True:
-            queue = self._queue
-            if queue:  # the common case of _next_event, without its call
-                event = queue[0]
-            else:
-                first = next_event()
-                if first is None:
-                    break
-                event, queue = first, self._queue
+        while (event := next_event()) is not None:
             when, _, kind, payload = event
             if when > until:
                 break
             self.now = when
+            queue = self._queue
             if kind == _FANOUT:
                 items = payload.items
                 k = payload.next
@@ -473,8 +465,7 @@ class Simulation:
                 if k < len(items):  # the fanout's next delivery takes this one's place
                     payload.next = k
                     nxt = items[k]
-                    scaled = nxt[0] * per_bucket  # self._bucket(nxt[0]), inlined
-                    if (int(scaled) if scaled < _FAR else math.inf) <= self._queue_id:
+                    if self._bucket(nxt[0]) <= self._queue_id:
                         heapreplace(queue, (nxt[0], nxt[1], _FANOUT, payload))
                     else:
                         heappop(queue)
